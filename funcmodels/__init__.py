@@ -1,0 +1,42 @@
+"""funcmodels: JAX-style functional models for PyTorch.
+
+A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` and
+``apply`` are pure functions, so every :mod:`torch.func` transform composes with them.
+"""
+
+from . import nn, random
+from ._core import (
+    Output,
+    apply,
+    check_params,
+    from_state_dict,
+    init,
+    init_with_state,
+    run,
+    to_state_dict,
+)
+from ._spec import Context, Spec
+from ._tree import Params, State
+from .random import fold_in, key, split
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Context",
+    "Output",
+    "Params",
+    "Spec",
+    "State",
+    "apply",
+    "check_params",
+    "fold_in",
+    "from_state_dict",
+    "init",
+    "init_with_state",
+    "key",
+    "nn",
+    "random",
+    "run",
+    "split",
+    "to_state_dict",
+]

@@ -1,0 +1,104 @@
+"""Parameter-free elementwise layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .._spec import Context, Spec
+
+
+class _Elementwise(Spec):
+    """A layer that maps each batch to a batch of the same shape, without parameters."""
+
+    preserves_rank: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Identity(_Elementwise):
+    """Returns its input."""
+
+    def forward(self, ctx: Context, path: str, x):
+        return x
+
+
+@dataclass(frozen=True)
+class ReLU(_Elementwise):
+    """``max(x, 0)``. Never in place: inputs are not mutated."""
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+@dataclass(frozen=True)
+class GELU(_Elementwise):
+    """Gaussian error linear unit; ``approximate`` is ``'none'`` or ``'tanh'``, as in torch."""
+
+    approximate: str = "none"
+
+    def __post_init__(self):
+        if self.approximate not in ("none", "tanh"):
+            raise ValueError(
+                f"GELU: approximate must be 'none' or 'tanh', got {self.approximate!r}"
+            )
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+
+@dataclass(frozen=True)
+class SiLU(_Elementwise):
+    """``x * sigmoid(x)``."""
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+@dataclass(frozen=True)
+class Sigmoid(_Elementwise):
+    """``1 / (1 + exp(-x))``."""
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x)
+
+
+@dataclass(frozen=True)
+class Tanh(_Elementwise):
+    """Hyperbolic tangent."""
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+def _check_dim(layer: str, dim: object) -> None:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{layer}: dim must be an int, got {type(dim).__name__} {dim!r}")
+
+
+@dataclass(frozen=True)
+class Softmax(_Elementwise):
+    """Softmax over ``dim`` (default the last, which is the same batched or not)."""
+
+    dim: int = -1
+
+    def __post_init__(self):
+        _check_dim("Softmax", self.dim)
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x, dim=self.dim)
+
+
+@dataclass(frozen=True)
+class LogSoftmax(_Elementwise):
+    """Log-softmax over ``dim`` (default the last)."""
+
+    dim: int = -1
+
+    def __post_init__(self):
+        _check_dim("LogSoftmax", self.dim)
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(x, dim=self.dim)

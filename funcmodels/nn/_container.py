@@ -1,0 +1,99 @@
+"""Containers and reshaping layers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._spec import Context, Spec
+from ._check import non_negative_int
+
+
+def _rank_of(children) -> int | None:
+    """Example rank of a chain: the first child that knows it, past rank-preserving ones."""
+    for _, child in children:
+        if child.example_ndim is not None:
+            return child.example_ndim
+        if not getattr(child, "preserves_rank", False):
+            return None
+    return None
+
+
+@dataclass(frozen=True, init=False)
+class Sequential(Spec):
+    """Apply child layers in order.
+
+    ``Sequential(a, b, c)`` names the children ``'0'``, ``'1'``, ``'2'`` (torch's naming);
+    ``Sequential({'stem': a, 'head': b})`` names them explicitly. Parameter paths are
+    ``'<child>.<param>'``, so ``params['0']['weight']`` and the state_dict key
+    ``'0.weight'`` agree with :class:`torch.nn.Sequential`.
+    """
+
+    layers: tuple[tuple[str, Spec], ...]
+
+    def __init__(self, *layers: Spec | Mapping[str, Spec]):
+        if len(layers) == 1 and isinstance(layers[0], Mapping):
+            items = tuple(layers[0].items())
+        else:
+            items = tuple((str(i), layer) for i, layer in enumerate(layers))
+        for name, layer in items:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(
+                    f"Sequential: child names must be non-empty strings without '.', got {name!r}"
+                )
+            if not isinstance(layer, Spec):
+                raise TypeError(
+                    f"Sequential: child {name!r} must be a layer spec, got {type(layer).__name__}"
+                )
+        names = [n for n, _ in items]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"Sequential: duplicate child names {dup}")
+        object.__setattr__(self, "layers", items)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> Sequential:
+        return cls(dict(fields["layers"]))
+
+    @property
+    def example_ndim(self) -> int | None:  # type: ignore[override]
+        return _rank_of(self.layers)
+
+    def children(self):
+        return self.layers
+
+    def __getitem__(self, name: str | int) -> Spec:
+        return dict(self.layers)[str(name)]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, ctx: Context, path: str, x: Any) -> Any:
+        for name, layer in self.layers:
+            x = layer.forward(ctx, f"{path}{name}.", x)
+        return x
+
+
+@dataclass(frozen=True)
+class Flatten(Spec):
+    """Flatten dims ``start_dim..end_dim`` of a batch, as :class:`torch.nn.Flatten`.
+
+    The batch dim is dim 0 (a single example given to :func:`funcmodels.apply` is batched
+    first when the model's first layer knows its example rank, e.g. a conv).
+    """
+
+    start_dim: int = 1
+    end_dim: int = -1
+
+    def __post_init__(self):
+        for field in ("start_dim", "end_dim"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"Flatten: {field} must be an int, got {v!r}")
+        non_negative_int("Flatten", "start_dim", self.start_dim)
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, self.start_dim, self.end_dim)

@@ -1,0 +1,152 @@
+"""Convolutions, matching :class:`torch.nn.Conv1d` and :class:`torch.nn.Conv2d`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .._spec import Context, Spec
+from ._check import boolean, fan_in_bound, int_tuple, positive_int, uniform_param
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class _ConvNd(Spec):
+    """Shared by Conv1d and Conv2d; ``_n`` is the number of spatial dims."""
+
+    _n: ClassVar[int]
+    _fn: ClassVar = None
+
+    def __post_init__(self):
+        layer = self.type_name
+        positive_int(layer, "in_channels", self.in_channels)
+        positive_int(layer, "out_channels", self.out_channels)
+        positive_int(layer, "groups", self.groups)
+        boolean(layer, "bias", self.bias)
+        n = self._n
+        object.__setattr__(
+            self, "kernel_size", int_tuple(layer, "kernel_size", self.kernel_size, n, 1)
+        )
+        object.__setattr__(self, "stride", int_tuple(layer, "stride", self.stride, n, 1))
+        object.__setattr__(self, "dilation", int_tuple(layer, "dilation", self.dilation, n, 1))
+        if isinstance(self.padding, str):
+            if self.padding not in ("same", "valid"):
+                raise ValueError(
+                    f"{layer}: padding must be an int, a tuple of ints, 'same' or 'valid', "
+                    f"got {self.padding!r}"
+                )
+            if self.padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(
+                    f"{layer}: padding='same' needs stride 1 (as in torch), got stride {self.stride}"
+                )
+        else:
+            object.__setattr__(self, "padding", int_tuple(layer, "padding", self.padding, n, 0))
+        if self.padding_mode not in _PADDING_MODES:
+            raise ValueError(
+                f"{layer}: padding_mode must be one of {list(_PADDING_MODES)}, "
+                f"got {self.padding_mode!r}"
+            )
+        for field in ("in_channels", "out_channels"):
+            if getattr(self, field) % self.groups:
+                raise ValueError(
+                    f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
+                )
+
+    @property
+    def example_ndim(self) -> int:  # type: ignore[override]
+        return self._n + 1
+
+    def param_shapes(self):
+        shapes = {"weight": (self.out_channels, self.in_channels // self.groups, *self.kernel_size)}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_params(self, key, dtype):
+        bound = fan_in_bound(self.in_channels // self.groups * math.prod(self.kernel_size))
+        return {
+            name: uniform_param(key, name, shape, bound, dtype)
+            for name, shape in self.param_shapes().items()
+        }
+
+    def _explicit_padding(self) -> tuple[int, ...]:
+        """Per-side padding for F.pad (last dim first), as torch's _reversed_padding."""
+        if self.padding == "valid":
+            return (0,) * (2 * self._n)
+        if self.padding == "same":
+            pads: list[int] = []
+            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size), strict=True):
+                total = d * (k - 1)
+                left = total // 2
+                pads += [left, total - left]
+            return tuple(pads)
+        return tuple(p for p in reversed(self.padding) for _ in range(2))
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        n = self._n
+        if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != self.in_channels:
+            dims = "C, L" if n == 1 else "C, H, W"
+            raise self._error(
+                path,
+                f"expected input (N, {dims}) or ({dims}) with C={self.in_channels}, "
+                f"got shape {tuple(x.shape)}",
+            )
+        p = ctx.params
+        weight, bias = p[path + "weight"], p.get(path + "bias")
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)
+            padding = 0
+        return type(self)._fn(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+
+@dataclass(frozen=True)
+class Conv1d(_ConvNd):
+    """1-d convolution over ``(N, C, L)`` or ``(C, L)``, as :class:`torch.nn.Conv1d`.
+
+    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
+    (int, tuple, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
+    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
+    Params: ``weight (out, in/groups, k)``, ``bias (out,)``.
+    """
+
+    _n: ClassVar[int] = 1
+    _fn: ClassVar = staticmethod(F.conv1d)
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int | tuple[int]
+    stride: int | tuple[int] = 1
+    padding: int | tuple[int] | str = 0
+    dilation: int | tuple[int] = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+
+
+@dataclass(frozen=True)
+class Conv2d(_ConvNd):
+    """2-d convolution over ``(N, C, H, W)`` or ``(C, H, W)``, as :class:`torch.nn.Conv2d`.
+
+    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
+    (int, pair, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
+    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
+    Params: ``weight (out, in/groups, kh, kw)``, ``bias (out,)``.
+    """
+
+    _n: ClassVar[int] = 2
+    _fn: ClassVar = staticmethod(F.conv2d)
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int | tuple[int, int]
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] | str = 0
+    dilation: int | tuple[int, int] = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
