@@ -41,7 +41,8 @@ class _ConvNd(Spec):
                 )
             if self.padding == "same" and any(s != 1 for s in self.stride):
                 raise ValueError(
-                    f"{layer}: padding='same' needs stride 1 (as in torch), got stride {self.stride}"
+                    f"{layer}: padding='same' needs stride 1 (as in torch), "
+                    f"got stride {self.stride}"
                 )
         else:
             object.__setattr__(self, "padding", int_tuple(layer, "padding", self.padding, n, 0))
