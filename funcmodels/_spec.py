@@ -32,6 +32,9 @@ def registered_types() -> dict[str, type[Spec]]:
     return dict(_REGISTRY)
 
 
+# Names are fixed by the spec, so under torch.compile the hash is a trace-time constant
+# (zlib itself is opaque to dynamo and would break the graph).
+@torch.compiler.assume_constant_result
 def name_hash(name: str) -> int:
     """Stable 32-bit hash of a child name (CRC32), used to fold names into keys."""
     return zlib.crc32(name.encode("utf-8"))

@@ -3,17 +3,31 @@
 from ._activation import GELU, Identity, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from ._container import Flatten, Sequential
 from ._conv import Conv1d, Conv2d
+from ._dropout import Dropout
 from ._linear import Linear
+from ._norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from ._pool import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from ._residual import ResidualBlock
 
 __all__ = [
     "GELU",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "Conv1d",
     "Conv2d",
+    "Dropout",
     "Flatten",
+    "GroupNorm",
     "Identity",
+    "LayerNorm",
     "Linear",
     "LogSoftmax",
+    "MaxPool2d",
     "ReLU",
+    "ResidualBlock",
     "Sequential",
     "SiLU",
     "Sigmoid",

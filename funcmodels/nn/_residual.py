@@ -1,0 +1,162 @@
+"""A 3x3-3x3 residual block with optional squeeze-and-excitation and projection shortcut."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .._spec import Context, Spec
+from ._activation import Identity, ReLU, Sigmoid
+from ._check import boolean, number, positive_int
+from ._container import Sequential
+from ._conv import Conv2d
+from ._norm import BatchNorm2d, GroupNorm
+from ._pool import AdaptiveAvgPool2d
+
+_NORMS = ("batch", "group", "none")
+
+
+@dataclass(frozen=True)
+class ResidualBlock(Spec):
+    """``activation(main_branch(x) [* se(.)] + shortcut(x))``, a basic ResNet block.
+
+    Arguments:
+        in_channels, out_channels: channel counts of input and output.
+        stride: stride of the first 3x3 conv and of the projection.
+        groups: groups of both 3x3 convs; must divide both channel counts.
+        dilation: dilation (and padding) of both 3x3 convs, so the size is kept at stride 1.
+        use_se: add a squeeze-and-excitation gate on the main branch.
+        se_ratio: the SE bottleneck has ``max(1, int(out_channels * se_ratio))`` channels.
+        activation: the nonlinearity (a spec, default ``ReLU()``), used after the first
+            conv, inside SE and after the sum.
+        norm: ``'batch'`` (BatchNorm2d), ``'group'`` (GroupNorm with ``norm_groups``
+            groups, safe for per-sample gradients) or ``'none'`` (Identity, keeping the
+            layer positions and so the parameter paths).
+        norm_groups: number of GroupNorm groups; required with ``norm='group'`` (it must
+            divide ``out_channels``) and not allowed otherwise.
+
+    Children, with the parameter paths of the equivalent ``torch.nn.Module``:
+
+    * ``main_branch``: ``Sequential(Conv2d(in, out, 3, stride, padding=dilation, bias=False),
+      norm, activation, Conv2d(out, out, 3, padding=dilation, bias=False), norm)``;
+    * ``se`` (with ``use_se``): ``Sequential(AdaptiveAvgPool2d(1), Conv2d(out, r, 1),
+      activation, Conv2d(r, out, 1), Sigmoid())``;
+    * ``projection`` (when ``in != out`` or ``stride != 1``):
+      ``Sequential(Conv2d(in, out, 1, stride, bias=False), norm)``;
+    * ``activation``.
+
+    Shapes: input ``(N, in, H, W)`` or one example ``(in, H, W)``; output
+    ``(N, out, H', W')`` with ``H' = (H - 1) // stride + 1`` (likewise ``W'``).
+    """
+
+    example_ndim: ClassVar[int] = 3
+    preserves_rank: ClassVar[bool] = True
+
+    in_channels: int
+    out_channels: int
+    stride: int = 1
+    groups: int = 1
+    dilation: int = 1
+    use_se: bool = False
+    se_ratio: float = 0.25
+    activation: Spec = ReLU()
+    norm: str = "batch"
+    norm_groups: int | None = None
+
+    def __post_init__(self):
+        layer = "ResidualBlock"
+        for field in ("in_channels", "out_channels", "stride", "groups", "dilation"):
+            positive_int(layer, field, getattr(self, field))
+        for field in ("in_channels", "out_channels"):
+            if getattr(self, field) % self.groups:
+                raise ValueError(
+                    f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
+                )
+        boolean(layer, "use_se", self.use_se)
+        object.__setattr__(
+            self, "se_ratio", number(layer, "se_ratio", self.se_ratio, 0.0, lo_open=True)
+        )
+        if not isinstance(self.activation, Spec):
+            raise TypeError(
+                f"{layer}: activation must be a layer spec such as fm.nn.ReLU(), got "
+                f"{type(self.activation).__name__}"
+            )
+        if self.norm not in _NORMS:
+            raise ValueError(f"{layer}: norm must be one of {list(_NORMS)}, got {self.norm!r}")
+        if self.norm == "group":
+            if self.norm_groups is None:
+                raise ValueError(
+                    f"{layer}: norm='group' needs norm_groups, a divisor of "
+                    f"out_channels={self.out_channels}"
+                )
+            positive_int(layer, "norm_groups", self.norm_groups)
+            if self.out_channels % self.norm_groups:
+                raise ValueError(
+                    f"{layer}: norm_groups={self.norm_groups} must divide "
+                    f"out_channels={self.out_channels}"
+                )
+        elif self.norm_groups is not None:
+            raise ValueError(
+                f"{layer}: norm_groups is only used with norm='group', got "
+                f"norm={self.norm!r} and norm_groups={self.norm_groups!r}"
+            )
+        # Children are derived from the fields once; they are not fields themselves, so
+        # equality, hashing and the spec's serialised form stay those of the arguments.
+        object.__setattr__(self, "_children", self._build())
+
+    def _norm_layer(self) -> Spec:
+        if self.norm == "batch":
+            return BatchNorm2d(self.out_channels)
+        if self.norm == "group":
+            return GroupNorm(self.norm_groups, self.out_channels)
+        return Identity()
+
+    def _build(self) -> tuple[tuple[str, Spec], ...]:
+        cin, cout, act, d = self.in_channels, self.out_channels, self.activation, self.dilation
+        conv = dict(kernel_size=3, padding=d, dilation=d, groups=self.groups, bias=False)
+        main = Sequential(
+            Conv2d(cin, cout, stride=self.stride, **conv),
+            self._norm_layer(),
+            act,
+            Conv2d(cout, cout, **conv),
+            self._norm_layer(),
+        )
+        children: list[tuple[str, Spec]] = [("main_branch", main)]
+        if self.use_se:
+            reduced = max(1, int(cout * self.se_ratio))
+            se = Sequential(
+                AdaptiveAvgPool2d(1),
+                Conv2d(cout, reduced, 1),
+                act,
+                Conv2d(reduced, cout, 1),
+                Sigmoid(),
+            )
+            children.append(("se", se))
+        if cin != cout or self.stride != 1:
+            projection = Sequential(
+                Conv2d(cin, cout, 1, stride=self.stride, bias=False), self._norm_layer()
+            )
+            children.append(("projection", projection))
+        children.append(("activation", act))
+        return tuple(children)
+
+    def children(self):
+        return self._children
+
+    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise self._error(
+                path,
+                f"expected input (N, C, H, W) or (C, H, W) with C={self.in_channels}, "
+                f"got shape {tuple(x.shape)}",
+            )
+        parts = dict(self._children)
+        out = parts["main_branch"].forward(ctx, f"{path}main_branch.", x)
+        if "se" in parts:
+            out = out * parts["se"].forward(ctx, f"{path}se.", out)
+        shortcut = x
+        if "projection" in parts:
+            shortcut = parts["projection"].forward(ctx, f"{path}projection.", x)
+        return self.activation.forward(ctx, f"{path}activation.", out + shortcut)
