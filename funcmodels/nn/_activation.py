@@ -78,6 +78,12 @@ def _check_dim(layer: str, dim: object) -> None:
         raise TypeError(f"{layer}: dim must be an int, got {type(dim).__name__} {dim!r}")
 
 
+def _check_dim_in_range(spec: Spec, path: str, x: torch.Tensor, dim: int) -> None:
+    rank = max(x.dim(), 1)
+    if not -rank <= dim < rank:
+        raise spec._error(path, f"dim={dim} is out of range for an input of shape {tuple(x.shape)}")
+
+
 @dataclass(frozen=True)
 class Softmax(_Elementwise):
     """Softmax over ``dim`` (default the last, which is the same batched or not)."""
@@ -88,6 +94,7 @@ class Softmax(_Elementwise):
         _check_dim("Softmax", self.dim)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        _check_dim_in_range(self, path, x, self.dim)
         return F.softmax(x, dim=self.dim)
 
 
@@ -101,4 +108,5 @@ class LogSoftmax(_Elementwise):
         _check_dim("LogSoftmax", self.dim)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        _check_dim_in_range(self, path, x, self.dim)
         return F.log_softmax(x, dim=self.dim)

@@ -96,4 +96,11 @@ class Flatten(Spec):
         non_negative_int("Flatten", "start_dim", self.start_dim)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        rank = max(x.dim(), 1)
+        if not (self.start_dim < rank and -rank <= self.end_dim < rank):
+            raise self._error(
+                path,
+                f"start_dim={self.start_dim}, end_dim={self.end_dim} are out of range for an "
+                f"input of shape {tuple(x.shape)}",
+            )
         return torch.flatten(x, self.start_dim, self.end_dim)

@@ -56,6 +56,8 @@ class _ConvNd(Spec):
                 raise ValueError(
                     f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
                 )
+        # Derived once: forward checks the input size against it on every call.
+        object.__setattr__(self, "_min", self._min_size())
 
     @property
     def example_ndim(self) -> int:  # type: ignore[override]
@@ -87,14 +89,38 @@ class _ConvNd(Spec):
             return tuple(pads)
         return tuple(p for p in reversed(self.padding) for _ in range(2))
 
+    def _min_size(self) -> tuple[int, ...]:
+        """Smallest spatial size per dim that fits one window (and the padding mode)."""
+        pads = self._explicit_padding()[::-1]  # first spatial dim first, (after, before)
+        sizes = []
+        for i, (k, d) in enumerate(zip(self.kernel_size, self.dilation, strict=True)):
+            after, before = pads[2 * i], pads[2 * i + 1]
+            need = d * (k - 1) + 1 - before - after
+            if self.padding_mode == "reflect":
+                need = max(need, max(before, after) + 1)
+            elif self.padding_mode == "circular":
+                need = max(need, max(before, after))
+            sizes.append(max(need, 1))
+        return tuple(sizes)
+
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         n = self._n
+        if not isinstance(x, torch.Tensor):
+            raise self._error(path, f"expected a tensor, got {type(x).__name__}", TypeError)
         if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != self.in_channels:
             dims = "C, L" if n == 1 else "C, H, W"
             raise self._error(
                 path,
                 f"expected input (N, {dims}) or ({dims}) with C={self.in_channels}, "
                 f"got shape {tuple(x.shape)}",
+            )
+        size = tuple(x.shape[-n:])
+        if any(s < m for s, m in zip(size, self._min, strict=True)):
+            raise self._error(
+                path,
+                f"input of spatial size {size} is too small for kernel_size "
+                f"{self.kernel_size}, dilation {self.dilation}, padding {self.padding!r} and "
+                f"padding_mode {self.padding_mode!r} (needs at least {self._min})",
             )
         p = ctx.params
         weight, bias = p[path + "weight"], p.get(path + "bias")

@@ -46,6 +46,8 @@ class Linear(Spec):
         }
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise self._error(path, f"expected a tensor, got {type(x).__name__}", TypeError)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise self._error(
                 path,
