@@ -4,7 +4,7 @@ A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` an
 ``apply`` are pure functions, so every :mod:`torch.func` transform composes with them.
 """
 
-from . import nn, random
+from . import nn, optim, random
 from ._core import (
     Output,
     apply,
@@ -15,6 +15,8 @@ from ._core import (
     run,
     to_state_dict,
 )
+from ._io import load, save
+from ._serial import spec_from_dict, spec_to_dict
 from ._spec import Context, Spec
 from ._tree import Params, State
 from .random import fold_in, key, split
@@ -34,9 +36,14 @@ __all__ = [
     "init",
     "init_with_state",
     "key",
+    "load",
     "nn",
+    "optim",
     "random",
     "run",
+    "save",
+    "spec_from_dict",
+    "spec_to_dict",
     "split",
     "to_state_dict",
 ]

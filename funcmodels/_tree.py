@@ -40,6 +40,11 @@ class _Tree(Mapping):
         return list(seen)
 
     def __getitem__(self, name: str):
+        if not isinstance(name, str):
+            raise KeyError(
+                f"{type(self).__name__} of {self.spec.type_name} has no entry {name!r} (names "
+                f"are strings such as '0' or '0.weight'); entries: {self._names()}"
+            )
         if name in self._flat:
             return self._flat[name]
         prefix = name + "."
@@ -113,7 +118,10 @@ def _register(cls: type[_Tree]) -> None:
     # Register in optree's global namespace so plain optree.tree_map works; fall back to a
     # named namespace if optree ever hides it.
     ns = getattr(optree.registry, "__GLOBAL_NAMESPACE", "funcmodels")
-    optree.register_pytree_node(cls, oflatten, unflatten, namespace=ns)
+    # optree passes (metadata, children), the reverse of torch's (children, context).
+    optree.register_pytree_node(
+        cls, oflatten, lambda context, leaves: unflatten(leaves, context), namespace=ns
+    )
 
 
 _register(Params)

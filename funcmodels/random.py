@@ -171,13 +171,16 @@ def _blocks(k: torch.Tensor, stream: int, n_blocks: int, device=None) -> torch.T
     return out
 
 
-def _numel(shape: Shape) -> tuple[tuple[int, ...], int]:
-    if isinstance(shape, int):
+def _numel(shape: Shape, where: str) -> tuple[tuple[int, ...], int]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in shape
+    ):
+        raise TypeError(f"{where}: shape must be an int or a sequence of ints, got {shape!r}")
     shape = tuple(shape)
-    for s in shape:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ValueError(f"random: shape must be non-negative ints, got {shape}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{where}: shape must be non-negative, got {shape}")
     return shape, math.prod(shape)
 
 
@@ -188,7 +191,7 @@ def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
         ``int64`` tensor of ``shape`` with values in ``[0, 2**32)``.
     """
     check_key(k, "fm.random.bits")
-    shape, n = _numel(shape)
+    shape, n = _numel(shape, "fm.random.bits")
     words = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)
     return words[:n].reshape(shape)
 
@@ -241,21 +244,41 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
-    if not dtype.is_floating_point:
-        raise TypeError(f"{where}: dtype must be a floating dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{where}: dtype must be a floating torch.dtype, got {dtype!r}")
     return dtype
 
 
-def _unit(k: torch.Tensor, shape: tuple[int, ...], n: int, dtype, device) -> torch.Tensor:
-    """Uniform floats in ``[0, 1)``, exact multiples of 2**-24 (2**-53 for float64)."""
-    if dtype == torch.float64:
+def _precision(dtype: torch.dtype) -> int:
+    """Significand bits of a floating dtype: 53, 24, 11 (float16) or 8 (bfloat16)."""
+    return 1 - int(math.log2(torch.finfo(dtype).eps))
+
+
+def _lattice(k: torch.Tensor, n: int, p: int, device) -> torch.Tensor:
+    """``n`` uniform integers in ``[0, 2**p)``, ``p <= 53``, as a flat ``int64`` tensor."""
+    if p > 32:
         w = _blocks(k, _STREAM_BITS, (2 * n + 3) // 4, device).reshape(-1)[: 2 * n]
-        hi, lo = w[0::2] >> 5, w[1::2] >> 6  # 27 + 26 = 53 bits
-        u = (hi * (1 << 26) + lo).to(torch.float64) * 2.0**-53
-    else:
-        w = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n]
-        u = (w >> 8).to(torch.float32) * 2.0**-24
-    return u.reshape(shape)
+        hi_bits, lo_bits = p - p // 2, p // 2
+        hi, lo = w[0::2] >> (32 - hi_bits), w[1::2] >> (32 - lo_bits)
+        return hi * (1 << lo_bits) + lo
+    w = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n]
+    return w >> (32 - p)
+
+
+def _work(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the float samples are computed in: float64 stays, the rest use float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _symmetric(k: torch.Tensor, shape: tuple[int, ...], n: int, work, device) -> torch.Tensor:
+    """Uniform floats in the open interval ``(-1, 1)``: ``m * 2**-p`` for odd ``|m| < 2**p``.
+
+    The lattice is built in integers so that every point is exact in ``work`` (a float
+    ``(u + eps/2) * 2 - 1`` rounds the top point to 1, where ``erfinv`` is infinite).
+    """
+    p = _precision(work)
+    m = 2 * _lattice(k, n, p, device) + (1 - (1 << p))
+    return (m.to(work) * 2.0**-p).reshape(shape)
 
 
 def uniform(
@@ -269,31 +292,42 @@ def uniform(
 ) -> torch.Tensor:
     """Uniform floats in ``[minval, maxval)``.
 
-    Computed in float32 (float64 for ``dtype=torch.float64``) and cast to ``dtype``; the
-    default ``[0, 1)`` draws are exact multiples of ``2**-24`` and identical on every device.
+    The default ``[0, 1)`` draws are exact multiples of ``2**-p``, ``p`` the precision of
+    ``dtype`` (24 for float32, 53 for float64, 11 for float16, 8 for bfloat16), so they are
+    identical on every device and never round up to 1. Other intervals are computed in
+    float32 (float64 for ``dtype=torch.float64``), cast to ``dtype`` and kept below
+    ``maxval``.
     """
     check_key(k, "fm.random.uniform")
     _float_dtype(dtype, "fm.random.uniform")
-    shape, n = _numel(shape)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    u = _unit(k, shape, n, work, device)
-    if minval != 0.0 or maxval != 1.0:
-        u = u * (maxval - minval) + minval
-        # Rounding can land on maxval; keep the interval half-open.
-        u = torch.minimum(u, torch.tensor(maxval, dtype=work).nextafter(torch.tensor(-math.inf)))
-    return u.to(dtype)
+    shape, n = _numel(shape, "fm.random.uniform")
+    if n and not minval < maxval:
+        raise ValueError(f"fm.random.uniform: need minval < maxval, got {minval}, {maxval}")
+    work = _work(dtype)
+    default = minval == 0.0 and maxval == 1.0
+    p = _precision(dtype if default else work)
+    u = (_lattice(k, n, p, device).to(work) * 2.0**-p).reshape(shape)
+    if default:
+        return u.to(dtype)
+    u = (u * (maxval - minval) + minval).to(dtype)
+    # Rounding (in the product or the cast) can land on maxval; keep the interval half-open.
+    top = torch.as_tensor(maxval, dtype=dtype).nextafter(torch.tensor(-math.inf, dtype=dtype))
+    return torch.minimum(u, top.to(u.device))
 
 
-def normal(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float32, device=None):
-    """Standard normal floats, by the inverse CDF: ``sqrt(2) * erfinv(u)``, ``u`` in (-1, 1)."""
+def normal(
+    k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """Standard normal floats, by the inverse CDF ``sqrt(2) * erfinv(u)``, ``u`` in (-1, 1).
+
+    Computed in float32 (float64 for ``dtype=torch.float64``) and cast to ``dtype``; always
+    finite.
+    """
     check_key(k, "fm.random.normal")
     _float_dtype(dtype, "fm.random.normal")
-    shape, n = _numel(shape)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    u = _unit(k, shape, n, work, device)
-    eps = 2.0**-53 if work == torch.float64 else 2.0**-24
-    u = (u + eps / 2) * 2 - 1  # centre each lattice point so -1 and 1 are never reached
-    return (math.sqrt(2.0) * torch.erfinv(u)).to(dtype)
+    shape, n = _numel(shape, "fm.random.normal")
+    s = _symmetric(k, shape, n, _work(dtype), device)
+    return (math.sqrt(2.0) * torch.erfinv(s)).to(dtype)
 
 
 def truncated_normal(
@@ -309,34 +343,59 @@ def truncated_normal(
     _float_dtype(dtype, "fm.random.truncated_normal")
     if not lower < upper:
         raise ValueError(f"fm.random.truncated_normal: need lower < upper, got {lower}, {upper}")
-    shape, n = _numel(shape)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+    shape, n = _numel(shape, "fm.random.truncated_normal")
     a = math.erf(lower / math.sqrt(2.0))
     b = math.erf(upper / math.sqrt(2.0))
-    u = _unit(k, shape, n, work, device)
-    eps = 2.0**-53 if work == torch.float64 else 2.0**-24
-    u = a + (b - a) * (u + eps / 2)
-    x = math.sqrt(2.0) * torch.erfinv(u)
+    s = _symmetric(k, shape, n, _work(dtype), device)
+    x = math.sqrt(2.0) * torch.erfinv((a + b) / 2 + (b - a) / 2 * s)
     return x.clamp(lower, upper).to(dtype)
 
 
 def bernoulli(
-    k: torch.Tensor, p: float | torch.Tensor = 0.5, shape: Shape = (), device=None
+    k: torch.Tensor,
+    p: float | torch.Tensor = 0.5,
+    shape: Shape | None = None,
+    device=None,
 ) -> torch.Tensor:
     """Boolean draws, ``True`` with probability ``p``.
 
-    ``p`` is resolved to a multiple of ``2**-32``: a draw is ``True`` when its 32-bit word is
-    below ``round(p * 2**32)``.
+    Arguments:
+        k: a key.
+        p: a probability in ``[0, 1]``, or a floating tensor of them (one per draw).
+        shape: shape of the result (default ``p``'s shape); a tensor ``p`` must broadcast
+            to it.
+
+    Returns:
+        ``bool`` tensor of ``shape``. ``p`` is resolved to a multiple of ``2**-32``: a draw
+        is ``True`` when its 32-bit word is below ``round(p * 2**32)``.
     """
     check_key(k, "fm.random.bernoulli")
-    if not isinstance(p, torch.Tensor) and not 0.0 <= p <= 1.0:
-        raise ValueError(f"fm.random.bernoulli: p must be in [0, 1], got {p}")
-    shape, n = _numel(shape)
-    words = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n].reshape(shape)
+    where = "fm.random.bernoulli"
     if isinstance(p, torch.Tensor):
+        if not p.dtype.is_floating_point:
+            raise TypeError(f"{where}: p must be a floating tensor, got {p.dtype}")
+        if _plain(p) and not bool(((p >= 0) & (p <= 1)).all()):
+            raise ValueError(
+                f"{where}: p must be in [0, 1], got values in [{p.min().item()}, {p.max().item()}]"
+            )
+        shape, n = _numel(tuple(p.shape) if shape is None else shape, where)
+        try:
+            fits = torch.broadcast_shapes(p.shape, shape) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{where}: p of shape {tuple(p.shape)} does not broadcast to shape {shape}"
+            )
         threshold = (p.to(torch.float64) * 2.0**32).round().to(torch.int64)
     else:
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"{where}: p must be a float or a tensor, got {type(p).__name__}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{where}: p must be in [0, 1], got {p}")
+        shape, n = _numel(() if shape is None else shape, where)
         threshold = round(p * 2.0**32)
+    words = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n].reshape(shape)
     return words < threshold
 
 
@@ -350,14 +409,24 @@ def randint(
 ) -> torch.Tensor:
     """Integers in ``[minval, maxval)``, from 64 random bits each (bias below 2**-32)."""
     check_key(k, "fm.random.randint")
-    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-        raise TypeError(f"fm.random.randint: dtype must be an integer dtype, got {dtype}")
+    where = "fm.random.randint"
+    integer = isinstance(dtype, torch.dtype) and not (
+        dtype.is_floating_point or dtype.is_complex or dtype == torch.bool
+    )
+    if not integer:
+        raise TypeError(f"{where}: dtype must be an integer dtype, got {dtype!r}")
+    for name, v in (("minval", minval), ("maxval", maxval)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{where}: {name} must be an int, got {type(v).__name__} {v!r}")
     span = maxval - minval
     if not 0 < span <= 2**31:
         raise ValueError(
-            f"fm.random.randint: need minval < maxval <= minval + 2**31, got [{minval}, {maxval})"
+            f"{where}: need minval < maxval <= minval + 2**31, got [{minval}, {maxval})"
         )
-    shape, n = _numel(shape)
+    info = torch.iinfo(dtype)
+    if minval < info.min or maxval - 1 > info.max:
+        raise ValueError(f"{where}: [{minval}, {maxval}) does not fit in {dtype}")
+    shape, n = _numel(shape, where)
     w = _blocks(k, _STREAM_BITS, (2 * n + 3) // 4, device).reshape(-1)[: 2 * n]
     hi, lo = w[0::2], w[1::2]
     # (hi * 2**32 + lo) mod span, without overflowing int64 (all factors are below 2**31).

@@ -56,7 +56,12 @@ class Sequential(Spec):
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> Sequential:
-        return cls(dict(fields["layers"]))
+        layers = list(fields["layers"])
+        names = [name for name, _ in layers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"Sequential: duplicate child names {dup}")
+        return cls(dict(layers))
 
     @property
     def example_ndim(self) -> int | None:  # type: ignore[override]

@@ -1,0 +1,149 @@
+"""save / load: params and state as a safetensors file with the spec as JSON metadata.
+
+The tensor names are the ``state_dict`` paths (``'0.weight'``), so a file written here
+loads into the torch twin with ``safetensors.torch.load_file`` and ``load_state_dict``,
+and a safetensors file of a torch ``state_dict`` loads here given the spec. Nothing is
+unpickled and nothing in the file is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ._core import describe_mismatch, to_state_dict, validate_entries
+from ._serial import spec_from_dict, spec_to_dict
+from ._spec import Spec, expected_entries
+from ._tree import Params, State
+
+_FORMAT = "funcmodels"
+_VERSION = "1"
+
+
+def save(
+    path: str | os.PathLike[str],
+    params: Params,
+    state: State | None = None,
+) -> None:
+    """Write ``params`` (and ``state``) to a safetensors file.
+
+    Keys are the dotted ``state_dict`` paths; the metadata holds ``format``, ``version``
+    and ``spec`` (the JSON of :func:`funcmodels.spec_to_dict`). Tensors are written as
+    they are (dtype kept, moved to CPU); the inputs are not modified.
+
+    Arguments:
+        path: destination file.
+        params: from :func:`funcmodels.init` or :func:`funcmodels.load`.
+        state: the model's :class:`State`, if it has one to keep.
+    """
+    sd = to_state_dict(params, state)
+    spec = params.spec
+    validate_entries(spec, sd, "fm.save", require_state=state is not None)
+    metadata = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "spec": json.dumps(spec_to_dict(spec)),
+    }
+    save_file(_packed(sd), os.fspath(path), metadata=metadata)
+
+
+def _packed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached tensors safetensors accepts: contiguous, each owning its whole storage.
+
+    Only tensors that are views (non-contiguous, a slice of a larger buffer, or sharing
+    memory with another entry) are copied; the rest are written without a copy.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[torch.device, int]] = set()
+    for name, t in sd.items():
+        t = t.detach()
+        storage = t.untyped_storage()
+        ptr = (t.device, storage.data_ptr())
+        whole = t.is_contiguous() and storage.nbytes() == t.numel() * t.element_size()
+        if not whole or (ptr in seen and t.numel()):
+            t = t.clone(memory_format=torch.contiguous_format)
+            ptr = (t.device, t.untyped_storage().data_ptr())
+        seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def load(
+    path: str | os.PathLike[str],
+    spec: Spec | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[Params, State | None]:
+    """Read a file written by :func:`save` (or any safetensors ``state_dict``, given ``spec``).
+
+    Arguments:
+        path: the safetensors file.
+        spec: the expected spec. Required for files without funcmodels metadata; for files
+            with it, the stored spec must equal this one (the message says where they
+            differ).
+        device: where to put the tensors.
+
+    Returns:
+        ``(params, state)``. ``state`` is ``None`` when the spec has buffers but the file
+        holds none (saved without state); otherwise a :class:`State` (empty for models
+        without buffers). Names, shapes and dtypes are checked against the spec, every
+        problem listed.
+    """
+    if spec is not None and not isinstance(spec, Spec):
+        raise TypeError(f"fm.load: spec must be a layer spec, got {type(spec).__name__}")
+    where = f"fm.load({os.fspath(path)!r})"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{where}: is a directory, expected a safetensors file")
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{where}: not a readable safetensors file ({e})") from e
+    stored = _stored_spec(metadata, where, required=spec is None)
+    if spec is None:
+        spec = stored
+    elif stored is not None and stored != spec:
+        raise ValueError(
+            f"{where}: the file was saved for a different spec: " + describe_mismatch(spec, stored)
+        )
+    want_state = expected_entries(spec, "state")
+    has_state = not want_state or any(k in tensors for k in want_state)
+    validate_entries(spec, tensors, where, require_state=has_state)
+    params = Params(spec, {k: tensors[k] for k in expected_entries(spec, "params")})
+    state = State(spec, {k: tensors[k] for k in want_state}) if has_state else None
+    return params, state
+
+
+def _stored_spec(metadata: dict[str, str], where: str, *, required: bool) -> Spec | None:
+    fmt = metadata.get("format")
+    if fmt != _FORMAT:
+        if required:
+            raise ValueError(
+                f"{where}: the file has no funcmodels metadata (format {fmt!r}), so the "
+                "architecture is unknown; pass it: fm.load(path, spec)"
+            )
+        return None
+    version = metadata.get("version")
+    if version != _VERSION:
+        raise ValueError(
+            f"{where}: unsupported funcmodels file version {version!r} (this version reads "
+            f"{_VERSION!r})"
+        )
+    if "spec" not in metadata:
+        raise ValueError(f"{where}: funcmodels metadata without a 'spec' entry")
+    try:
+        doc: Any = json.loads(metadata["spec"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: the stored spec is not valid JSON ({e})") from e
+    try:
+        return spec_from_dict(doc)
+    except ValueError as e:
+        raise ValueError(f"{where}: cannot rebuild the stored spec: {e}") from e
