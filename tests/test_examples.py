@@ -1,0 +1,143 @@
+"""The examples run end to end, and the README's commands and snippets stay true."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+import funcmodels as fm
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+INSTALL = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+    'pip install -e ".'
+)
+QUICKSTART_COMMAND = INSTALL + '[examples]" && python examples/quickstart.py'
+TEST_COMMAND = INSTALL + '[test]" && python -m pytest -q'
+
+# The examples need the "examples" extras; the README checks do not.
+needs_extras = pytest.mark.skipif(
+    find_spec("sklearn") is None or find_spec("tqdm") is None,
+    reason="the examples need scikit-learn and tqdm (pip install -e '.[examples]')",
+)
+
+
+def run_example(name: str, *args: str) -> str:
+    """Run ``examples/<name>`` in a fresh interpreter; return its stdout (fail on exit != 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{name} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def parse_float(pattern: str, text: str) -> float:
+    """The number captured by ``pattern`` in ``text``; fails the test when absent."""
+    match = re.search(pattern, text)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return float(match.group(1))
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """Fenced code blocks of a markdown text as ``(language, code)``, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def import_example(monkeypatch, name: str):
+    """An example imported as a module (its ``main`` does not run)."""
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def dp(monkeypatch):
+    return import_example(monkeypatch, "per_sample_grads")
+
+
+@needs_extras
+def test_quickstart_trains_and_round_trips(monkeypatch):
+    out = run_example("quickstart.py", "--epochs", "1")
+    # One epoch of Adam already lands far above chance (0.1); a broken step would not.
+    assert parse_float(r"test accuracy: ([0-9.]+)", out) > 0.5
+    assert parse_float(r"relative difference ([0-9.e+-]+)", out) < 1e-4
+    assert "predictions identical: True" in out
+    # One line per parameter tensor: its name and (batch of 32, *parameter shape).
+    spec = import_example(monkeypatch, "quickstart").SPEC
+    want = [(n, (32, *t.shape)) for n, t in fm.to_state_dict(fm.init(fm.key(0), spec)).items()]
+    got = re.findall(r"^  (\S+)\s+(\([0-9, ]+\))$", out, flags=re.M)
+    assert [(n, tuple(map(int, re.findall(r"\d+", shape)))) for n, shape in got] == want, out
+
+
+@needs_extras
+def test_dp_sgd_example_reports_both_accuracies():
+    out = run_example("per_sample_grads.py", "--epochs", "1")
+    private = parse_float(r"test accuracy \(dp-sgd\): ([0-9.]+)", out)
+    baseline = parse_float(r"test accuracy \(non-private\): ([0-9.]+)", out)
+    assert 0.0 <= private <= 1.0
+    assert baseline > 0.5
+
+
+def test_readme_starts_with_the_two_commands():
+    blocks = code_blocks(README.read_text())
+    assert [lang for lang, _ in blocks[:2]] == ["bash", "bash"]
+    assert [code.strip() for _, code in blocks[:2]] == [QUICKSTART_COMMAND, TEST_COMMAND]
+
+
+def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
+    snippets = [code for lang, code in code_blocks(README.read_text()) if lang == "python"]
+    assert len(snippets) >= 8
+    # The snippets form one session, as a reader would paste them; files land in tmp_path.
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    for i, code in enumerate(snippets):
+        exec(compile(code, f"README.md python block {i}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    # The shapes the README promises in its comments are the ones printed.
+    promised = re.findall(r"# (torch\.Size\(\[[0-9, ]+\]\))", "".join(snippets))
+    assert promised and printed.split() == " ".join(promised).split()
+
+
+@needs_extras
+def test_dp_gradient_reduces_to_the_mean_gradient(dp):
+    """Without noise and with a clip no example reaches, the DP-SGD gradient is the plain one."""
+    params = fm.init(fm.key(0), dp.SPEC)
+    x = fm.random.uniform(fm.key(1), (6, 1, 8, 8))
+    y = torch.arange(6)
+    got = fm.to_state_dict(dp.private_grad_fn(1e6, 0.0, fm.key(2))(params, x, y, 0))
+    want = fm.to_state_dict(dp.plain_grad(params, x, y, 0))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@needs_extras
+def test_dp_clipping_bounds_each_example(dp):
+    """After clipping, every example's global norm is at most C; smaller ones are unchanged."""
+    scales = torch.tensor([0.01, 1.0, 100.0])
+    grads = {
+        "a": fm.random.normal(fm.key(3), (3, 4, 5)) * scales.view(3, 1, 1),
+        "b": fm.random.normal(fm.key(4), (3, 7)) * scales.view(3, 1),
+    }
+    clipped = dp.clip_per_sample(grads, 1.0)
+
+    def norms(g):
+        return torch.cat([t.flatten(1) for t in g.values()], dim=1).norm(dim=1)
+
+    before, after = norms(grads), norms(clipped)
+    assert torch.all(after <= 1.0 + 1e-5), after
+    torch.testing.assert_close(after[before > 1.0], torch.ones_like(after[before > 1.0]))
+    small = before <= 1.0
+    for name in grads:
+        torch.testing.assert_close(clipped[name][small], grads[name][small], atol=1e-6, rtol=1e-5)
