@@ -128,47 +128,82 @@ def _philox_functional(k0, k1, c0, c1, c2=None, c3=None):
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
-def _philox_inplace(k0, k1, c0, c1, out):
-    """Same as :func:`_philox_functional`, writing into ``out`` (shape ``(n, 4)``) in place."""
-    c1 = c1.expand_as(c0).clone()
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    p0 = torch.empty_like(c0)
-    p1 = torch.empty_like(c0)
-    for r in range(_ROUNDS):
-        if r:
-            k0 = (k0 + _W0) & _MASK
-            k1 = (k1 + _W1) & _MASK
+def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
+    """The ten Philox round keys as Python ints (no 0-d tensor ops per round)."""
+    keys = []
+    for _ in range(_ROUNDS):
+        keys.append((k0, k1))
+        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
+    return keys
+
+
+def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -> None:
+    """Philox of counters ``(start + i, stream, 0, 0)`` into ``out`` (shape ``(m, 4)``).
+
+    In-place ops on ``scratch`` (six ``int64`` buffers of length ``>= m``). The low product
+    words are carried unmasked from round to round: they only meet the next round in an
+    XOR whose result is masked, so one mask at the end suffices (10 ops a round, not 12).
+    """
+    m = out.shape[0]
+    c0, c1, c2, c3, p0, p1 = (t[:m] for t in scratch)
+    torch.arange(start, start + m, out=c0)
+    c1.fill_(stream)
+    c2.zero_()
+    c3.zero_()
+    for k0, k1 in keys:
         torch.mul(c0, _M0, out=p0)
         torch.mul(c2, _M1, out=p1)
-        torch.bitwise_right_shift(p1, 32, out=c0)
-        c0.bitwise_and_(_MASK).bitwise_xor_(c1).bitwise_xor_(k0)
-        torch.bitwise_right_shift(p0, 32, out=c2)
-        c2.bitwise_and_(_MASK).bitwise_xor_(c3).bitwise_xor_(k1)
-        torch.bitwise_and(p1, _MASK, out=c1)
-        torch.bitwise_and(p0, _MASK, out=c3)
-    torch.stack((c0, c1, c2, c3), dim=-1, out=out)
+        torch.bitwise_right_shift(p1, 32, out=c0).bitwise_xor_(c1).bitwise_xor_(k0)
+        c0.bitwise_and_(_MASK)
+        torch.bitwise_right_shift(p0, 32, out=c2).bitwise_xor_(c3).bitwise_xor_(k1)
+        c2.bitwise_and_(_MASK)
+        c1, p1 = p1, c1
+        c3, p0 = p0, c3
+    torch.stack((c0, c1.bitwise_and_(_MASK), c2, c3.bitwise_and_(_MASK)), dim=-1, out=out)
 
 
 def _blocks(k: torch.Tensor, stream: int, n_blocks: int, device=None) -> torch.Tensor:
     """``n_blocks`` Philox outputs of four 32-bit words for counters ``(i, stream)``.
 
-    Returns an ``int64`` tensor of shape ``(n_blocks, 4)`` with values in ``[0, 2**32)``.
+    The functional path, for vmap/grad/compile and small draws. Returns an ``int64``
+    tensor of shape ``(n_blocks, 4)`` with values in ``[0, 2**32)``.
     """
     device = k.device if device is None else torch.device(device)
     k = k.to(device)
-    k0, k1 = k[0], k[1]
     stream_t = torch.tensor(stream, dtype=torch.int64, device=device)
+    c0 = torch.arange(n_blocks, dtype=torch.int64, device=device)
+    return _philox_functional(k[0], k[1], c0, stream_t)
+
+
+def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
+    """``n`` values, each made by ``convert`` from ``group`` (1 or 2) consecutive words.
+
+    ``convert`` maps a flat ``int64`` tensor of words (a multiple of four long) to one value
+    per ``group`` words, elementwise. On plain eager tensors the words are made and
+    converted chunk by chunk while they are in cache; elsewhere all at once. Both give the
+    same values, since Philox and ``convert`` are the same functions of the counter.
+    """
+    n_blocks = (n * group + 3) // 4
     if not _plain(k) or n_blocks <= _CHUNK // 8:
-        c0 = torch.arange(n_blocks, dtype=torch.int64, device=device)
-        return _philox_functional(k0, k1, c0, stream_t)
-    out = torch.empty(n_blocks, 4, dtype=torch.int64, device=device)
+        return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
+    device = k.device if device is None else torch.device(device)
+    keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
+    scratch = [
+        torch.empty(min(chunk, n_blocks), dtype=torch.int64, device=device) for _ in "012345"
+    ]
+    words = torch.empty(min(chunk, n_blocks), 4, dtype=torch.int64, device=device)
+    out = None
+    per_block = 4 // group
     for start in range(0, n_blocks, chunk):
         stop = min(n_blocks, start + chunk)
-        c0 = torch.arange(start, stop, dtype=torch.int64, device=device)
-        _philox_inplace(k0, k1, c0, stream_t, out[start:stop])
-    return out
+        block = words[: stop - start]
+        _philox_inplace(keys, start, _STREAM_BITS, block, scratch)
+        values = convert(block.reshape(-1))
+        if out is None:
+            out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
+        out[start * per_block : stop * per_block] = values
+    return out[:n]
 
 
 def _numel(shape: Shape, where: str) -> tuple[tuple[int, ...], int]:
@@ -192,8 +227,7 @@ def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
     """
     check_key(k, "fm.random.bits")
     shape, n = _numel(shape, "fm.random.bits")
-    words = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)
-    return words[:n].reshape(shape)
+    return _draw(k, n, 1, lambda w: w, device).reshape(shape)
 
 
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -254,15 +288,19 @@ def _precision(dtype: torch.dtype) -> int:
     return 1 - int(math.log2(torch.finfo(dtype).eps))
 
 
-def _lattice(k: torch.Tensor, n: int, p: int, device) -> torch.Tensor:
-    """``n`` uniform integers in ``[0, 2**p)``, ``p <= 53``, as a flat ``int64`` tensor."""
+def _lattice(p: int):
+    """``(group, convert)`` for :func:`_draw`: uniform integers in ``[0, 2**p)``, ``p <= 53``."""
     if p > 32:
-        w = _blocks(k, _STREAM_BITS, (2 * n + 3) // 4, device).reshape(-1)[: 2 * n]
         hi_bits, lo_bits = p - p // 2, p // 2
-        hi, lo = w[0::2] >> (32 - hi_bits), w[1::2] >> (32 - lo_bits)
-        return hi * (1 << lo_bits) + lo
-    w = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n]
-    return w >> (32 - p)
+
+        def convert(w):
+            pairs = w.view(-1, 2)
+            return (pairs[:, 0] >> (32 - hi_bits)) * (1 << lo_bits) + (
+                pairs[:, 1] >> (32 - lo_bits)
+            )
+
+        return 2, convert
+    return 1, lambda w: w >> (32 - p)
 
 
 def _work(dtype: torch.dtype) -> torch.dtype:
@@ -270,15 +308,17 @@ def _work(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _symmetric(k: torch.Tensor, shape: tuple[int, ...], n: int, work, device) -> torch.Tensor:
-    """Uniform floats in the open interval ``(-1, 1)``: ``m * 2**-p`` for odd ``|m| < 2**p``.
+def _symmetric(work: torch.dtype, then):
+    """``(group, convert)``: ``then(s)`` of uniform ``s`` in the open interval ``(-1, 1)``.
 
-    The lattice is built in integers so that every point is exact in ``work`` (a float
-    ``(u + eps/2) * 2 - 1`` rounds the top point to 1, where ``erfinv`` is infinite).
+    ``s = m * 2**-p`` for odd ``|m| < 2**p``, built in integers so that every point is exact
+    in ``work`` (a float ``(u + eps/2) * 2 - 1`` rounds the top point to 1, where
+    ``erfinv`` is infinite).
     """
     p = _precision(work)
-    m = 2 * _lattice(k, n, p, device) + (1 - (1 << p))
-    return (m.to(work) * 2.0**-p).reshape(shape)
+    group, lattice = _lattice(p)
+    offset = 1 - (1 << p)
+    return group, lambda w: then((2 * lattice(w) + offset).to(work) * 2.0**-p)
 
 
 def uniform(
@@ -306,13 +346,17 @@ def uniform(
     work = _work(dtype)
     default = minval == 0.0 and maxval == 1.0
     p = _precision(dtype if default else work)
-    u = (_lattice(k, n, p, device).to(work) * 2.0**-p).reshape(shape)
+    group, lattice = _lattice(p)
     if default:
-        return u.to(dtype)
-    u = (u * (maxval - minval) + minval).to(dtype)
-    # Rounding (in the product or the cast) can land on maxval; keep the interval half-open.
-    top = torch.as_tensor(maxval, dtype=dtype).nextafter(torch.tensor(-math.inf, dtype=dtype))
-    return torch.minimum(u, top.to(u.device))
+        convert = lambda w: (lattice(w).to(work) * 2.0**-p).to(dtype)
+    else:
+        # Rounding (in the product or the cast) can land on maxval: clamp below it.
+        top = torch.tensor(maxval, dtype=dtype).nextafter(torch.tensor(-math.inf, dtype=dtype))
+        top = top.item()
+        convert = lambda w: (
+            ((lattice(w).to(work) * 2.0**-p) * (maxval - minval) + minval).to(dtype).clamp(max=top)
+        )
+    return _draw(k, n, group, convert, device).reshape(shape)
 
 
 def normal(
@@ -326,8 +370,10 @@ def normal(
     check_key(k, "fm.random.normal")
     _float_dtype(dtype, "fm.random.normal")
     shape, n = _numel(shape, "fm.random.normal")
-    s = _symmetric(k, shape, n, _work(dtype), device)
-    return (math.sqrt(2.0) * torch.erfinv(s)).to(dtype)
+    group, convert = _symmetric(
+        _work(dtype), lambda s: (math.sqrt(2.0) * torch.erfinv(s)).to(dtype)
+    )
+    return _draw(k, n, group, convert, device).reshape(shape)
 
 
 def truncated_normal(
@@ -346,9 +392,15 @@ def truncated_normal(
     shape, n = _numel(shape, "fm.random.truncated_normal")
     a = math.erf(lower / math.sqrt(2.0))
     b = math.erf(upper / math.sqrt(2.0))
-    s = _symmetric(k, shape, n, _work(dtype), device)
-    x = math.sqrt(2.0) * torch.erfinv((a + b) / 2 + (b - a) / 2 * s)
-    return x.clamp(lower, upper).to(dtype)
+    group, convert = _symmetric(
+        _work(dtype),
+        lambda s: (
+            (math.sqrt(2.0) * torch.erfinv((a + b) / 2 + (b - a) / 2 * s))
+            .clamp(lower, upper)
+            .to(dtype)
+        ),
+    )
+    return _draw(k, n, group, convert, device).reshape(shape)
 
 
 def bernoulli(
@@ -395,8 +447,9 @@ def bernoulli(
             raise ValueError(f"{where}: p must be in [0, 1], got {p}")
         shape, n = _numel(() if shape is None else shape, where)
         threshold = round(p * 2.0**32)
-    words = _blocks(k, _STREAM_BITS, (n + 3) // 4, device).reshape(-1)[:n].reshape(shape)
-    return words < threshold
+    if isinstance(threshold, int):
+        return _draw(k, n, 1, lambda w: w < threshold, device).reshape(shape)
+    return _draw(k, n, 1, lambda w: w, device).reshape(shape) < threshold
 
 
 def randint(
@@ -427,8 +480,11 @@ def randint(
     if minval < info.min or maxval - 1 > info.max:
         raise ValueError(f"{where}: [{minval}, {maxval}) does not fit in {dtype}")
     shape, n = _numel(shape, where)
-    w = _blocks(k, _STREAM_BITS, (2 * n + 3) // 4, device).reshape(-1)[: 2 * n]
-    hi, lo = w[0::2], w[1::2]
-    # (hi * 2**32 + lo) mod span, without overflowing int64 (all factors are below 2**31).
-    r = ((hi % span) * ((1 << 32) % span) + lo % span) % span
-    return (r + minval).to(dtype).reshape(shape)
+
+    def convert(w):
+        hi, lo = w.view(-1, 2).unbind(1)
+        # (hi * 2**32 + lo) mod span, without overflowing int64 (all factors are below 2**31).
+        r = ((hi % span) * ((1 << 32) % span) + lo % span) % span
+        return (r + minval).to(dtype)
+
+    return _draw(k, n, 2, convert, device).reshape(shape)
