@@ -5,6 +5,7 @@ A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` an
 """
 
 from . import nn, optim, random
+from ._config import from_config, load_config, register_layer
 from ._core import (
     Output,
     apply,
@@ -17,7 +18,9 @@ from ._core import (
 )
 from ._io import load, save
 from ._serial import spec_from_dict, spec_to_dict
+from ._shapes import shapes
 from ._spec import Context, Spec
+from ._summary import summary
 from ._tree import Params, State
 from .random import fold_in, key, split
 
@@ -32,18 +35,23 @@ __all__ = [
     "apply",
     "check_params",
     "fold_in",
+    "from_config",
     "from_state_dict",
     "init",
     "init_with_state",
     "key",
     "load",
+    "load_config",
     "nn",
     "optim",
     "random",
+    "register_layer",
     "run",
     "save",
+    "shapes",
     "spec_from_dict",
     "spec_to_dict",
     "split",
+    "summary",
     "to_state_dict",
 ]

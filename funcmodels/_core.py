@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import random as _random
+from ._shapes import prepare
 from ._spec import Context, Spec, expected_entries, layer_name, name_hash
 from ._tree import Params, State
 
@@ -58,7 +59,13 @@ def _state_tree(spec: Spec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return out
 
 
-def init(key: torch.Tensor, spec: Spec, *, dtype: torch.dtype = torch.float32) -> Params:
+def init(
+    key: torch.Tensor,
+    spec: Spec,
+    *,
+    dtype: torch.dtype = torch.float32,
+    input_shape: tuple[int, ...] | None = None,
+) -> Params:
     """Initialise the trainable parameters of ``spec`` from a PRNG key.
 
     Each child's key is the parent key with the child's name folded in, so adding a layer
@@ -69,24 +76,34 @@ def init(key: torch.Tensor, spec: Spec, *, dtype: torch.dtype = torch.float32) -
         key: a key from :func:`funcmodels.key`.
         spec: the model's spec.
         dtype: floating dtype of the parameters.
+        input_shape: the shape of **one example**, without the batch dim (``(1, 28, 28)``
+            for a grey image). Sizes left out of the spec (``in_features``,
+            ``in_channels``, ``num_features``, ...) are inferred from it, and every layer's
+            input is checked, before any tensor is made. Needed when the spec omits sizes.
 
     Returns:
-        :class:`Params`, leaves in ``state_dict`` order.
+        :class:`Params`, leaves in ``state_dict`` order; ``params.spec`` is the spec with
+        the inferred sizes filled in.
     """
     _random.check_key(key, "fm.init(key, spec)")
     _check_spec(spec, "fm.init(key, spec)")
     _check_dtype(dtype, "fm.init")
+    spec = prepare(spec, input_shape, "fm.init")
     flat: dict[str, torch.Tensor] = {}
     _init_tree(key, spec, dtype, "", flat)
     return Params(spec, flat)
 
 
 def init_with_state(
-    key: torch.Tensor, spec: Spec, *, dtype: torch.dtype = torch.float32
+    key: torch.Tensor,
+    spec: Spec,
+    *,
+    dtype: torch.dtype = torch.float32,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[Params, State]:
     """Like :func:`init`, also returning the initial :class:`State` (buffers)."""
-    params = init(key, spec, dtype=dtype)
-    return params, State(spec, _state_tree(spec, dtype))
+    params = init(key, spec, dtype=dtype, input_shape=input_shape)
+    return params, State(params.spec, _state_tree(params.spec, dtype))
 
 
 def _batch(spec: Spec, x: Any) -> tuple[Any, bool]:

@@ -10,7 +10,10 @@ A spec is a frozen dataclass deriving from :class:`Spec`. It holds configuration
 * ``forward(ctx, path, x)`` -- the computation on a *batched* input; ``ctx`` gives the
   layer's tensors by dotted path, the train flag, keys and the state to update;
 * ``example_ndim`` -- the rank of one example, when the layer knows it, so that
-  :func:`funcmodels.run` accepts unbatched inputs (the natural form under ``vmap``).
+  :func:`funcmodels.run` accepts unbatched inputs (the natural form under ``vmap``);
+* ``out_shape(in_shape)`` / ``resolve(in_shape)`` -- shape inference on one example's
+  shape (see :mod:`funcmodels._shapes`): the output shape, and the spec with the sizes
+  named in ``inferred_fields`` (left ``None``) filled from the input.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class Spec:
     example_ndim: ClassVar[int | None] = None
     #: name under which the type is registered (defaults to the class name)
     type_name: ClassVar[str] = ""
+    #: size fields that may be ``None`` and are then inferred from the input shape
+    inferred_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -80,6 +85,52 @@ class Spec:
     # -- computation ------------------------------------------------------------------
     def forward(self, ctx: Context, path: str, x: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    # -- shapes -----------------------------------------------------------------------
+    def out_shape(
+        self, in_shape: tuple[Any, ...], path: str = "", record: dict | None = None
+    ) -> tuple[Any, ...]:
+        """Output shape of one example given the input shape of one example (no batch dim).
+
+        Arguments:
+            in_shape: sizes, ``None`` where unknown; a leading ``...`` stands for an
+                unknown number of leading dims.
+            path: the layer's path prefix, for error messages.
+            record: composites add each descendant's output shape under its layer path.
+
+        Returns:
+            The output shape in the same notation. Raises ``ValueError`` naming the layer
+            when the input does not fit the spec.
+        """
+        raise self._error(
+            path,
+            "defines no shape rule (out_shape), so shapes cannot be inferred through it; "
+            "give every size explicitly and call fm.init without input_shape",
+            TypeError,
+        )
+
+    def resolve(self, in_shape: tuple[Any, ...], path: str = "") -> Spec:
+        """This spec with its omitted sizes filled from ``in_shape`` (one example's shape).
+
+        Sizes that ``in_shape`` does not determine (``None`` entries) stay omitted.
+        """
+        return self
+
+    def omitted(self) -> tuple[str, ...]:
+        """The names in ``inferred_fields`` still ``None``; params need them filled."""
+        return tuple(n for n in self.inferred_fields if getattr(self, n) is None)
+
+    def to_config(self) -> list[dict[str, Any]] | dict[str, Any]:
+        """This spec in the config format of :func:`funcmodels.from_config`.
+
+        Returns:
+            A list of layer entries for a :class:`~funcmodels.nn.Sequential`, one entry
+            dict for any other layer; JSON- and YAML-able, and ``fm.from_config`` of it
+            equals this spec. Parameters equal to their defaults are left out.
+        """
+        from ._config import to_config
+
+        return to_config(self)
 
     # -- helpers ----------------------------------------------------------------------
     def _error(self, path: str, message: str, exc: type[Exception] = ValueError) -> Exception:

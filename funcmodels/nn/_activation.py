@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .._shapes import Shape, rank_known, show
 from .._spec import Context, Spec
 
 
@@ -15,6 +16,9 @@ class _Elementwise(Spec):
     """A layer that maps each batch to a batch of the same shape, without parameters."""
 
     preserves_rank: ClassVar[bool] = True
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return in_shape
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,18 @@ def _check_dim_in_range(spec: Spec, path: str, x: torch.Tensor, dim: int) -> Non
         raise spec._error(path, f"dim={dim} is out of range for an input of shape {tuple(x.shape)}")
 
 
+def _check_dim_for_example(spec: Spec, path: str, in_shape: Shape, dim: int) -> Shape:
+    """``dim`` indexes a batch, so it must fit one more dim than the example has."""
+    rank = len(in_shape) + 1
+    if rank_known(in_shape) and not -rank <= dim < rank:
+        raise spec._error(
+            path,
+            f"dim={dim} is out of range for a batch of examples of shape {show(in_shape)} "
+            f"(batch rank {rank})",
+        )
+    return in_shape
+
+
 @dataclass(frozen=True)
 class Softmax(_Elementwise):
     """Softmax over ``dim`` (default the last, which is the same batched or not)."""
@@ -92,6 +108,9 @@ class Softmax(_Elementwise):
 
     def __post_init__(self):
         _check_dim("Softmax", self.dim)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return _check_dim_for_example(self, path, in_shape, self.dim)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         _check_dim_in_range(self, path, x, self.dim)
@@ -106,6 +125,9 @@ class LogSoftmax(_Elementwise):
 
     def __post_init__(self):
         _check_dim("LogSoftmax", self.dim)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return _check_dim_for_example(self, path, in_shape, self.dim)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         _check_dim_in_range(self, path, x, self.dim)

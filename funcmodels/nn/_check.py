@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 
@@ -80,3 +82,53 @@ def uniform_param(key: torch.Tensor, name: str, shape: tuple[int, ...], bound: f
 def fan_in_bound(fan_in: int) -> float:
     """torch.nn's default bound: kaiming_uniform(a=sqrt(5)) and the bias rule both give this."""
     return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+def torch_signature(cls: type) -> type:
+    """Give a frozen dataclass torch's constructor, with inferable sizes that may be omitted.
+
+    torch puts the input size first (``Linear(in_features, out_features)``); here it may
+    also be left out (``Linear(out_features=10)``) to be inferred from the input shape, so
+    a field with a default (``None``) comes before required ones, which a generated
+    dataclass ``__init__`` does not allow. Every field can be given by position or by name;
+    a required one left out raises ``TypeError``, as a missing argument would.
+    """
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in fields]
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    layer = cls.__name__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(names):
+            raise TypeError(
+                f"{layer}: takes at most {len(names)} positional arguments ({', '.join(names)}), "
+                f"got {len(args)}"
+            )
+        values = dict(zip(names, args, strict=False))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise TypeError(f"{layer}: unexpected argument {k!r}; its arguments are {names}")
+            if k in values:
+                raise TypeError(f"{layer}: got multiple values for argument {k!r}")
+            values[k] = v
+        missing = [n for n in names if n not in values and n not in defaults]
+        if missing:
+            raise TypeError(f"{layer}: missing required argument(s) {missing}")
+        for n in names:
+            object.__setattr__(self, n, values[n] if n in values else defaults[n])
+        self.__post_init__()
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"{layer}({', '.join(names)}); see the class docstring."
+    cls.__init__ = __init__
+    return cls
+
+
+def sizes_known(spec: Any) -> None:
+    """Raise unless every inferable size of ``spec`` is set (tensor shapes need them)."""
+    missing = spec.omitted()
+    if missing:
+        raise ValueError(
+            f"{spec.type_name}: {', '.join(missing)} not known yet ({spec!r}); pass "
+            "input_shape=... (one example's shape) to fm.init to infer it, or give it"
+        )

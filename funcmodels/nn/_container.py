@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._shapes import Shape, child_shape, product, rank_known, show
 from .._spec import Context, Spec
 from ._check import non_negative_int
 
@@ -76,6 +77,22 @@ class Sequential(Spec):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def resolve(self, in_shape: Shape, path: str = "") -> Sequential:
+        items, changed, shape = [], False, in_shape
+        for name, layer in self.layers:
+            child_path = f"{path}{name}."
+            resolved = layer.resolve(shape, child_path)
+            changed = changed or resolved is not layer
+            shape = resolved.out_shape(shape, child_path)
+            items.append((name, resolved))
+        return Sequential(dict(items)) if changed else self
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = in_shape
+        for name, layer in self.layers:
+            shape = child_shape(layer, shape, f"{path}{name}.", record)
+        return shape
+
     def forward(self, ctx: Context, path: str, x: Any) -> Any:
         for name, layer in self.layers:
             x = layer.forward(ctx, f"{path}{name}.", x)
@@ -100,9 +117,31 @@ class Flatten(Spec):
                 raise TypeError(f"Flatten: {field} must be an int, got {v!r}")
         non_negative_int("Flatten", "start_dim", self.start_dim)
 
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        if self.start_dim == 0:
+            raise self._error(
+                path,
+                "start_dim=0 merges the batch dim into the features, so one example's output "
+                "shape depends on the batch size; use start_dim >= 1 for shape inference",
+            )
+        if not rank_known(in_shape):
+            # The leading dims are unknown, so only a flatten to the end has a known rank.
+            return (None,) * self.start_dim if self.end_dim == -1 else (...,)
+        rank = len(in_shape) + 1
+        end = self.end_dim if self.end_dim >= 0 else rank + self.end_dim
+        if not (self.start_dim < rank and 0 <= end < rank and self.start_dim <= end):
+            raise self._error(
+                path,
+                f"start_dim={self.start_dim}, end_dim={self.end_dim} do not fit a batch of "
+                f"examples of shape {show(in_shape)} (batch rank {rank})",
+            )
+        lo, hi = self.start_dim - 1, end
+        return (*in_shape[:lo], product(in_shape[lo:hi]), *in_shape[hi:])
+
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         rank = max(x.dim(), 1)
-        if not (self.start_dim < rank and -rank <= self.end_dim < rank):
+        end = self.end_dim if self.end_dim >= 0 else rank + self.end_dim
+        if not (self.start_dim < rank and 0 <= end < rank and self.start_dim <= end):
             raise self._error(
                 path,
                 f"start_dim={self.start_dim}, end_dim={self.end_dim} are out of range for an "

@@ -9,8 +9,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .._shapes import Shape, check_size, fill, fit_rank
 from .._spec import Context, Spec
-from ._check import boolean, fan_in_bound, int_tuple, positive_int, uniform_param
+from ._check import (
+    boolean,
+    fan_in_bound,
+    int_tuple,
+    positive_int,
+    sizes_known,
+    torch_signature,
+    uniform_param,
+)
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -20,10 +29,13 @@ class _ConvNd(Spec):
 
     _n: ClassVar[int]
     _fn: ClassVar = None
+    _dims: ClassVar[str]
+    inferred_fields: ClassVar[tuple[str, ...]] = ("in_channels",)
 
     def __post_init__(self):
         layer = self.type_name
-        positive_int(layer, "in_channels", self.in_channels)
+        if self.in_channels is not None:
+            positive_int(layer, "in_channels", self.in_channels)
         positive_int(layer, "out_channels", self.out_channels)
         positive_int(layer, "groups", self.groups)
         boolean(layer, "bias", self.bias)
@@ -52,7 +64,7 @@ class _ConvNd(Spec):
                 f"got {self.padding_mode!r}"
             )
         for field in ("in_channels", "out_channels"):
-            if getattr(self, field) % self.groups:
+            if getattr(self, field) is not None and getattr(self, field) % self.groups:
                 raise ValueError(
                     f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
                 )
@@ -64,12 +76,14 @@ class _ConvNd(Spec):
         return self._n + 1
 
     def param_shapes(self):
+        sizes_known(self)
         shapes = {"weight": (self.out_channels, self.in_channels // self.groups, *self.kernel_size)}
         if self.bias:
             shapes["bias"] = (self.out_channels,)
         return shapes
 
     def init_params(self, key, dtype):
+        sizes_known(self)
         bound = fan_in_bound(self.in_channels // self.groups * math.prod(self.kernel_size))
         return {
             name: uniform_param(key, name, shape, bound, dtype)
@@ -103,6 +117,32 @@ class _ConvNd(Spec):
             sizes.append(max(need, 1))
         return tuple(sizes)
 
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        c = fit_rank(self, path, in_shape, self._n + 1, self._dims)[0]
+        if self.in_channels is not None or c is None:
+            return self
+        return fill(self, path, in_channels=c)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = fit_rank(self, path, in_shape, self._n + 1, self._dims)
+        check_size(self, path, "in_channels", self.in_channels, shape[0], in_shape)
+        pads = self._explicit_padding()[::-1]  # first spatial dim first, (after, before)
+        out = []
+        for i, size in enumerate(shape[1:]):
+            if size is None:
+                out.append(None)
+                continue
+            if size < self._min[i]:
+                raise self._error(
+                    path,
+                    f"input of spatial size {tuple(shape[1:])} is too small for kernel_size "
+                    f"{self.kernel_size}, dilation {self.dilation}, padding {self.padding!r} "
+                    f"and padding_mode {self.padding_mode!r} (needs at least {self._min})",
+                )
+            k, s, d = self.kernel_size[i], self.stride[i], self.dilation[i]
+            out.append((size + pads[2 * i] + pads[2 * i + 1] - d * (k - 1) - 1) // s + 1)
+        return (self.out_channels, *out)
+
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         n = self._n
         if not isinstance(x, torch.Tensor):
@@ -131,20 +171,24 @@ class _ConvNd(Spec):
         return type(self)._fn(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
 
-@dataclass(frozen=True)
+@torch_signature
+@dataclass(frozen=True, init=False)
 class Conv1d(_ConvNd):
     """1-d convolution over ``(N, C, L)`` or ``(C, L)``, as :class:`torch.nn.Conv1d`.
 
     Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
     (int, tuple, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
     padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
+    ``in_channels`` may be ``None`` (or left out, as in ``Conv2d(out_channels=16,
+    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
     Params: ``weight (out, in/groups, k)``, ``bias (out,)``.
     """
 
     _n: ClassVar[int] = 1
     _fn: ClassVar = staticmethod(F.conv1d)
+    _dims: ClassVar[str] = "C, L"
 
-    in_channels: int
+    in_channels: int | None = None
     out_channels: int
     kernel_size: int | tuple[int]
     stride: int | tuple[int] = 1
@@ -155,20 +199,24 @@ class Conv1d(_ConvNd):
     padding_mode: str = "zeros"
 
 
-@dataclass(frozen=True)
+@torch_signature
+@dataclass(frozen=True, init=False)
 class Conv2d(_ConvNd):
     """2-d convolution over ``(N, C, H, W)`` or ``(C, H, W)``, as :class:`torch.nn.Conv2d`.
 
     Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
     (int, pair, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
     padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
+    ``in_channels`` may be ``None`` (or left out, as in ``Conv2d(out_channels=16,
+    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
     Params: ``weight (out, in/groups, kh, kw)``, ``bias (out,)``.
     """
 
     _n: ClassVar[int] = 2
     _fn: ClassVar = staticmethod(F.conv2d)
+    _dims: ClassVar[str] = "C, H, W"
 
-    in_channels: int
+    in_channels: int | None = None
     out_channels: int
     kernel_size: int | tuple[int, int]
     stride: int | tuple[int, int] = 1

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from .. import random as _random
+from .._shapes import Shape
 from .._spec import Context, Spec
 from ._check import number
 
@@ -36,6 +37,9 @@ class Dropout(Spec):
 
     def __post_init__(self):
         object.__setattr__(self, "p", number("Dropout", "p", self.p, 0.0, 1.0))
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return in_shape
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         if not ctx.train or self.p == 0.0:

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch._C import _functorch
 
+from .._shapes import Shape, check_size, fill, fit_rank, product, rank_known, show
 from .._spec import Context, Spec
-from ._check import boolean, number, positive_int
+from ._check import boolean, number, positive_int, sizes_known
 
 
 def under_vmap(t: torch.Tensor) -> bool:
@@ -36,12 +37,14 @@ class _BatchNorm(Spec):
     """Shared by BatchNorm1d and BatchNorm2d; ``_ranks`` are the accepted input ranks."""
 
     preserves_rank: ClassVar[bool] = True
+    inferred_fields: ClassVar[tuple[str, ...]] = ("num_features",)
     _ranks: ClassVar[tuple[int, ...]]
     _dims: ClassVar[str]
 
     def __post_init__(self):
         layer = self.type_name
-        positive_int(layer, "num_features", self.num_features)
+        if self.num_features is not None:
+            positive_int(layer, "num_features", self.num_features)
         object.__setattr__(self, "eps", number(layer, "eps", self.eps, 0.0))
         if self.momentum is not None:
             object.__setattr__(self, "momentum", number(layer, "momentum", self.momentum, 0.0, 1.0))
@@ -49,17 +52,20 @@ class _BatchNorm(Spec):
         boolean(layer, "track_running_stats", self.track_running_stats)
 
     def param_shapes(self):
+        sizes_known(self)
         if not self.affine:
             return {}
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
 
     def init_params(self, key, dtype):
+        sizes_known(self)
         if not self.affine:
             return {}
         c = self.num_features
         return {"weight": torch.ones(c, dtype=dtype), "bias": torch.zeros(c, dtype=dtype)}
 
     def state_shapes(self):
+        sizes_known(self)
         if not self.track_running_stats:
             return {}
         c = self.num_features
@@ -70,6 +76,7 @@ class _BatchNorm(Spec):
         }
 
     def init_state(self, dtype):
+        sizes_known(self)
         if not self.track_running_stats:
             return {}
         c = self.num_features
@@ -78,6 +85,32 @@ class _BatchNorm(Spec):
             "running_var": torch.ones(c, dtype=dtype),
             "num_batches_tracked": torch.tensor(0, dtype=torch.int64),
         }
+
+    def _fit(self, path: str, in_shape: Shape) -> Shape:
+        """One example as ``(C, *)`` of an accepted rank; an unknown rank where several
+        are accepted stays as it is (the channel dim cannot be told)."""
+        if rank_known(in_shape):
+            if len(in_shape) + 1 not in self._ranks:
+                raise self._error(
+                    path, f"expected one example of shape {self._example}, got {show(in_shape)}"
+                )
+            return in_shape
+        if len(self._ranks) > 1:
+            return in_shape
+        return fit_rank(self, path, in_shape, self._ranks[0] - 1, self._example[1:-1])
+
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        shape = self._fit(path, in_shape)
+        if self.num_features is not None or not rank_known(shape) or shape[0] is None:
+            return self
+        return fill(self, path, num_features=shape[0])
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = self._fit(path, in_shape)
+        if not rank_known(shape):
+            return shape
+        check_size(self, path, "num_features", self.num_features, shape[0], in_shape)
+        return (shape[0] if self.num_features is None else self.num_features, *shape[1:])
 
     def _check_batch(self, path: str, x: torch.Tensor) -> None:
         """Batch statistics need a real batch: not one sample under vmap, not one value.
@@ -145,7 +178,8 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation over ``(N, C)`` or ``(N, C, L)``, as :class:`torch.nn.BatchNorm1d`.
 
     Arguments:
-        num_features: the channel count ``C``.
+        num_features: the channel count ``C``; ``None`` (or left out) to infer it from the
+            input shape given to :func:`funcmodels.init`.
         eps: added to the variance for stability.
         momentum: weight of the batch statistics in the running estimates; ``None`` gives
             the cumulative average over all batches seen, as in torch.
@@ -165,8 +199,9 @@ class BatchNorm1d(_BatchNorm):
 
     _ranks: ClassVar[tuple[int, ...]] = (2, 3)
     _dims: ClassVar[str] = "(N, C) or (N, C, L)"
+    _example: ClassVar[str] = "(C,) or (C, L)"
 
-    num_features: int
+    num_features: int | None = None
     eps: float = 1e-5
     momentum: float | None = 0.1
     affine: bool = True
@@ -187,8 +222,9 @@ class BatchNorm2d(_BatchNorm):
     example_ndim: ClassVar[int] = 3
     _ranks: ClassVar[tuple[int, ...]] = (4,)
     _dims: ClassVar[str] = "(N, C, H, W)"
+    _example: ClassVar[str] = "(C, H, W)"
 
-    num_features: int
+    num_features: int | None = None
     eps: float = 1e-5
     momentum: float | None = 0.1
     affine: bool = True
@@ -200,7 +236,9 @@ class LayerNorm(Spec):
     """Normalise over the trailing ``normalized_shape`` dims, as :class:`torch.nn.LayerNorm`.
 
     Arguments:
-        normalized_shape: an int or a tuple of ints, the trailing dims (stored as a tuple).
+        normalized_shape: an int or a tuple of ints, the trailing dims (stored as a tuple);
+            ``None`` (or left out) to normalise the last dim, its size inferred from the
+            input shape given to :func:`funcmodels.init`.
         eps: added to the variance for stability.
         elementwise_affine: learn ``weight`` (and ``bias``) of ``normalized_shape``.
         bias: learn ``bias`` too (only with ``elementwise_affine``).
@@ -210,25 +248,29 @@ class LayerNorm(Spec):
     """
 
     preserves_rank: ClassVar[bool] = True
+    inferred_fields: ClassVar[tuple[str, ...]] = ("normalized_shape",)
 
-    normalized_shape: int | tuple[int, ...]
+    normalized_shape: int | tuple[int, ...] | None = None
     eps: float = 1e-5
     elementwise_affine: bool = True
     bias: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "eps", number("LayerNorm", "eps", self.eps, 0.0))
+        boolean("LayerNorm", "elementwise_affine", self.elementwise_affine)
+        boolean("LayerNorm", "bias", self.bias)
         shape = self.normalized_shape
+        if shape is None:
+            return
         shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
         if not shape:
             raise ValueError("LayerNorm: normalized_shape must have at least one dim, got ()")
         for s in shape:
             positive_int("LayerNorm", "normalized_shape", s)
         object.__setattr__(self, "normalized_shape", shape)
-        object.__setattr__(self, "eps", number("LayerNorm", "eps", self.eps, 0.0))
-        boolean("LayerNorm", "elementwise_affine", self.elementwise_affine)
-        boolean("LayerNorm", "bias", self.bias)
 
     def param_shapes(self):
+        sizes_known(self)
         shapes = {}
         if self.elementwise_affine:
             shapes["weight"] = self.normalized_shape
@@ -239,6 +281,38 @@ class LayerNorm(Spec):
     def init_params(self, key, dtype):
         fill = {"weight": torch.ones, "bias": torch.zeros}
         return {n: fill[n](shape, dtype=dtype) for n, shape in self.param_shapes().items()}
+
+    def _check_rank(self, path: str, in_shape: Shape) -> None:
+        norm = self.normalized_shape or (None,)
+        if rank_known(in_shape) and len(in_shape) < len(norm):
+            dims = ", ".join("D" if d is None else str(d) for d in norm)
+            raise self._error(
+                path, f"expected one example of shape (*, {dims}), got {show(in_shape)}"
+            )
+
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        self._check_rank(path, in_shape)
+        last = in_shape[-1]
+        if self.normalized_shape is not None or last is None or last is ...:
+            return self
+        return fill(self, path, normalized_shape=last)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        self._check_rank(path, in_shape)
+        norm = self.normalized_shape or ()
+        tail = in_shape if rank_known(in_shape) else in_shape[1:]
+        for want, got in zip(reversed(norm), reversed(tail), strict=False):
+            if got is not None and got != want:
+                raise self._error(
+                    path,
+                    f"expected the trailing dims {norm} (normalized_shape), got input shape "
+                    f"{show(in_shape)}",
+                )
+        if not norm:
+            return in_shape
+        if rank_known(in_shape):
+            return (*in_shape[: len(in_shape) - len(norm)], *norm)
+        return (..., *norm) if len(tail) <= len(norm) else (..., *tail[: -len(norm)], *norm)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         shape = self.normalized_shape
@@ -257,7 +331,8 @@ class GroupNorm(Spec):
 
     Arguments:
         num_groups: number of groups; must divide ``num_channels``.
-        num_channels: the channel count ``C``.
+        num_channels: the channel count ``C``; ``None`` (or left out) to infer it from the
+            input shape given to :func:`funcmodels.init`.
         eps: added to the variance for stability.
         affine: learn a per-channel ``weight`` (ones) and ``bias`` (zeros).
 
@@ -269,16 +344,18 @@ class GroupNorm(Spec):
     """
 
     preserves_rank: ClassVar[bool] = True
+    inferred_fields: ClassVar[tuple[str, ...]] = ("num_channels",)
 
     num_groups: int
-    num_channels: int
+    num_channels: int | None = None
     eps: float = 1e-5
     affine: bool = True
 
     def __post_init__(self):
         positive_int("GroupNorm", "num_groups", self.num_groups)
-        positive_int("GroupNorm", "num_channels", self.num_channels)
-        if self.num_channels % self.num_groups:
+        if self.num_channels is not None:
+            positive_int("GroupNorm", "num_channels", self.num_channels)
+        if self.num_channels is not None and self.num_channels % self.num_groups:
             raise ValueError(
                 f"GroupNorm: num_groups={self.num_groups} must divide "
                 f"num_channels={self.num_channels}"
@@ -287,15 +364,43 @@ class GroupNorm(Spec):
         boolean("GroupNorm", "affine", self.affine)
 
     def param_shapes(self):
+        sizes_known(self)
         if not self.affine:
             return {}
         return {"weight": (self.num_channels,), "bias": (self.num_channels,)}
 
     def init_params(self, key, dtype):
+        sizes_known(self)
         if not self.affine:
             return {}
         c = self.num_channels
         return {"weight": torch.ones(c, dtype=dtype), "bias": torch.zeros(c, dtype=dtype)}
+
+    def _channels(self, path: str, in_shape: Shape):
+        """The channel size of one example ``(C, *)``; ``None`` when unknown."""
+        if not in_shape:
+            raise self._error(path, "expected one example of shape (C, *), got ()")
+        return in_shape[0] if rank_known(in_shape) else None
+
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        c = self._channels(path, in_shape)
+        if self.num_channels is not None or c is None:
+            return self
+        return fill(self, path, num_channels=c)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        c = self._channels(path, in_shape)
+        check_size(self, path, "num_channels", self.num_channels, c, in_shape)
+        per_group = product(in_shape)
+        if per_group is not None and per_group // self.num_groups <= 1:
+            raise self._error(
+                path,
+                f"expected more than 1 value per group ({self.num_groups} groups), got one "
+                f"example of shape {show(in_shape)}",
+            )
+        if rank_known(in_shape) and self.num_channels is not None:
+            return (self.num_channels, *in_shape[1:])
+        return in_shape
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         c = self.num_channels

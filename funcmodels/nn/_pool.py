@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .._shapes import Shape, fit_rank, show
 from .._spec import Context, Spec
 from ._check import boolean, int_tuple, positive_int
 
@@ -68,6 +69,23 @@ class _WindowPool(_Pool):
         object.__setattr__(self, "padding", padding)
         boolean(layer, "ceil_mode", self.ceil_mode)
 
+    def _pooled(self, path: str, in_shape: Shape, dilation: tuple[int, int]) -> Shape:
+        """Output shape of one example ``(C, H, W)``; raises when the windows do not fit."""
+        shape = fit_rank(self, path, in_shape, 3, self._dims)
+        out_hw = tuple(
+            None if n is None else _pooled_size(n, k, s, p, d, self.ceil_mode)
+            for n, k, s, p, d in zip(
+                shape[1:], self.kernel_size, self.stride, self.padding, dilation, strict=True
+            )
+        )
+        if any(n is not None and n < 1 for n in out_hw):
+            raise self._error(
+                path,
+                f"input of spatial size {show(shape[1:])} is too small: the output would be "
+                f"{show(out_hw)}",
+            )
+        return (shape[0], *out_hw)
+
     def _check_output(self, path: str, x: torch.Tensor, dilation: tuple[int, int]) -> None:
         """Raise unless the sliding windows give a non-empty output (torch would fail)."""
         out_hw = tuple(
@@ -113,6 +131,9 @@ class MaxPool2d(_WindowPool):
         dilation = int_tuple(self.type_name, "dilation", self.dilation, 2, 1)
         object.__setattr__(self, "dilation", dilation)
 
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return self._pooled(path, in_shape, self.dilation)
+
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         x = self._check_input(path, x)
         self._check_output(path, x, self.dilation)
@@ -153,6 +174,9 @@ class AvgPool2d(_WindowPool):
         if self.divisor_override is not None:
             positive_int(self.type_name, "divisor_override", self.divisor_override)
 
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        return self._pooled(path, in_shape, (1, 1))
+
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         x = self._check_input(path, x)
         self._check_output(path, x, (1, 1))
@@ -185,6 +209,13 @@ def _output_sizes(layer: str, value: object, n: int) -> tuple[int | None, ...]:
 
 class _AdaptiveAvgPool(_Pool):
     """Average pooling to a fixed output size, whatever the input size."""
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = fit_rank(self, path, in_shape, self.example_ndim, self._dims)
+        sizes = tuple(
+            n if o is None else o for n, o in zip(shape[1:], self.output_size, strict=True)
+        )
+        return (shape[0], *sizes)
 
     def _check_nonempty(self, path: str, x: torch.Tensor) -> None:
         n = self.example_ndim - 1

@@ -7,9 +7,10 @@ from typing import ClassVar
 
 import torch
 
+from .._shapes import Shape, check_size, child_shape, fill, fit_rank
 from .._spec import Context, Spec
 from ._activation import Identity, ReLU, Sigmoid
-from ._check import boolean, number, positive_int
+from ._check import boolean, number, positive_int, torch_signature
 from ._container import Sequential
 from ._conv import Conv2d
 from ._norm import BatchNorm2d, GroupNorm
@@ -18,12 +19,15 @@ from ._pool import AdaptiveAvgPool2d
 _NORMS = ("batch", "group", "none")
 
 
-@dataclass(frozen=True)
+@torch_signature
+@dataclass(frozen=True, init=False)
 class ResidualBlock(Spec):
     """``activation(main_branch(x) [* se(.)] + shortcut(x))``, a basic ResNet block.
 
     Arguments:
-        in_channels, out_channels: channel counts of input and output.
+        in_channels, out_channels: channel counts of input and output; ``in_channels``
+            may be ``None`` (or left out: ``ResidualBlock(out_channels=32)``) to infer it
+            from the input shape given to :func:`funcmodels.init`.
         stride: stride of the first 3x3 conv and of the projection.
         groups: groups of both 3x3 convs; must divide both channel counts.
         dilation: dilation (and padding) of both 3x3 convs, so the size is kept at stride 1.
@@ -53,8 +57,9 @@ class ResidualBlock(Spec):
 
     example_ndim: ClassVar[int] = 3
     preserves_rank: ClassVar[bool] = True
+    inferred_fields: ClassVar[tuple[str, ...]] = ("in_channels",)
 
-    in_channels: int
+    in_channels: int | None = None
     out_channels: int
     stride: int = 1
     groups: int = 1
@@ -68,9 +73,10 @@ class ResidualBlock(Spec):
     def __post_init__(self):
         layer = "ResidualBlock"
         for field in ("in_channels", "out_channels", "stride", "groups", "dilation"):
-            positive_int(layer, field, getattr(self, field))
+            if getattr(self, field) is not None or field != "in_channels":
+                positive_int(layer, field, getattr(self, field))
         for field in ("in_channels", "out_channels"):
-            if getattr(self, field) % self.groups:
+            if getattr(self, field) is not None and getattr(self, field) % self.groups:
                 raise ValueError(
                     f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
                 )
@@ -144,6 +150,23 @@ class ResidualBlock(Spec):
 
     def children(self):
         return self._children
+
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        c = fit_rank(self, path, in_shape, 3, "C, H, W")[0]
+        if self.in_channels is not None or c is None:
+            return self
+        return fill(self, path, in_channels=c)
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = fit_rank(self, path, in_shape, 3, "C, H, W")
+        check_size(self, path, "in_channels", self.in_channels, shape[0], in_shape)
+        parts = dict(self._children)
+        out = child_shape(parts["main_branch"], shape, f"{path}main_branch.", record)
+        if "se" in parts:
+            child_shape(parts["se"], out, f"{path}se.", record)
+        if "projection" in parts:
+            child_shape(parts["projection"], shape, f"{path}projection.", record)
+        return child_shape(parts["activation"], out, f"{path}activation.", record)
 
     def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
