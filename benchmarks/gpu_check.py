@@ -1,0 +1,90 @@
+"""GPU figures and device-independence of the random bits, when CUDA is available.
+
+1. Per-sample gradients of the tutorial CNN at batch 512 on CUDA: the four contenders of
+   ``per_sample_grads.py`` (funcmodels, torch.func, Opacus, a loop), checked equal first.
+2. ``fm.random.uniform`` (default ``[0, 1)``, every floating dtype) and
+   ``fm.random.randint`` give the same bits on CPU and CUDA (``torch.equal`` after
+   ``.cpu()``), for sizes on both the small and the chunked path of the generator, with the
+   key on either device.
+
+Without CUDA it says so and exits 0.
+
+Run: ``python benchmarks/gpu_check.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from common import parse_args, report
+from per_sample_grads import figure
+
+import funcmodels as fm
+
+# Sizes below and above the generator's switch to chunked in-place rounds (2**14 blocks).
+SIZES = ((3,), (257, 3), (1000, 1000), (4097, 1023))
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+RANGES = ((0, 10), (-5, 3), (0, 2**31), (-(2**31), 0))
+
+
+def check_same_bits(device: str = "cuda") -> int:
+    """Compare CPU draws with draws on ``device``; print each mismatch, return their count."""
+    failures = 0
+    cases = 0
+    for seed in (0, 12345):
+        k_cpu = fm.key(seed)
+        k_dev = fm.key(seed, device=device)
+        for shape in SIZES:
+            draws = [
+                (
+                    f"uniform {dtype}",
+                    lambda k, dev, dtype=dtype, shape=shape: fm.random.uniform(
+                        k, shape, dtype, device=dev
+                    ),
+                )
+                for dtype in FLOAT_DTYPES
+            ] + [
+                (
+                    f"randint [{lo}, {hi})",
+                    lambda k, dev, lo=lo, hi=hi, shape=shape: fm.random.randint(
+                        k, shape, lo, hi, device=dev
+                    ),
+                )
+                for lo, hi in RANGES
+            ]
+            for what, draw in draws:
+                want = draw(k_cpu, None)
+                # The key on the device, and a CPU key with the device named.
+                for how, got in (
+                    ("key on the device", draw(k_dev, None)),
+                    ("CPU key, device named", draw(k_cpu, device)),
+                ):
+                    cases += 1
+                    if got.device.type != torch.device(device).type or not torch.equal(
+                        got.cpu(), want
+                    ):
+                        failures += 1
+                        print(f"MISMATCH: {what}, shape {shape}, seed {seed}, {how}")
+    print(f"CPU vs {device} bits: {cases - failures}/{cases} cases bit-identical")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    if not torch.cuda.is_available():
+        print("CUDA is not available: nothing to check here (exit 0).")
+        return 0
+    print(f"device: {torch.cuda.get_device_name()}")
+    failures = check_same_bits()
+    warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    repeats = args.repeats or (3 if args.quick else 7)
+    rows = figure(512, "cuda", repeats, args.threads)
+    report(rows, args.threads)
+    print(f"card: {torch.cuda.get_device_name()}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
