@@ -1,10 +1,23 @@
 """transforms: model-to-model transformations built on :mod:`funcmodels`.
 
-Planned here: mixture of experts, early exit, masked-sparse layers, and the bridge to
-deployment (``to_module``/``from_module``, Conv-BN fusion, QAT). The core package never
-imports this one; these layers plug into it through its registries.
+The bridge to deployment: :func:`to_module` and :func:`from_module` convert between
+funcmodels' ``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds
+BatchNorm into the preceding convolution or linear layer of such a module (and
+:func:`fold_batchnorm` does the same to ``(params, state)``), and :mod:`transforms.qat`
+prepares a module for quantization-aware training. The core package never imports this
+one; layers defined here plug into it through its registries (:func:`register_converter`
+for the torch bridge).
 """
 
-import funcmodels as _fm  # noqa: F401  (the dependency direction this package keeps)
+from . import _torch_layers, qat  # noqa: F401  (_torch_layers registers the converters)
+from ._fuse import fold_batchnorm, fuse
+from ._module import from_module, register_converter, to_module
 
-__all__: list[str] = []
+__all__ = [
+    "fold_batchnorm",
+    "from_module",
+    "fuse",
+    "qat",
+    "register_converter",
+    "to_module",
+]

@@ -1,0 +1,41 @@
+"""examples/deploy.py runs end to end: every step reports what it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torchao", "sklearn")),
+    reason="needs torchao and scikit-learn",
+)
+def test_deploy_example_quick_run():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "deploy.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "predictions identical to fm.apply: True" in out
+    assert "fuse: 0 BatchNorm left" in out
+    assert "loaded back: predictions identical: True" in out
+    acc = {
+        name: float(value)
+        for name, value in re.findall(r"^\| (float|fused|int8) \| ([0-9.]+) \|", out, re.M)
+    }
+    assert set(acc) == {"float", "fused", "int8"}, out
+    # Two epochs already classify far above chance (0.1); a broken step would not.
+    assert min(acc.values()) > 0.8, acc
+    sizes = dict(re.findall(r"^\| (float|int8) \| [0-9.]+ \| ([0-9.]+) KiB", out, re.M))
+    assert float(sizes["int8"]) < 0.5 * float(sizes["float"]), sizes

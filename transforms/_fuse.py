@@ -1,0 +1,285 @@
+"""Folding eval-mode BatchNorm into the convolution or linear layer before it.
+
+In eval mode BatchNorm is a per-channel affine map ``y = (x - mean) * w / sqrt(var + eps)
++ b`` with fixed running statistics, so it can be merged into the weights and bias of the
+layer that feeds it (torch's own formulas from :mod:`torch.nn.utils.fusion`), saving one
+pass over every activation. Two forms:
+
+* :func:`fuse` rewrites a :mod:`torch.nn` module as a ``torch.fx`` graph: Conv-BN and
+  Linear-BatchNorm1d pairs become one layer, and a ReLU right after a conv or linear
+  layer runs in place on its output (no second activation tensor);
+* :func:`fold_batchnorm` does the folding on funcmodels ``(params, state)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+import funcmodels as fm
+
+# Layer type -> the BatchNorm type that can follow it (channels on dim 1 in both).
+_MODULE_PAIRS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: nn.BatchNorm1d,
+    nn.Conv2d: nn.BatchNorm2d,
+    nn.Conv3d: nn.BatchNorm3d,
+    nn.Linear: nn.BatchNorm1d,
+}
+_SPEC_PAIRS: dict[type[fm.Spec], type[fm.Spec]] = {
+    fm.nn.Conv1d: fm.nn.BatchNorm1d,
+    fm.nn.Conv2d: fm.nn.BatchNorm2d,
+    fm.nn.Linear: fm.nn.BatchNorm1d,
+}
+_RELU_FUNCTIONS = (F.relu, torch.relu)
+
+
+def _folded(
+    linear: bool,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the layer with the BatchNorm after it merged in."""
+    # torch's linear formula needs the affine terms; without them BN scales by 1, shifts by 0.
+    bn_weight = torch.ones_like(mean) if bn_weight is None else bn_weight
+    bn_bias = torch.zeros_like(mean) if bn_bias is None else bn_bias
+    fold = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
+    with torch.no_grad():
+        w, b = fold(weight, bias, mean, var, eps, bn_weight, bn_bias)
+    return w.detach(), b.detach()
+
+
+def _check_eval(module: nn.Module) -> None:
+    training = [name or "<root>" for name, m in module.named_modules() if m.training]
+    if training:
+        raise ValueError(
+            "transforms.fuse: folding BatchNorm uses its running statistics, which only eval "
+            f"mode does, but these modules are in train mode: {training[:5]}"
+            f"{' ...' if len(training) > 5 else ''}; call module.eval() first"
+        )
+
+
+def _pair(node: fx.Node, modules: dict[str, nn.Module], calls: Counter) -> fx.Node | None:
+    """The conv/linear node that BatchNorm ``node`` can be folded into, or ``None``."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    prev = node.args[0]
+    if not isinstance(prev, fx.Node) or prev.op != "call_module":
+        return None
+    bn, layer = modules[node.target], modules[prev.target]
+    if _MODULE_PAIRS.get(type(layer)) is not type(bn) or bn.running_mean is None:
+        return None
+    # Another user of the layer's output needs it without the BatchNorm; a module called
+    # from two places would change for both.
+    if len(prev.users) != 1 or calls[prev.target] != 1 or calls[node.target] != 1:
+        return None
+    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    return prev if width == bn.num_features else None
+
+
+def _guard_rank_2(graph: fx.Graph, node: fx.Node) -> None:
+    """Insert a check that the input of linear ``node`` is ``(N, features)``.
+
+    BatchNorm1d normalises dim 1; after a linear layer that is the feature dim only for a
+    2-d input, so the folded layer must refuse a 3-d one rather than silently differ.
+    Under ``torch.export`` the check is decided at trace time and leaves no node.
+    """
+    with graph.inserting_before(node):
+        rank = graph.call_method("dim", (node.args[0],))
+        ok = graph.call_function(operator.eq, (rank, 2))
+        graph.call_function(
+            torch._assert,
+            (
+                ok,
+                f"transforms.fuse: the Linear '{node.target}' has the BatchNorm1d after it "
+                "folded in, which is only valid for inputs (N, in_features)",
+            ),
+        )
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        return len(node.args) == 1 and not node.kwargs.get("inplace", False)
+    return node.op == "call_method" and node.target == "relu" and len(node.args) == 1
+
+
+def _relu_in_place(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Run a ReLU in place when its input is the fresh output of a conv or linear layer
+    that nothing else reads: one activation tensor instead of two."""
+    for node in list(graph.nodes):
+        if not _is_relu(node, modules):
+            continue
+        src = node.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and type(modules[src.target]) in _MODULE_PAIRS
+            and len(src.users) == 1
+        ):
+            with graph.inserting_after(node):
+                new = graph.call_function(F.relu, (src,), {"inplace": True})
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+
+
+def fuse(module: nn.Module) -> fx.GraphModule:
+    """Fold every eval-mode BatchNorm into the conv or linear layer before it.
+
+    The module is traced with :func:`torch.fx.symbolic_trace` (any module
+    :func:`~transforms.to_module` makes traces). A ``ConvNd`` followed by ``BatchNormNd``,
+    or an ``nn.Linear`` followed by ``nn.BatchNorm1d``, becomes one layer, with the weights
+    from :mod:`torch.nn.utils.fusion`. A pair is left alone when the layer's output has
+    other users, when either module is called from more than one place, or when the
+    BatchNorm keeps no running statistics. A ReLU right after a conv or linear layer whose
+    output nothing else reads then runs in place (Conv-BN-ReLU becomes one conv and an
+    in-place ReLU). A folded linear layer checks that its input is 2-d, the only case in
+    which BatchNorm1d normalises its features.
+
+    Arguments:
+        module: a module in eval mode (every submodule); it is not modified.
+
+    Returns:
+        a new ``torch.fx.GraphModule`` (deep copies of the layers, sharing no tensor with
+        ``module``) whose outputs match ``module``'s up to floating-point rounding.
+
+    Raises:
+        ValueError: some submodule is in train mode (named in the message).
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"transforms.fuse: expected an nn.Module, got {type(module).__name__}")
+    _check_eval(module)
+    gm = fx.symbolic_trace(copy.deepcopy(module))
+    graph = gm.graph
+    modules = dict(gm.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    for node in list(graph.nodes):
+        prev = _pair(node, modules, calls)
+        if prev is None:
+            continue
+        layer, bn = modules[prev.target], modules[node.target]
+        linear = isinstance(layer, nn.Linear)
+        w, b = _folded(
+            linear,
+            layer.weight,
+            layer.bias,
+            bn.running_mean,
+            bn.running_var,
+            bn.eps,
+            bn.weight,
+            bn.bias,
+        )
+        # The layer belongs to the deep copy and is called once, so it can change in place.
+        layer.weight = nn.Parameter(w, layer.weight.requires_grad)
+        layer.bias = nn.Parameter(b, layer.weight.requires_grad)
+        if linear:
+            _guard_rank_2(graph, prev)
+        node.replace_all_uses_with(prev)
+        graph.erase_node(node)
+    _relu_in_place(graph, modules)
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _fold_sequential(
+    spec: fm.nn.Sequential,
+    prefix: str,
+    params: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+) -> fm.nn.Sequential:
+    """Fold pairs among the children of ``spec``, recursing into nested Sequentials.
+
+    ``params`` and ``state`` (flat copies) are updated; a folded BatchNorm becomes
+    ``Identity`` so every other layer keeps its path.
+    """
+    layers = list(spec.children())
+    out: list[tuple[str, fm.Spec]] = []
+    i = 0
+    while i < len(layers):
+        name, layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if nxt is not None and _spec_pair(layer, nxt[1]):
+            bn_name, bn = nxt
+            lp, bp = f"{prefix}{name}.", f"{prefix}{bn_name}."
+            w, b = _folded(
+                isinstance(layer, fm.nn.Linear),
+                params[lp + "weight"],
+                params.get(lp + "bias"),
+                state.pop(bp + "running_mean"),
+                state.pop(bp + "running_var"),
+                bn.eps,
+                params.pop(bp + "weight", None),
+                params.pop(bp + "bias", None),
+            )
+            del state[bp + "num_batches_tracked"]
+            params[lp + "weight"], params[lp + "bias"] = w, b
+            out += [(name, dataclasses.replace(layer, bias=True)), (bn_name, fm.nn.Identity())]
+            i += 2
+            continue
+        if type(layer) is fm.nn.Sequential:
+            layer = _fold_sequential(layer, f"{prefix}{name}.", params, state)
+        out.append((name, layer))
+        i += 1
+    return fm.nn.Sequential(dict(out))
+
+
+def _spec_pair(layer: fm.Spec, bn: fm.Spec) -> bool:
+    if _SPEC_PAIRS.get(type(layer)) is not type(bn) or not bn.track_running_stats:
+        return False
+    width = layer.out_features if isinstance(layer, fm.nn.Linear) else layer.out_channels
+    return width == bn.num_features
+
+
+def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]:
+    """Fold eval-mode BatchNorm into the layer before it, on funcmodels params.
+
+    Within every :class:`~funcmodels.nn.Sequential` (nested ones included), a
+    ``Conv1d``/``Conv2d`` followed by the matching BatchNorm, or a ``Linear`` followed by
+    ``BatchNorm1d``, becomes the same layer with ``bias=True`` and the BatchNorm folded
+    into its weights (torch's formulas from :mod:`torch.nn.utils.fusion`); the BatchNorm
+    becomes ``Identity``, so every other layer keeps its parameter path. The folded model
+    computes what the original does in eval mode (``fm.apply(params, x, state=state)``), up
+    to floating-point rounding. A folded Linear assumes inputs ``(N, in_features)``, the
+    only layout in which BatchNorm1d normalises its features.
+
+    A BatchNorm that does not directly follow such a layer inside a Sequential (the ones
+    inside a :class:`~funcmodels.nn.ResidualBlock`, whose spec fixes its convolutions
+    bias-free, or one without running statistics) stays as it is, with its state.
+
+    Arguments:
+        params: the model's parameters.
+        state: its buffers (the running statistics are what gets folded).
+
+    Returns:
+        ``(params, state)`` of the folded spec (``params.spec``); ``state`` holds the
+        buffers of the BatchNorms that remain (empty when all were folded). Inputs are not
+        modified.
+    """
+    if not isinstance(params, fm.Params):
+        raise TypeError(f"transforms.fold_batchnorm: expected Params, got {type(params).__name__}")
+    if not isinstance(state, fm.State):
+        raise TypeError(
+            "transforms.fold_batchnorm: expected the State from fm.init_with_state (the "
+            f"running statistics are what gets folded), got {type(state).__name__}"
+        )
+    entries = fm.to_state_dict(params, state)
+    flat_params = params.flat()
+    flat_state = {k: v for k, v in entries.items() if k not in flat_params}
+    spec = params.spec
+    if type(spec) is fm.nn.Sequential:
+        spec = _fold_sequential(spec, "", flat_params, flat_state)
+    return fm.from_state_dict(spec, {**flat_params, **flat_state})

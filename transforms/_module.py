@@ -1,0 +1,194 @@
+"""The bridge between funcmodels and :mod:`torch.nn`: ``to_module`` and ``from_module``.
+
+A converter pairs a spec type with a module type and knows both directions:
+
+* ``build(spec, child)`` returns the module for ``spec``, its children made by
+  ``child(name)``; it only decides the structure, because the tensors are loaded
+  afterwards from ``fm.to_state_dict`` (so every converter gets torch's naming for free);
+* ``infer(module, child)`` returns the spec of ``module``, its children's specs given by
+  ``child(name)``; the tensors are then read from ``module.state_dict()``.
+
+The layers of :mod:`funcmodels.nn` are registered by :mod:`transforms._torch_layers`; other
+spec types (those defined in :mod:`transforms`, or a user's) add theirs with
+:func:`register_converter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+import funcmodels as fm
+from funcmodels._spec import layer_name
+
+Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
+Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
+
+
+class _Converter(NamedTuple):
+    spec_type: type[fm.Spec]
+    module_type: type[nn.Module]
+    build: Build
+    infer: Infer
+
+
+_BY_SPEC: dict[type[fm.Spec], _Converter] = {}
+_BY_MODULE: dict[type[nn.Module], _Converter] = {}
+
+
+def register_converter(
+    spec_type: type[fm.Spec], module_type: type[nn.Module], *, build: Build, infer: Infer
+) -> None:
+    """Teach :func:`to_module` and :func:`from_module` a layer type.
+
+    Arguments:
+        spec_type: the spec class (matched exactly, not by subclass).
+        module_type: the ``nn.Module`` class it becomes (matched exactly as well, so a
+            subclass with another ``forward`` is never taken for its parent).
+        build: ``build(spec, child) -> module``. ``child(name)`` converts the spec's child
+            ``name``. It runs under ``torch.device('meta')``: only the structure matters,
+            the tensors are loaded afterwards under the spec's ``state_dict`` names, which
+            the module must use too.
+        infer: ``infer(module, child) -> spec``. ``child(name)`` converts the module's
+            child ``name``. Raise ``ValueError`` or ``TypeError`` for a module the spec
+            cannot express; the message is prefixed with the module's path and type.
+
+    Registering a spec type or module type again replaces its converter.
+    """
+    if not (isinstance(spec_type, type) and issubclass(spec_type, fm.Spec)):
+        raise TypeError(f"register_converter: spec_type must be a Spec subclass, got {spec_type!r}")
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"register_converter: module_type must be an nn.Module subclass, got {module_type!r}"
+        )
+    for name, fn in (("build", build), ("infer", infer)):
+        if not callable(fn):
+            raise TypeError(f"register_converter: {name} must be callable, got {fn!r}")
+    conv = _Converter(spec_type, module_type, build, infer)
+    _BY_SPEC[spec_type] = conv
+    _BY_MODULE[module_type] = conv
+
+
+def _build(spec: fm.Spec, path: str) -> nn.Module:
+    conv = _BY_SPEC.get(type(spec))
+    if conv is None:
+        raise TypeError(
+            f"transforms.to_module: layer '{layer_name(path)}' ({spec.type_name}) has no "
+            f"torch.nn converter; supported: {sorted(c.__name__ for c in _BY_SPEC)}; add one "
+            "with transforms.register_converter"
+        )
+    children = dict(spec.children())
+
+    def child(name: str) -> nn.Module:
+        return _build(children[name], f"{path}{name}.")
+
+    module = conv.build(spec, child)
+    if type(module) is not conv.module_type:
+        raise TypeError(
+            f"transforms.to_module: the converter of {spec.type_name} returned "
+            f"{type(module).__name__}, expected {conv.module_type.__name__}"
+        )
+    return module
+
+
+def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
+    """A real :mod:`torch.nn` module computing what ``fm.apply(params, x, state=state)`` does.
+
+    Layers become their ``torch.nn`` twins (``nn.Linear``, ``nn.Conv2d``,
+    ``nn.BatchNorm2d``, ...) inside containers that mirror the spec (``nn.Sequential``; a
+    small module for a ``ResidualBlock``), so ``state_dict()`` has the keys, order and
+    values of ``fm.to_state_dict(params, state)``, and ``torch.fx.symbolic_trace`` and
+    ``torch.export.export`` work on the result. The tensors are copies: training the
+    module leaves ``params`` and ``state`` unchanged. Dtype and device are those of
+    ``params``; torch's global random generator is not touched.
+
+    Outputs, gradients and BatchNorm updates equal those of ``fm.apply``/``fm.run`` in
+    both modes, with one exception: in train mode ``nn.Dropout`` draws its masks from
+    torch's global generator rather than from a funcmodels key, so it matches in
+    distribution only.
+
+    Arguments:
+        params: the model's parameters (their spec says what to build).
+        state: its buffers (BatchNorm running statistics); required when the spec has any.
+
+    Returns:
+        the module, in eval mode (as ``fm.apply`` defaults to ``train=False``); call
+        ``.train()`` to fine-tune it.
+    """
+    if not isinstance(params, fm.Params):
+        raise TypeError(
+            f"transforms.to_module: expected Params from fm.init, got {type(params).__name__}"
+        )
+    spec = params.spec
+    if state is None and spec.has_state():
+        raise ValueError(
+            f"transforms.to_module: the spec {spec.type_name} has state (buffers such as "
+            "BatchNorm running statistics) but none was given; use params, state = "
+            "fm.init_with_state(key, spec) and transforms.to_module(params, state)"
+        )
+    entries = fm.to_state_dict(params, state)
+    # On the meta device the layers allocate nothing and draw no random initial values;
+    # assign=True then installs the copies below as the module's tensors.
+    with torch.device("meta"):
+        module = _build(spec, "")
+    module.load_state_dict(
+        {k: t.detach().clone() for k, t in entries.items()}, strict=True, assign=True
+    )
+    return module.eval()
+
+
+def _infer(module: nn.Module, path: str) -> fm.Spec:
+    where = f"module '{layer_name(path)}' ({type(module).__name__})"
+    conv = _BY_MODULE.get(type(module))
+    if conv is None:
+        raise TypeError(
+            f"transforms.from_module: {where} is not supported; supported: "
+            f"{sorted(c.__name__ for c in _BY_MODULE)}; add a converter with "
+            "transforms.register_converter"
+        )
+    children = dict(module.named_children())
+
+    def child(name: str) -> fm.Spec:
+        if name not in children:
+            raise ValueError(
+                f"transforms.from_module: {where} has no child '{name}'; children: {list(children)}"
+            )
+        return _infer(children[name], f"{path}{name}.")
+
+    try:
+        return conv.infer(module, child)
+    except (TypeError, ValueError) as err:
+        if str(err).startswith("transforms.from_module:"):
+            raise  # a child's error, already named by its own path
+        exc = TypeError if isinstance(err, TypeError) else ValueError
+        raise exc(f"transforms.from_module: {where}: {err}") from err
+
+
+def from_module(module: nn.Module) -> tuple[fm.Params, fm.State]:
+    """The ``(params, state)`` of a module built from supported ``torch.nn`` layers.
+
+    The spec is inferred from the module tree (nested ``nn.Sequential`` included, and
+    everything :func:`to_module` makes); the tensors are detached copies of
+    ``module.state_dict()``, so later changes to the module do not leak into them.
+    ``from_module(to_module(params, state))`` gives back the same spec and tensors.
+
+    Arguments:
+        module: the module; its train/eval mode does not matter.
+
+    Returns:
+        ``(params, state)``; ``state`` is empty when the model keeps no buffers.
+
+    Raises:
+        TypeError: a submodule of a type without converter, named by path and type.
+        ValueError: a submodule whose settings the spec cannot express (say
+            ``nn.MaxPool2d(return_indices=True)``), named likewise.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"transforms.from_module: expected an nn.Module, got {type(module).__name__}"
+        )
+    spec = _infer(module, "")
+    return fm.from_state_dict(spec, module.state_dict())

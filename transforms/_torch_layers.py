@@ -1,0 +1,175 @@
+"""Converters between the layers of :mod:`funcmodels.nn` and their :mod:`torch.nn` twins.
+
+Most layers take the same constructor arguments in both libraries and keep them as module
+attributes of the same names, so one generic pair of functions converts them. The
+exceptions: ``bias`` is a flag in the spec but a tensor (or ``None``) on the module;
+``nn.MaxPool2d`` can return indices, which the spec cannot; ``ResidualBlock`` has no
+torch twin and becomes :class:`ResidualBlockModule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+import funcmodels as fm
+from funcmodels._spec import field_values
+
+from ._module import register_converter
+
+# Spec type -> module type for the layers whose constructor arguments match field by field.
+_TWINS: dict[type[fm.Spec], type[nn.Module]] = {
+    fm.nn.Linear: nn.Linear,
+    fm.nn.Conv1d: nn.Conv1d,
+    fm.nn.Conv2d: nn.Conv2d,
+    fm.nn.BatchNorm1d: nn.BatchNorm1d,
+    fm.nn.BatchNorm2d: nn.BatchNorm2d,
+    fm.nn.LayerNorm: nn.LayerNorm,
+    fm.nn.GroupNorm: nn.GroupNorm,
+    fm.nn.Identity: nn.Identity,
+    fm.nn.ReLU: nn.ReLU,
+    fm.nn.GELU: nn.GELU,
+    fm.nn.SiLU: nn.SiLU,
+    fm.nn.Sigmoid: nn.Sigmoid,
+    fm.nn.Tanh: nn.Tanh,
+    fm.nn.Softmax: nn.Softmax,
+    fm.nn.LogSoftmax: nn.LogSoftmax,
+    fm.nn.Dropout: nn.Dropout,
+    fm.nn.Flatten: nn.Flatten,
+    fm.nn.MaxPool2d: nn.MaxPool2d,
+    fm.nn.AvgPool2d: nn.AvgPool2d,
+    fm.nn.AdaptiveAvgPool1d: nn.AdaptiveAvgPool1d,
+    fm.nn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
+}
+
+
+def _build_twin(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return _TWINS[type(spec)](**field_values(spec))
+
+
+def _bias_flag(module: nn.Module) -> bool:
+    if isinstance(module, nn.LayerNorm) and not module.elementwise_affine:
+        # torch keeps no trace of `bias` without elementwise_affine; the spec's default
+        # stands in (it computes the same).
+        return True
+    return module.bias is not None
+
+
+def _check_tensors(module: nn.Module, spec: fm.Spec) -> None:
+    """The module's own tensors must be the spec's: torch may have options the spec lacks
+    (``nn.BatchNorm2d(bias=False)`` keeps a weight but no bias, say)."""
+    params = [n for n, t in module._parameters.items() if t is not None]
+    buffers = [
+        n
+        for n, t in module._buffers.items()
+        if t is not None and n not in module._non_persistent_buffers_set
+    ]
+    if sorted(params) != sorted(spec.param_shapes()) or sorted(buffers) != sorted(
+        spec.state_shapes()
+    ):
+        raise ValueError(
+            f"its parameters {params} and buffers {buffers} differ from those of "
+            f"{spec!r}: parameters {list(spec.param_shapes())}, buffers "
+            f"{list(spec.state_shapes())}"
+        )
+
+
+def _infer_twin(spec_type: type[fm.Spec]) -> Callable[[nn.Module, Callable], fm.Spec]:
+    names = [f.name for f in dataclasses.fields(spec_type)]
+
+    def infer(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
+        if getattr(module, "return_indices", False):
+            raise ValueError(
+                "return_indices=True is not supported (fm.nn.MaxPool2d returns the pooled "
+                "values only)"
+            )
+        values = {n: _bias_flag(module) if n == "bias" else getattr(module, n) for n in names}
+        spec = spec_type(**values)
+        _check_tensors(module, spec)
+        return spec
+
+    return infer
+
+
+for _spec_type, _module_type in _TWINS.items():
+    register_converter(_spec_type, _module_type, build=_build_twin, infer=_infer_twin(_spec_type))
+
+
+def _build_sequential(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return nn.Sequential(OrderedDict((name, child(name)) for name, _ in spec.children()))
+
+
+def _infer_sequential(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
+    # _modules rather than named_children(): a layer object used twice must appear twice.
+    return fm.nn.Sequential(
+        {name: child(name) for name, m in module._modules.items() if m is not None}
+    )
+
+
+register_converter(
+    fm.nn.Sequential, nn.Sequential, build=_build_sequential, infer=_infer_sequential
+)
+
+
+class ResidualBlockModule(nn.Module):
+    """The :mod:`torch.nn` form of :class:`funcmodels.nn.ResidualBlock`.
+
+    ``activation(main_branch(x) [* se(main_branch(x))] + shortcut(x))``, where the
+    shortcut is ``projection(x)`` when the block has one and ``x`` otherwise. The children
+    have the spec's names, so ``state_dict`` keys match ``fm.to_state_dict``; ``forward``
+    branches only on which children exist, so ``torch.fx.symbolic_trace`` traces it.
+
+    Arguments:
+        spec: the block's spec, kept as ``self.spec`` (``from_module`` reads it back).
+        children: the modules for the spec's children (``main_branch``, ``se`` when
+            ``use_se``, ``projection`` when the shape changes, ``activation``).
+
+    Shapes: input ``(N, in_channels, H, W)``, output ``(N, out_channels, H', W')``.
+    """
+
+    def __init__(self, spec: fm.nn.ResidualBlock, children: Mapping[str, nn.Module]):
+        super().__init__()
+        want = [name for name, _ in spec.children()]
+        if list(children) != want:
+            raise ValueError(
+                f"ResidualBlockModule: expected the children {want} of {spec!r}, got "
+                f"{list(children)}"
+            )
+        self.spec = spec
+        self.se: nn.Module | None = None
+        self.projection: nn.Module | None = None
+        for name, module in children.items():
+            setattr(self, name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.main_branch(x)
+        if self.se is not None:
+            out = out * self.se(out)
+        shortcut = x if self.projection is None else self.projection(x)
+        return self.activation(out + shortcut)
+
+
+def _build_residual(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return ResidualBlockModule(spec, {name: child(name) for name, _ in spec.children()})
+
+
+def _infer_residual(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
+    spec = module.spec
+    want = dict(spec.children())
+    extra = [name for name in module._modules if name not in want]
+    if extra:
+        raise ValueError(f"unexpected children {extra}; {spec!r} has {list(want)}")
+    for name, child_spec in want.items():
+        got = child(name)
+        if got != child_spec:
+            raise ValueError(f"child '{name}' is {got!r}, but {spec!r} needs {child_spec!r}")
+    return spec
+
+
+register_converter(
+    fm.nn.ResidualBlock, ResidualBlockModule, build=_build_residual, infer=_infer_residual
+)
