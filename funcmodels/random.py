@@ -43,6 +43,8 @@ _STREAM_BITS, _STREAM_SPLIT, _STREAM_FOLD = 0, 1, 2
 # Chunk of counters processed at a time on the eager fast path: four int64 lanes of this
 # length stay in the L2 cache, which makes the generator several times faster.
 _CHUNK = 1 << 17
+# Below this many blocks the fixed cost of the fast path (scratch buffers) does not pay.
+_SMALL = 256
 
 Shape = int | Sequence[int] | torch.Size
 
@@ -184,7 +186,7 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     same values, since Philox and ``convert`` are the same functions of the counter.
     """
     n_blocks = (n * group + 3) // 4
-    if not _plain(k) or n_blocks <= _CHUNK // 8:
+    if not _plain(k) or n_blocks <= _SMALL:
         return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
     device = k.device if device is None else torch.device(device)
     keys = _round_keys(*k.tolist())
@@ -348,14 +350,15 @@ def uniform(
     p = _precision(dtype if default else work)
     group, lattice = _lattice(p)
     if default:
-        convert = lambda w: (lattice(w).to(work) * 2.0**-p).to(dtype)
+        convert = lambda w: lattice(w).to(work).mul_(2.0**-p).to(dtype)
     else:
+        # m * 2**-p is exact, so scaling by (maxval - minval) * 2**-p in one multiply
+        # rounds exactly as (m * 2**-p) * (maxval - minval) does.
+        scale = (maxval - minval) * 2.0**-p
         # Rounding (in the product or the cast) can land on maxval: clamp below it.
         top = torch.tensor(maxval, dtype=dtype).nextafter(torch.tensor(-math.inf, dtype=dtype))
         top = top.item()
-        convert = lambda w: (
-            ((lattice(w).to(work) * 2.0**-p) * (maxval - minval) + minval).to(dtype).clamp(max=top)
-        )
+        convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 
 

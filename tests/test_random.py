@@ -158,8 +158,9 @@ def test_chunked_inplace_path_equals_functional_path(monkeypatch, n_words):
         calls.append(args[3].shape[0])
         return inplace(*args)
 
-    # 64 blocks (256 words) per chunk; the fast path starts above 64 // 8 = 8 blocks.
+    # 64 blocks (256 words) per chunk; the fast path starts above 8 blocks.
     monkeypatch.setattr(R, "_CHUNK", 64)
+    monkeypatch.setattr(R, "_SMALL", 8)
     monkeypatch.setattr(R, "_philox_inplace", counting)
     k = fm.key(11)
     fast = R.bits(k, n_words)
@@ -171,7 +172,7 @@ def test_chunked_inplace_path_equals_functional_path(monkeypatch, n_words):
 
 def test_fast_path_at_the_real_chunk_size():
     k = fm.key(5)
-    for n_blocks in (R._CHUNK // 8, R._CHUNK // 8 + 1, R._CHUNK + 1):
+    for n_blocks in (R._SMALL, R._SMALL + 1, R._CHUNK + 1):
         n = 4 * n_blocks - 1
         assert torch.equal(R.bits(k, n), _functional_bits(k, n)), n_blocks
 
