@@ -259,6 +259,10 @@ class LayerNorm(Spec):
         object.__setattr__(self, "eps", number("LayerNorm", "eps", self.eps, 0.0))
         boolean("LayerNorm", "elementwise_affine", self.elementwise_affine)
         boolean("LayerNorm", "bias", self.bias)
+        if not self.elementwise_affine:
+            # No params either way: one canonical spec, as torch's module has no bias flag
+            # to read back when it is not affine.
+            object.__setattr__(self, "bias", False)
         shape = self.normalized_shape
         if shape is None:
             return

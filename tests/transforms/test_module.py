@@ -208,6 +208,15 @@ def test_from_module_copies_tensors():
     assert not torch.equal(params["3"]["weight"], module[3].weight)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm_without_affine_round_trips_to_an_equal_spec(bias):
+    # torch's LayerNorm has no bias flag to read back when it is not affine.
+    spec = fm.nn.Sequential(fm.nn.LayerNorm(4, elementwise_affine=False, bias=bias))
+    params, state = fm.init_with_state(fm.key(0), spec)
+    back, _ = transforms.from_module(transforms.to_module(params, state))
+    assert back.spec == spec
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     kernel=st.integers(1, 3),
