@@ -33,6 +33,12 @@ def under_vmap(t: torch.Tensor) -> bool:
     return False
 
 
+def _affine_init(shapes: dict[str, tuple[int, ...]], dtype) -> dict[str, torch.Tensor]:
+    """torch's norm-layer init: ``weight`` ones, ``bias`` zeros (no randomness)."""
+    fill = {"weight": torch.ones, "bias": torch.zeros}
+    return {n: fill[n](shape, dtype=dtype) for n, shape in shapes.items()}
+
+
 class _BatchNorm(Spec):
     """Shared by BatchNorm1d and BatchNorm2d; ``_ranks`` are the accepted input ranks."""
 
@@ -58,11 +64,7 @@ class _BatchNorm(Spec):
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
 
     def init_params(self, key, dtype):
-        sizes_known(self)
-        if not self.affine:
-            return {}
-        c = self.num_features
-        return {"weight": torch.ones(c, dtype=dtype), "bias": torch.zeros(c, dtype=dtype)}
+        return _affine_init(self.param_shapes(), dtype)
 
     def state_shapes(self):
         sizes_known(self)
@@ -283,8 +285,7 @@ class LayerNorm(Spec):
         return shapes
 
     def init_params(self, key, dtype):
-        fill = {"weight": torch.ones, "bias": torch.zeros}
-        return {n: fill[n](shape, dtype=dtype) for n, shape in self.param_shapes().items()}
+        return _affine_init(self.param_shapes(), dtype)
 
     def _check_rank(self, path: str, in_shape: Shape) -> None:
         norm = self.normalized_shape or (None,)
@@ -374,11 +375,7 @@ class GroupNorm(Spec):
         return {"weight": (self.num_channels,), "bias": (self.num_channels,)}
 
     def init_params(self, key, dtype):
-        sizes_known(self)
-        if not self.affine:
-            return {}
-        c = self.num_channels
-        return {"weight": torch.ones(c, dtype=dtype), "bias": torch.zeros(c, dtype=dtype)}
+        return _affine_init(self.param_shapes(), dtype)
 
     def _channels(self, path: str, in_shape: Shape):
         """The channel size of one example ``(C, *)``; ``None`` when unknown."""
