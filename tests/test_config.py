@@ -178,7 +178,9 @@ def test_to_config_round_trips_through_json_and_yaml(tmp_path):
         {
             "stem": fnn.Conv2d(out_channels=8, kernel_size=(3, 5), padding="same"),
             "1": fnn.BatchNorm2d(momentum=None),
-            "block": fnn.ResidualBlock(8, 8, use_se=True, activation=fnn.GELU("tanh")),
+            "block": fnn.ResidualBlock(
+                8, 8, use_se=True, activation=fnn.GELU("tanh"), conv_bias=True
+            ),
             "layer_3": fnn.AdaptiveAvgPool2d((1, None)),
             "flat": fnn.Flatten(),
             "inner": fnn.Sequential(fnn.Linear(out_features=4), fnn.Tanh()),

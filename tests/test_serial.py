@@ -64,6 +64,7 @@ def residual_blocks(draw):
         activation=draw(st.sampled_from([nn.ReLU(), nn.GELU("tanh"), nn.SiLU()])),
         norm=norm,
         norm_groups=2 if norm == "group" else None,
+        conv_bias=draw(st.booleans()),
     )
 
 

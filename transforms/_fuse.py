@@ -8,7 +8,8 @@ pass over every activation. Two forms:
 * :func:`fuse` rewrites a :mod:`torch.nn` module as a ``torch.fx`` graph: Conv-BN and
   Linear-BatchNorm1d pairs become one layer, and a ReLU right after a conv or linear
   layer runs in place on its output (no second activation tensor);
-* :func:`fold_batchnorm` does the folding on funcmodels ``(params, state)``.
+* :func:`fold_batchnorm` does the folding on funcmodels ``(params, state)``, inside
+  ``Sequential`` containers and ``ResidualBlock`` layers.
 """
 
 from __future__ import annotations
@@ -195,16 +196,54 @@ def fuse(module: nn.Module) -> fx.GraphModule:
     return gm
 
 
+def _fold_pair(
+    layer: fm.Spec,
+    layer_path: str,
+    bn: fm.Spec,
+    bn_path: str,
+    params: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+) -> None:
+    """Merge the BatchNorm at ``bn_path`` into the layer at ``layer_path``.
+
+    The layer's weight and bias in ``params`` become the folded ones; the BatchNorm's
+    entries leave ``params`` and ``state``.
+    """
+    w, b = _folded(
+        isinstance(layer, fm.nn.Linear),
+        params[layer_path + "weight"],
+        params.get(layer_path + "bias"),
+        state.pop(bn_path + "running_mean"),
+        state.pop(bn_path + "running_var"),
+        bn.eps,
+        params.pop(bn_path + "weight", None),
+        params.pop(bn_path + "bias", None),
+    )
+    del state[bn_path + "num_batches_tracked"]
+    params[layer_path + "weight"], params[layer_path + "bias"] = w, b
+
+
+def _fold(
+    spec: fm.Spec, prefix: str, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> fm.Spec:
+    """``spec`` with its BatchNorms folded; ``params`` and ``state`` (flat copies, paths
+    under ``prefix``) are updated to match. Other layer types come back unchanged."""
+    if type(spec) is fm.nn.Sequential:
+        return _fold_sequential(spec, prefix, params, state)
+    if type(spec) is fm.nn.ResidualBlock and spec.norm == "batch":
+        return _fold_residual(spec, prefix, params, state)
+    return spec
+
+
 def _fold_sequential(
     spec: fm.nn.Sequential,
     prefix: str,
     params: dict[str, torch.Tensor],
     state: dict[str, torch.Tensor],
 ) -> fm.nn.Sequential:
-    """Fold pairs among the children of ``spec``, recursing into nested Sequentials.
+    """Fold pairs among the children of ``spec``, recursing into its children.
 
-    ``params`` and ``state`` (flat copies) are updated; a folded BatchNorm becomes
-    ``Identity`` so every other layer keeps its path.
+    A folded BatchNorm becomes ``Identity`` so every other layer keeps its path.
     """
     layers = list(spec.children())
     out: list[tuple[str, fm.Spec]] = []
@@ -214,27 +253,34 @@ def _fold_sequential(
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if nxt is not None and _spec_pair(layer, nxt[1]):
             bn_name, bn = nxt
-            lp, bp = f"{prefix}{name}.", f"{prefix}{bn_name}."
-            w, b = _folded(
-                isinstance(layer, fm.nn.Linear),
-                params[lp + "weight"],
-                params.get(lp + "bias"),
-                state.pop(bp + "running_mean"),
-                state.pop(bp + "running_var"),
-                bn.eps,
-                params.pop(bp + "weight", None),
-                params.pop(bp + "bias", None),
-            )
-            del state[bp + "num_batches_tracked"]
-            params[lp + "weight"], params[lp + "bias"] = w, b
+            _fold_pair(layer, f"{prefix}{name}.", bn, f"{prefix}{bn_name}.", params, state)
             out += [(name, dataclasses.replace(layer, bias=True)), (bn_name, fm.nn.Identity())]
             i += 2
             continue
-        if type(layer) is fm.nn.Sequential:
-            layer = _fold_sequential(layer, f"{prefix}{name}.", params, state)
-        out.append((name, layer))
+        out.append((name, _fold(layer, f"{prefix}{name}.", params, state)))
         i += 1
     return fm.nn.Sequential(dict(out))
+
+
+def _fold_residual(
+    spec: fm.nn.ResidualBlock,
+    prefix: str,
+    params: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+) -> fm.nn.ResidualBlock:
+    """Fold each BatchNorm of a block into the conv before it.
+
+    The result is the same block with ``norm='none'`` (Identity where the BatchNorms
+    were, so the paths stay) and ``conv_bias=True`` to hold the folded shifts.
+    """
+    layers = dict(spec.walk(prefix))
+    pairs = [("main_branch.0.", "main_branch.1."), ("main_branch.3.", "main_branch.4.")]
+    if f"{prefix}projection." in layers:
+        pairs.append(("projection.0.", "projection.1."))
+    for conv, bn in pairs:
+        conv_path, bn_path = prefix + conv, prefix + bn
+        _fold_pair(layers[conv_path], conv_path, layers[bn_path], bn_path, params, state)
+    return dataclasses.replace(spec, norm="none", conv_bias=True)
 
 
 def _spec_pair(layer: fm.Spec, bn: fm.Spec) -> bool:
@@ -256,9 +302,12 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
     to floating-point rounding. A folded Linear assumes inputs ``(N, in_features)``, the
     only layout in which BatchNorm1d normalises its features.
 
-    A BatchNorm that does not directly follow such a layer inside a Sequential (the ones
-    inside a :class:`~funcmodels.nn.ResidualBlock`, whose spec fixes its convolutions
-    bias-free, or one without running statistics) stays as it is, with its state.
+    A :class:`~funcmodels.nn.ResidualBlock` with ``norm='batch'`` (at the top or inside a
+    Sequential) becomes the same block with ``norm='none'`` and ``conv_bias=True``, each
+    of its BatchNorms folded into the convolution before it (``main_branch.0``,
+    ``main_branch.3``, ``projection.0``); its squeeze-and-excitation branch and
+    activation are unchanged. A BatchNorm anywhere else (not directly after such a layer,
+    or without running statistics) stays as it is, with its state.
 
     Arguments:
         params: the model's parameters.
@@ -279,7 +328,5 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
     entries = fm.to_state_dict(params, state)
     flat_params = params.flat()
     flat_state = {k: v for k, v in entries.items() if k not in flat_params}
-    spec = params.spec
-    if type(spec) is fm.nn.Sequential:
-        spec = _fold_sequential(spec, "", flat_params, flat_state)
+    spec = _fold(params.spec, "", flat_params, flat_state)
     return fm.from_state_dict(spec, {**flat_params, **flat_state})

@@ -122,6 +122,8 @@ class ResidualBlockModule(nn.Module):
     shortcut is ``projection(x)`` when the block has one and ``x`` otherwise. The children
     have the spec's names, so ``state_dict`` keys match ``fm.to_state_dict``; ``forward``
     branches only on which children exist, so ``torch.fx.symbolic_trace`` traces it.
+    :func:`~transforms.from_module` reads ``conv_bias`` from the convolutions themselves
+    (``main_branch.0`` has a bias or not) and the rest of the spec from ``self.spec``.
 
     Arguments:
         spec: the block's spec, kept as ``self.spec`` (``from_module`` reads it back).
@@ -158,7 +160,14 @@ def _build_residual(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Modu
 
 
 def _infer_residual(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
-    spec = module.spec
+    # Whether the convolutions have a bias is read from the module rather than from the
+    # spec it was built with, so a block whose convs were given biases afterwards (with
+    # BatchNorm folded into them, say) is inferred with conv_bias=True. The children are
+    # then checked against that spec: all three convs must agree.
+    main = module._modules.get("main_branch")
+    first = None if main is None else main._modules.get("0")
+    conv_bias = first.bias is not None if isinstance(first, nn.Conv2d) else module.spec.conv_bias
+    spec = dataclasses.replace(module.spec, conv_bias=conv_bias)
     want = dict(spec.children())
     extra = [name for name in module._modules if name not in want]
     if extra:

@@ -40,15 +40,21 @@ class ResidualBlock(Spec):
             layer positions and so the parameter paths).
         norm_groups: number of GroupNorm groups; required with ``norm='group'`` (it must
             divide ``out_channels``) and not allowed otherwise.
+        conv_bias: give the block's convolutions (``main_branch.0``, ``main_branch.3``
+            and ``projection.0``) a bias. Off by default, the article's layout (BatchNorm
+            right after a conv cancels its bias). With ``norm='none'`` it holds the shift
+            of a BatchNorm folded into the conv before it, the form that
+            ``transforms.fold_batchnorm`` gives a block.
 
     Children, with the parameter paths of the equivalent ``torch.nn.Module``:
 
-    * ``main_branch``: ``Sequential(Conv2d(in, out, 3, stride, padding=dilation, bias=False),
-      norm, activation, Conv2d(out, out, 3, padding=dilation, bias=False), norm)``;
+    * ``main_branch``: ``Sequential(Conv2d(in, out, 3, stride, padding=dilation,
+      bias=conv_bias), norm, activation, Conv2d(out, out, 3, padding=dilation,
+      bias=conv_bias), norm)``;
     * ``se`` (with ``use_se``): ``Sequential(AdaptiveAvgPool2d(1), Conv2d(out, r, 1),
       activation, Conv2d(r, out, 1), Sigmoid())``;
     * ``projection`` (when ``in != out`` or ``stride != 1``):
-      ``Sequential(Conv2d(in, out, 1, stride, bias=False), norm)``;
+      ``Sequential(Conv2d(in, out, 1, stride, bias=conv_bias), norm)``;
     * ``activation``.
 
     Shapes: input ``(N, in, H, W)`` or one example ``(in, H, W)``; output
@@ -69,6 +75,7 @@ class ResidualBlock(Spec):
     activation: Spec = ReLU()
     norm: str = "batch"
     norm_groups: int | None = None
+    conv_bias: bool = False
 
     def __post_init__(self):
         layer = "ResidualBlock"
@@ -81,6 +88,7 @@ class ResidualBlock(Spec):
                     f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
                 )
         boolean(layer, "use_se", self.use_se)
+        boolean(layer, "conv_bias", self.conv_bias)
         object.__setattr__(
             self, "se_ratio", number(layer, "se_ratio", self.se_ratio, 0.0, lo_open=True)
         )
@@ -121,7 +129,7 @@ class ResidualBlock(Spec):
 
     def _build(self) -> tuple[tuple[str, Spec], ...]:
         cin, cout, act, d = self.in_channels, self.out_channels, self.activation, self.dilation
-        conv = dict(kernel_size=3, padding=d, dilation=d, groups=self.groups, bias=False)
+        conv = dict(kernel_size=3, padding=d, dilation=d, groups=self.groups, bias=self.conv_bias)
         main = Sequential(
             Conv2d(cin, cout, stride=self.stride, **conv),
             self._norm_layer(),
@@ -142,7 +150,8 @@ class ResidualBlock(Spec):
             children.append(("se", se))
         if cin != cout or self.stride != 1:
             projection = Sequential(
-                Conv2d(cin, cout, 1, stride=self.stride, bias=False), self._norm_layer()
+                Conv2d(cin, cout, 1, stride=self.stride, bias=self.conv_bias),
+                self._norm_layer(),
             )
             children.append(("projection", projection))
         children.append(("activation", act))

@@ -25,9 +25,10 @@ class TorchResidualBlock(nn.Module):
         se_ratio=0.25,
         norm=nn.BatchNorm2d,
         activation=nn.ReLU,
+        conv_bias=False,
     ):
         super().__init__()
-        conv = dict(padding=dilation, groups=groups, bias=False, dilation=dilation)
+        conv = dict(padding=dilation, groups=groups, bias=conv_bias, dilation=dilation)
         self.main_branch = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, **conv),
             norm(out_channels),
@@ -48,7 +49,7 @@ class TorchResidualBlock(nn.Module):
         self.projection = None
         if in_channels != out_channels or stride != 1:
             self.projection = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=conv_bias),
                 norm(out_channels),
             )
         self.activation = activation()
@@ -95,14 +96,30 @@ NORMS = {
 RELU = (fm.nn.ReLU(), nn.ReLU)
 
 
-def make(case, norm="batch", act=RELU):
+def make(case, norm="batch", act=RELU, conv_bias=False):
     cin, cout, stride, groups, dilation, use_se = case
     fields, torch_norm = NORMS[norm]
     spec = fm.nn.ResidualBlock(
-        cin, cout, stride, groups, dilation, use_se, activation=act[0], **fields
+        cin,
+        cout,
+        stride,
+        groups,
+        dilation,
+        use_se,
+        activation=act[0],
+        conv_bias=conv_bias,
+        **fields,
     )
     module = TorchResidualBlock(
-        cin, cout, stride, groups, dilation, use_se, norm=torch_norm, activation=act[1]
+        cin,
+        cout,
+        stride,
+        groups,
+        dilation,
+        use_se,
+        norm=torch_norm,
+        activation=act[1],
+        conv_bias=conv_bias,
     )
     randomise(module)
     params, state = fm.from_state_dict(spec, module.state_dict())
@@ -111,8 +128,9 @@ def make(case, norm="batch", act=RELU):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("norm", list(NORMS))
-def test_matches_torch_module_in_eval_and_train(case, norm):
-    spec, module, params, state = make(case, norm)
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_matches_torch_module_in_eval_and_train(case, norm, conv_bias):
+    spec, module, params, state = make(case, norm, conv_bias=conv_bias)
     assert sorted(fm.to_state_dict(params, state)) == sorted(module.state_dict())
     x = fm.random.normal(fm.key(1), (3, case[0], 6, 6))
     x_before = x.clone()
@@ -164,11 +182,28 @@ def test_spec_is_a_hashable_value():
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.stride = 1
-    assert [f.name for f in dataclasses.fields(a)][-1] == "norm_groups"
+    assert [f.name for f in dataclasses.fields(a)][-2:] == ["norm_groups", "conv_bias"]
+    assert a != dataclasses.replace(a, conv_bias=True)
+
+
+def test_conv_bias_adds_exactly_the_three_conv_biases():
+    plain = fm.nn.ResidualBlock(4, 8, stride=2, use_se=True)
+    biased = dataclasses.replace(plain, conv_bias=True)
+    extra = set(fm.init(fm.key(0), biased).flat()) - set(fm.init(fm.key(0), plain).flat())
+    assert extra == {"main_branch.0.bias", "main_branch.3.bias", "projection.0.bias"}
+    # The default keeps the bias-free layout, so existing checkpoints keep their keys.
+    assert fm.nn.ResidualBlock(4, 8) == fm.nn.ResidualBlock(4, 8, conv_bias=False)
 
 
 def test_per_sample_grads_with_groupnorm_equal_the_loop():
     _, _, params, _ = make(CASES[3], "group")
+    x = fm.random.normal(fm.key(1), (3, 4, 5, 5))
+    y = fm.random.normal(fm.key(2), (3, 8, 5, 5))
+    assert_per_sample_grads_match(params, x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_per_sample_grads_with_conv_bias_equal_the_loop():
+    _, _, params, _ = make(CASES[3], "none", conv_bias=True)
     x = fm.random.normal(fm.key(1), (3, 4, 5, 5))
     y = fm.random.normal(fm.key(2), (3, 8, 5, 5))
     assert_per_sample_grads_match(params, x, y, atol=1e-5, rtol=1e-4)
@@ -207,6 +242,8 @@ def test_argument_and_input_errors():
         fm.nn.ResidualBlock(4, 8, activation=nn.ReLU())
     with pytest.raises(ValueError, match="se_ratio must be in"):
         fm.nn.ResidualBlock(4, 8, se_ratio=0)
+    with pytest.raises(TypeError, match="ResidualBlock: conv_bias must be a bool, got int 1"):
+        fm.nn.ResidualBlock(4, 8, conv_bias=1)
     params, state = fm.init_with_state(fm.key(0), fm.nn.ResidualBlock(4, 8))
     with pytest.raises(ValueError, match=r"'<root>' \(ResidualBlock\).*C=4.*\(2, 3, 5, 5\)"):
         fm.apply(params, torch.ones(2, 3, 5, 5), state=state)

@@ -9,6 +9,8 @@ agree bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,6 +24,7 @@ from ._models import MODELS, example_input, perturbed
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+FM_BN_TYPES = (fm.nn.BatchNorm1d, fm.nn.BatchNorm2d)
 
 
 def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -41,6 +44,10 @@ def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
 
 def n_batchnorms(module: nn.Module) -> int:
     return sum(isinstance(m, BN_TYPES) for m in module.modules())
+
+
+def spec_batchnorms(spec: fm.Spec) -> list[str]:
+    return [path for path, s in spec.walk() if isinstance(s, FM_BN_TYPES)]
 
 
 def in_place_relus(gm: fx.GraphModule) -> int:
@@ -201,10 +208,12 @@ def test_fold_batchnorm_matches_apply(name):
     )
     for k, v in fm.to_state_dict(params, state).items():
         assert torch.equal(v, before[k]), k
+    # Every BatchNorm of these models follows a conv or linear layer: none is left.
+    assert spec_batchnorms(folded.spec) == [] and folded_state.flat() == {}
     # Every layer keeps its path, and only the layers that took in a BatchNorm changed.
     assert [p for p, _ in spec.walk()] == [p for p, _ in folded.spec.walk()]
     changed = folded_into(spec, folded.spec)
-    assert changed or name in ("resnet", "block", "mlp")
+    assert changed or name == "mlp"
     for k, v in folded.flat().items():
         if k[: k.rfind(".") + 1] not in changed:
             assert torch.equal(v, params.flat()[k]), k
@@ -233,12 +242,120 @@ def test_fold_batchnorm_removes_every_foldable_batchnorm():
 
 
 def test_fold_batchnorm_keeps_what_cannot_fold():
-    spec, shape = MODELS["resnet"]
+    spec = fm.nn.Sequential(
+        fm.nn.Conv2d(3, 4, 3),
+        fm.nn.ReLU(),
+        fm.nn.BatchNorm2d(4),
+        fm.nn.Conv2d(4, 4, 1),
+        fm.nn.BatchNorm2d(4, track_running_stats=False),
+        fm.nn.ResidualBlock(4, 4, norm="group", norm_groups=2),
+    )
     params, state = perturbed(spec)
     folded, folded_state = transforms.fold_batchnorm(params, state)
-    # BatchNorm inside a ResidualBlock stays (the block's convs are bias-free by spec).
+    # BatchNorm after an activation, BatchNorm with batch statistics, and GroupNorm
+    # (per-sample statistics) have no fixed affine map to fold.
     assert folded.spec == spec
-    assert set(folded_state.flat()) == set(state.flat())
+    assert folded_state.flat().keys() == state.flat().keys()
+    x = example_input((6, 3, 6, 6))
+    torch.testing.assert_close(
+        fm.apply(folded, x, state=folded_state), fm.apply(params, x, state=state), atol=0, rtol=0
+    )
+
+
+# in, out, stride, groups, use_se: without and with projection, SE, stride 2, groups.
+BLOCKS = [
+    (4, 4, 1, 1, False),
+    (4, 4, 1, 2, True),
+    (4, 8, 2, 1, True),
+    (4, 8, 1, 2, False),
+    (8, 8, 2, 4, True),
+]
+
+
+def residual_model(block: tuple[int, int, int, int, bool]) -> fm.nn.Sequential:
+    """The block, then one whose convs already have a bias next to their BatchNorm."""
+    cin, cout, stride, groups, use_se = block
+    return fm.nn.Sequential(
+        fm.nn.ResidualBlock(cin, cout, stride, groups, use_se=use_se, se_ratio=0.5),
+        fm.nn.ResidualBlock(cout, 2 * cout, groups=groups, use_se=True, conv_bias=True),
+    )
+
+
+def block_convs(spec: fm.Spec) -> list[str]:
+    """Paths of the convs of every ResidualBlock with BatchNorm: those that take one in."""
+    out = []
+    for path, s in spec.walk():
+        if isinstance(s, fm.nn.ResidualBlock) and s.norm == "batch":
+            out += [f"{path}main_branch.0.", f"{path}main_branch.3."]
+            if "projection" in dict(s.children()):
+                out.append(f"{path}projection.0.")
+    return out
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=str)
+def test_fold_batchnorm_residual_blocks(block):
+    spec = residual_model(block)
+    params, state = perturbed(spec)
+    before = {k: v.clone() for k, v in fm.to_state_dict(params, state).items()}
+    x = example_input((6, block[0], 6, 6))
+    folded, folded_state = transforms.fold_batchnorm(params, state)
+
+    assert folded.spec == fm.nn.Sequential(
+        *[dataclasses.replace(b, norm="none", conv_bias=True) for _, b in spec.children()]
+    )
+    assert spec_batchnorms(folded.spec) == [] and folded_state.flat() == {}
+    assert [p for p, _ in spec.walk()] == [p for p, _ in folded.spec.walk()]
+    torch.testing.assert_close(
+        fm.apply(folded, x, state=folded_state), fm.apply(params, x, state=state), **TOL
+    )
+    for k, v in fm.to_state_dict(params, state).items():
+        assert torch.equal(v, before[k]), k
+    # The SE branches and every other tensor are untouched; only the convs changed.
+    convs = block_convs(spec)
+    assert len(convs) == 5 + (block[0] != block[1] or block[2] != 1)
+    for k, v in folded.flat().items():
+        if k[: k.rfind(".") + 1] not in convs:
+            assert torch.equal(v, params.flat()[k]), k
+
+    # fuse on the torch module folds the same pairs with the same formula: bit for bit
+    # the same tensors under the same names.
+    fused = transforms.fuse(transforms.to_module(params, state)).state_dict()
+    assert fused.keys() == folded.flat().keys()
+    for k, v in folded.flat().items():
+        assert torch.equal(v, fused[k]), k
+
+    # The folded spec (conv_bias=True, norm='none') converts and comes back exactly.
+    module = transforms.to_module(folded, folded_state)
+    back, back_state = transforms.from_module(module)
+    assert back.spec == folded.spec and back_state.flat() == {}
+    for k, v in folded.flat().items():
+        assert torch.equal(back.flat()[k], v), k
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), fm.apply(folded, x), **TOL)
+
+
+def test_from_module_reads_conv_bias_from_the_convs():
+    spec = fm.nn.ResidualBlock(4, 8, stride=2, norm="none")
+    params, state = perturbed(spec)
+    module = transforms.to_module(params, state)
+    g = torch.Generator().manual_seed(3)
+    convs = ("main_branch.0", "main_branch.3", "projection.0")
+    for name in convs:
+        conv = module.get_submodule(name)
+        conv.bias = nn.Parameter(torch.randn(conv.out_channels, generator=g))
+    back, _ = transforms.from_module(module)
+    assert back.spec == dataclasses.replace(spec, conv_bias=True)
+    for name in convs:
+        assert torch.equal(back.flat()[f"{name}.bias"], module.get_submodule(name).bias)
+    x = example_input((3, 4, 6, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(fm.apply(back, x), module(x), **TOL)
+    # The convs must agree: one bias-free conv among biased ones has no spec.
+    module.projection[0].bias = None
+    with pytest.raises(
+        ValueError, match=r"module '<root>' \(ResidualBlockModule\): child 'projection'"
+    ):
+        transforms.from_module(module)
 
 
 def test_fold_batchnorm_weights_equal_fuse_weights():
