@@ -85,7 +85,7 @@ def time_interleaved(
     min_sample_s: float = 0.05,
     sync: Callable[[], None] = lambda: None,
 ) -> dict[str, Timing]:
-    """Time each contender once per round, the contenders in turn, for ``repeats`` rounds.
+    """Time each contender once per round, in rotating order, for ``repeats`` rounds.
 
     Arguments:
         contenders: name -> a function of no arguments doing one unit of work.
@@ -107,8 +107,12 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     gc_was_enabled = gc.isenabled()
     try:
-        for _ in range(repeats):
-            for name, fn in contenders.items():
+        names = list(contenders)
+        for r in range(repeats):
+            # Rotate who goes first, so no contender always follows the same one (a
+            # predecessor's freed memory and cold caches would bias it every round).
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn = contenders[name]
                 gc.collect()
                 gc.disable()
                 samples[name].append(_run(fn, numbers[name], sync))
