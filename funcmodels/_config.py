@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import nn
-from ._serial import _encode_value
+from ._serial import _encode_value, required_fields
 from ._shapes import Shape, check_input_shape, has_shape_rule
 from ._spec import Spec, layer_name, registered_types
 from .nn._activation import _Elementwise
@@ -366,13 +366,7 @@ def _layer(
                 f"{desc}: unknown parameter {k!r}{_closest(k, accepted)}; "
                 f"{cls.__name__} takes {', '.join(accepted) or 'no parameters'}"
             )
-    missing = [
-        n
-        for n, f in fields.items()
-        if n not in raw
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
+    missing = [n for n in required_fields(cls) if n not in raw]
     if missing:
         raise ValueError(
             f"{desc}: missing required parameter(s) {', '.join(repr(m) for m in missing)} "

@@ -74,6 +74,15 @@ def _is_named_child(v: Any) -> bool:
     return isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], Spec)
 
 
+def required_fields(cls: type) -> list[str]:
+    """Init fields of a spec class that have no default."""
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
+
 def _encode_value(v: Any, where: str) -> Any:
     if isinstance(v, _SCALARS):
         return v
@@ -156,13 +165,7 @@ def _decode_layer(doc: Any, where: str) -> Spec:
         raise ValueError(
             f"{where}.params: {name} has no field(s) {unknown}; its fields are {list(allowed)}"
         )
-    missing = [
-        n
-        for n, f in allowed.items()
-        if n not in raw
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
+    missing = [n for n in required_fields(cls) if n not in raw]
     if missing:
         raise ValueError(f"{where}.params: {name} needs field(s) {missing}")
     fields = {k: _decode_value(v, f"{where}.params.{k}") for k, v in raw.items()}

@@ -39,10 +39,17 @@ def _affine_init(shapes: dict[str, tuple[int, ...]], dtype) -> dict[str, torch.T
     return {n: fill[n](shape, dtype=dtype) for n, shape in shapes.items()}
 
 
+@dataclass(frozen=True)
 class _BatchNorm(Spec):
     """Shared by BatchNorm1d and BatchNorm2d; ``_ranks`` are the accepted input ranks."""
 
     preserves_rank: ClassVar[bool] = True
+
+    num_features: int | None = None
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
     inferred_fields: ClassVar[tuple[str, ...]] = ("num_features",)
     _ranks: ClassVar[tuple[int, ...]]
     _dims: ClassVar[str]
@@ -203,12 +210,6 @@ class BatchNorm1d(_BatchNorm):
     _dims: ClassVar[str] = "(N, C) or (N, C, L)"
     _example: ClassVar[str] = "(C,) or (C, L)"
 
-    num_features: int | None = None
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = True
-    track_running_stats: bool = True
-
 
 @dataclass(frozen=True)
 class BatchNorm2d(_BatchNorm):
@@ -225,12 +226,6 @@ class BatchNorm2d(_BatchNorm):
     _ranks: ClassVar[tuple[int, ...]] = (4,)
     _dims: ClassVar[str] = "(N, C, H, W)"
     _example: ClassVar[str] = "(C, H, W)"
-
-    num_features: int | None = None
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = True
-    track_running_stats: bool = True
 
 
 @dataclass(frozen=True)
