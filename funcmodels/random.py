@@ -142,26 +142,44 @@ def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
 def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -> None:
     """Philox of counters ``(start + i, stream, 0, 0)`` into ``out`` (shape ``(m, 4)``).
 
-    In-place ops on ``scratch`` (six ``int64`` buffers of length ``>= m``). The low product
-    words are carried unmasked from round to round: they only meet the next round in an
-    XOR whose result is masked, so one mask at the end suffices (10 ops a round, not 12).
+    In-place ops on ``scratch`` (six ``int64`` buffers of length ``>= m``), with three
+    savings over the textbook rounds, all exact:
+
+    * rounds 0 and 1 know that counter words 1-3 start as constants, so their products
+      and XORs with those words are Python ints, not tensor ops;
+    * low product words are carried unmasked from round to round: they only meet the next
+      round in an XOR whose result is masked, so one mask suffices;
+    * the last round writes its four words straight into ``out``'s columns.
     """
     m = out.shape[0]
     c0, c1, c2, c3, p0, p1 = (t[:m] for t in scratch)
+    (k0, k1), (k0b, k1b) = keys[0], keys[1]
+    # Round 0 on (c0, stream, 0, 0): the second product is 0, so the new word 0 is the
+    # constant stream ^ k0, word 1 is 0, and word 3 is the first product (kept in p0).
     torch.arange(start, start + m, out=c0)
-    c1.fill_(stream)
-    c2.zero_()
-    c3.zero_()
-    for k0, k1 in keys:
+    torch.mul(c0, _M0, out=p0)
+    torch.bitwise_right_shift(p0, 32, out=c2).bitwise_xor_(k1).bitwise_and_(_MASK)
+    # Round 1 on (stream ^ k0, 0, c2, p0): the first product is a constant.
+    q0 = (stream ^ k0) * _M0
+    torch.mul(c2, _M1, out=p1)
+    torch.bitwise_right_shift(p1, 32, out=c0).bitwise_xor_(k0b).bitwise_and_(_MASK)
+    torch.bitwise_xor(p0, (q0 >> 32) ^ k1b, out=c2).bitwise_and_(_MASK)
+    c1, p1 = p1, c1
+    c3.fill_(q0 & _MASK)
+    for r, (k0, k1) in enumerate(keys[2:], start=2):
+        last = r == len(keys) - 1
         torch.mul(c0, _M0, out=p0)
         torch.mul(c2, _M1, out=p1)
-        torch.bitwise_right_shift(p1, 32, out=c0).bitwise_xor_(c1).bitwise_xor_(k0)
-        c0.bitwise_and_(_MASK)
-        torch.bitwise_right_shift(p0, 32, out=c2).bitwise_xor_(c3).bitwise_xor_(k1)
-        c2.bitwise_and_(_MASK)
+        n0, n2 = (out[:, 0], out[:, 2]) if last else (c0, c2)
+        torch.bitwise_right_shift(p1, 32, out=n0).bitwise_xor_(c1).bitwise_xor_(k0)
+        n0.bitwise_and_(_MASK)
+        torch.bitwise_right_shift(p0, 32, out=n2).bitwise_xor_(c3).bitwise_xor_(k1)
+        n2.bitwise_and_(_MASK)
+        if last:
+            torch.bitwise_and(p1, _MASK, out=out[:, 1])
+            torch.bitwise_and(p0, _MASK, out=out[:, 3])
         c1, p1 = p1, c1
         c3, p0 = p0, c3
-    torch.stack((c0, c1.bitwise_and_(_MASK), c2, c3.bitwise_and_(_MASK)), dim=-1, out=out)
 
 
 def _blocks(k: torch.Tensor, stream: int, n_blocks: int, device=None) -> torch.Tensor:
