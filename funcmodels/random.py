@@ -209,10 +209,11 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     device = k.device if device is None else torch.device(device)
     keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
-    scratch = [
-        torch.empty(min(chunk, n_blocks), dtype=torch.int64, device=device) for _ in "012345"
-    ]
-    words = torch.empty(min(chunk, n_blocks), 4, dtype=torch.int64, device=device)
+    # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
+    m = min(chunk, n_blocks)
+    buf = torch.empty(10, m, dtype=torch.int64, device=device)
+    scratch = list(buf[:6])
+    words = buf[6:].view(m, 4)
     out = None
     per_block = 4 // group
     for start in range(0, n_blocks, chunk):
