@@ -5,7 +5,8 @@ A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` an
 """
 
 from . import nn, optim, random
-from ._config import from_config, load_config, register_layer
+from ._config import from_config, load_config
+from ._context import Context
 from ._core import (
     Output,
     apply,
@@ -17,9 +18,9 @@ from ._core import (
     to_state_dict,
 )
 from ._io import load, save
-from ._serial import spec_from_dict, spec_to_dict
+from ._registry import register_layer
 from ._shapes import shapes
-from ._spec import Context, Spec
+from ._spec import Spec
 from ._summary import summary
 from ._tree import Params, State
 from .random import fold_in, key, split
@@ -49,8 +50,6 @@ __all__ = [
     "run",
     "save",
     "shapes",
-    "spec_from_dict",
-    "spec_to_dict",
     "split",
     "summary",
     "to_state_dict",

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 
 from . import random as _random
+from ._context import Context, Run, call, detect_mode, layer_name
 from ._shapes import prepare
-from ._spec import Context, Spec, expected_entries, layer_name, name_hash
-from ._tree import Params, State
+from ._spec import Spec, expected_entries, init_tree, state_dict_order
+from ._tree import Params, State, check_fits
 
 
 class Output(NamedTuple):
@@ -38,25 +40,35 @@ def _check_dtype(dtype: object, where: str) -> torch.dtype:
     return dtype
 
 
-def _init_tree(key: torch.Tensor, spec: Spec, dtype: torch.dtype, path: str, out: dict) -> None:
-    own = spec.init_params(key, dtype)
-    expected = spec.param_shapes()
-    if set(own) != set(expected):
-        raise RuntimeError(
-            f"{type(spec).__name__}.init_params returned {sorted(own)}, expected {sorted(expected)}"
-        )
-    for name in expected:
-        out[path + name] = own[name]
-    for name, child in spec.children():
-        _init_tree(_random.fold_in(key, name_hash(name)), child, dtype, f"{path}{name}.", out)
+def _placement(key: torch.Tensor, device: object, where: str) -> tuple[torch.Tensor, torch.device]:
+    """The device every leaf goes to, and the key to fold names into.
+
+    Keys are folded on the CPU (a few microseconds each in Python integers) and only the
+    draws run on the device, so an init on an accelerator launches no per-layer kernels for
+    the keys; the bits are the same on every device.
+    """
+    if device is None:
+        device = key.device
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(
+            f"{where}: device must be a torch.device or a string, got {device!r}"
+        ) from e
+    if device.type not in ("cpu", "meta") and device.index is None:
+        device = torch.empty(0, device=device).device  # 'cuda' -> 'cuda:0', as tensors say
+    if key.device.type not in ("cpu", "meta") and _random.is_plain(key):
+        key = key.cpu()
+    return key, device
 
 
-def _state_tree(spec: Spec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for prefix, s in spec.walk():
-        for name, t in s.init_state(dtype).items():
-            out[prefix + name] = t
-    return out
+def _init(key, spec, dtype, device, input_shape, where, state):
+    _random.check_key(key, f"{where}(key, spec)")
+    _check_spec(spec, f"{where}(key, spec)")
+    _check_dtype(dtype, where)
+    key, device = _placement(key, device, where)
+    spec = prepare(spec, input_shape, where)
+    return spec, init_tree(spec, key, dtype=dtype, device=device, state=state)
 
 
 def init(
@@ -64,18 +76,23 @@ def init(
     spec: Spec,
     *,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> Params:
     """Initialise the trainable parameters of ``spec`` from a PRNG key.
 
     Each child's key is the parent key with the child's name folded in, so adding a layer
     leaves its siblings' values unchanged. ``torch.func.vmap(fm.init, in_dims=(0, None))``
-    over ``fm.split(key, n)`` makes an ensemble of ``n`` models.
+    over ``fm.split(key, n)`` makes an ensemble of ``n`` models (so does
+    ``fm.nn.Stack(spec, n)``, as one spec).
 
     Arguments:
         key: a key from :func:`funcmodels.key`.
         spec: the model's spec.
         dtype: floating dtype of the parameters.
+        device: where every leaf goes; by default the key's device. ``'meta'`` makes
+            tensors without storage, at once, whatever the model's size (shapes only:
+            for deferred initialisation, or to inspect a model too big for memory).
         input_shape: the shape of **one example**, without the batch dim (``(1, 28, 28)``
             for a grey image). Sizes left out of the spec (``in_features``,
             ``in_channels``, ``num_features``, ...) are inferred from it, and every layer's
@@ -83,15 +100,10 @@ def init(
 
     Returns:
         :class:`Params`, leaves in ``state_dict`` order; ``params.spec`` is the spec with
-        the inferred sizes filled in.
+        the inferred sizes filled in. The values do not depend on the device.
     """
-    _random.check_key(key, "fm.init(key, spec)")
-    _check_spec(spec, "fm.init(key, spec)")
-    _check_dtype(dtype, "fm.init")
-    spec = prepare(spec, input_shape, "fm.init")
-    flat: dict[str, torch.Tensor] = {}
-    _init_tree(key, spec, dtype, "", flat)
-    return Params(spec, flat)
+    spec, (params, _) = _init(key, spec, dtype, device, input_shape, "fm.init", False)
+    return Params._make(spec, params)
 
 
 def init_with_state(
@@ -99,11 +111,13 @@ def init_with_state(
     spec: Spec,
     *,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> tuple[Params, State]:
-    """Like :func:`init`, also returning the initial :class:`State` (buffers)."""
-    params = init(key, spec, dtype=dtype, input_shape=input_shape)
-    return params, State(params.spec, _state_tree(params.spec, dtype))
+    """Like :func:`init`, also returning the initial :class:`State` (buffers), on the
+    same device."""
+    spec, (params, state) = _init(key, spec, dtype, device, input_shape, "fm.init_with_state", True)
+    return Params._make(spec, params), State._make(spec, state)
 
 
 def _batch(spec: Spec, x: Any) -> tuple[Any, bool]:
@@ -121,6 +135,12 @@ def _batch(spec: Spec, x: Any) -> tuple[Any, bool]:
     )
 
 
+def _unbatch(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.squeeze(0)
+    return pytree.tree_map(lambda t: t.squeeze(0) if isinstance(t, torch.Tensor) else t, out)
+
+
 def run(
     params: Params,
     x: Any,
@@ -135,45 +155,61 @@ def run(
         params: from :func:`init` (their spec says what to compute).
         x: a batch, or a single example wherever ``torch.nn`` accepts one.
         state: buffers from :func:`init_with_state`; required when the spec has any.
-        key: PRNG key for stochastic layers (dropout) in train mode.
+        key: PRNG key for stochastic layers (dropout) in train mode, on the input's
+            device.
         train: train-mode semantics (dropout active, BatchNorm batch statistics).
 
     Returns:
         ``Output(out, state, aux)``; ``state`` is a new :class:`State`, never the input
-        mutated.
+        mutated; ``aux`` maps the path of each layer that sowed values
+        (``ctx.sow``) to a dict of them.
+
+    Errors raised inside a layer, by the layer or by torch, name the layer's path and
+    type.
     """
+    where = "fm.run/fm.apply"
     if not isinstance(params, Params):
         raise TypeError(
-            "fm.run/fm.apply: expected Params from fm.init or fm.from_state_dict, got "
+            f"{where}: expected Params from fm.init or fm.from_state_dict, got "
             f"{type(params).__name__}"
         )
+    if not isinstance(train, bool):
+        raise TypeError(f"{where}: train must be a bool, got {type(train).__name__} {train!r}")
     spec = params.spec
+    check_fits(params, where)
     flat_state = None
     if state is not None:
         if not isinstance(state, State):
             raise TypeError(
-                f"fm.run/fm.apply: state must be the State from fm.init_with_state, got "
+                f"{where}: state must be the State from fm.init_with_state, got "
                 f"{type(state).__name__}"
             )
         # Identity first: comparing two equal spec trees field by field costs microseconds
         # per layer on every call.
         if state.spec is not spec and state.spec != spec:
             raise ValueError(
-                "fm.run/fm.apply: state belongs to a different spec than params: "
+                f"{where}: state belongs to a different spec than params: "
                 + describe_mismatch(spec, state.spec)
             )
+        check_fits(state, where)
         flat_state = state._flat
     if key is not None:
-        _random.check_key(key, "fm.run/fm.apply key")
-    ctx = Context(params._flat, flat_state, bool(train), key)
+        _random.check_key(key, f"{where} key")
+        if isinstance(x, torch.Tensor) and key.device != x.device:
+            raise ValueError(
+                f"{where}: the key is on {key.device} but the input on {x.device}; make the "
+                f"key where the data is: fm.key(seed, device=x.device) or key.to(x.device)"
+            )
+    run_state = Run(params._flat, flat_state, train, key, detect_mode())
     xb, squeeze = _batch(spec, x)
-    out = spec.forward(ctx, "", xb)
+    out = call(Context(run_state, spec, ""), xb)
     if squeeze:
-        out = out.squeeze(0)
+        out = _unbatch(out)
     new_state = None
     if state is not None:
-        new_state = State(spec, {**state._flat, **ctx.new_state}) if ctx.new_state else state
-    return Output(out, new_state, ctx.aux)
+        new = run_state.new_state
+        new_state = State._make(spec, {**state._flat, **new}) if new else state
+    return Output(out, new_state, run_state.aux)
 
 
 def apply(
@@ -217,25 +253,24 @@ def check_params(spec: Spec, params: Params) -> None:
 def to_state_dict(params: Params, state: State | None = None) -> dict[str, torch.Tensor]:
     """Flat ``{dotted path: tensor}`` with torch's ``state_dict`` naming and order.
 
-    The tensors are the same objects as in ``params``/``state`` (no copy).
+    The tensors are the same objects as in ``params``/``state`` (no copy). Trees of other
+    shapes than the spec's (per-sample gradients, say) convert too.
     """
     if not isinstance(params, Params):
         raise TypeError(f"fm.to_state_dict: expected Params, got {type(params).__name__}")
     if state is not None and not isinstance(state, State):
         raise TypeError(f"fm.to_state_dict: expected State, got {type(state).__name__}")
-    if state is not None and state.spec != params.spec:
+    if state is not None and state.spec is not params.spec and state.spec != params.spec:
         raise ValueError(
             "fm.to_state_dict: state belongs to a different spec than params: "
             + describe_mismatch(params.spec, state.spec)
         )
-    out: dict[str, torch.Tensor] = {}
-    for prefix, s in params.spec.walk():
-        for name in s.param_shapes():
-            out[prefix + name] = params._flat[prefix + name]
-        if state is not None:
-            for name in s.state_shapes():
-                out[prefix + name] = state._flat[prefix + name]
-    return out
+    # Shapes are not checked: per-sample gradients and stacked trees convert too.
+    check_fits(params, "fm.to_state_dict", shapes=False)
+    if state is not None:
+        check_fits(state, "fm.to_state_dict", shapes=False)
+    both = params._flat if state is None else {**params._flat, **state._flat}
+    return {k: both[k] for k in state_dict_order(params.spec, with_state=state is not None)}
 
 
 def validate_entries(
@@ -276,8 +311,11 @@ def from_state_dict(spec: Spec, state_dict: Mapping[str, torch.Tensor]) -> tuple
     """Build ``(params, state)`` for ``spec`` from a torch-style ``state_dict``.
 
     Names, shapes and dtypes are checked against the spec and every difference is
-    reported. Tensors are detached copies: later changes to ``state_dict`` (an optimizer
-    step on the torch module, say) do not leak into the returned params.
+    reported. Layers that know another layout convert it first (a
+    :class:`~funcmodels.nn.Stack` loads its members unstacked, ``'{i}.<name>'``, as an
+    ``nn.ModuleList`` of them has them). Tensors are detached copies: later changes to
+    ``state_dict`` (an optimizer step on the torch module, say) do not leak into the
+    returned params.
     """
     _check_spec(spec, "fm.from_state_dict(spec, state_dict)")
     if not isinstance(state_dict, Mapping):
@@ -285,9 +323,19 @@ def from_state_dict(spec: Spec, state_dict: Mapping[str, torch.Tensor]) -> tuple
             f"fm.from_state_dict: expected a mapping of names to tensors, got "
             f"{type(state_dict).__name__}"
         )
-    validate_entries(spec, state_dict, "fm.from_state_dict")
+    entries = adapted(spec, state_dict)
+    validate_entries(spec, entries, "fm.from_state_dict")
     want = expected_entries(spec, "params")
     want_state = expected_entries(spec, "state")
-    params = {k: state_dict[k].detach().clone() for k in want}
-    state = {k: state_dict[k].detach().clone() for k in want_state}
-    return Params(spec, params), State(spec, state)
+    params = {k: entries[k].detach().clone() for k in want}
+    state = {k: entries[k].detach().clone() for k in want_state}
+    return Params._make(spec, params), State._make(spec, state)
+
+
+def adapted(spec: Spec, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``state_dict`` with every layer's other layouts rewritten into its own
+    (``Spec.adapt_state_dict``: the unstacked ``'{i}.<name>'`` entries of a Stack, say)."""
+    entries = dict(state_dict)
+    for prefix, s in spec.walk():
+        s.adapt_state_dict(entries, prefix)
+    return entries

@@ -16,13 +16,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ._core import describe_mismatch, to_state_dict, validate_entries
-from ._serial import spec_from_dict, spec_to_dict
-from ._spec import Spec, expected_entries
+from . import nn
+from ._core import adapted, describe_mismatch, to_state_dict, validate_entries
+from ._encode import MAX_DEPTH, decode
+from ._spec import Spec, depth, expected_entries
 from ._tree import Params, State
 
 _FORMAT = "funcmodels"
-_VERSION = "1"
+# Version 2 stores the spec as Spec.to_config(defaults=True); version 1 stored the older
+# {"type", "params"} form, which is a subset of it and decodes the same way.
+_VERSION = "2"
+_READS = ("1", "2")
 
 
 def save(
@@ -33,23 +37,45 @@ def save(
     """Write ``params`` (and ``state``) to a safetensors file.
 
     Keys are the dotted ``state_dict`` paths; the metadata holds ``format``, ``version``
-    and ``spec`` (the JSON of :func:`funcmodels.spec_to_dict`). Tensors are written as
-    they are (dtype kept, moved to CPU); the inputs are not modified.
+    and ``spec`` (the JSON of ``spec.to_config(defaults=True)``, the config format with
+    every field written). Tensors are written as they are (dtype kept, moved to CPU); the
+    inputs are not modified.
 
     Arguments:
-        path: destination file.
+        path: destination file; its directory must exist.
         params: from :func:`funcmodels.init` or :func:`funcmodels.load`.
         state: the model's :class:`State`, if it has one to keep.
+
+    Raises:
+        OSError: the directory is missing, or ``path`` is a directory (named in the message).
+        ValueError: tensors that do not fit the spec, or a spec nested more than 100 levels.
     """
+    if not isinstance(params, Params):
+        raise TypeError(f"fm.save: expected Params, got {type(params).__name__}")
+    where = f"fm.save({os.fspath(path)!r})"
+    if depth(params.spec) > MAX_DEPTH:
+        raise ValueError(
+            f"{where}: the spec is nested {depth(params.spec)} levels deep; files hold at most "
+            f"{MAX_DEPTH}"
+        )
     sd = to_state_dict(params, state)
     spec = params.spec
     validate_entries(spec, sd, "fm.save", require_state=state is not None)
     metadata = {
         "format": _FORMAT,
         "version": _VERSION,
-        "spec": json.dumps(spec_to_dict(spec)),
+        "spec": json.dumps(spec.to_config(defaults=True)),
     }
-    save_file(_packed(sd), os.fspath(path), metadata=metadata)
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{where}: is a directory, expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{where}: the directory {parent!r} does not exist")
+    try:
+        save_file(_packed(sd), path, metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"{where}: could not write the file ({e})") from e
 
 
 def _packed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,13 +126,22 @@ def load(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{where}: no such file")
     if os.path.isdir(path):
-        raise ValueError(f"{where}: is a directory, expected a safetensors file")
+        raise IsADirectoryError(f"{where}: is a directory, expected a safetensors file")
     try:
-        with safe_open(path, framework="pt", device=str(device)) as f:
+        device = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(
+            f"{where}: device must be a torch.device or a string, got {device!r}"
+        ) from e
+    try:
+        # Read on the CPU and move afterwards: safetensors cannot read onto 'meta'.
+        with safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{where}: not a readable safetensors file ({e})") from e
+    if device.type != "cpu":
+        tensors = {k: t.to(device) for k, t in tensors.items()}
     stored = _stored_spec(metadata, where, required=spec is None)
     if spec is None:
         spec = stored
@@ -114,11 +149,12 @@ def load(
         raise ValueError(
             f"{where}: the file was saved for a different spec: " + describe_mismatch(spec, stored)
         )
+    tensors = adapted(spec, tensors)
     want_state = expected_entries(spec, "state")
     has_state = not want_state or any(k in tensors for k in want_state)
     validate_entries(spec, tensors, where, require_state=has_state)
-    params = Params(spec, {k: tensors[k] for k in expected_entries(spec, "params")})
-    state = State(spec, {k: tensors[k] for k in want_state}) if has_state else None
+    params = Params._make(spec, {k: tensors[k] for k in expected_entries(spec, "params")})
+    state = State._make(spec, {k: tensors[k] for k in want_state}) if has_state else None
     return params, state
 
 
@@ -132,10 +168,10 @@ def _stored_spec(metadata: dict[str, str], where: str, *, required: bool) -> Spe
             )
         return None
     version = metadata.get("version")
-    if version != _VERSION:
+    if version not in _READS:
         raise ValueError(
             f"{where}: unsupported funcmodels file version {version!r} (this version reads "
-            f"{_VERSION!r})"
+            f"{', '.join(repr(v) for v in _READS)})"
         )
     if "spec" not in metadata:
         raise ValueError(f"{where}: funcmodels metadata without a 'spec' entry")
@@ -143,7 +179,9 @@ def _stored_spec(metadata: dict[str, str], where: str, *, required: bool) -> Spe
         doc: Any = json.loads(metadata["spec"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: the stored spec is not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise ValueError(f"{where}: the stored spec is nested too deeply to read") from e
     try:
-        return spec_from_dict(doc)
-    except ValueError as e:
+        return decode(doc, "spec", nn.Sequential)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: cannot rebuild the stored spec: {e}") from e

@@ -2,50 +2,54 @@
 
 A spec is a frozen dataclass deriving from :class:`Spec`. It holds configuration only
 (sizes, flags, child specs); tensors live in :class:`~funcmodels.Params` and
-:class:`~funcmodels.State`. A layer implements a few methods:
+:class:`~funcmodels.State`. Every piece of the protocol is declared on :class:`Spec` with
+a default, so a layer overrides only what it has:
 
-* ``children()`` -- named child specs, in parameter order (composites only);
-* ``param_shapes()`` / ``init_params(key, dtype)`` -- its own trainable tensors;
-* ``state_shapes()`` / ``init_state(dtype)`` -- its own buffers;
-* ``forward(ctx, path, x)`` -- the computation on a *batched* input; ``ctx`` gives the
-  layer's tensors by dotted path, the train flag, keys and the state to update;
-* ``example_ndim`` -- the rank of one example, when the layer knows it, so that
-  :func:`funcmodels.run` accepts unbatched inputs (the natural form under ``vmap``);
-* ``out_shape(in_shape)`` / ``resolve(in_shape)`` -- shape inference on one example's
-  shape (see :mod:`funcmodels._shapes`): the output shape, and the spec with the sizes
-  named in ``inferred_fields`` (left ``None``) filled from the input.
+Structure
+    ``children()``: named child specs, in parameter order (composites only).
+    ``param_shapes()`` / ``init_params(key, *, dtype, device)``: its own trainable tensors.
+    ``state_shapes()`` / ``init_state(key, *, dtype, device)``: its own buffers.
+
+Computation
+    ``forward(ctx, x)``: the computation on a *batched* input; ``ctx`` is a
+    :class:`~funcmodels.Context` scoped to the layer (its tensors, children, key, mode,
+    aux and the lifted vmap).
+
+Batching
+    ``example_ndim``: the rank of one example, when the layer knows it, so that
+    :func:`funcmodels.run` accepts unbatched inputs (the natural form under ``vmap``).
+    ``preserves_rank``: the output has the input's rank, so a container can look past
+    the layer for the rank of its examples.
+
+Shapes (see :mod:`funcmodels._shapes`)
+    ``out_shape(in_shape)``: one example's output shape; ``resolve(in_shape)``: the spec
+    with the sizes named in ``inferred_fields`` (left ``None``) filled from the input.
+
+Configs and files (see :mod:`funcmodels._encode`)
+    ``to_config()`` and the class method ``from_fields(fields)``; ``layers_field``
+    names the field of named children that a config writes as a list of entries;
+    ``config_ignores`` names torch arguments a config may give and that mean nothing here
+    (``inplace``). ``type_name`` is the unique registered name (the class name unless
+    set); see :mod:`funcmodels._registry`.
+
+Checkpoints
+    ``adapt_state_dict(entries, prefix)``: rewrite a ``state_dict`` in another layout (an
+    unstacked one, say) into this layer's names before it is checked and loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 
+from . import _encode, _registry
 from . import random as _random
+from ._context import Context, cached, layer_name, name_hash
 
-_REGISTRY: dict[str, type[Spec]] = {}
-
-
-def registered_types() -> dict[str, type[Spec]]:
-    """The spec types known by name (for JSON metadata and configs)."""
-    return dict(_REGISTRY)
-
-
-# Names are fixed by the spec, so under torch.compile the hash is a trace-time constant
-# (zlib itself is opaque to dynamo and would break the graph).
-@torch.compiler.assume_constant_result
-def name_hash(name: str) -> int:
-    """Stable 32-bit hash of a child name (CRC32), used to fold names into keys."""
-    return zlib.crc32(name.encode("utf-8"))
-
-
-def layer_name(path: str) -> str:
-    """Human-readable layer path for messages: ``'main_branch.0'`` or ``'<root>'``."""
-    return path[:-1] if path else "<root>"
+__all__ = ["Spec", "expected_entries", "field_values", "init_tree", "layer_name", "name_hash"]
 
 
 class Spec:
@@ -53,38 +57,68 @@ class Spec:
 
     #: rank of a single example (``None``: any rank, or decided by the layer itself)
     example_ndim: ClassVar[int | None] = None
-    #: name under which the type is registered (defaults to the class name)
+    #: the output has the rank of the input (activations, norms, dropout, ...)
+    preserves_rank: ClassVar[bool] = False
+    #: the unique registered name (defaults to the class name; set it to avoid a clash)
     type_name: ClassVar[str] = ""
     #: size fields that may be ``None`` and are then inferred from the input shape
     inferred_fields: ClassVar[tuple[str, ...]] = ()
+    #: the field holding named children that configs write as a list of entries
+    layers_field: ClassVar[str | None] = None
+    #: torch constructor arguments a config may give that have no effect here
+    config_ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("type_name") or cls.__name__
+        if not isinstance(name, str):
+            raise TypeError(f"{cls.__qualname__}.type_name must be a string, got {name!r}")
         cls.type_name = name
-        if not name.startswith("_"):
-            _REGISTRY[name] = cls
+        _registry.add_type(cls, name)
 
     # -- tree structure ---------------------------------------------------------------
     def children(self) -> tuple[tuple[str, Spec], ...]:
+        """Named child specs, in parameter order."""
         return ()
 
+    def child(self, name: str) -> Spec:
+        """The child spec called ``name``."""
+        table = cached(self, "_fm_children", lambda: dict(self.children()))
+        try:
+            return table[name]
+        except KeyError:
+            raise ValueError(
+                f"{self.type_name} has no child {name!r}; its children: {list(table)}"
+            ) from None
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Own trainable tensors: name -> shape."""
         return {}
 
-    def init_params(self, key: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def init_params(
+        self, key: torch.Tensor, *, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Own trainable tensors from the layer's key, of ``dtype`` on ``device``.
+
+        Fold a name into ``key`` for each tensor (``fm.fold_in(key, name_hash(name))``)
+        so that tensors of one layer are independent.
+        """
         return {}
 
     def state_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
         """Own buffers: name -> (shape, dtype); dtype ``None`` follows the params' dtype."""
         return {}
 
-    def init_state(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def init_state(
+        self, key: torch.Tensor, *, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Own buffers, on ``device``; ``key`` is the layer's key (for random masks)."""
         return {}
 
     # -- computation ------------------------------------------------------------------
-    def forward(self, ctx: Context, path: str, x: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+    def forward(self, ctx: Context, x: Any) -> Any:
+        """The layer's computation on a batch ``x``; see :class:`~funcmodels.Context`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no forward(ctx, x)")
 
     # -- shapes -----------------------------------------------------------------------
     def out_shape(
@@ -120,81 +154,173 @@ class Spec:
         """The names in ``inferred_fields`` still ``None``; params need them filled."""
         return tuple(n for n in self.inferred_fields if getattr(self, n) is None)
 
-    def to_config(self) -> list[dict[str, Any]] | dict[str, Any]:
+    # -- configs, files and checkpoints -----------------------------------------------
+    def to_config(self, *, defaults: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
         """This spec in the config format of :func:`funcmodels.from_config`.
+
+        Arguments:
+            defaults: also write the fields equal to their defaults (files do).
 
         Returns:
             A list of layer entries for a :class:`~funcmodels.nn.Sequential`, one entry
             dict for any other layer; JSON- and YAML-able, and ``fm.from_config`` of it
-            equals this spec. Parameters equal to their defaults are left out.
+            equals this spec.
         """
-        from ._config import to_config
+        return _encode.encode(self, defaults=defaults)
 
-        return to_config(self)
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> Spec:
+        """Build the spec from decoded config fields (by default ``cls(**fields)``)."""
+        return cls(**fields)
+
+    def adapt_state_dict(self, entries: dict[str, Any], prefix: str) -> None:
+        """Rewrite, in place, the entries under ``prefix`` of a state_dict in another
+        layout into this layer's own names (by default nothing to do)."""
 
     # -- helpers ----------------------------------------------------------------------
     def _error(self, path: str, message: str, exc: type[Exception] = ValueError) -> Exception:
-        return exc(f"layer '{layer_name(path)}' ({self.type_name}): {message}")
+        err = exc(f"layer '{layer_name(path)}' ({self.type_name}): {message}")
+        err._fm_located = True
+        return err
 
     def walk(self, path: str = "") -> Iterator[tuple[str, Spec]]:
-        """Yield ``(prefix, spec)`` for this spec and every descendant, depth first."""
-        yield path, self
-        for name, child in self.children():
-            yield from child.walk(f"{path}{name}.")
+        """Yield ``(prefix, spec)`` for this spec and every descendant, depth first.
+
+        Iterative, so a deep spec never exhausts Python's stack here.
+        """
+        stack = [(path, self)]
+        while stack:
+            prefix, spec = stack.pop()
+            yield prefix, spec
+            stack.extend((f"{prefix}{n}.", c) for n, c in reversed(spec.children()))
 
     def has_state(self) -> bool:
         return any(s.state_shapes() for _, s in self.walk())
 
 
+def depth(spec: Spec) -> int:
+    """The number of nested levels of ``spec`` (1 for a layer without children)."""
+    deepest, stack = 0, [(1, spec)]
+    while stack:
+        d, s = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((d + 1, c) for _, c in s.children())
+    return deepest
+
+
 def expected_entries(spec: Spec, which: str) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Dotted path -> (shape, dtype or None) of every param (``which='params'``) or buffer."""
-    out: dict[str, tuple[tuple[int, ...], Any]] = {}
-    for prefix, s in spec.walk():
-        if which == "params":
-            for n, shape in s.param_shapes().items():
-                out[prefix + n] = (tuple(shape), None)
-        else:
-            for n, (shape, dtype) in s.state_shapes().items():
-                out[prefix + n] = (tuple(shape), dtype)
-    return out
+    """Dotted path -> (shape, dtype or None) of every param (``which='params'``) or buffer.
+
+    Computed once per spec object.
+    """
+
+    def make():
+        out: dict[str, tuple[tuple[int, ...], Any]] = {}
+        for prefix, s in spec.walk():
+            if which == "params":
+                for n, shape in s.param_shapes().items():
+                    out[prefix + n] = (tuple(shape), None)
+            else:
+                for n, (shape, dtype) in s.state_shapes().items():
+                    out[prefix + n] = (tuple(shape), dtype)
+        return out
+
+    return cached(spec, f"_fm_expected_{which}", make)
 
 
 def field_values(spec: Spec) -> dict[str, Any]:
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
 
 
-class Context:
-    """What a layer's ``forward`` sees besides its input: tensors by path, mode, keys."""
+def _own(
+    spec: Spec,
+    prefix: str,
+    made: dict[str, torch.Tensor],
+    want: dict[str, Any],
+    dtype: torch.dtype,
+    device: torch.device,
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Check what ``init_params``/``init_state`` returned against the declared shapes."""
+    if not isinstance(made, dict) or set(made) != set(want):
+        got = sorted(made) if isinstance(made, dict) else type(made).__name__
+        raise spec._error(
+            prefix,
+            f"{what} returned {got}, but its declared shapes name {sorted(want)}",
+            TypeError,
+        )
+    out = {}
+    for name, expected in want.items():
+        shape, kind = (expected, None) if what == "init_params" else expected
+        t = made[name]
+        problem = None
+        if not isinstance(t, torch.Tensor):
+            problem = f"a {type(t).__name__}, not a tensor"
+        elif tuple(t.shape) != tuple(shape):
+            problem = f"shape {tuple(t.shape)}, but the declared shape is {tuple(shape)}"
+        elif t.device != device:
+            problem = f"a tensor on {t.device}, but the device asked for is {device}"
+        elif t.dtype != (kind or dtype):
+            problem = f"dtype {t.dtype}, but the dtype asked for is {kind or dtype}"
+        if problem is not None:
+            raise spec._error(prefix, f"{what} returned {name!r} as {problem}", TypeError)
+        out[name] = t
+    return out
 
-    __slots__ = ("params", "state", "new_state", "aux", "train", "key", "_in_vmap")
 
-    def __init__(self, params, state, train: bool, key: torch.Tensor | None):
-        self.params = params
-        self.state = state
-        self.new_state: dict[str, torch.Tensor] = {}
-        self.aux: dict[str, Any] = {}
-        self.train = train
-        self.key = key
+def init_tree(
+    spec: Spec, key: torch.Tensor, *, dtype: torch.dtype, device: torch.device, state: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """Params (and state) of every layer of ``spec``, flat and in ``state_dict`` order.
 
-    def key_for(self, path: str, spec: Spec) -> torch.Tensor:
-        """The key of the layer at ``path``: the root key with each name folded in."""
-        if self.key is None:
-            raise spec._error(
-                path,
-                "needs a PRNG key in train mode; call "
-                "fm.apply(params, x, key=fm.key(0), train=True) (or pass train=False)",
-            )
-        k = self.key
-        for part in path.split(".")[:-1]:
-            k = _random.fold_in(k, name_hash(part))
-        return k
+    The root layer gets ``key``; each child the key of its parent with the child's name
+    folded in (CRC32), so adding a layer leaves its siblings' values unchanged. What each
+    layer returns is checked against its declared shapes, the dtype and the device.
+    """
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] | None = {} if state else None
+    stack = [("", spec, key)]
+    while stack:
+        prefix, s, k = stack.pop()
+        own = s.init_params(k, dtype=dtype, device=device)
+        params.update(
+            (prefix + n, t)
+            for n, t in _own(s, prefix, own, s.param_shapes(), dtype, device, "init_params").items()
+        )
+        if buffers is not None:
+            own = s.init_state(k, dtype=dtype, device=device)
+            checked = _own(s, prefix, own, s.state_shapes(), dtype, device, "init_state")
+            buffers.update((prefix + n, t) for n, t in checked.items())
+        stack.extend(
+            (f"{prefix}{n}.", c, _random.fold_in(k, name_hash(n)))
+            for n, c in reversed(s.children())
+        )
+    return params, buffers
 
-    def buffer(self, path: str, name: str, spec: Spec) -> torch.Tensor:
-        if self.state is None:
-            raise spec._error(
-                path,
-                "has state (buffers such as BatchNorm running statistics) but none was "
-                "given; use params, state = fm.init_with_state(key, spec) and "
-                "fm.apply(params, x, state=state) or fm.run(...)",
-            )
-        return self.state[path + name]
+
+def _module_order(names: list[str]) -> list[str]:
+    """Dotted names in the order torch's ``state_dict`` lists them for modules nested by
+    the dots: a module's own tensors first (in the given order), then each child's, the
+    children in order of first appearance."""
+    own = [n for n in names if "." not in n]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        if "." in n:
+            head, rest = n.split(".", 1)
+            groups.setdefault(head, []).append(rest)
+    return own + [f"{head}.{r}" for head, rest in groups.items() for r in _module_order(rest)]
+
+
+def state_dict_order(spec: Spec, *, with_state: bool) -> tuple[str, ...]:
+    """Every entry's dotted path in torch's ``state_dict`` order: per layer its params,
+    then its buffers, then its children's. (A layer's own names may hold dots, as a
+    Stack's do; they are ordered as torch orders the modules those dots make.)"""
+
+    def make():
+        out: list[str] = []
+        for prefix, s in spec.walk():
+            own = list(s.param_shapes()) + (list(s.state_shapes()) if with_state else [])
+            out += [prefix + n for n in _module_order(own)]
+        return tuple(out)
+
+    return cached(spec, f"_fm_order_{with_state}", make)

@@ -9,7 +9,8 @@ import optree
 import torch
 import torch.utils._pytree as pytree
 
-from ._spec import Spec
+from ._context import layer_name
+from ._spec import Spec, expected_entries
 
 
 class _Tree(Mapping):
@@ -18,16 +19,50 @@ class _Tree(Mapping):
     ``tree['0']`` is the sub-tree of child ``'0'`` (same type, the child's spec);
     ``tree['0']['weight']`` or ``tree['0.weight']`` is a tensor. Iteration yields the
     top-level names (own tensors first, then children) in parameter order.
+
+    ``Params(spec, flat)`` checks that ``flat`` has exactly the spec's entries, each a
+    tensor. Shapes are checked where the tensors are used (:func:`funcmodels.run`,
+    :func:`funcmodels.save`, ...), since a tree of per-sample gradients or of an
+    ensemble's stacked params legitimately has other shapes.
     """
 
     __slots__ = ("spec", "_flat")
-    _kind = "tree"
+    _kind = "params"
 
-    def __init__(self, spec: Spec, flat: dict[str, Any]):
+    def __init__(self, spec: Spec, flat: Mapping[str, Any]):
+        where = type(self).__name__
         if not isinstance(spec, Spec):
-            raise TypeError(f"{type(self).__name__}: expected a Spec, got {type(spec).__name__}")
+            raise TypeError(f"{where}: expected a Spec, got {type(spec).__name__}")
+        if not isinstance(flat, Mapping):
+            raise TypeError(
+                f"{where}({spec.type_name}, ...): expected a dict of dotted names to tensors, "
+                f"got {type(flat).__name__}"
+            )
+        want = expected_entries(spec, self._kind)
+        missing = [k for k in want if k not in flat]
+        extra = [k for k in flat if k not in want]
+        if missing or extra:
+            parts = [f"missing entries {missing}"] if missing else []
+            parts += [f"unexpected entries {extra}"] if extra else []
+            raise ValueError(
+                f"{where}({spec.type_name}, ...) does not fit its spec: {'; '.join(parts)}"
+            )
+        bad = [k for k in want if not isinstance(flat[k], torch.Tensor)]
+        if bad:
+            raise TypeError(
+                f"{where}({spec.type_name}, ...): entry '{bad[0]}' is "
+                f"{type(flat[bad[0]]).__name__}, expected a tensor"
+            )
         self.spec = spec
-        self._flat = flat
+        self._flat = {k: flat[k] for k in want}
+
+    @classmethod
+    def _make(cls, spec: Spec, flat: dict[str, Any]):
+        """Wrap ``flat`` as it is (internal: unflattening, sub-trees, checked data)."""
+        tree = cls.__new__(cls)
+        tree.spec = spec
+        tree._flat = flat
+        return tree
 
     def flat(self) -> dict[str, Any]:
         """A new ``{dotted path: tensor}`` dict, in parameter order."""
@@ -56,8 +91,15 @@ class _Tree(Mapping):
             )
         spec = self.spec
         for part in name.split("."):
-            spec = dict(spec.children())[part]
-        return type(self)(spec, sub)
+            if part not in dict(spec.children()):
+                raise KeyError(
+                    f"{type(self).__name__} of {self.spec.type_name}: {name!r} is not a layer "
+                    f"but part of the names of {spec.type_name}'s own tensors (a Stack keeps "
+                    f"its members' tensors stacked under their names); index a tensor with "
+                    f"its full name, such as '{name}.{next(iter(sub))}'"
+                )
+            spec = spec.child(part)
+        return type(self)._make(spec, sub)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
@@ -76,17 +118,69 @@ class _Tree(Mapping):
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
+    def to(self, *args: Any, **kwargs: Any):
+        """A copy on another device or dtype, as ``Tensor.to`` / ``nn.Module.to`` take them.
+
+        The dtype applies to floating tensors only (an integer buffer such as
+        ``num_batches_tracked`` keeps its dtype), the device to all. Tensors already
+        there are shared, not copied. The spec is kept.
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(
+                f"{type(self).__name__}.to: dtype must be a floating dtype, got {dtype}"
+            )
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(
+                device=device,
+                dtype=dtype if t.is_floating_point() else None,
+                non_blocking=non_blocking,
+            )
+
+        return type(self)._make(self.spec, {k: move(t) for k, t in self._flat.items()})
+
 
 class Params(_Tree):
     """Trainable tensors of a model: a pytree whose leaves are the floating parameters."""
 
     __slots__ = ()
+    _kind = "params"
 
 
 class State(_Tree):
     """Buffers of a model (BatchNorm running statistics, masks): a pytree of tensors."""
 
     __slots__ = ()
+    _kind = "state"
+
+
+def check_fits(tree: _Tree, where: str, *, shapes: bool = True) -> None:
+    """Raise ``ValueError`` unless every entry of ``tree`` is a tensor (of its spec's shape,
+    with ``shapes``).
+
+    Runs on every call of :func:`funcmodels.run`, so the common case is one dict lookup
+    and one shape comparison per entry.
+    """
+    flat = tree._flat
+    for k, (shape, _) in expected_entries(tree.spec, tree._kind).items():
+        t = flat.get(k)
+        if t is None or not isinstance(t, torch.Tensor) or (shapes and t.shape != shape):
+            _misfit(tree, k, t, shape, where)
+
+
+def _misfit(tree: _Tree, k: str, t: Any, shape: tuple[int, ...], where: str) -> None:
+    kind = type(tree).__name__
+    layer = layer_name(k.rsplit(".", 1)[0] + "." if "." in k else "")
+    if k not in tree._flat:
+        got = "is missing"
+    elif t is None:
+        got = "is None (did a tree_map return None for it?)"
+    elif not isinstance(t, torch.Tensor):
+        got = f"is a {type(t).__name__}, not a tensor"
+    else:
+        got = f"has shape {tuple(t.shape)}, expected {shape}"
+    raise ValueError(f"{where}: {kind} do not fit their spec: entry '{k}' (layer '{layer}') {got}")
 
 
 def _flatten(tree: _Tree):
@@ -96,7 +190,7 @@ def _flatten(tree: _Tree):
 def _register(cls: type[_Tree]) -> None:
     def unflatten(leaves, context):
         spec, keys = context
-        return cls(spec, dict(zip(keys, leaves, strict=True)))
+        return cls._make(spec, dict(zip(keys, leaves, strict=True)))
 
     def flatten_with_keys(tree):
         return [(pytree.MappingKey(k), v) for k, v in tree._flat.items()], (

@@ -87,7 +87,7 @@ def check_key(k: object, where: str = "key") -> torch.Tensor:
     return k
 
 
-def _plain(t: torch.Tensor) -> bool:
+def is_plain(t: torch.Tensor) -> bool:
     """True for an ordinary eager tensor (not under vmap/grad wrappers or compilation)."""
     if torch.compiler.is_compiling():
         return False
@@ -204,9 +204,10 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     same values, since Philox and ``convert`` are the same functions of the counter.
     """
     n_blocks = (n * group + 3) // 4
-    if not _plain(k) or n_blocks <= _SMALL:
-        return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
     device = k.device if device is None else torch.device(device)
+    if not is_plain(k) or n_blocks <= _SMALL or "meta" in (device.type, k.device.type):
+        # On the meta device only shapes are computed, so the functional path costs nothing.
+        return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
     keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
     # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
@@ -260,7 +261,7 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(k, "fm.split")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"fm.split(key, num): num must be a positive int, got {num!r}")
-    if _plain(k) and k.device.type == "cpu" and num <= 64:
+    if is_plain(k) and k.device.type == "cpu" and num <= 64:
         k0, k1 = k.tolist()
         words = [w for i in range((num + 1) // 2) for w in _philox_py(k0, k1, i, _STREAM_SPLIT)]
         return torch.tensor(words[: 2 * num], dtype=torch.int64).reshape(num, 2)
@@ -290,7 +291,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             raise TypeError(f"fm.fold_in: data must be an int, got {type(data).__name__}")
         if not 0 <= data < 2**32:
             raise ValueError(f"fm.fold_in: data must be in [0, 2**32), got {data}")
-        if _plain(k) and k.device.type == "cpu":
+        if is_plain(k) and k.device.type == "cpu":
             k0, k1 = k.tolist()
             return torch.tensor(_philox_py(k0, k1, data, _STREAM_FOLD)[:2], dtype=torch.int64)
         d = torch.tensor(data, dtype=torch.int64, device=k.device)
@@ -448,7 +449,7 @@ def bernoulli(
     if isinstance(p, torch.Tensor):
         if not p.dtype.is_floating_point:
             raise TypeError(f"{where}: p must be a floating tensor, got {p.dtype}")
-        if _plain(p) and not bool(((p >= 0) & (p <= 1)).all()):
+        if is_plain(p) and not bool(((p >= 0) & (p <= 1)).all()):
             raise ValueError(
                 f"{where}: p must be in [0, 1], got values in [{p.min().item()}, {p.max().item()}]"
             )

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._config import _lookup
+from funcmodels._registry import lookup as _lookup
 from tests.test_shapes import torch_shapes, torch_twin_of
 
 fnn = fm.nn
@@ -197,9 +197,9 @@ def test_to_config_round_trips_through_json_and_yaml(tmp_path):
     for path, dump in ((tmp_path / "m.json", json.dumps), (tmp_path / "m.yaml", yaml.safe_dump)):
         path.write_text(dump(config))
         assert fm.from_config(fm.load_config(path)) == spec
-    # A layer that is not a Sequential gives one entry; spec_to_dict's form is read too.
+    # A layer that is not a Sequential gives one entry; the form with every field is read too.
     assert fm.from_config(spec["block"].to_config()) == spec["block"]
-    assert fm.from_config(fm.spec_to_dict(spec)) == spec
+    assert fm.from_config(spec.to_config(defaults=True)) == spec
 
 
 def test_load_config_errors(tmp_path):
@@ -219,33 +219,33 @@ def test_load_config_errors(tmp_path):
         fm.load_config(tmp_path / "evil.yaml")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Scale(fm.Spec):
-    """A parameter-free test layer: ``x * factor``."""
+def test_register_layer_extends_the_vocabulary(scratch_registry):
+    @dataclasses.dataclass(frozen=True)
+    class ConfigTestScale(fm.Spec):
+        """A parameter-free test layer: ``x * factor``."""
 
-    factor: float = 2.0
+        factor: float = 2.0
 
-    def out_shape(self, in_shape, path="", record=None):
-        return in_shape
+        def out_shape(self, in_shape, path="", record=None):
+            return in_shape
 
-    def forward(self, ctx, path, x):
-        return x * self.factor
+        def forward(self, ctx, x):
+            return x * self.factor
 
-
-def test_register_layer_extends_the_vocabulary():
+    _Scale = ConfigTestScale
+    # Known by its type name as soon as it is defined, and by the aliases registered.
+    assert fm.from_config({"type": "config_test_scale"}) == _Scale()
     fm.register_layer("test_scale", _Scale)
     fm.register_layer("test_scale", _Scale)  # the same again is fine
     spec = fm.from_config([{"type": "test-scale", "params": {"factor": 3.0}}, {"type": "relu"}])
     assert spec.to_config()[0] == {"type": "test_scale", "params": {"factor": 3.0}}
     x = torch.tensor([[-1.0, 2.0]])
     assert torch.equal(fm.apply(fm.init(fm.key(0), spec), x), torch.relu(x * 3.0))
-    with pytest.raises(
-        ValueError, match=r"'Linear' is already the config type of Linear \(as 'linear'\)"
-    ):
+    with pytest.raises(ValueError, match=r"'Linear' already names funcmodels.nn._linear.Linear"):
         fm.register_layer("Linear", _Scale)
-    with pytest.raises(ValueError, match="type_name must be a letter"):
+    with pytest.raises(ValueError, match="a config type name is a letter"):
         fm.register_layer("2x", _Scale)
-    with pytest.raises(TypeError, match="expected a Spec subclass that is a dataclass"):
+    with pytest.raises(TypeError, match="expected a public spec class"):
         fm.register_layer("thing", nn.ReLU)
 
 
@@ -298,9 +298,14 @@ LIN = {"type": "linear", "params": {"in_features": 4, "out_features": 3}}
             ValueError,
             r"config\[1\] \(name 'layer_1', type 'gelu'\): duplicate name",
         ),
-        ([{"type": "relu", "name": "a.b"}], ValueError, r"config\[0\]: invalid name 'a\.b'"),
-        ([{"type": "relu", "name": ""}], ValueError, r"config\[0\]: invalid name ''"),
-        ([{"type": "relu", "name": 3}], TypeError, r"config\[0\]: name must be a string"),
+        ([{"type": "relu", "name": "a.b"}], ValueError, r"config\[0\]: invalid layer name 'a\.b'"),
+        ([{"type": "relu", "name": ""}], ValueError, r"config\[0\]: invalid layer name ''"),
+        ([{"type": "relu", "name": 3}], TypeError, r"config\[0\]: a layer name must be a string"),
+        (
+            [{"type": "relu", "name": "forward"}],
+            ValueError,
+            r"config\[0\]: invalid layer name 'forward': torch refuses it as a module name",
+        ),
         (
             [{"type": "relu", "condition": "use_relu"}],
             ValueError,
@@ -579,7 +584,7 @@ def monkeypatch_module():
         def no_tensors(*args, **kwargs):
             raise AssertionError("a tensor was made before the mistake was reported")
 
-        mp.setattr(fm._core, "_init_tree", no_tensors)
+        mp.setattr(fm._core, "init_tree", no_tensors)
         yield mp
 
 

@@ -30,11 +30,11 @@ class _Shift(fm.Spec):
     def state_shapes(self):
         return {"shift": ((self.n,), None)}
 
-    def init_state(self, dtype):
-        return {"shift": torch.arange(self.n, dtype=dtype)}
+    def init_state(self, key, *, dtype, device):
+        return {"shift": torch.arange(self.n, dtype=dtype, device=device)}
 
-    def forward(self, ctx, path, x):
-        return x + ctx.buffer(path, "shift", self)
+    def forward(self, ctx, x):
+        return x + ctx.buffer("shift")
 
 
 def _mlp(out: int = 2) -> fm.Spec:

@@ -25,6 +25,86 @@ def cnn():
     )
 
 
+# What fm.save stores for cnn(): the config format, every field written.
+CNN_FILE_SPEC = [
+    {
+        "type": "conv2d",
+        "name": "0",
+        "params": {
+            "in_channels": 1,
+            "out_channels": 4,
+            "kernel_size": 3,
+            "stride": 1,
+            "padding": 1,
+            "dilation": 1,
+            "groups": 1,
+            "bias": True,
+            "padding_mode": "zeros",
+        },
+    },
+    {
+        "type": "batchnorm2d",
+        "name": "1",
+        "params": {
+            "num_features": 4,
+            "eps": 1e-05,
+            "momentum": 0.1,
+            "affine": True,
+            "track_running_stats": True,
+        },
+    },
+    {"type": "relu", "name": "2"},
+    {"type": "flatten", "name": "3", "params": {"start_dim": 1, "end_dim": -1}},
+    {
+        "type": "linear",
+        "name": "4",
+        "params": {"in_features": 100, "out_features": 3, "bias": True},
+    },
+]
+
+# What version 1 stored for cnn() (one layer dict per spec, type names as class names).
+CNN_FILE_SPEC_V1 = {
+    "type": "Sequential",
+    "params": {
+        "layers": [
+            {
+                "name": "0",
+                "type": "Conv2d",
+                "params": {
+                    "in_channels": 1,
+                    "out_channels": 4,
+                    "kernel_size": [3, 3],
+                    "stride": [1, 1],
+                    "padding": [1, 1],
+                    "dilation": [1, 1],
+                    "groups": 1,
+                    "bias": True,
+                    "padding_mode": "zeros",
+                },
+            },
+            {
+                "name": "1",
+                "type": "BatchNorm2d",
+                "params": {
+                    "num_features": 4,
+                    "eps": 1e-05,
+                    "momentum": 0.1,
+                    "affine": True,
+                    "track_running_stats": True,
+                },
+            },
+            {"name": "2", "type": "ReLU", "params": {}},
+            {"name": "3", "type": "Flatten", "params": {"start_dim": 1, "end_dim": -1}},
+            {
+                "name": "4",
+                "type": "Linear",
+                "params": {"in_features": 100, "out_features": 3, "bias": True},
+            },
+        ]
+    },
+}
+
+
 def torch_cnn():
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1),
@@ -86,13 +166,26 @@ def test_file_layout_and_torch_interop(tmp_path):
     fm.save(path, params, state)
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "funcmodels" and meta["version"] == "1"
-    assert fm.spec_from_dict(json.loads(meta["spec"])) == cnn()
+    assert meta["format"] == "funcmodels" and meta["version"] == "2"
+    # The spec is stored in the config format with every field written: pinned, since
+    # files written today must read the same tomorrow.
+    assert json.loads(meta["spec"]) == CNN_FILE_SPEC
+    assert fm.from_config(json.loads(meta["spec"])) == cnn()
     # The torch twin loads the file as is, strictly, and computes the same thing.
     module = torch_cnn().eval()
     module.load_state_dict(load_file(path), strict=True)
     x = fm.random.normal(fm.key(7), (3, 1, 5, 5))
     torch.testing.assert_close(module(x), fm.apply(params, x, state=state), rtol=1e-6, atol=1e-6)
+
+
+def test_version_1_files_still_load(tmp_path):
+    params, state = trained_state()
+    path = tmp_path / "v1.safetensors"
+    metadata = {"format": "funcmodels", "version": "1", "spec": json.dumps(CNN_FILE_SPEC_V1)}
+    save_file(fm.to_state_dict(params, state), path, metadata=metadata)
+    p2, s2 = fm.load(path)
+    assert p2.spec == cnn()
+    assert_bit_equal(fm.to_state_dict(p2, s2), fm.to_state_dict(params, state))
 
 
 def test_torch_state_dict_file_loads_given_the_spec(tmp_path):
@@ -211,7 +304,7 @@ def test_save_rejects_bad_inputs(tmp_path):
 def test_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         fm.load(tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
         fm.load(tmp_path)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 3)
@@ -233,12 +326,12 @@ def _with_metadata(tmp_path, metadata):
 @pytest.mark.parametrize(
     "metadata, pattern",
     [
-        ({"format": "funcmodels", "version": "2", "spec": "{}"}, "unsupported .* version '2'"),
+        ({"format": "funcmodels", "version": "3", "spec": "{}"}, "unsupported .* version '3'"),
         ({"format": "funcmodels", "version": "1"}, "without a 'spec' entry"),
         ({"format": "funcmodels", "version": "1", "spec": "{not json"}, "not valid JSON"),
         (
             {"format": "funcmodels", "version": "1", "spec": '{"type": "Nope", "params": {}}'},
-            r"cannot rebuild the stored spec: \$\.type: unknown layer type 'Nope'",
+            r"cannot rebuild the stored spec: spec \(type 'Nope'\): unknown layer type 'Nope'",
         ),
         ({"format": "pt"}, "no funcmodels metadata"),
     ],

@@ -299,7 +299,7 @@ def test_init_checks_the_chain_before_making_any_tensor(monkeypatch):
     def no_tensors(*args, **kwargs):
         raise AssertionError("a tensor was made before the mistake was reported")
 
-    monkeypatch.setattr(fm._core, "_init_tree", no_tensors)
+    monkeypatch.setattr(fm._core, "init_tree", no_tensors)
     spec = fnn.Sequential(fnn.Conv2d(3, 8, 3), fnn.BatchNorm2d(16))
     with pytest.raises(
         ValueError, match=r"layer '1' \(BatchNorm2d\): expected 16 channels .* \(8, 4, 4\)"

@@ -9,20 +9,23 @@ A converter pairs a spec type with a module type and knows both directions:
   ``child(name)``; the tensors are then read from ``module.state_dict()``.
 
 The layers of :mod:`funcmodels.nn` are registered by :mod:`transforms._torch_layers`; other
-spec types (those defined in :mod:`transforms`, or a user's) add theirs with
-:func:`register_converter`.
+spec types (those defined in :mod:`transforms`, or a user's) may add theirs with
+:func:`register_converter`. A spec without a converter still converts: it becomes a
+:class:`FunctionalModule`, which holds the spec's tensors as parameters and buffers
+under the spec's names and runs the functional forward. Hand-written converters remain
+where they give plainer fx graphs (torch's own layers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import layer_name
+from funcmodels._spec import expected_entries, layer_name
 
 Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
 Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
@@ -72,14 +75,89 @@ def register_converter(
     _BY_MODULE[module_type] = conv
 
 
+class FunctionalModule(nn.Module):
+    """A spec as an ``nn.Module``: its tensors as parameters and buffers, its forward
+    :func:`funcmodels.run`.
+
+    The tensors sit under the spec's names (a dotted name ``'0.weight'`` in a submodule
+    ``'0'``), so ``state_dict()`` has the keys of ``fm.to_state_dict``. In train mode the
+    forward takes a fresh key from torch's global generator (as ``nn.Dropout`` draws its
+    masks) and writes the new buffers into the module's, in place (as ``nn.BatchNorm2d``
+    does). ``transforms.to_module`` makes one for every layer type without a hand-written
+    converter; ``transforms.from_module`` reads the spec back from ``self.spec``.
+
+    Arguments:
+        spec: the layer's spec (complete: every size known).
+        dtype: the dtype of the placeholder parameters (``to_module`` loads the real
+            tensors afterwards).
+    """
+
+    def __init__(self, spec: fm.Spec, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not isinstance(spec, fm.Spec):
+            raise TypeError(f"FunctionalModule: expected a layer spec, got {type(spec).__name__}")
+        self.spec = spec
+        self._param_slots = [
+            self._slot(name, shape, dtype, buffer=False)
+            for name, (shape, _) in expected_entries(spec, "params").items()
+        ]
+        self._buffer_slots = [
+            self._slot(name, shape, kind or dtype, buffer=True)
+            for name, (shape, kind) in expected_entries(spec, "state").items()
+        ]
+
+    def _slot(self, name: str, shape, dtype, *, buffer: bool) -> tuple[str, nn.Module, str]:
+        *path, leaf = name.split(".")
+        owner: nn.Module = self
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        t = torch.zeros(shape, dtype=dtype)
+        if buffer:
+            owner.register_buffer(leaf, t)
+        else:
+            owner.register_parameter(leaf, nn.Parameter(t))
+        return name, owner, leaf
+
+    def _trees(self) -> tuple[fm.Params, fm.State | None]:
+        params = {n: owner._parameters[leaf] for n, owner, leaf in self._param_slots}
+        state = {n: owner._buffers[leaf] for n, owner, leaf in self._buffer_slots}
+        return (
+            fm.Params._make(self.spec, params),
+            fm.State._make(self.spec, state) if self._buffer_slots else None,
+        )
+
+    def forward(self, x: Any) -> Any:
+        params, state = self._trees()
+        key = None
+        if self.training:
+            key = fm.key(int(torch.randint(0, 2**62, ())), device=_device(x, params))
+        out = fm.run(params, x, state=state, key=key, train=self.training)
+        if self.training and state is not None:
+            with torch.no_grad():
+                for name, owner, leaf in self._buffer_slots:
+                    new = out.state._flat[name]
+                    if new is not state._flat[name]:
+                        owner._buffers[leaf].copy_(new)
+        return out.out
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+
+def _device(x: Any, params: fm.Params) -> torch.device:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    for t in params._flat.values():
+        return t.device
+    return torch.device("cpu")
+
+
 def _build(spec: fm.Spec, path: str) -> nn.Module:
     conv = _BY_SPEC.get(type(spec))
     if conv is None:
-        raise TypeError(
-            f"transforms.to_module: layer '{layer_name(path)}' ({spec.type_name}) has no "
-            f"torch.nn converter; supported: {sorted(c.__name__ for c in _BY_SPEC)}; add one "
-            "with transforms.register_converter"
-        )
+        return FunctionalModule(spec)
     children = dict(spec.children())
 
     def child(name: str) -> nn.Module:
@@ -101,7 +179,9 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
     ``nn.BatchNorm2d``, ...) inside containers that mirror the spec (``nn.Sequential``; a
     small module for a ``ResidualBlock``), so ``state_dict()`` has the keys, order and
     values of ``fm.to_state_dict(params, state)``, and ``torch.fx.symbolic_trace`` and
-    ``torch.export.export`` work on the result. The tensors are copies: training the
+    ``torch.export.export`` work on the result. A layer type without a converter becomes
+    a :class:`FunctionalModule` running its functional forward (exportable; not
+    symbolically traceable by fx). The tensors are copies: training the
     module leaves ``params`` and ``state`` unchanged. Dtype and device are those of
     ``params``; torch's global random generator is not touched.
 
@@ -142,6 +222,8 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
 
 def _infer(module: nn.Module, path: str) -> fm.Spec:
     where = f"module '{layer_name(path)}' ({type(module).__name__})"
+    if type(module) is FunctionalModule:
+        return module.spec
     conv = _BY_MODULE.get(type(module))
     if conv is None:
         raise TypeError(

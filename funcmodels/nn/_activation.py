@@ -1,4 +1,8 @@
-"""Parameter-free elementwise layers."""
+"""Parameter-free elementwise layers.
+
+torch's ``inplace`` flag is accepted in configs and has no effect: nothing here ever
+modifies its input.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ class _Elementwise(Spec):
     """A layer that maps each batch to a batch of the same shape, without parameters."""
 
     preserves_rank: ClassVar[bool] = True
+    config_ignores: ClassVar[tuple[str, ...]] = ("inplace",)
 
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return in_shape
@@ -25,7 +30,7 @@ class _Elementwise(Spec):
 class Identity(_Elementwise):
     """Returns its input."""
 
-    def forward(self, ctx: Context, path: str, x):
+    def forward(self, ctx: Context, x):
         return x
 
 
@@ -33,7 +38,7 @@ class Identity(_Elementwise):
 class ReLU(_Elementwise):
     """``max(x, 0)``. Never in place: inputs are not mutated."""
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
 
 
@@ -49,7 +54,7 @@ class GELU(_Elementwise):
                 f"GELU: approximate must be 'none' or 'tanh', got {self.approximate!r}"
             )
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate=self.approximate)
 
 
@@ -57,7 +62,7 @@ class GELU(_Elementwise):
 class SiLU(_Elementwise):
     """``x * sigmoid(x)``."""
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x)
 
 
@@ -65,7 +70,7 @@ class SiLU(_Elementwise):
 class Sigmoid(_Elementwise):
     """``1 / (1 + exp(-x))``."""
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
 
 
@@ -73,7 +78,7 @@ class Sigmoid(_Elementwise):
 class Tanh(_Elementwise):
     """Hyperbolic tangent."""
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
 
 
@@ -82,10 +87,10 @@ def _check_dim(layer: str, dim: object) -> None:
         raise TypeError(f"{layer}: dim must be an int, got {type(dim).__name__} {dim!r}")
 
 
-def _check_dim_in_range(spec: Spec, path: str, x: torch.Tensor, dim: int) -> None:
+def _check_dim_in_range(x: torch.Tensor, dim: int) -> None:
     rank = max(x.dim(), 1)
     if not -rank <= dim < rank:
-        raise spec._error(path, f"dim={dim} is out of range for an input of shape {tuple(x.shape)}")
+        raise ValueError(f"dim={dim} is out of range for an input of shape {tuple(x.shape)}")
 
 
 def _check_dim_for_example(spec: Spec, path: str, in_shape: Shape, dim: int) -> Shape:
@@ -112,8 +117,8 @@ class Softmax(_Elementwise):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return _check_dim_for_example(self, path, in_shape, self.dim)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        _check_dim_in_range(self, path, x, self.dim)
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        _check_dim_in_range(x, self.dim)
         return F.softmax(x, dim=self.dim)
 
 
@@ -129,6 +134,6 @@ class LogSoftmax(_Elementwise):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return _check_dim_for_example(self, path, in_shape, self.dim)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        _check_dim_in_range(self, path, x, self.dim)
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        _check_dim_in_range(x, self.dim)
         return F.log_softmax(x, dim=self.dim)

@@ -45,10 +45,12 @@ def number(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{layer}: {field} must be a number, got {type(value).__name__} {value!r}")
-    bad = (
-        (lo is not None and (value < lo or (lo_open and value == lo)))
-        or (hi is not None and (value > hi or (hi_open and value == hi)))
-        or math.isnan(value)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"{layer}: {field} must be a finite number (specs are saved as JSON), got {value}"
+        )
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+        hi is not None and (value > hi or (hi_open and value == hi))
     )
     if bad:
         lo_b = "(" if lo_open else "["
@@ -73,10 +75,12 @@ def int_tuple(layer: str, field: str, value: object, n: int, minimum: int) -> tu
     return items
 
 
-def uniform_param(key: torch.Tensor, name: str, shape: tuple[int, ...], bound: float, dtype):
+def uniform_param(
+    key: torch.Tensor, name: str, shape: tuple[int, ...], bound: float, dtype, device
+) -> torch.Tensor:
     """``U(-bound, bound)`` from the layer key with the parameter name folded in."""
     k = _random.fold_in(key, name_hash(name))
-    return _random.uniform(k, shape, dtype, minval=-bound, maxval=bound)
+    return _random.uniform(k, shape, dtype, device, minval=-bound, maxval=bound)
 
 
 def fan_in_bound(fan_in: int) -> float:

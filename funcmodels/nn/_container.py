@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .._registry import layer_name_problem
 from .._shapes import Shape, child_shape, product, rank_known, show
 from .._spec import Context, Spec
 from ._check import non_negative_int
@@ -18,7 +19,7 @@ def _rank_of(children) -> int | None:
     for _, child in children:
         if child.example_ndim is not None:
             return child.example_ndim
-        if not getattr(child, "preserves_rank", False):
+        if not child.preserves_rank:
             return None
     return None
 
@@ -33,6 +34,8 @@ class Sequential(Spec):
     ``'0.weight'`` agree with :class:`torch.nn.Sequential`.
     """
 
+    layers_field: ClassVar[str | None] = "layers"
+
     layers: tuple[tuple[str, Spec], ...]
 
     def __init__(self, *layers: Spec | Mapping[str, Spec]):
@@ -41,10 +44,9 @@ class Sequential(Spec):
         else:
             items = tuple((str(i), layer) for i, layer in enumerate(layers))
         for name, layer in items:
-            if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(
-                    f"Sequential: child names must be non-empty strings without '.', got {name!r}"
-                )
+            problem = layer_name_problem(name)
+            if problem is not None:
+                raise (ValueError if isinstance(name, str) else TypeError)(f"Sequential: {problem}")
             if not isinstance(layer, Spec):
                 raise TypeError(
                     f"Sequential: child {name!r} must be a layer spec, got {type(layer).__name__}"
@@ -93,9 +95,9 @@ class Sequential(Spec):
             shape = child_shape(layer, shape, f"{path}{name}.", record)
         return shape
 
-    def forward(self, ctx: Context, path: str, x: Any) -> Any:
-        for name, layer in self.layers:
-            x = layer.forward(ctx, f"{path}{name}.", x)
+    def forward(self, ctx: Context, x: Any) -> Any:
+        for name, _ in self.layers:
+            x = ctx.apply(name, x)
         return x
 
 
@@ -138,13 +140,12 @@ class Flatten(Spec):
         lo, hi = self.start_dim - 1, end
         return (*in_shape[:lo], product(in_shape[lo:hi]), *in_shape[hi:])
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         rank = max(x.dim(), 1)
         end = self.end_dim if self.end_dim >= 0 else rank + self.end_dim
         if not (self.start_dim < rank and 0 <= end < rank and self.start_dim <= end):
-            raise self._error(
-                path,
+            raise ValueError(
                 f"start_dim={self.start_dim}, end_dim={self.end_dim} are out of range for an "
-                f"input of shape {tuple(x.shape)}",
+                f"input of shape {tuple(x.shape)}"
             )
         return torch.flatten(x, self.start_dim, self.end_dim)

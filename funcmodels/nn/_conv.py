@@ -82,11 +82,11 @@ class _ConvNd(Spec):
             shapes["bias"] = (self.out_channels,)
         return shapes
 
-    def init_params(self, key, dtype):
+    def init_params(self, key, *, dtype, device):
         sizes_known(self)
         bound = fan_in_bound(self.in_channels // self.groups * math.prod(self.kernel_size))
         return {
-            name: uniform_param(key, name, shape, bound, dtype)
+            name: uniform_param(key, name, shape, bound, dtype, device)
             for name, shape in self.param_shapes().items()
         }
 
@@ -143,27 +143,25 @@ class _ConvNd(Spec):
             out.append((size + pads[2 * i] + pads[2 * i + 1] - d * (k - 1) - 1) // s + 1)
         return (self.out_channels, *out)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         n = self._n
         if not isinstance(x, torch.Tensor):
-            raise self._error(path, f"expected a tensor, got {type(x).__name__}", TypeError)
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
         if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != self.in_channels:
             dims = "C, L" if n == 1 else "C, H, W"
-            raise self._error(
-                path,
+            raise ValueError(
                 f"expected input (N, {dims}) or ({dims}) with C={self.in_channels}, "
-                f"got shape {tuple(x.shape)}",
+                f"got shape {tuple(x.shape)}"
             )
         size = tuple(x.shape[-n:])
         if any(s < m for s, m in zip(size, self._min, strict=True)):
-            raise self._error(
-                path,
+            raise ValueError(
                 f"input of spatial size {size} is too small for kernel_size "
                 f"{self.kernel_size}, dilation {self.dilation}, padding {self.padding!r} and "
-                f"padding_mode {self.padding_mode!r} (needs at least {self._min})",
+                f"padding_mode {self.padding_mode!r} (needs at least {self._min})"
             )
-        p = ctx.params
-        weight, bias = p[path + "weight"], p.get(path + "bias")
+        weight = ctx.param("weight")
+        bias = ctx.param("bias") if self.bias else None
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)

@@ -32,6 +32,7 @@ class Dropout(Spec):
     """
 
     preserves_rank: ClassVar[bool] = True
+    config_ignores: ClassVar[tuple[str, ...]] = ("inplace",)
 
     p: float = 0.5
 
@@ -41,14 +42,13 @@ class Dropout(Spec):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return in_shape
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         if not ctx.train or self.p == 0.0:
             return x
         if self.p == 1.0:
             # A product rather than new zeros, as torch, so NaN and inf still propagate.
             return x * 0.0
-        key = ctx.key_for(path, self)
-        keep = _random.bernoulli(key, 1.0 - self.p, x.shape, device=x.device)
+        keep = _random.bernoulli(ctx.key(), 1.0 - self.p, x.shape, device=x.device)
         # torch's formula, x * (mask / (1 - p)): a product is about twice as fast as
         # torch.where here, and dropped NaN/inf entries stay NaN, as in torch.
         return x * (keep.to(x.dtype) / (1.0 - self.p))

@@ -54,11 +54,11 @@ class Linear(Spec):
             shapes["bias"] = (self.out_features,)
         return shapes
 
-    def init_params(self, key, dtype):
+    def init_params(self, key, *, dtype, device):
         sizes_known(self)
         bound = fan_in_bound(self.in_features)
         return {
-            name: uniform_param(key, name, shape, bound, dtype)
+            name: uniform_param(key, name, shape, bound, dtype, device)
             for name, shape in self.param_shapes().items()
         }
 
@@ -107,13 +107,9 @@ class Linear(Spec):
             )
         return (*lead, self.out_features)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise self._error(path, f"expected a tensor, got {type(x).__name__}", TypeError)
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise self._error(
-                path,
-                f"expected input (*, {self.in_features}), got shape {tuple(x.shape)}",
-            )
-        p = ctx.params
-        return F.linear(x, p[path + "weight"], p.get(path + "bias"))
+            raise ValueError(f"expected input (*, {self.in_features}), got shape {tuple(x.shape)}")
+        return F.linear(x, ctx.param("weight"), ctx.param("bias") if self.bias else None)

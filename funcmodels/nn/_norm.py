@@ -33,10 +33,10 @@ def under_vmap(t: torch.Tensor) -> bool:
     return False
 
 
-def _affine_init(shapes: dict[str, tuple[int, ...]], dtype) -> dict[str, torch.Tensor]:
+def _affine_init(shapes: dict[str, tuple[int, ...]], dtype, device) -> dict[str, torch.Tensor]:
     """torch's norm-layer init: ``weight`` ones, ``bias`` zeros (no randomness)."""
     fill = {"weight": torch.ones, "bias": torch.zeros}
-    return {n: fill[n](shape, dtype=dtype) for n, shape in shapes.items()}
+    return {n: fill[n](shape, dtype=dtype, device=device) for n, shape in shapes.items()}
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ class _BatchNorm(Spec):
             return {}
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
 
-    def init_params(self, key, dtype):
-        return _affine_init(self.param_shapes(), dtype)
+    def init_params(self, key, *, dtype, device):
+        return _affine_init(self.param_shapes(), dtype, device)
 
     def state_shapes(self):
         sizes_known(self)
@@ -84,15 +84,15 @@ class _BatchNorm(Spec):
             "num_batches_tracked": ((), torch.int64),
         }
 
-    def init_state(self, dtype):
+    def init_state(self, key, *, dtype, device):
         sizes_known(self)
         if not self.track_running_stats:
             return {}
         c = self.num_features
         return {
-            "running_mean": torch.zeros(c, dtype=dtype),
-            "running_var": torch.ones(c, dtype=dtype),
-            "num_batches_tracked": torch.tensor(0, dtype=torch.int64),
+            "running_mean": torch.zeros(c, dtype=dtype, device=device),
+            "running_var": torch.ones(c, dtype=dtype, device=device),
+            "num_batches_tracked": torch.zeros((), dtype=torch.int64, device=device),
         }
 
     def _fit(self, path: str, in_shape: Shape) -> Shape:
@@ -121,7 +121,7 @@ class _BatchNorm(Spec):
         check_size(self, path, "num_features", self.num_features, shape[0], in_shape)
         return (shape[0] if self.num_features is None else self.num_features, *shape[1:])
 
-    def _check_batch(self, path: str, x: torch.Tensor) -> None:
+    def _check_batch(self, x: torch.Tensor) -> None:
         """Batch statistics need a real batch: not one sample under vmap, not one value.
 
         A batch of one under vmap is a per-sample call; a larger one (vmap over an ensemble
@@ -130,45 +130,42 @@ class _BatchNorm(Spec):
         rather than breaking the graph.
         """
         if x.shape[0] == 1 and not torch.compiler.is_compiling() and under_vmap(x):
-            raise self._error(
-                path,
+            raise ValueError(
                 "computes statistics over the batch in train mode, but under torch.func.vmap "
                 "each sample is a batch of one, so per-sample statistics are ill-defined and "
                 "per-sample gradients would be wrong; replace BatchNorm with GroupNorm (or "
-                "LayerNorm), or run it in eval mode (train=False) with running statistics",
+                "LayerNorm), or run it in eval mode (train=False) with running statistics"
             )
         if x.numel() // self.num_features <= 1:
-            raise self._error(
-                path,
+            raise ValueError(
                 f"expected more than 1 value per channel in train mode, got input shape "
-                f"{tuple(x.shape)}",
+                f"{tuple(x.shape)}"
             )
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in self._ranks or x.shape[1] != self.num_features:
-            raise self._error(
-                path,
+            raise ValueError(
                 f"expected input {self._dims} with C={self.num_features}, "
-                f"got shape {tuple(x.shape)}",
+                f"got shape {tuple(x.shape)}"
             )
-        weight, bias = ctx.params.get(path + "weight"), ctx.params.get(path + "bias")
+        affine = self.affine
+        weight = ctx.param("weight") if affine else None
+        bias = ctx.param("bias") if affine else None
         track = self.track_running_stats
         if track and not ctx.train:
-            mean = ctx.buffer(path, "running_mean", self)
-            var = ctx.buffer(path, "running_var", self)
+            mean, var = ctx.buffer("running_mean"), ctx.buffer("running_var")
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
-        self._check_batch(path, x)
+        self._check_batch(x)
         # No running tensors go in, so nothing is mutated; the update is computed below.
         out = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
         if track:
-            self._update_stats(ctx, path, x.detach())
+            self._update_stats(ctx, x.detach())
         return out
 
-    def _update_stats(self, ctx: Context, path: str, x: torch.Tensor) -> None:
+    def _update_stats(self, ctx: Context, x: torch.Tensor) -> None:
         """torch's rule: ``r = m * batch + (1 - m) * r``, unbiased variance, count + 1."""
-        mean = ctx.buffer(path, "running_mean", self)
-        var = ctx.buffer(path, "running_var", self)
-        count = ctx.buffer(path, "num_batches_tracked", self) + 1
+        mean, var = ctx.buffer("running_mean"), ctx.buffer("running_var")
+        count = ctx.buffer("num_batches_tracked") + 1
         dims = (0, *range(2, x.dim()))
         batch_var, batch_mean = torch.var_mean(x, dim=dims, correction=1)
         if self.momentum is None:
@@ -176,10 +173,9 @@ class _BatchNorm(Spec):
             m = 1.0 / count.to(mean.dtype)
         else:
             m = self.momentum
-        new = ctx.new_state
-        new[path + "running_mean"] = m * batch_mean.to(mean.dtype) + (1 - m) * mean
-        new[path + "running_var"] = m * batch_var.to(var.dtype) + (1 - m) * var
-        new[path + "num_batches_tracked"] = count
+        ctx.set_buffer("running_mean", m * batch_mean.to(mean.dtype) + (1 - m) * mean)
+        ctx.set_buffer("running_var", m * batch_var.to(var.dtype) + (1 - m) * var)
+        ctx.set_buffer("num_batches_tracked", count)
 
 
 @dataclass(frozen=True)
@@ -279,8 +275,8 @@ class LayerNorm(Spec):
                 shapes["bias"] = self.normalized_shape
         return shapes
 
-    def init_params(self, key, dtype):
-        return _affine_init(self.param_shapes(), dtype)
+    def init_params(self, key, *, dtype, device):
+        return _affine_init(self.param_shapes(), dtype, device)
 
     def _check_rank(self, path: str, in_shape: Shape) -> None:
         norm = self.normalized_shape or (None,)
@@ -314,15 +310,15 @@ class LayerNorm(Spec):
             return (*in_shape[: len(in_shape) - len(norm)], *norm)
         return (..., *norm) if len(tail) <= len(norm) else (..., *tail[: -len(norm)], *norm)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         shape = self.normalized_shape
         if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
-            raise self._error(
-                path,
-                f"expected input (*, {', '.join(map(str, shape))}), got shape {tuple(x.shape)}",
+            raise ValueError(
+                f"expected input (*, {', '.join(map(str, shape))}), got shape {tuple(x.shape)}"
             )
-        p = ctx.params
-        return F.layer_norm(x, shape, p.get(path + "weight"), p.get(path + "bias"), self.eps)
+        weight = ctx.param("weight") if self.elementwise_affine else None
+        bias = ctx.param("bias") if self.bias else None
+        return F.layer_norm(x, shape, weight, bias, self.eps)
 
 
 @dataclass(frozen=True)
@@ -369,8 +365,8 @@ class GroupNorm(Spec):
             return {}
         return {"weight": (self.num_channels,), "bias": (self.num_channels,)}
 
-    def init_params(self, key, dtype):
-        return _affine_init(self.param_shapes(), dtype)
+    def init_params(self, key, *, dtype, device):
+        return _affine_init(self.param_shapes(), dtype, device)
 
     def _channels(self, path: str, in_shape: Shape):
         """The channel size of one example ``(C, *)``; ``None`` when unknown."""
@@ -398,22 +394,18 @@ class GroupNorm(Spec):
             return (self.num_channels, *in_shape[1:])
         return in_shape
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         c = self.num_channels
         batched = x.dim() >= 2 and x.shape[1] == c
         if not batched and not (x.dim() >= 1 and x.shape[0] == c):
-            raise self._error(
-                path, f"expected input (N, {c}, *) or ({c}, *), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input (N, {c}, *) or ({c}, *), got shape {tuple(x.shape)}")
         xb = x if batched else x.unsqueeze(0)
         if xb[0].numel() // self.num_groups <= 1:
-            raise self._error(
-                path,
+            raise ValueError(
                 f"expected more than 1 value per group ({self.num_groups} groups), got "
-                f"input shape {tuple(x.shape)}",
+                f"input shape {tuple(x.shape)}"
             )
-        p = ctx.params
-        out = F.group_norm(
-            xb, self.num_groups, p.get(path + "weight"), p.get(path + "bias"), self.eps
-        )
+        weight = ctx.param("weight") if self.affine else None
+        bias = ctx.param("bias") if self.affine else None
+        out = F.group_norm(xb, self.num_groups, weight, bias, self.eps)
         return out if batched else out.squeeze(0)

@@ -38,14 +38,13 @@ class _Pool(Spec):
 
     _dims: ClassVar[str]
 
-    def _check_input(self, path: str, x: object) -> torch.Tensor:
+    def _check_input(self, x: object) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise self._error(path, f"expected a tensor, got {type(x).__name__}", TypeError)
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
         nd = self.example_ndim
         if x.dim() not in (nd, nd + 1):
-            raise self._error(
-                path,
-                f"expected input (N, {self._dims}) or ({self._dims}), got shape {tuple(x.shape)}",
+            raise ValueError(
+                f"expected input (N, {self._dims}) or ({self._dims}), got shape {tuple(x.shape)}"
             )
         return x
 
@@ -86,7 +85,7 @@ class _WindowPool(_Pool):
             )
         return (shape[0], *out_hw)
 
-    def _check_output(self, path: str, x: torch.Tensor, dilation: tuple[int, int]) -> None:
+    def _check_output(self, x: torch.Tensor, dilation: tuple[int, int]) -> None:
         """Raise unless the sliding windows give a non-empty output (torch would fail)."""
         out_hw = tuple(
             _pooled_size(n, k, s, p, d, self.ceil_mode)
@@ -95,10 +94,9 @@ class _WindowPool(_Pool):
             )
         )
         if min(out_hw) < 1:
-            raise self._error(
-                path,
+            raise ValueError(
                 f"input of spatial size {tuple(x.shape[-2:])} is too small: the output "
-                f"would be {out_hw}",
+                f"would be {out_hw}"
             )
 
 
@@ -134,9 +132,9 @@ class MaxPool2d(_WindowPool):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return self._pooled(path, in_shape, self.dilation)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        x = self._check_input(path, x)
-        self._check_output(path, x, self.dilation)
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
+        self._check_output(x, self.dilation)
         return F.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
         )
@@ -177,9 +175,9 @@ class AvgPool2d(_WindowPool):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return self._pooled(path, in_shape, (1, 1))
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        x = self._check_input(path, x)
-        self._check_output(path, x, (1, 1))
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
+        self._check_output(x, (1, 1))
         return F.avg_pool2d(
             x,
             self.kernel_size,
@@ -217,10 +215,10 @@ class _AdaptiveAvgPool(_Pool):
         )
         return (shape[0], *sizes)
 
-    def _check_nonempty(self, path: str, x: torch.Tensor) -> None:
+    def _check_nonempty(self, x: torch.Tensor) -> None:
         n = self.example_ndim - 1
         if min(x.shape[-n:]) < 1:
-            raise self._error(path, f"expected non-empty spatial dims, got shape {tuple(x.shape)}")
+            raise ValueError(f"expected non-empty spatial dims, got shape {tuple(x.shape)}")
 
 
 @dataclass(frozen=True)
@@ -244,9 +242,9 @@ class AdaptiveAvgPool1d(_AdaptiveAvgPool):
         sizes = _output_sizes(self.type_name, self.output_size, 1)
         object.__setattr__(self, "output_size", sizes)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        x = self._check_input(path, x)
-        self._check_nonempty(path, x)
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
+        self._check_nonempty(x)
         return F.adaptive_avg_pool1d(x, self.output_size)
 
 
@@ -271,7 +269,7 @@ class AdaptiveAvgPool2d(_AdaptiveAvgPool):
         sizes = _output_sizes(self.type_name, self.output_size, 2)
         object.__setattr__(self, "output_size", sizes)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
-        x = self._check_input(path, x)
-        self._check_nonempty(path, x)
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
+        self._check_nonempty(x)
         return F.adaptive_avg_pool2d(x, self.output_size)

@@ -119,6 +119,7 @@ class ResidualBlock(Spec):
         # Children are derived from the fields once; they are not fields themselves, so
         # equality, hashing and the spec's serialised form stay those of the arguments.
         object.__setattr__(self, "_children", self._build())
+        object.__setattr__(self, "_projected", any(n == "projection" for n, _ in self._children))
 
     def _norm_layer(self) -> Spec:
         if self.norm == "batch":
@@ -177,18 +178,16 @@ class ResidualBlock(Spec):
             child_shape(parts["projection"], shape, f"{path}projection.", record)
         return child_shape(parts["activation"], out, f"{path}activation.", record)
 
-    def forward(self, ctx: Context, path: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise self._error(
-                path,
+            raise ValueError(
                 f"expected input (N, C, H, W) or (C, H, W) with C={self.in_channels}, "
-                f"got shape {tuple(x.shape)}",
+                f"got shape {tuple(x.shape)}"
             )
-        parts = dict(self._children)
-        out = parts["main_branch"].forward(ctx, f"{path}main_branch.", x)
-        if "se" in parts:
-            out = out * parts["se"].forward(ctx, f"{path}se.", out)
+        out = ctx.apply("main_branch", x)
+        if self.use_se:
+            out = out * ctx.apply("se", out)
         shortcut = x
-        if "projection" in parts:
-            shortcut = parts["projection"].forward(ctx, f"{path}projection.", x)
-        return self.activation.forward(ctx, f"{path}activation.", out + shortcut)
+        if self._projected:
+            shortcut = ctx.apply("projection", x)
+        return ctx.apply("activation", out + shortcut)

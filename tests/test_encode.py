@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcmodels as fm
+from funcmodels._encode import decode, encode
 from funcmodels._spec import Spec
 
 nn = fm.nn
@@ -125,22 +126,27 @@ def _same_types(a: Spec, b: Spec) -> bool:
     return [(p, type(s)) for p, s in a.walk()] == [(p, type(s)) for p, s in b.walk()]
 
 
+def _stored(doc):
+    """What fm.load does with a stored document (no shape-chain check)."""
+    return decode(doc, "spec", nn.Sequential)
+
+
 @settings(max_examples=60, deadline=None)
-@given(specs)
-def test_round_trip_through_json_is_exact(spec):
-    doc = fm.spec_to_dict(spec)
+@given(specs, st.booleans())
+def test_round_trip_through_json_is_exact(spec, defaults):
+    doc = spec.to_config(defaults=defaults)
     text = json.dumps(doc, allow_nan=False)  # strict JSON
-    back = fm.spec_from_dict(json.loads(text))
+    back = _stored(json.loads(text))
     assert back == spec
     assert hash(back) == hash(spec)
     assert _same_types(back, spec)
-    assert fm.spec_to_dict(back) == doc
+    assert back.to_config(defaults=defaults) == doc
 
 
 @settings(max_examples=20, deadline=None)
 @given(specs)
 def test_round_trip_gives_the_same_params(spec):
-    back = fm.spec_from_dict(json.loads(json.dumps(fm.spec_to_dict(spec))))
+    back = _stored(json.loads(json.dumps(spec.to_config(defaults=True))))
     a, b = (
         fm.to_state_dict(*fm.init_with_state(fm.key(3), spec)),
         fm.to_state_dict(*fm.init_with_state(fm.key(3), back)),
@@ -151,28 +157,50 @@ def test_round_trip_gives_the_same_params(spec):
 
 def test_layout_is_the_config_format():
     spec = nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU())
-    assert fm.spec_to_dict(spec) == {
-        "type": "Sequential",
-        "params": {
-            "layers": [
-                {
-                    "name": "0",
-                    "type": "Linear",
-                    "params": {"in_features": 3, "out_features": 4, "bias": False},
-                },
-                {"name": "1", "type": "ReLU", "params": {}},
-            ]
+    assert spec.to_config() == [
+        {
+            "type": "linear",
+            "name": "0",
+            "params": {"in_features": 3, "out_features": 4, "bias": False},
         },
+        {"type": "relu", "name": "1"},
+    ]
+    assert spec.to_config(defaults=True) == [
+        {
+            "type": "linear",
+            "name": "0",
+            "params": {"in_features": 3, "out_features": 4, "bias": False},
+        },
+        {"type": "relu", "name": "1"},
+    ]
+    assert nn.Linear(3, 4).to_config(defaults=True) == {
+        "type": "linear",
+        "params": {"in_features": 3, "out_features": 4, "bias": True},
     }
+    nested = nn.Sequential({"body": nn.Sequential(nn.ReLU())})
+    assert nested.to_config() == [
+        {
+            "type": "sequential",
+            "name": "body",
+            "params": {"layers": [{"type": "relu", "name": "0"}]},
+        }
+    ]
 
 
 def test_tuples_become_lists_and_nested_specs_layer_dicts():
-    conv = fm.spec_to_dict(nn.Conv2d(2, 4, (3, 1), padding="same"))
+    conv = nn.Conv2d(2, 4, (3, 1), padding="same").to_config()
     assert conv["params"]["kernel_size"] == [3, 1]
     assert conv["params"]["padding"] == "same"
-    if getattr(nn, "ResidualBlock", None) is not None:
-        block = fm.spec_to_dict(nn.ResidualBlock(2, 2, activation=nn.GELU("tanh")))
-        assert block["params"]["activation"] == {"type": "GELU", "params": {"approximate": "tanh"}}
+    block = nn.ResidualBlock(2, 2, activation=nn.GELU("tanh")).to_config()
+    assert block["params"]["activation"] == {"type": "gelu", "params": {"approximate": "tanh"}}
+
+
+def test_one_format_for_configs_and_files():
+    # from_config reads what to_config writes, and what the files store.
+    spec = nn.Sequential({"stem": nn.Conv2d(3, 8, 7, stride=2), "act": nn.ReLU()})
+    assert fm.from_config(spec.to_config()) == spec
+    assert fm.from_config(spec.to_config(defaults=True)) == spec
+    assert _stored(spec.to_config()) == spec
 
 
 def test_hand_written_document_with_defaults_omitted():
@@ -199,13 +227,13 @@ def test_hand_written_document_with_defaults_omitted():
             "head": nn.Linear(8, 2),
         }
     )
-    assert fm.spec_from_dict(doc) == want
+    assert _stored(doc) == want
 
 
 def test_decoding_does_not_change_the_document():
-    doc = fm.spec_to_dict(nn.Sequential(nn.Conv1d(2, 2, 3), nn.Linear(2, 2)))
+    doc = nn.Sequential(nn.Conv1d(2, 2, 3), nn.Linear(2, 2)).to_config()
     before = json.dumps(doc)
-    fm.spec_from_dict(doc)
+    _stored(doc)
     assert json.dumps(doc) == before
 
 
@@ -214,80 +242,92 @@ def _layers(*items):
 
 
 LIN = {"name": "0", "type": "Linear", "params": {"in_features": 2, "out_features": 2}}
+AT = r"spec\.params\.layers"
 
 
 @pytest.mark.parametrize(
-    "doc, pattern",
+    "doc, exc, pattern",
     [
         (
             _layers(LIN, {"name": "1", "type": "Conv3d", "params": {}}),
-            r"\$\.params\.layers\[1\]\.type: unknown layer type 'Conv3d'.*'Linear'",
+            ValueError,
+            AT + r"\[1\] \(name '1', type 'Conv3d'\): unknown layer type 'Conv3d'.*known types: "
+            r".*linear",
         ),
         (
             {"type": "__import__('os').system('true')", "params": {}},
-            r"\$\.type: unknown layer type",
+            ValueError,
+            r"spec \(type .*\): unknown layer type",
         ),
         (
             _layers(LIN, {"name": "1", "type": "Linear", "params": {"in_features": 2, "out": 3}}),
-            r"\$\.params\.layers\[1\]\.params: Linear has no field\(s\) \['out'\]",
+            ValueError,
+            AT + r"\[1\] \(name '1', type 'Linear'\): unknown parameter 'out'",
         ),
         (
             _layers({"name": "a", "type": "Linear", "params": {"in_features": 2}}),
-            r"\$\.params\.layers\[0\]\.params: Linear needs field\(s\) \['out_features'\]",
+            ValueError,
+            AT + r"\[0\] \(name 'a', type 'Linear'\): missing required parameter\(s\) "
+            r"'out_features'",
         ),
         (
             _layers(
                 LIN,
                 {"name": "x", "type": "Linear", "params": {"in_features": -1, "out_features": 2}},
             ),
-            r"\$\.params\.layers\[1\]: Linear rejected its params: .*in_features.*-1",
+            ValueError,
+            AT + r"\[1\] \(name 'x', type 'Linear'\): Linear: in_features must be positive",
         ),
         (
             _layers(LIN, dict(LIN)),
-            r"\$\.params\.layers\[1\]\.name: duplicate name '0' "
-            r"\(also at \$\.params\.layers\[0\]\)",
+            ValueError,
+            AT
+            + r"\[1\] \(name '0', type 'Linear'\): duplicate name '0' \(also the name of "
+            + AT
+            + r"\[0\]\)",
         ),
         (
             _layers({"name": 7, "type": "ReLU", "params": {}}),
-            r"\$\.params\.layers\[0\]\.name: expected a string, got 7",
+            TypeError,
+            AT + r"\[0\]: a layer name must be a string, got int 7",
         ),
-        ({"params": {}}, r"\$: missing 'type'"),
-        ({"type": "ReLU", "params": {}, "extra": 1}, r"\$: unexpected keys \['extra'\]"),
-        ({"type": "Linear", "params": [2, 3]}, r"\$\.params: expected a dict of fields"),
-        (["Linear"], r"\$: expected a layer dict"),
+        ({"params": {}}, ValueError, r"spec \(type None\): missing 'type'"),
+        ({"type": "ReLU", "params": {}, "extra": 1}, ValueError, r"spec: unknown key 'extra'"),
+        ({"type": "Linear", "params": [2, 3]}, TypeError, r"params must be a dict"),
+        (["Linear"], TypeError, r"spec\[0\]: expected a layer entry"),
         (
             {"type": "Linear", "params": {"in_features": {1, 2}, "out_features": 2}},
-            r"\$\.params\.in_features: expected a JSON value",
+            TypeError,
+            r"spec\.params\.in_features cannot be a set",
         ),
+        ({"type": "Linear", "params": {"in_features": 2, "out_features": 2.5}}, TypeError, "int"),
+        ({"type": "Dropout", "params": {"p": float("nan")}}, ValueError, "only finite numbers"),
+        (3, ValueError, "expected a list of layer entries or a layer dict, got int"),
     ],
 )
-def test_bad_documents_raise_value_error_naming_the_place(doc, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        fm.spec_from_dict(doc)
+def test_bad_documents_raise_errors_naming_the_place(doc, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        _stored(doc)
 
 
-def test_encoding_errors(monkeypatch):
+def test_encoding_errors(scratch_registry):
     with pytest.raises(TypeError, match="expected a layer spec, got int"):
-        fm.spec_to_dict(3)
+        encode(3)
 
     @dataclasses.dataclass(frozen=True)
     class _Private(Spec):
         size: int = 1
 
-    with pytest.raises(TypeError, match=r"\$\.params\.layers\[1\]: .*_Private is not a registered"):
-        fm.spec_to_dict(nn.Sequential(nn.ReLU(), _Private()))
-
-    # A registered type whose field holds something JSON cannot carry; registered in a
-    # copy of the registry so that other tests do not see it.
-    monkeypatch.setattr(fm._spec, "_REGISTRY", dict(fm._spec._REGISTRY))
+    with pytest.raises(TypeError, match=r"config\[1\]: .*_Private is a private spec class"):
+        nn.Sequential(nn.ReLU(), _Private()).to_config()
 
     @dataclasses.dataclass(frozen=True)
-    class SerialTestHolder(Spec):
+    class EncodeTestHolder(Spec):
         value: object = None
 
-    with pytest.raises(TypeError, match=r"\$\.params\.value: cannot serialise a dict"):
-        fm.spec_to_dict(SerialTestHolder(value={"a": 1}))
-    with pytest.raises(ValueError, match=r"\$\.params\.value: inf has no JSON form"):
-        fm.spec_to_dict(SerialTestHolder(value=float("inf")))
-    spec = SerialTestHolder(value=(1.5, None, "s", (True, -2)))
-    assert fm.spec_from_dict(json.loads(json.dumps(fm.spec_to_dict(spec)))) == spec
+    with pytest.raises(TypeError, match=r"spec\.params\.value: cannot write a dict"):
+        EncodeTestHolder(value={"a": 1}).to_config()
+    with pytest.raises(ValueError, match=r"spec\.params\.value: inf has no JSON form"):
+        EncodeTestHolder(value=float("inf")).to_config()
+    spec = EncodeTestHolder(value=(1.5, None, "s", (True, -2)))
+    assert _stored(json.loads(json.dumps(spec.to_config()))) == spec
