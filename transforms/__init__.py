@@ -10,10 +10,11 @@ for the torch bridge).
 """
 
 from . import _torch_layers, qat  # noqa: F401  (_torch_layers registers the converters)
-from ._fuse import fold_batchnorm, fuse
+from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
 from ._module import from_module, register_converter, to_module
 
 __all__ = [
+    "FoldedBatchNorm1d",
     "fold_batchnorm",
     "from_module",
     "fuse",

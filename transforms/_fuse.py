@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import operator
 from collections import Counter
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,50 @@ _SPEC_PAIRS: dict[type[fm.Spec], type[fm.Spec]] = {
     fm.nn.Linear: fm.nn.BatchNorm1d,
 }
 _RELU_FUNCTIONS = (F.relu, torch.relu)
+_RANK_2 = "which is only valid for inputs (N, in_features)"
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldedBatchNorm1d(fm.Spec):
+    """Where :func:`fold_batchnorm` folded a ``BatchNorm1d`` into the ``Linear`` before it.
+
+    The identity on ``(N, C)`` inputs, the only layout in which BatchNorm1d normalises the
+    linear layer's features; any other rank is refused, so the folded model never silently
+    differs from the original (on a ``(N, L, C)`` input BatchNorm1d normalises dim 1).
+    No parameters. Its torch form, :class:`FoldedBatchNorm1dModule`, checks the same.
+    """
+
+    preserves_rank: ClassVar[bool] = True
+
+    def out_shape(self, in_shape, path="", record=None):
+        if len(in_shape) != 1 or in_shape[0] is ...:
+            raise self._error(
+                path,
+                f"expected one example of shape (C,), got {in_shape}: the BatchNorm1d folded "
+                f"into the Linear before it was there, {_RANK_2}",
+            )
+        return in_shape
+
+    def forward(self, ctx, x):
+        if x.dim() != 2:
+            raise ValueError(
+                f"got an input of shape {tuple(x.shape)}: the BatchNorm1d folded into the "
+                f"Linear before it was here, {_RANK_2}"
+            )
+        return x
+
+
+class FoldedBatchNorm1dModule(nn.Module):
+    """The torch form of :class:`FoldedBatchNorm1d`: identity on ``(N, C)``, else an
+    assertion error (fx-traceable)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(
+            x.dim() == 2,
+            f"FoldedBatchNorm1d: the BatchNorm1d folded into the Linear before it was here, "
+            f"{_RANK_2}",
+        )
+        return x
 
 
 def _folded(
@@ -254,7 +299,9 @@ def _fold_sequential(
         if nxt is not None and _spec_pair(layer, nxt[1]):
             bn_name, bn = nxt
             _fold_pair(layer, f"{prefix}{name}.", bn, f"{prefix}{bn_name}.", params, state)
-            out += [(name, dataclasses.replace(layer, bias=True)), (bn_name, fm.nn.Identity())]
+            # After a Linear the fold holds for (N, C) inputs only: keep a guard in its place.
+            kept = FoldedBatchNorm1d() if isinstance(layer, fm.nn.Linear) else fm.nn.Identity()
+            out += [(name, dataclasses.replace(layer, bias=True)), (bn_name, kept)]
             i += 2
             continue
         out.append((name, _fold(layer, f"{prefix}{name}.", params, state)))
@@ -299,8 +346,10 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
     into its weights (torch's formulas from :mod:`torch.nn.utils.fusion`); the BatchNorm
     becomes ``Identity``, so every other layer keeps its parameter path. The folded model
     computes what the original does in eval mode (``fm.apply(params, x, state=state)``), up
-    to floating-point rounding. A folded Linear assumes inputs ``(N, in_features)``, the
-    only layout in which BatchNorm1d normalises its features.
+    to floating-point rounding. After a Linear the BatchNorm1d becomes
+    :class:`FoldedBatchNorm1d` instead, which refuses inputs other than ``(N, C)``: only
+    there does BatchNorm1d normalise the linear layer's features, so the folded model is
+    exact or refuses, never silently different (as :func:`fuse` does).
 
     A :class:`~funcmodels.nn.ResidualBlock` with ``norm='batch'`` (at the top or inside a
     Sequential) becomes the same block with ``norm='none'`` and ``conv_bias=True``, each

@@ -4,7 +4,8 @@ Most layers take the same constructor arguments in both libraries and keep them 
 attributes of the same names, so one generic pair of functions converts them. The
 exceptions: ``bias`` is a flag in the spec but a tensor (or ``None``) on the module;
 ``nn.MaxPool2d`` can return indices, which the spec cannot; ``ResidualBlock`` has no
-torch twin and becomes :class:`ResidualBlockModule`.
+torch twin and becomes :class:`ResidualBlockModule`. ``Rearrange`` and ``Reduce`` become
+einops' layers (:mod:`einops.layers.torch`), as subclasses that ``torch.fx`` can trace.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+import einops
 import torch
+from einops.layers import torch as einops_torch
 from torch import nn
 
 import funcmodels as fm
 from funcmodels._spec import field_values
 
+from ._fuse import FoldedBatchNorm1d, FoldedBatchNorm1dModule
 from ._module import register_converter
 
 # Spec type -> module type for the layers whose constructor arguments match field by field.
@@ -182,3 +186,94 @@ def _infer_residual(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Sp
 register_converter(
     fm.nn.ResidualBlock, ResidualBlockModule, build=_build_residual, infer=_infer_residual
 )
+
+
+def _build_folded(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return FoldedBatchNorm1dModule()
+
+
+register_converter(
+    FoldedBatchNorm1d,
+    FoldedBatchNorm1dModule,
+    build=_build_folded,
+    infer=lambda module, child: FoldedBatchNorm1d(),
+)
+
+
+# -- einops ------------------------------------------------------------------------------
+
+
+def _einops_call(
+    x: torch.Tensor, pattern: str, reduction: str, axes: tuple[tuple[str, int], ...]
+) -> torch.Tensor:
+    """``einops.rearrange`` (``reduction='rearrange'``) or ``einops.reduce`` of ``x``."""
+    if reduction == "rearrange":
+        return einops.rearrange(x, pattern, **dict(axes))
+    return einops.reduce(x, pattern, reduction, **dict(axes))
+
+
+# torch.fx records each call as one node: einops reads the input's rank and sizes, which a
+# symbolic tracer does not know. torch.export and torch.compile trace through it.
+torch.fx.wrap("_einops_call")
+
+
+class RearrangeModule(einops_torch.Rearrange):
+    """:class:`einops.layers.torch.Rearrange`, traceable by ``torch.fx.symbolic_trace``.
+
+    :func:`~transforms.to_module` makes one for a :class:`funcmodels.nn.Rearrange`; it is an
+    einops layer (same arguments, attributes, output and pickling) whose ``forward`` fx
+    records as a single call (einops' own layer looks its recipe up by the input's rank,
+    which fx cannot trace). :func:`~transforms.from_module` reads einops' plain layer too.
+
+    Arguments:
+        pattern: the einops pattern, as ``"b c h w -> b (h w) c"``.
+        axes_lengths: sizes of the axes the input does not determine (``h=4``).
+
+    Shapes: input with the pattern's input axes, output with its output axes.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _einops_call(input, self.pattern, "rearrange", self._axes_lengths)
+
+
+class ReduceModule(einops_torch.Reduce):
+    """:class:`einops.layers.torch.Reduce`, traceable by ``torch.fx.symbolic_trace``.
+
+    The twin of :class:`RearrangeModule` for :class:`funcmodels.nn.Reduce`.
+
+    Arguments:
+        pattern: the einops pattern, as ``"b c h w -> b c"``.
+        reduction: ``'min'``, ``'max'``, ``'sum'``, ``'mean'`` or ``'prod'``.
+        axes_lengths: sizes of the axes the input does not determine.
+
+    Shapes: input with the pattern's input axes, output with its output axes.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _einops_call(input, self.pattern, self.reduction, self._axes_lengths)
+
+
+def _build_rearrange(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return RearrangeModule(spec.pattern, **dict(spec.axes_lengths))
+
+
+def _build_reduce(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
+    return ReduceModule(spec.pattern, spec.reduction, **dict(spec.axes_lengths))
+
+
+def _infer_rearrange(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
+    return fm.nn.Rearrange(module.pattern, axes_lengths=dict(module.axes_lengths))
+
+
+def _infer_reduce(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
+    return fm.nn.Reduce(module.pattern, module.reduction, axes_lengths=dict(module.axes_lengths))
+
+
+# einops' own layers convert to specs; specs become the traceable subclasses (registered
+# last, so to_module builds those).
+for _module_type in (einops_torch.Rearrange, RearrangeModule):
+    register_converter(
+        fm.nn.Rearrange, _module_type, build=_build_rearrange, infer=_infer_rearrange
+    )
+for _module_type in (einops_torch.Reduce, ReduceModule):
+    register_converter(fm.nn.Reduce, _module_type, build=_build_reduce, infer=_infer_reduce)

@@ -5,6 +5,7 @@ from ._activation import GELU, Identity, LogSoftmax, ReLU, Sigmoid, SiLU, Softma
 from ._container import Flatten, Sequential
 from ._conv import Conv1d, Conv2d
 from ._dropout import Dropout
+from ._einops import Rearrange, Reduce
 from ._linear import Linear
 from ._norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from ._pool import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -29,6 +30,8 @@ __all__ = [
     "LogSoftmax",
     "MaxPool2d",
     "ReLU",
+    "Rearrange",
+    "Reduce",
     "ResidualBlock",
     "Sequential",
     "SiLU",

@@ -12,6 +12,7 @@ from ._activation import GELU, Identity, LogSoftmax, ReLU, Sigmoid, SiLU, Softma
 from ._container import Flatten, Sequential
 from ._conv import Conv1d, Conv2d
 from ._dropout import Dropout
+from ._einops import Rearrange, Reduce
 from ._linear import Linear
 from ._norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from ._pool import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -40,6 +41,8 @@ for _name, _cls in (
     ("adaptiveavgpool1d", AdaptiveAvgPool1d),
     ("adaptiveavgpool2d", AdaptiveAvgPool2d),
     ("flatten", Flatten),
+    ("rearrange", Rearrange),
+    ("reduce", Reduce),
     ("sequential", Sequential),
     ("residual_block", ResidualBlock),
     ("stack", Stack),
