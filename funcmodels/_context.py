@@ -294,7 +294,10 @@ def _device_of(x: Any, params: dict[str, torch.Tensor]) -> torch.device:
 
 # -- errors ------------------------------------------------------------------------------
 
-_DTYPE = re.compile(r"dtype|scalar type|datatype|not implemented for '")
+# torch's wordings for a dtype mismatch, from the kernels our layers call.
+_DTYPE = re.compile(
+    r"dtype|scalar type|datatype|not implemented for '|type \(.*\) should be the same"
+)
 _DTYPE_HINT = (
     " (the input and the parameters must have the same dtype: convert the input, or the "
     "parameters with params.to(dtype))"

@@ -40,6 +40,20 @@ def _check_dtype(dtype: object, where: str) -> torch.dtype:
     return dtype
 
 
+def as_device(device: object, where: str) -> torch.device:
+    """``device`` as tensors report it (``'cuda'`` becomes ``cuda:0``); ``TypeError`` if it
+    names no device."""
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(
+            f"{where}: device must be a torch.device or a string, got {device!r}"
+        ) from e
+    if device.type not in ("cpu", "meta") and device.index is None:
+        device = torch.empty(0, device=device).device
+    return device
+
+
 def _placement(key: torch.Tensor, device: object, where: str) -> tuple[torch.Tensor, torch.device]:
     """The device every leaf goes to, and the key to fold names into.
 

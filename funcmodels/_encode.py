@@ -65,6 +65,8 @@ def required_fields(cls: type) -> list[str]:
 
 
 def _too_deep(where: str) -> ValueError:
+    if len(where) > 120:
+        where = f"{where[:60]}...{where[-50:]}"
     return ValueError(
         f"{where}: layers nested more than {MAX_DEPTH} levels deep; funcmodels reads and "
         "writes at most that many (a deeper document is a cycle or is built to exhaust the "

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import nn
-from ._core import adapted, describe_mismatch, to_state_dict, validate_entries
+from ._core import adapted, as_device, describe_mismatch, to_state_dict, validate_entries
 from ._encode import MAX_DEPTH, decode
 from ._spec import Spec, depth, expected_entries
 from ._tree import Params, State
@@ -127,12 +127,7 @@ def load(
         raise FileNotFoundError(f"{where}: no such file")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{where}: is a directory, expected a safetensors file")
-    try:
-        device = torch.device(device)
-    except (TypeError, RuntimeError) as e:
-        raise TypeError(
-            f"{where}: device must be a torch.device or a string, got {device!r}"
-        ) from e
+    device = as_device(device, where)
     try:
         # Read on the CPU and move afterwards: safetensors cannot read onto 'meta'.
         with safe_open(path, framework="pt", device="cpu") as f:

@@ -174,7 +174,7 @@ def types() -> dict[str, type]:
 def _reserved_layer_names() -> frozenset[str]:
     # torch refuses a child module named like an attribute of its parent (a Sequential
     # here: to_module makes one), and torch.fx writes child names into Python code.
-    return frozenset(dir(torch.nn.Sequential)) | frozenset(keyword.kwlist)
+    return frozenset(dir(torch.nn.Sequential())) | frozenset(keyword.kwlist)
 
 
 _RESERVED: frozenset[str] | None = None

@@ -29,6 +29,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.utils._pytree as pytree
 
+from ._core import describe_mismatch
+from ._tree import Params, State
+
 __all__ = [
     "AdamState",
     "GradientTransformation",
@@ -76,11 +79,30 @@ class AdamState(NamedTuple):
 def _flatten_like(tree: Any, spec: pytree.TreeSpec, what: str) -> list[torch.Tensor]:
     leaves, got = pytree.tree_flatten(tree)
     if got != spec:
-        raise ValueError(
-            f"fm.optim: {what} do not have the structure of the params: expected "
-            f"{_describe(spec)}, got {_describe(got)}"
+        models = _model_difference(spec, got)
+        detail = (
+            f"they were made for a different model: {models}"
+            if models is not None
+            else f"expected {_describe(spec)}, got {_describe(got)}"
         )
+        raise ValueError(f"fm.optim: {what} do not have the structure of the params: {detail}")
     return leaves
+
+
+def _model_difference(want: pytree.TreeSpec, got: pytree.TreeSpec) -> str | None:
+    """Where two spec trees first differ, by layer path, when the first difference of
+    the two structures is between Params (or State) of different specs."""
+    stack = [(want, got)]
+    while stack:
+        a, b = stack.pop()
+        if a == b:
+            continue
+        if a.type is b.type and a.type in (Params, State):
+            return describe_mismatch(a.context[0], b.context[0])
+        if a.type is not b.type or a.num_children != b.num_children or a.context != b.context:
+            return None
+        stack.extend(reversed(list(zip(a.children_specs, b.children_specs, strict=True))))
+    return None
 
 
 def _describe(spec: pytree.TreeSpec) -> str:

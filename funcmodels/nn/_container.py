@@ -51,10 +51,7 @@ class Sequential(Spec):
                 raise TypeError(
                     f"Sequential: child {name!r} must be a layer spec, got {type(layer).__name__}"
                 )
-        names = [n for n, _ in items]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"Sequential: duplicate child names {dup}")
+        # Names are unique by construction: a dict's keys, or the positions.
         object.__setattr__(self, "layers", items)
 
     @classmethod
