@@ -50,6 +50,7 @@ def train(
     n_steps = epochs * num_batches(len(data.y_train), batch_size)
     with tqdm(total=n_steps, desc="train", unit="step") as bar:
         for epoch in range(epochs):
+            losses = []
             for xb, yb in batches(
                 fm.fold_in(shuffle_key, epoch), data.x_train, data.y_train, batch_size
             ):
@@ -57,8 +58,11 @@ def train(
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 step += 1
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+                losses.append(loss.item())
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
                 bar.update()
+            mean = sum(losses) / len(losses)
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: mean train loss {mean:.4f}")
     return params, state
 
 

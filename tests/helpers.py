@@ -1,17 +1,160 @@
-"""Shared checks for layer tests: fidelity to torch.nn and per-sample gradients."""
+"""Helpers shared by the test modules (fixtures live in ``tests/conftest.py``).
+
+* torch references: :func:`torch_twin` loads funcmodels tensors into a torch module,
+  :func:`torch_twin_of` builds the torch module of a spec, :class:`TorchResidualBlock` is
+  the torch layout of ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output
+  shape of every submodule;
+* per-sample gradients: :func:`assert_per_sample_grads_match` compares ``vmap(grad)``
+  with a loop of single-sample ``torch.autograd.grad`` calls;
+* tensors off their initial values: :func:`randomised`; test inputs: :func:`example_input`;
+* :data:`MODELS`, small models covering every ``funcmodels.nn`` layer.
+
+Random values here come from ``torch.Generator`` objects seeded by the caller: they are
+independent of the funcmodels generator under test, and never touch torch's global one.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 import funcmodels as fm
+from funcmodels._spec import field_values
+
+fnn = fm.nn
 
 
-def torch_twin(module: torch.nn.Module, params: fm.Params, state: fm.State | None = None):
+# -- torch references ---------------------------------------------------------------------
+
+
+def torch_twin(module: nn.Module, params: fm.Params, state: fm.State | None = None):
     """Load funcmodels tensors into a torch module (strict: every key must match)."""
     module.load_state_dict(fm.to_state_dict(params, state), strict=True)
     return module
+
+
+class TorchResidualBlock(nn.Module):
+    """The reference block: one activation instance per use and an out-of-place sum."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        stride=1,
+        groups=1,
+        dilation=1,
+        use_se=False,
+        se_ratio=0.25,
+        norm=nn.BatchNorm2d,
+        activation=nn.ReLU,
+        conv_bias=False,
+    ):
+        super().__init__()
+        conv = dict(padding=dilation, groups=groups, bias=conv_bias, dilation=dilation)
+        self.main_branch = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, **conv),
+            norm(out_channels),
+            activation(),
+            nn.Conv2d(out_channels, out_channels, 3, stride=1, **conv),
+            norm(out_channels),
+        )
+        self.use_se = use_se
+        if use_se:
+            reduced = max(1, int(out_channels * se_ratio))
+            self.se = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(out_channels, reduced, 1),
+                activation(),
+                nn.Conv2d(reduced, out_channels, 1),
+                nn.Sigmoid(),
+            )
+        self.projection = None
+        if in_channels != out_channels or stride != 1:
+            self.projection = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=conv_bias),
+                norm(out_channels),
+            )
+        self.activation = activation()
+
+    def forward(self, x):
+        identity = x
+        out = self.main_branch(x)
+        if self.use_se:
+            out = out * self.se(out)
+        if self.projection is not None:
+            identity = self.projection(x)
+        return self.activation(out + identity)
+
+
+# Spec type -> torch.nn type for the layers whose fields are torch's constructor arguments.
+TORCH_TYPES = {
+    fnn.Linear: nn.Linear,
+    fnn.Conv1d: nn.Conv1d,
+    fnn.Conv2d: nn.Conv2d,
+    fnn.BatchNorm1d: nn.BatchNorm1d,
+    fnn.BatchNorm2d: nn.BatchNorm2d,
+    fnn.LayerNorm: nn.LayerNorm,
+    fnn.GroupNorm: nn.GroupNorm,
+    fnn.Identity: nn.Identity,
+    fnn.ReLU: nn.ReLU,
+    fnn.GELU: nn.GELU,
+    fnn.SiLU: nn.SiLU,
+    fnn.Sigmoid: nn.Sigmoid,
+    fnn.Tanh: nn.Tanh,
+    fnn.Softmax: nn.Softmax,
+    fnn.LogSoftmax: nn.LogSoftmax,
+    fnn.Dropout: nn.Dropout,
+    fnn.Flatten: nn.Flatten,
+    fnn.MaxPool2d: nn.MaxPool2d,
+    fnn.AvgPool2d: nn.AvgPool2d,
+    fnn.AdaptiveAvgPool1d: nn.AdaptiveAvgPool1d,
+    fnn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
+}
+
+
+def torch_twin_of(spec: fm.Spec) -> nn.Module:
+    """The torch.nn module of a fully sized spec (plain ReLU residual blocks only)."""
+    if isinstance(spec, fnn.Sequential):
+        return nn.Sequential(OrderedDict((n, torch_twin_of(c)) for n, c in spec.layers))
+    if isinstance(spec, fnn.ResidualBlock):
+        assert spec.norm == "batch" and spec.activation == fnn.ReLU()
+        return TorchResidualBlock(
+            spec.in_channels,
+            spec.out_channels,
+            spec.stride,
+            spec.groups,
+            spec.dilation,
+            spec.use_se,
+            spec.se_ratio,
+        )
+    return TORCH_TYPES[type(spec)](**field_values(spec))
+
+
+def torch_shapes(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-example output shape of every submodule (by dotted name) on the batch ``x``."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        # A hook that returns a value would replace the module's output.
+        def record(_module, _inputs, out) -> None:
+            seen.setdefault(name, tuple(out.shape[1:]))
+
+        return record
+
+    hooks = [m.register_forward_hook(hook(name)) for name, m in module.named_modules()]
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+# -- per-sample gradients -----------------------------------------------------------------
 
 
 def per_sample_grads(params, x, y, *, state=None, loss=None):
@@ -47,3 +190,126 @@ def assert_per_sample_grads_match(params, x, y, *, state=None, loss=None, atol=1
     assert got.keys() == want.keys()
     for n in want:
         torch.testing.assert_close(got[n], want[n], atol=atol, rtol=rtol, msg=f"grad of {n}")
+
+
+# -- tensors off their initial values ------------------------------------------------------
+
+
+def _moved(name: str, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``t`` moved off its initial value; the rule depends on the tensor's name."""
+    if not t.is_floating_point():  # num_batches_tracked
+        return torch.full_like(t, 7)
+    if name.endswith("running_var"):
+        return torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5
+    if name.endswith("running_mean"):
+        return 0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype)
+    return t + 0.2 * torch.randn(t.shape, generator=g, dtype=t.dtype)
+
+
+def randomised(model, seed: int = 0, *, dtype: torch.dtype = torch.float32):
+    """Every tensor of a model moved off its initial value, from a ``torch.Generator``.
+
+    Norm layers start at weight 1, bias 0, mean 0, var 1, where a wrong mapping of those
+    tensors would go unnoticed; random values expose it. Parameters get noise of std 0.2
+    added (so they keep the scale of their initialisation), running means are drawn with
+    std 0.3, running variances from ``[0.5, 1.5)``, and ``num_batches_tracked`` is 7.
+
+    Arguments:
+        model: a spec, or a ``torch.nn.Module``.
+        seed: the key of ``fm.init_with_state`` (for a spec) and the generator's seed.
+        dtype: the dtype of the spec's tensors (a module keeps its own).
+
+    Returns:
+        ``(params, state)`` for a spec; for a module, the module itself, with every
+        parameter and buffer of its ``state_dict`` replaced in place.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(model, nn.Module):
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                t.copy_(_moved(name, t, g))
+        return model
+    params, state = fm.init_with_state(fm.key(seed), model, dtype=dtype)
+    entries = {n: _moved(n, t, g) for n, t in fm.to_state_dict(params, state).items()}
+    return fm.from_state_dict(model, entries)
+
+
+def example_input(shape: tuple[int, ...], seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    """A standard-normal input of ``shape`` from a seeded ``torch.Generator``."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# -- small models covering every funcmodels.nn layer ----------------------------------------
+
+# name -> (spec, input shape); the batch of 6 gives BatchNorm real batch statistics.
+MODELS: dict[str, tuple[fm.Spec, tuple[int, ...]]] = {
+    "mlp": (
+        fnn.Sequential(
+            fnn.Linear(6, 8),
+            fnn.LayerNorm(8),
+            fnn.GELU("tanh"),
+            fnn.Dropout(0.0),
+            fnn.Linear(8, 4, bias=False),
+            fnn.SiLU(),
+            fnn.Linear(4, 3),
+            fnn.LogSoftmax(),
+        ),
+        (6, 6),
+    ),
+    "conv1d": (
+        fnn.Sequential(
+            fnn.Conv1d(2, 4, 3, padding="same", padding_mode="reflect"),
+            fnn.BatchNorm1d(4, momentum=None),
+            fnn.Tanh(),
+            fnn.AdaptiveAvgPool1d(3),
+            fnn.Flatten(),
+            fnn.Linear(12, 5),
+            fnn.BatchNorm1d(5),
+            fnn.Softmax(),
+        ),
+        (6, 2, 7),
+    ),
+    "cnn": (
+        fnn.Sequential(
+            fnn.Conv2d(3, 8, 3, padding=1),
+            fnn.BatchNorm2d(8),
+            fnn.ReLU(),
+            fnn.MaxPool2d(2),
+            fnn.Conv2d(8, 8, 3, groups=2, bias=False),
+            fnn.GroupNorm(2, 8),
+            fnn.Sigmoid(),
+            fnn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+            fnn.Flatten(),
+            fnn.Linear(8, 4),
+        ),
+        (6, 3, 8, 8),
+    ),
+    "resnet": (
+        fnn.Sequential(
+            fnn.ResidualBlock(3, 8, stride=2, use_se=True),
+            fnn.ResidualBlock(8, 8, norm="group", norm_groups=2, activation=fnn.GELU()),
+            fnn.ResidualBlock(8, 8, norm="none"),
+            fnn.AdaptiveAvgPool2d((1, None)),
+            fnn.Flatten(),
+            fnn.Linear(32, 3),
+        ),
+        (6, 3, 8, 8),
+    ),
+    "nested": (
+        fnn.Sequential(
+            {
+                "stem": fnn.Sequential(fnn.Conv2d(1, 4, 3), fnn.BatchNorm2d(4, affine=False)),
+                "head": fnn.Sequential(
+                    fnn.Flatten(),
+                    fnn.Linear(4 * 4 * 4, 6),
+                    fnn.BatchNorm1d(6, eps=1e-3),
+                    fnn.ReLU(),
+                    fnn.Linear(6, 2),
+                ),
+            }
+        ),
+        (6, 1, 6, 6),
+    ),
+    "block": (fnn.ResidualBlock(4, 6, use_se=True, se_ratio=0.5), (6, 4, 5, 5)),
+    "linear": (fnn.Linear(5, 3), (6, 5)),
+}

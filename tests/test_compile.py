@@ -10,6 +10,8 @@ import torch._dynamo
 
 import funcmodels as fm
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():

@@ -196,6 +196,7 @@ def test_stateless_model_has_empty_state():
     assert list(fm.to_state_dict(params, state)) == list(fm.to_state_dict(params))
 
 
+@pytest.mark.slow
 def test_same_params_in_a_fresh_process():
     # Child names are folded in with CRC32; a salted hash() would change with the seed.
     code = (
@@ -210,6 +211,79 @@ def test_same_params_in_a_fresh_process():
     )
     here = fm.to_state_dict(fm.init(fm.key(8), _cnn()))
     assert res.stdout.strip() == repr({n: t.tolist() for n, t in here.items()})
+
+
+# -- known answers -----------------------------------------------------------------------
+# Values drawn with the current key streams, pasted in as numbers: a change of how init
+# derives a layer's key from its path, or of the draws themselves, must be a deliberate
+# change of these lists. Each float literal is exactly a float32 value.
+
+
+def _assert_leading_values(params: fm.Params, want: dict[str, list[float]]) -> None:
+    got = fm.to_state_dict(params)
+    assert list(got) == list(want)
+    for name, values in want.items():
+        assert got[name].dtype == torch.float32, name
+        leading = got[name].flatten()[: len(values)]
+        torch.testing.assert_close(leading, torch.tensor(values), atol=0, rtol=0, msg=name)
+
+
+def test_known_init_of_a_small_mlp():
+    spec = fm.nn.Sequential(fm.nn.Linear(2, 3), fm.nn.ReLU(), fm.nn.Linear(3, 1))
+    want = {
+        "0.weight": [
+            -0.08078312873840332,
+            0.6626964211463928,
+            0.09298461675643921,
+            -0.3063088655471802,
+        ],
+        "0.bias": [-0.2842809855937958, -0.08540284633636475, 0.48672741651535034],
+        "2.weight": [0.009495437145233154, 0.07604360580444336, -0.5568001866340637],
+        "2.bias": [-0.29578515887260437],
+    }
+    _assert_leading_values(fm.init(fm.key(0), spec), want)
+
+
+def test_known_init_of_nested_layers():
+    # 'a.b.0' is three levels down: every name on the path is folded into its key.
+    spec = fm.nn.Sequential(
+        {
+            "a": fm.nn.Sequential({"b": fm.nn.Sequential(fm.nn.Linear(2, 2))}),
+            "c": fm.nn.Sequential(fm.nn.Linear(2, 2)),
+        }
+    )
+    want = {
+        "a.b.0.weight": [
+            0.5588708519935608,
+            -0.49671897292137146,
+            0.36418694257736206,
+            0.22885668277740479,
+        ],
+        "a.b.0.bias": [-0.5425052046775818, 0.16710948944091797],
+        "c.0.weight": [
+            -0.4567614197731018,
+            0.1921202540397644,
+            -0.06414860486984253,
+            -0.08405411243438721,
+        ],
+        "c.0.bias": [0.44891661405563354, 0.4548303484916687],
+    }
+    _assert_leading_values(fm.init(fm.key(0), spec), want)
+
+
+def test_same_leaf_name_under_different_parents_gets_different_params():
+    # '0.0' and '1.0' share the leaf name; 'a.x' and 'b.x' too.
+    inner = fm.nn.Sequential(fm.nn.Linear(4, 4))
+    p = fm.init(fm.key(0), fm.nn.Sequential(inner, inner))
+    assert not torch.equal(p["0.0.weight"], p["1.0.weight"])
+    named = fm.nn.Sequential(
+        {
+            "a": fm.nn.Sequential({"x": fm.nn.Linear(4, 4)}),
+            "b": fm.nn.Sequential({"x": fm.nn.Linear(4, 4)}),
+        }
+    )
+    q = fm.init(fm.key(0), named)
+    assert not torch.equal(q["a.x.weight"], q["b.x.weight"])
 
 
 # -- ensembles ---------------------------------------------------------------------------
@@ -317,12 +391,14 @@ def test_apply_matches_torch_cnn():
 
 
 def test_apply_never_mutates_inputs():
-    layers = [fm.nn.Conv2d(1, 2, 3), fm.nn.ReLU()]
-    if hasattr(fm.nn, "BatchNorm2d"):
-        layers.append(fm.nn.BatchNorm2d(2))
-    if hasattr(fm.nn, "Dropout"):
-        layers.append(fm.nn.Dropout(0.5))
-    spec = fm.nn.Sequential(*layers, fm.nn.Flatten(), fm.nn.Linear(2 * 4 * 4, 3))
+    spec = fm.nn.Sequential(
+        fm.nn.Conv2d(1, 2, 3),
+        fm.nn.ReLU(),
+        fm.nn.BatchNorm2d(2),
+        fm.nn.Dropout(0.5),
+        fm.nn.Flatten(),
+        fm.nn.Linear(2 * 4 * 4, 3),
+    )
     params, state = fm.init_with_state(fm.key(13), spec)
     x = torch.randn(4, 1, 6, 6)
     key = fm.key(14)
@@ -342,19 +418,17 @@ def _bn_pair():
     return spec, nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
 
 
-def _pairs():
-    pairs = [(_mlp(), _torch_mlp()), (_cnn(), _torch_cnn())]
-    if hasattr(fm.nn, "BatchNorm2d"):
-        pairs.append(_bn_pair())
-    return pairs
+# name -> (spec and torch module of the same layout, one batch's input shape)
+_PAIRS = {
+    "mlp": (lambda: (_mlp(), _torch_mlp()), (2, 3)),
+    "cnn": (lambda: (_cnn(), _torch_cnn()), (2, 1, 6, 6)),
+    "bn": (_bn_pair, (2, 1, 6, 6)),
+}
 
 
-@pytest.mark.parametrize("i", range(3))
-def test_state_dict_keys_and_round_trip(i):
-    pairs = _pairs()
-    if i >= len(pairs):
-        pytest.skip("fm.nn.BatchNorm2d is not available")
-    spec, module = pairs[i]
+@pytest.mark.parametrize("name", list(_PAIRS))
+def test_state_dict_keys_and_round_trip(name):
+    spec, module = _PAIRS[name][0]()
     params, state = fm.init_with_state(fm.key(15), spec)
     sd = fm.to_state_dict(params, state)
     assert list(sd) == list(module.state_dict())
@@ -365,19 +439,17 @@ def test_state_dict_keys_and_round_trip(i):
     assert all(torch.equal(sd[k], sd2[k]) and sd[k].dtype == sd2[k].dtype for k in sd)
 
 
-@pytest.mark.parametrize("i", range(3))
-def test_loading_a_torch_state_dict_gives_equal_outputs(i):
-    pairs = _pairs()
-    if i >= len(pairs):
-        pytest.skip("fm.nn.BatchNorm2d is not available")
-    spec, module = pairs[i]
+@pytest.mark.parametrize("name", list(_PAIRS))
+def test_loading_a_torch_state_dict_gives_equal_outputs(name):
+    make, shape = _PAIRS[name]
+    spec, module = make()
     with torch.no_grad():  # non-trivial buffers, so running stats are really used
         for buf in module.buffers():
             if buf.is_floating_point():
                 buf.copy_(torch.linspace(0.5, 1.5, buf.numel()).reshape(buf.shape))
     module.eval()
     params, state = fm.from_state_dict(spec, module.state_dict())
-    x = torch.rand(2, 3) if i == 0 else torch.rand(2, 1, 6, 6)
+    x = torch.rand(shape)
     torch.testing.assert_close(fm.apply(params, x, state=state), module(x), atol=0, rtol=0)
 
 
@@ -446,8 +518,6 @@ def test_stateful_spec_without_state_names_the_layer_and_the_fix():
 
 
 def test_batchnorm_without_state_names_the_layer():
-    if not hasattr(fm.nn, "BatchNorm2d"):
-        pytest.skip("fm.nn.BatchNorm2d is not available")
     spec, _ = _bn_pair()
     params = fm.init(fm.key(0), spec)
     with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm2d\).*fm.init_with_state"):
@@ -496,3 +566,20 @@ def test_wrong_rank_and_channels_name_the_layer():
         fm.apply(params, torch.zeros(6, 6))
     with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\).*C=1.*\(2, 3, 6, 6\)"):
         fm.apply(params, torch.zeros(2, 3, 6, 6))
+
+
+def test_sequential_rejects_bad_children_naming_the_container():
+    with pytest.raises(ValueError, match=r"Sequential: invalid layer name 'a\.b'"):
+        fm.nn.Sequential({"a.b": fm.nn.ReLU()})
+    with pytest.raises(ValueError, match=r"Sequential: invalid layer name ''"):
+        fm.nn.Sequential({"": fm.nn.ReLU()})
+    with pytest.raises(TypeError, match=r"Sequential: a layer name must be a string, got int 1"):
+        fm.nn.Sequential({1: fm.nn.ReLU()})
+    with pytest.raises(TypeError, match=r"Sequential: child '1' must be a layer spec, got ReLU"):
+        fm.nn.Sequential(fm.nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(TypeError, match=r"Sequential: child 'head' must be a layer spec, got int"):
+        fm.nn.Sequential({"body": fm.nn.ReLU(), "head": 3})
+    # Fields read from a file may repeat a name, which a dict of children cannot.
+    layers = [("a", fm.nn.ReLU()), ("b", fm.nn.Tanh()), ("a", fm.nn.Tanh())]
+    with pytest.raises(ValueError, match=r"Sequential: duplicate child names \['a'\]"):
+        fm.nn.Sequential.from_fields({"layers": layers})

@@ -69,35 +69,6 @@ def residual_blocks(draw):
     )
 
 
-# Layers added by other modules are tested when present.
-_OPTIONAL = {
-    "MaxPool2d": lambda: st.builds(
-        nn.MaxPool2d, _pair(st.integers(2, 4)), stride=st.none() | _pair(sizes)
-    ),
-    "AvgPool2d": lambda: st.builds(
-        nn.AvgPool2d,
-        _pair(st.integers(2, 4)),
-        count_include_pad=st.booleans(),
-        divisor_override=st.none() | sizes,
-    ),
-    "AdaptiveAvgPool1d": lambda: st.builds(nn.AdaptiveAvgPool1d, sizes),
-    "AdaptiveAvgPool2d": lambda: st.builds(
-        nn.AdaptiveAvgPool2d, st.one_of(sizes, st.tuples(st.none() | sizes, st.none() | sizes))
-    ),
-    "BatchNorm1d": lambda: st.builds(
-        nn.BatchNorm1d, sizes, eps=eps, momentum=st.none() | st.floats(0.01, 0.9)
-    ),
-    "BatchNorm2d": lambda: st.builds(
-        nn.BatchNorm2d, sizes, affine=st.booleans(), track_running_stats=st.booleans()
-    ),
-    "LayerNorm": lambda: st.builds(
-        nn.LayerNorm, st.one_of(sizes, st.lists(sizes, min_size=1, max_size=3).map(tuple)), eps=eps
-    ),
-    "GroupNorm": group_norms,
-    "Dropout": lambda: st.builds(nn.Dropout, st.floats(0.0, 1.0)),
-    "ResidualBlock": residual_blocks,
-}
-
 leaves = st.one_of(
     st.builds(nn.Linear, sizes, sizes, bias=st.booleans()),
     convs(1),
@@ -107,7 +78,25 @@ leaves = st.one_of(
     st.builds(nn.Softmax, st.integers(-3, 3)),
     st.builds(nn.LogSoftmax, st.integers(-3, 3)),
     st.builds(nn.Flatten, small, st.integers(-3, 3)),
-    *[make() for name, make in _OPTIONAL.items() if getattr(nn, name, None) is not None],
+    st.builds(nn.MaxPool2d, _pair(st.integers(2, 4)), stride=st.none() | _pair(sizes)),
+    st.builds(
+        nn.AvgPool2d,
+        _pair(st.integers(2, 4)),
+        count_include_pad=st.booleans(),
+        divisor_override=st.none() | sizes,
+    ),
+    st.builds(nn.AdaptiveAvgPool1d, sizes),
+    st.builds(
+        nn.AdaptiveAvgPool2d, st.one_of(sizes, st.tuples(st.none() | sizes, st.none() | sizes))
+    ),
+    st.builds(nn.BatchNorm1d, sizes, eps=eps, momentum=st.none() | st.floats(0.01, 0.9)),
+    st.builds(nn.BatchNorm2d, sizes, affine=st.booleans(), track_running_stats=st.booleans()),
+    st.builds(
+        nn.LayerNorm, st.one_of(sizes, st.lists(sizes, min_size=1, max_size=3).map(tuple)), eps=eps
+    ),
+    group_norms(),
+    st.builds(nn.Dropout, st.floats(0.0, 1.0)),
+    residual_blocks(),
 )
 
 names = st.text("abcxyz_0123456789", min_size=1, max_size=4)

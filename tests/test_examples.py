@@ -6,7 +6,7 @@ import importlib
 import re
 import subprocess
 import sys
-from importlib.util import find_spec
+import types
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,6 @@ INSTALL = (
 )
 QUICKSTART_COMMAND = INSTALL + '[examples]" && python examples/quickstart.py'
 TEST_COMMAND = INSTALL + '[test]" && python -m pytest -q'
-
-# The examples need the "examples" extras; the README checks do not.
-needs_extras = pytest.mark.skipif(
-    find_spec("sklearn") is None or find_spec("tqdm") is None,
-    reason="the examples need scikit-learn and tqdm (pip install -e '.[examples]')",
-)
 
 
 def run_example(name: str, *args: str) -> str:
@@ -67,10 +61,11 @@ def dp(monkeypatch):
     return import_example(monkeypatch, "per_sample_grads")
 
 
-@needs_extras
+@pytest.mark.slow
 def test_quickstart_trains_and_round_trips(monkeypatch):
     out = run_example("quickstart.py", "--epochs", "1")
-    # One epoch of Adam already lands far above chance (0.1); a broken step would not.
+    # One epoch of Adam already lands far above chance (0.1), 0.82-0.94 over seeds 0-5;
+    # a broken step would not.
     assert parse_float(r"test accuracy: ([0-9.]+)", out) > 0.5
     assert parse_float(r"relative difference ([0-9.e+-]+)", out) < 1e-4
     assert "predictions identical: True" in out
@@ -81,13 +76,16 @@ def test_quickstart_trains_and_round_trips(monkeypatch):
     assert [(n, tuple(map(int, re.findall(r"\d+", shape)))) for n, shape in got] == want, out
 
 
-@needs_extras
-def test_dp_sgd_example_reports_both_accuracies():
-    out = run_example("per_sample_grads.py", "--epochs", "1")
+@pytest.mark.slow
+def test_dp_sgd_example_trains_both_models_far_above_chance():
+    # Three epochs, as one leaves the noisy DP-SGD run near chance for some seeds (0.22
+    # for seed 3). Over seeds 0-5, three epochs reach 0.76-0.89 with DP-SGD and
+    # 0.92-0.97 without: both bounds hold for every seed with a wide margin.
+    out = run_example("per_sample_grads.py", "--epochs", "3")
     private = parse_float(r"test accuracy \(dp-sgd\): ([0-9.]+)", out)
     baseline = parse_float(r"test accuracy \(non-private\): ([0-9.]+)", out)
-    assert 0.0 <= private <= 1.0
-    assert baseline > 0.5
+    assert private > 0.5
+    assert baseline > 0.8
 
 
 def test_readme_starts_with_the_two_commands():
@@ -96,12 +94,15 @@ def test_readme_starts_with_the_two_commands():
     assert [code.strip() for _, code in blocks[:2]] == [QUICKSTART_COMMAND, TEST_COMMAND]
 
 
-def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
+def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys, scratch_registry):
     snippets = [code for lang, code in code_blocks(README.read_text()) if lang == "python"]
     assert len(snippets) >= 8
-    # The snippets form one session, as a reader would paste them; files land in tmp_path.
+    # The snippets form one session, as a reader would paste them, in a module of their
+    # own (dataclasses look their module up); files land in tmp_path.
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "readme"}
+    module = types.ModuleType("readme")
+    monkeypatch.setitem(sys.modules, "readme", module)
+    namespace = module.__dict__
     for i, code in enumerate(snippets):
         exec(compile(code, f"README.md python block {i}", "exec"), namespace)
     printed = capsys.readouterr().out
@@ -110,7 +111,6 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
     assert promised and printed.split() == " ".join(promised).split()
 
 
-@needs_extras
 def test_dp_gradient_reduces_to_the_mean_gradient(dp):
     """Without noise and with a clip no example reaches, the DP-SGD gradient is the plain one."""
     params = fm.init(fm.key(0), dp.SPEC)
@@ -122,7 +122,6 @@ def test_dp_gradient_reduces_to_the_mean_gradient(dp):
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-@needs_extras
 def test_dp_clipping_bounds_each_example(dp):
     """After clipping, every example's global norm is at most C; smaller ones are unchanged."""
     scales = torch.tensor([0.01, 1.0, 100.0])

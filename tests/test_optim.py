@@ -173,6 +173,7 @@ def test_vmap_trains_an_ensemble_like_a_loop(make, cls, kwargs):
         assert ens_state.step.tolist() == [3] * n
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager():
     spec = mlp()
     opt = optim.adamw(0.01, weight_decay=0.1)
@@ -203,7 +204,10 @@ def test_structure_mismatch_is_reported():
     with pytest.raises(TypeError, match=r"fm\.optim\.adam: expected the AdamState .*got SgdState"):
         opt.update(params, optim.sgd(0.1).init(params), params)
     other = fm.init(fm.key(0), fm.nn.Linear(3, 2))
-    with pytest.raises(ValueError, match=r"updates do not .*'0\.weight'.*got Params"):
+    with pytest.raises(
+        ValueError,
+        match=r"updates do not .* different model: layer '<root>': expected Sequential, got Linear",
+    ):
         optim.apply_updates(params, other)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,73 +11,9 @@ from torch.func import vmap
 
 import funcmodels as fm
 from funcmodels._spec import field_values
-from tests.nn.test_residual import TorchResidualBlock
+from tests.helpers import TORCH_TYPES, torch_shapes, torch_twin_of
 
 fnn = fm.nn
-
-# Spec type -> torch.nn type for the layers whose fields are torch's constructor arguments.
-_TWINS = {
-    fnn.Linear: nn.Linear,
-    fnn.Conv1d: nn.Conv1d,
-    fnn.Conv2d: nn.Conv2d,
-    fnn.BatchNorm1d: nn.BatchNorm1d,
-    fnn.BatchNorm2d: nn.BatchNorm2d,
-    fnn.LayerNorm: nn.LayerNorm,
-    fnn.GroupNorm: nn.GroupNorm,
-    fnn.Identity: nn.Identity,
-    fnn.ReLU: nn.ReLU,
-    fnn.GELU: nn.GELU,
-    fnn.SiLU: nn.SiLU,
-    fnn.Sigmoid: nn.Sigmoid,
-    fnn.Tanh: nn.Tanh,
-    fnn.Softmax: nn.Softmax,
-    fnn.LogSoftmax: nn.LogSoftmax,
-    fnn.Dropout: nn.Dropout,
-    fnn.Flatten: nn.Flatten,
-    fnn.MaxPool2d: nn.MaxPool2d,
-    fnn.AvgPool2d: nn.AvgPool2d,
-    fnn.AdaptiveAvgPool1d: nn.AdaptiveAvgPool1d,
-    fnn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
-}
-
-
-def torch_twin_of(spec: fm.Spec) -> nn.Module:
-    """The torch.nn module of a fully sized spec (plain ReLU residual blocks only)."""
-    if isinstance(spec, fnn.Sequential):
-        return nn.Sequential(OrderedDict((n, torch_twin_of(c)) for n, c in spec.layers))
-    if isinstance(spec, fnn.ResidualBlock):
-        assert spec.norm == "batch" and spec.activation == fnn.ReLU()
-        return TorchResidualBlock(
-            spec.in_channels,
-            spec.out_channels,
-            spec.stride,
-            spec.groups,
-            spec.dilation,
-            spec.use_se,
-            spec.se_ratio,
-        )
-    return _TWINS[type(spec)](**field_values(spec))
-
-
-def torch_shapes(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Per-example output shape of every submodule (by dotted name) on the batch ``x``."""
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def hook(name: str):
-        # A hook that returns a value would replace the module's output.
-        def record(_module, _inputs, out) -> None:
-            seen.setdefault(name, tuple(out.shape[1:]))
-
-        return record
-
-    hooks = [m.register_forward_hook(hook(name)) for name, m in module.named_modules()]
-    try:
-        with torch.no_grad():
-            module.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
 
 
 def assert_shapes_match_torch(spec: fm.Spec, input_shape: tuple[int, ...]) -> None:
@@ -104,7 +38,7 @@ def _outcome(module: nn.Module, shape: tuple[int, ...]):
 
 
 def _check_layer(spec: fm.Spec, shape: tuple[int, ...]) -> None:
-    want = _outcome(_TWINS[type(spec)](**field_values(spec)), shape)
+    want = _outcome(TORCH_TYPES[type(spec)](**field_values(spec)), shape)
     if want is None:
         with pytest.raises(ValueError, match=rf"layer '<root>' \({spec.type_name}\)"):
             spec.out_shape(shape)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import funcmodels as fm
-from tests.test_shapes import torch_shapes, torch_twin_of
+from tests.helpers import torch_shapes, torch_twin_of
 
 fnn = fm.nn
 

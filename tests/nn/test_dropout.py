@@ -121,3 +121,63 @@ def test_per_sample_grads_with_dropout_equal_the_loop(per_sample_keys):
         # Different masks give different first-layer gradients for identical samples.
         same = vmap(grad(loss), in_dims=(None, None, None, 0))(params, x[0], y[0], keys)
         assert not torch.equal(same["0.weight"][0], same["0.weight"][1])
+
+
+# -- known answers -----------------------------------------------------------------------
+# Masks drawn with the current key streams, pasted in as numbers: a change of how a layer's
+# path is folded into its key must be a deliberate change of these lists.
+
+
+def _mask(spec, n: int = 16, seed: int = 1) -> list[int]:
+    """Which of ``n`` ones the spec's dropout keeps in train mode, under ``fm.key(seed)``."""
+    y = fm.apply(fm.init(fm.key(0), spec), torch.ones(1, n), key=fm.key(seed), train=True)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    return (y[0] != 0).int().tolist()
+
+
+def _at_path(path: str, p: float = 0.5) -> fm.Spec:
+    """A Dropout at ``path`` (dot-separated names; digits are positions in a Sequential)."""
+    spec = fm.nn.Dropout(p)
+    for name in reversed(path.split(".")):
+        if name.isdigit():
+            spec = fm.nn.Sequential(*[fm.nn.Identity()] * int(name), spec)
+        else:
+            spec = fm.nn.Sequential({name: spec})
+    return spec
+
+
+def test_known_mask_at_depth_one():
+    spec = fm.nn.Sequential(fm.nn.Identity(), fm.nn.Dropout(0.5))
+    assert spec == _at_path("1")
+    assert _mask(spec) == [0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1, 1]
+
+
+def test_known_mask_at_depth_three():
+    spec = fm.nn.Sequential(
+        {"a": fm.nn.Sequential({"b": fm.nn.Sequential({"c": fm.nn.Dropout(0.5)})})}
+    )
+    assert spec == _at_path("a.b.c")
+    assert _mask(spec) == [1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0]
+
+
+def test_nested_dropouts_at_different_paths_draw_different_masks():
+    # The same leaf name under different parents ('0.2' and '1.2', 'a.c' and 'b.c'), the
+    # same parent with different leaves, one name at different depths: every path has a
+    # stream of its own. 256 units make an accidental match impossible (2**-256).
+    paths = ["2", "0.2", "1.2", "a.c", "b.c", "a.d", "c", "a.b.c", "b.a.c", "a.0.2"]
+    masks = {path: tuple(_mask(_at_path(path), n=256)) for path in paths}
+    for i, a in enumerate(paths):
+        for b in paths[:i]:
+            assert masks[a] != masks[b], (a, b)
+
+
+def test_two_nested_dropouts_in_one_model_multiply_their_own_masks():
+    # Sequential(Sequential(Id, Id, Dropout), Sequential(Id, Id, Dropout)): the dropouts at
+    # '0.2' and '1.2' share their leaf name and position, yet each applies its own mask,
+    # the one it draws when it is alone at that path.
+    leaf = fm.nn.Sequential(fm.nn.Identity(), fm.nn.Identity(), fm.nn.Dropout(0.5))
+    spec = fm.nn.Sequential(leaf, leaf)
+    y = fm.apply(fm.init(fm.key(0), spec), torch.ones(1, 256), key=fm.key(1), train=True)
+    m0, m1 = (torch.tensor(_mask(_at_path(p), n=256)) for p in ("0.2", "1.2"))
+    assert not torch.equal(m0, m1)
+    assert torch.equal(y[0], (m0 * m1).float() * 4.0)

@@ -9,21 +9,7 @@ from hypothesis import strategies as st
 from torch.func import grad, vmap
 
 import funcmodels as fm
-from tests.helpers import assert_per_sample_grads_match, torch_twin
-
-
-def randomised(spec, module, seed=0):
-    """Params/state for ``spec`` with random affine weights and running statistics."""
-    sd = {}
-    for i, (name, t) in enumerate(module.state_dict().items()):
-        k = fm.fold_in(fm.key(seed), i)
-        if name.endswith("num_batches_tracked"):
-            sd[name] = torch.tensor(3, dtype=torch.int64)
-        elif name.endswith("running_var"):
-            sd[name] = fm.random.uniform(k, t.shape, minval=0.5, maxval=2.0)
-        else:
-            sd[name] = fm.random.normal(k, t.shape)
-    return fm.from_state_dict(spec, sd)
+from tests.helpers import assert_per_sample_grads_match, randomised, torch_twin
 
 
 def copy_state(state):
@@ -43,7 +29,7 @@ BN_CASES = [
 def test_batchnorm_matches_torch_over_train_steps_and_eval(ours, theirs, shape, momentum, affine):
     spec = ours(3, momentum=momentum, affine=affine)
     module = theirs(3, momentum=momentum, affine=affine)
-    params, state = randomised(spec, module)
+    params, state = randomised(spec)
     torch_twin(module, params, state)
     assert list(fm.to_state_dict(params, state)) == list(module.state_dict())
     for step in range(3):
@@ -75,7 +61,7 @@ def test_batchnorm_matches_torch_over_train_steps_and_eval(ours, theirs, shape, 
 def test_batchnorm_without_running_stats_uses_batch_stats_in_both_modes(ours, theirs, shape):
     spec = ours(3, track_running_stats=False)
     module = theirs(3, track_running_stats=False)
-    params, state = randomised(spec, module)
+    params, state = randomised(spec)
     assert state.flat() == {}
     torch_twin(module, params)
     x = fm.random.normal(fm.key(1), shape)
@@ -100,7 +86,7 @@ def test_batchnorm_state_names_dtypes_and_round_trip():
 def test_batchnorm_train_step_under_grad_matches_torch_autograd():
     spec = fm.nn.BatchNorm2d(3)
     module = torch.nn.BatchNorm2d(3)
-    params, state = randomised(spec, module)
+    params, state = randomised(spec)
     torch_twin(module, params, state)
     x = fm.random.normal(fm.key(1), (4, 3, 2, 2))
 
@@ -117,7 +103,7 @@ def test_batchnorm_train_step_under_grad_matches_torch_autograd():
 
 def test_batchnorm2d_single_example_in_eval():
     spec = fm.nn.BatchNorm2d(3)
-    params, state = randomised(spec, torch.nn.BatchNorm2d(3))
+    params, state = randomised(spec)
     x = fm.random.normal(fm.key(1), (2, 3, 4, 4))
     batched = fm.apply(params, x, state=state)
     torch.testing.assert_close(fm.apply(params, x[1], state=state), batched[1], atol=0, rtol=0)
@@ -184,7 +170,7 @@ def test_batchnorm_errors_name_the_layer():
 def test_layernorm_matches_torch(shape, affine, bias):
     spec = fm.nn.LayerNorm(shape, elementwise_affine=affine, bias=bias)
     module = torch.nn.LayerNorm(shape, elementwise_affine=affine, bias=bias)
-    params, _ = randomised(spec, module)
+    params, _ = randomised(spec)
     torch_twin(module, params)
     assert spec.normalized_shape == ((shape,) if isinstance(shape, int) else shape)
     x = fm.random.normal(fm.key(1), (2, 3, 4))
@@ -194,7 +180,7 @@ def test_layernorm_matches_torch(shape, affine, bias):
 
 def test_layernorm_per_sample_grads_and_errors():
     spec = fm.nn.Sequential(fm.nn.Linear(3, 4), fm.nn.LayerNorm(4))
-    params, _ = randomised(spec, torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))
+    params, _ = randomised(spec)
     x = fm.random.normal(fm.key(1), (5, 3))
     assert_per_sample_grads_match(params, x, fm.random.normal(fm.key(2), (5, 4)))
     with pytest.raises(ValueError, match=r"layer '1' \(LayerNorm\).*\(\*, 4\).*\(5, 3\)"):
@@ -214,7 +200,7 @@ def test_groupnorm_matches_torch_batched_and_unbatched(groups, spatial, n, affin
     assume(6 // groups * math.prod(spatial) > 1)  # torch needs 2+ values per group
     spec = fm.nn.GroupNorm(groups, 6, affine=affine)
     module = torch.nn.GroupNorm(groups, 6, affine=affine)
-    params, _ = randomised(spec, module)
+    params, _ = randomised(spec)
     torch_twin(module, params)
     x = fm.random.normal(fm.key(n), (n, 6, *spatial))
     want = module(x)
@@ -224,7 +210,7 @@ def test_groupnorm_matches_torch_batched_and_unbatched(groups, spatial, n, affin
 
 def test_groupnorm_per_sample_grads_on_unbatched_examples():
     spec = fm.nn.GroupNorm(2, 4)
-    params, _ = randomised(spec, torch.nn.GroupNorm(2, 4))
+    params, _ = randomised(spec)
     x = fm.random.normal(fm.key(1), (3, 4, 5))
     assert_per_sample_grads_match(params, x, fm.random.normal(fm.key(2), (3, 4, 5)))
 
@@ -237,3 +223,74 @@ def test_groupnorm_errors():
         fm.apply(params, torch.ones(3, 5))
     with pytest.raises(ValueError, match=r"\(GroupNorm\): expected more than 1 value per group"):
         fm.apply(fm.init(fm.key(0), fm.nn.GroupNorm(4, 4)), torch.ones(3, 4))
+
+
+# -- shape checks ------------------------------------------------------------------------
+
+
+def test_batchnorm_example_of_the_wrong_rank_names_the_layer():
+    # fm.shapes, and fm.init inferring num_features, check the rank before any tensor.
+    after_linear = fm.nn.Sequential(fm.nn.Linear(2, 3), fm.nn.BatchNorm2d(3))
+    with pytest.raises(
+        ValueError,
+        match=r"layer '1' \(BatchNorm2d\): expected one example of shape \(C, H, W\), got \(3,\)",
+    ):
+        fm.shapes(after_linear, (2,))
+    inferred = fm.nn.Sequential(fm.nn.Linear(2, 3), fm.nn.BatchNorm2d())
+    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm2d\): expected one example"):
+        fm.init_with_state(fm.key(0), inferred, input_shape=(2,))
+    with pytest.raises(
+        ValueError,
+        match=r"layer '<root>' \(BatchNorm1d\): expected one example of shape \(C,\) or "
+        r"\(C, L\), got \(3, 4, 5\)",
+    ):
+        fm.shapes(fm.nn.BatchNorm1d(3), (3, 4, 5))
+
+
+def test_layernorm_example_with_too_few_dims_names_the_layer():
+    spec = fm.nn.Sequential(fm.nn.Flatten(), fm.nn.LayerNorm((3, 4)))
+    with pytest.raises(
+        ValueError,
+        match=r"layer '1' \(LayerNorm\): expected one example of shape \(\*, 3, 4\), got \(12,\)",
+    ):
+        fm.shapes(spec, (12,))
+    # An inferred normalized_shape needs one dim at least.
+    with pytest.raises(
+        ValueError, match=r"layer '<root>' \(LayerNorm\): expected one example of shape \(\*, D\)"
+    ):
+        fm.init(fm.key(0), fm.nn.LayerNorm(), input_shape=())
+    with pytest.raises(ValueError, match=r"LayerNorm: normalized_shape must have at least one dim"):
+        fm.nn.LayerNorm(())
+
+
+def test_groupnorm_scalar_example_names_the_layer():
+    with pytest.raises(
+        ValueError,
+        match=r"layer '<root>' \(GroupNorm\): expected one example of shape \(C, \*\), got \(\)",
+    ):
+        fm.shapes(fm.nn.GroupNorm(2, 4), ())
+
+
+def test_norms_after_a_layer_of_unknown_rank_get_their_sizes_at_init():
+    # Without an input shape a config knows only the last dim after a Linear: the norms
+    # pass the chain check with their sizes open, and init fills them from the example.
+    config = [
+        {"type": "linear", "params": {"in_features": 4, "out_features": 3}},
+        {"type": "batchnorm1d"},
+        {"type": "layer_norm"},
+        {"type": "group_norm", "params": {"num_groups": 1}},
+        {"type": "layer_norm", "params": {"normalized_shape": [2, 3]}},
+    ]
+    spec = fm.from_config(config)
+    assert spec["layer_1"].num_features is None and spec["layer_2"].normalized_shape is None
+    params, _ = fm.init_with_state(fm.key(0), spec, input_shape=(2, 4))
+    assert params.spec["layer_1"] == fm.nn.BatchNorm1d(2)
+    assert params.spec["layer_2"] == fm.nn.LayerNorm(3)
+    assert params.spec["layer_3"] == fm.nn.GroupNorm(1, 2)
+    assert fm.shapes(spec, (2, 4))["layer_4"] == (2, 3)
+    # A trailing dim that contradicts a stated size is caught without the input shape.
+    config[-1]["params"]["normalized_shape"] = [5]
+    with pytest.raises(
+        ValueError, match=r"config\[4\] .*: expected the trailing dims \(5,\) \(normalized_shape\)"
+    ):
+        fm.from_config(config)

@@ -8,75 +8,12 @@ from torch import nn
 from torch.func import grad, vmap
 
 import funcmodels as fm
-from tests.helpers import assert_per_sample_grads_match
-
-
-class TorchResidualBlock(nn.Module):
-    """The reference block: one activation instance per use and an out-of-place sum."""
-
-    def __init__(
-        self,
-        in_channels,
-        out_channels,
-        stride=1,
-        groups=1,
-        dilation=1,
-        use_se=False,
-        se_ratio=0.25,
-        norm=nn.BatchNorm2d,
-        activation=nn.ReLU,
-        conv_bias=False,
-    ):
-        super().__init__()
-        conv = dict(padding=dilation, groups=groups, bias=conv_bias, dilation=dilation)
-        self.main_branch = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, **conv),
-            norm(out_channels),
-            activation(),
-            nn.Conv2d(out_channels, out_channels, 3, stride=1, **conv),
-            norm(out_channels),
-        )
-        self.use_se = use_se
-        if use_se:
-            reduced = max(1, int(out_channels * se_ratio))
-            self.se = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Conv2d(out_channels, reduced, 1),
-                activation(),
-                nn.Conv2d(reduced, out_channels, 1),
-                nn.Sigmoid(),
-            )
-        self.projection = None
-        if in_channels != out_channels or stride != 1:
-            self.projection = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=conv_bias),
-                norm(out_channels),
-            )
-        self.activation = activation()
-
-    def forward(self, x):
-        identity = x
-        out = self.main_branch(x)
-        if self.use_se:
-            out = out * self.se(out)
-        if self.projection is not None:
-            identity = self.projection(x)
-        return self.activation(out + identity)
-
-
-def randomise(module, seed=0):
-    """Fill every parameter and buffer from funcmodels keys (torch's RNG stays untouched)."""
-    with torch.no_grad():
-        for i, (name, t) in enumerate(module.state_dict().items()):
-            k = fm.fold_in(fm.key(seed), i)
-            if name.endswith("num_batches_tracked"):
-                t.fill_(2)
-            elif name.endswith("running_var"):
-                t.copy_(fm.random.uniform(k, t.shape, minval=0.5, maxval=2.0))
-            else:
-                t.copy_(fm.random.normal(k, t.shape) * 0.5)
-    return module
-
+from tests.helpers import (
+    TorchResidualBlock,
+    assert_per_sample_grads_match,
+    randomised,
+    torch_twin,
+)
 
 # in, out, stride, groups, dilation, use_se
 CASES = [
@@ -121,8 +58,8 @@ def make(case, norm="batch", act=RELU, conv_bias=False):
         activation=act[1],
         conv_bias=conv_bias,
     )
-    randomise(module)
-    params, state = fm.from_state_dict(spec, module.state_dict())
+    params, state = randomised(spec)
+    torch_twin(module, params, state)
     return spec, module, params, state
 
 

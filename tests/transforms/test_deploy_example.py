@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -13,10 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("torchao", "sklearn")),
-    reason="needs torchao and scikit-learn",
-)
+@pytest.mark.slow
 def test_deploy_example_quick_run():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "deploy.py"), "--quick"],
@@ -35,7 +31,8 @@ def test_deploy_example_quick_run():
         for name, value in re.findall(r"^\| (float|fused|int8) \| ([0-9.]+) \|", out, re.M)
     }
     assert set(acc) == {"float", "fused", "int8"}, out
-    # Two epochs already classify far above chance (0.1); a broken step would not.
+    # Two epochs already classify far above chance (0.1), 0.97-1.00 for every model over
+    # seeds 0-5; a broken step would not.
     assert min(acc.values()) > 0.8, acc
     sizes = dict(re.findall(r"^\| (float|int8) \| [0-9.]+ \| ([0-9.]+) KiB", out, re.M))
     assert float(sizes["int8"]) < 0.5 * float(sizes["float"]), sizes

@@ -19,27 +19,11 @@ from torch import fx, nn
 
 import funcmodels as fm
 import transforms
-
-from ._models import MODELS, example_input, perturbed
+from tests.helpers import MODELS, example_input, randomised
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FM_BN_TYPES = (fm.nn.BatchNorm1d, fm.nn.BatchNorm2d)
-
-
-def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm running statistics and affine terms far from the defaults."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, BN_TYPES) and m.track_running_stats:
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            if m.affine:
-                with torch.no_grad():
-                    m.weight.copy_(torch.randn(c, generator=g))
-                    m.bias.copy_(torch.randn(c, generator=g))
-    return module.eval()
 
 
 def n_batchnorms(module: nn.Module) -> int:
@@ -68,7 +52,7 @@ def conv_bn_relu(conv: type, bn: type, *shape: int) -> nn.Module:
     ],
 )
 def test_fuse_folds_every_pair_and_matches(model, shape):
-    model = randomize_bn(model)
+    model = randomised(model).eval()
     x = example_input(shape)
     fused = transforms.fuse(model)
     assert isinstance(fused, fx.GraphModule)
@@ -79,7 +63,7 @@ def test_fuse_folds_every_pair_and_matches(model, shape):
 
 
 def test_fuse_leaves_the_module_alone_and_shares_nothing():
-    model = randomize_bn(conv_bn_relu(nn.Conv2d, nn.BatchNorm2d))
+    model = randomised(conv_bn_relu(nn.Conv2d, nn.BatchNorm2d)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = transforms.fuse(model)
     for k, v in model.state_dict().items():
@@ -90,7 +74,7 @@ def test_fuse_leaves_the_module_alone_and_shares_nothing():
 
 def test_fuse_on_to_module_output_folds_inside_residual_blocks():
     spec, shape = MODELS["resnet"]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     module = transforms.to_module(params, state)
     x = example_input(shape)
     fused = transforms.fuse(module)
@@ -137,7 +121,7 @@ class SharedConv(nn.Module):
     ids=["two-users", "shared-conv", "no-running-stats", "bn-after-relu"],
 )
 def test_pairs_that_cannot_fold_are_left_alone(model):
-    model = randomize_bn(model)
+    model = randomised(model).eval()
     x = example_input((3, 3, 5, 5))
     fused = transforms.fuse(model)
     assert n_batchnorms(fused) == 1
@@ -146,7 +130,7 @@ def test_pairs_that_cannot_fold_are_left_alone(model):
 
 
 def test_in_place_relu_only_when_nothing_else_reads_the_conv_output():
-    model = randomize_bn(TwoUsers())
+    model = randomised(TwoUsers()).eval()
     fused = transforms.fuse(model)
     assert in_place_relus(fused) == 0
 
@@ -164,18 +148,19 @@ def test_fuse_in_train_mode_is_an_error():
 def test_folded_linear_refuses_3d_input():
     # BatchNorm1d(5) on a (N, 5, 5) Linear output normalises dim 1, not the features:
     # the unfused model runs, the fused one must refuse rather than differ.
-    model = randomize_bn(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)))
+    model = randomised(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))).eval()
     fused = transforms.fuse(model)
+    x = example_input((3, 5, 4))
     with torch.no_grad():
-        model(torch.randn(3, 5, 4))
+        model(x)
         with pytest.raises(AssertionError, match="only valid for inputs"):
-            fused(torch.randn(3, 5, 4))
+            fused(x)
 
 
 def test_fuse_without_batchnorm_or_relu_changes_nothing():
     # GroupNorm and LayerNorm have per-sample statistics: nothing to fold.
     spec, shape = MODELS["mlp"]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     module = transforms.to_module(params, state)
     fused = transforms.fuse(module)
     x = example_input(shape)
@@ -184,14 +169,16 @@ def test_fuse_without_batchnorm_or_relu_changes_nothing():
 
 
 def folded_into(old: fm.Spec, new: fm.Spec) -> set[str]:
-    """Paths of the layers whose next sibling went from BatchNorm to Identity."""
+    """Paths of the layers whose next sibling went from BatchNorm to Identity (or, after a
+    Linear, to the FoldedBatchNorm1d that keeps the rank check)."""
     before, after = dict(old.walk()), dict(new.walk())
     out = set()
     for prefix, s in after.items():
         if isinstance(s, fm.nn.Sequential):
             names = [f"{prefix}{n}." for n, _ in s.children()]
             for a, b in zip(names, names[1:], strict=False):
-                if isinstance(after[b], fm.nn.Identity) and type(before[b]) is not type(after[b]):
+                kept = (fm.nn.Identity, transforms.FoldedBatchNorm1d)
+                if isinstance(after[b], kept) and type(before[b]) is not type(after[b]):
                     out.add(a)
     return out
 
@@ -199,7 +186,7 @@ def folded_into(old: fm.Spec, new: fm.Spec) -> set[str]:
 @pytest.mark.parametrize("name", ["cnn", "conv1d", "nested", "resnet", "block", "mlp"])
 def test_fold_batchnorm_matches_apply(name):
     spec, shape = MODELS[name]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     before = {k: v.clone() for k, v in fm.to_state_dict(params, state).items()}
     x = example_input(shape)
     folded, folded_state = transforms.fold_batchnorm(params, state)
@@ -221,7 +208,7 @@ def test_fold_batchnorm_matches_apply(name):
 
 def test_fold_batchnorm_removes_every_foldable_batchnorm():
     spec = MODELS["nested"][0]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     folded, folded_state = transforms.fold_batchnorm(params, state)
     assert folded.spec == fm.nn.Sequential(
         {
@@ -229,7 +216,7 @@ def test_fold_batchnorm_removes_every_foldable_batchnorm():
             "head": fm.nn.Sequential(
                 fm.nn.Flatten(),
                 fm.nn.Linear(64, 6),
-                fm.nn.Identity(),
+                transforms.FoldedBatchNorm1d(),
                 fm.nn.ReLU(),
                 fm.nn.Linear(6, 2),
             ),
@@ -250,7 +237,7 @@ def test_fold_batchnorm_keeps_what_cannot_fold():
         fm.nn.BatchNorm2d(4, track_running_stats=False),
         fm.nn.ResidualBlock(4, 4, norm="group", norm_groups=2),
     )
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     folded, folded_state = transforms.fold_batchnorm(params, state)
     # BatchNorm after an activation, BatchNorm with batch statistics, and GroupNorm
     # (per-sample statistics) have no fixed affine map to fold.
@@ -295,7 +282,7 @@ def block_convs(spec: fm.Spec) -> list[str]:
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_fold_batchnorm_residual_blocks(block):
     spec = residual_model(block)
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     before = {k: v.clone() for k, v in fm.to_state_dict(params, state).items()}
     x = example_input((6, block[0], 6, 6))
     folded, folded_state = transforms.fold_batchnorm(params, state)
@@ -336,7 +323,7 @@ def test_fold_batchnorm_residual_blocks(block):
 
 def test_from_module_reads_conv_bias_from_the_convs():
     spec = fm.nn.ResidualBlock(4, 8, stride=2, norm="none")
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     module = transforms.to_module(params, state)
     g = torch.Generator().manual_seed(3)
     convs = ("main_branch.0", "main_branch.3", "projection.0")
@@ -360,7 +347,7 @@ def test_from_module_reads_conv_bias_from_the_convs():
 
 def test_fold_batchnorm_weights_equal_fuse_weights():
     spec = MODELS["cnn"][0]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     folded, _ = transforms.fold_batchnorm(params, state)
     fused = transforms.fuse(transforms.to_module(params, state))
     sd = fused.state_dict()
@@ -393,7 +380,7 @@ def test_fold_pair_settings(affine, bias, eps, seed, linear):
             fm.nn.Conv2d(2, 4, 3, bias=bias), fm.nn.BatchNorm2d(4, eps, affine=affine)
         )
         shape = (3, 2, 5, 5)
-    params, state = perturbed(spec, seed)
+    params, state = randomised(spec, seed)
     x = example_input(shape, seed)
     folded, folded_state = transforms.fold_batchnorm(params, state)
     torch.testing.assert_close(

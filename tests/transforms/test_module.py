@@ -22,9 +22,9 @@ from torch.func import grad
 
 import funcmodels as fm
 import transforms
+from tests.helpers import MODELS, example_input, randomised
+from transforms._module import FunctionalModule
 from transforms._torch_layers import ResidualBlockModule
-
-from ._models import MODELS, example_input, perturbed
 
 OUT_TOL = dict(atol=1e-6, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-5, rtol=1e-4)
@@ -42,7 +42,7 @@ def assert_same_tensors(got: dict, want: dict) -> None:
 @pytest.fixture(params=sorted(MODELS))
 def model(request):
     spec, shape = MODELS[request.param]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     return params, state, example_input(shape)
 
 
@@ -53,7 +53,7 @@ def test_state_dict_matches_to_state_dict(model):
 
 
 def test_layers_are_torch_nn_twins():
-    params, state = perturbed(MODELS["cnn"][0])
+    params, state = randomised(MODELS["cnn"][0])
     module = transforms.to_module(params, state)
     kinds = [type(m) for m in module]
     assert kinds == [
@@ -81,7 +81,7 @@ def test_forward_matches_apply_in_eval_mode(model):
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_forward_and_state_match_run_in_train_mode(name):
     spec, shape = MODELS[name]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     x = example_input(shape)
     module = transforms.to_module(params, state).train()
     want = fm.run(params, x, state=state, train=True, key=fm.key(0))
@@ -97,11 +97,11 @@ def test_forward_and_state_match_run_in_train_mode(name):
 @pytest.mark.parametrize("train", [False, True])
 def test_gradients_match_torch_func_grad(name, train):
     spec, shape = MODELS[name]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     x = example_input(shape)
     module = transforms.to_module(params, state).train(train)
     with torch.no_grad():
-        weights = torch.randn(fm.apply(params, x, state=state).shape)
+        weights = example_input(fm.apply(params, x, state=state).shape, seed=2)
 
     def loss(p):
         out = fm.run(p, x, state=state, train=train, key=fm.key(0)).out
@@ -117,7 +117,7 @@ def test_gradients_match_torch_func_grad(name, train):
 
 def test_trains_with_torch_optim_like_functional_sgd():
     spec, shape = MODELS["cnn"]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     x = example_input(shape)
     target = torch.randn(shape[0], 4, generator=torch.Generator().manual_seed(3))
     module = transforms.to_module(params, state).train()
@@ -145,7 +145,7 @@ def test_trains_with_torch_optim_like_functional_sgd():
 
 def test_module_owns_copies_and_keeps_dtype_and_rng():
     spec = MODELS["nested"][0]
-    params, state = perturbed(spec, dtype=torch.float64)
+    params, state = randomised(spec, dtype=torch.float64)
     before = {k: v.clone() for k, v in fm.to_state_dict(params, state).items()}
     rng = torch.get_rng_state()
     module = transforms.to_module(params, state)
@@ -242,7 +242,7 @@ def test_conv_and_pool_settings_round_trip(
         "adaptive": fm.nn.AdaptiveAvgPool2d((2, None)),
     }
     spec = fm.nn.Sequential(conv, pools[pool])
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     module = transforms.to_module(params, state)
     back, _ = transforms.from_module(module)
     assert back.spec == spec
@@ -255,7 +255,7 @@ def test_conv_and_pool_settings_round_trip(
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_symbolic_trace_and_export_work(name):
     spec, shape = MODELS[name]
-    params, state = perturbed(spec)
+    params, state = randomised(spec)
     x = example_input(shape)
     module = transforms.to_module(params, state)
     with torch.no_grad():
@@ -266,7 +266,7 @@ def test_symbolic_trace_and_export_work(name):
 
 
 def test_export_in_train_mode_updates_batchnorm_statistics():
-    params, state = perturbed(MODELS["resnet"][0])
+    params, state = randomised(MODELS["resnet"][0])
     x = example_input(MODELS["resnet"][1])
     module = transforms.to_module(params, state).train()
     exported = torch.export.export(module, (x,)).module()
@@ -305,7 +305,7 @@ def test_settings_the_spec_cannot_express_are_errors(layer, exc, match):
 
 
 def test_residual_module_with_foreign_child_is_an_error():
-    params, state = perturbed(MODELS["block"][0])
+    params, state = randomised(MODELS["block"][0])
     module = transforms.to_module(params, state)
     module.activation = nn.Tanh()
     with pytest.raises(ValueError, match=r"module '<root>' \(ResidualBlockModule\).*activation"):
@@ -338,12 +338,9 @@ class _ScaleModule(nn.Module):
         return x * self.weight
 
 
-def test_registered_converter_is_used_both_ways(monkeypatch):
+def test_registered_converter_is_used_both_ways(scratch_converters):
     spec = fm.nn.Sequential(fm.nn.Linear(3, 4), _Scale(4))
     params = fm.init(fm.key(0), spec)
-    # Registered in copies of the tables, so that other tests do not see it.
-    monkeypatch.setattr(transforms._module, "_BY_SPEC", dict(transforms._module._BY_SPEC))
-    monkeypatch.setattr(transforms._module, "_BY_MODULE", dict(transforms._module._BY_MODULE))
     transforms.register_converter(
         _Scale,
         _ScaleModule,
@@ -360,6 +357,121 @@ def test_registered_converter_is_used_both_ways(monkeypatch):
     assert_same_tensors(back.flat(), params.flat())
 
 
+def test_register_converter_checks_its_arguments(scratch_converters):
+    build = lambda s, child: _ScaleModule(s.features)  # noqa: E731
+    infer = lambda m, child: _Scale(m.weight.shape[0])  # noqa: E731
+    with pytest.raises(TypeError, match="spec_type must be a Spec subclass, got <class 'int'>"):
+        transforms.register_converter(int, _ScaleModule, build=build, infer=infer)
+    with pytest.raises(TypeError, match="spec_type must be a Spec subclass, got _Scale"):
+        transforms.register_converter(_Scale(2), _ScaleModule, build=build, infer=infer)
+    with pytest.raises(TypeError, match="module_type must be an nn.Module subclass.*_Scale"):
+        transforms.register_converter(_Scale, _Scale, build=build, infer=infer)
+    with pytest.raises(TypeError, match="build must be callable, got None"):
+        transforms.register_converter(_Scale, _ScaleModule, build=None, infer=infer)
+    with pytest.raises(TypeError, match="infer must be callable, got 'x'"):
+        transforms.register_converter(_Scale, _ScaleModule, build=build, infer="x")
+    # Nothing was registered by the failed calls.
+    assert _Scale not in scratch_converters._BY_SPEC
+    assert _ScaleModule not in scratch_converters._BY_MODULE
+
+
+def test_converter_that_builds_the_wrong_module_type_names_the_spec(scratch_converters):
+    transforms.register_converter(
+        _Scale,
+        _ScaleModule,
+        build=lambda s, child: nn.Identity(),
+        infer=lambda m, child: _Scale(m.weight.shape[0]),
+    )
+    params = fm.init(fm.key(0), fm.nn.Sequential(fm.nn.Linear(3, 4), _Scale(4)))
+    with pytest.raises(
+        TypeError, match=r"converter of _Scale returned Identity, expected _ScaleModule"
+    ):
+        transforms.to_module(params)
+
+
+def test_converter_asking_for_a_missing_child_names_the_module(scratch_converters):
+    transforms.register_converter(
+        _Scale,
+        _ScaleModule,
+        build=lambda s, child: _ScaleModule(s.features),
+        infer=lambda m, child: child("inner"),
+    )
+    module = nn.Sequential(nn.Linear(3, 4), _ScaleModule(4))
+    with pytest.raises(
+        ValueError, match=r"module '1' \(_ScaleModule\) has no child 'inner'; children: \[\]"
+    ):
+        transforms.from_module(module)
+
+
+def test_to_module_and_from_module_reject_the_wrong_argument_types():
+    params = fm.init(fm.key(0), fm.nn.Linear(2, 3))
+    with pytest.raises(TypeError, match="to_module: expected Params from fm.init, got dict"):
+        transforms.to_module(params.flat())
+    with pytest.raises(TypeError, match="from_module: expected an nn.Module, got Linear"):
+        transforms.from_module(params.spec)
+    with pytest.raises(TypeError, match="FunctionalModule: expected a layer spec, got Linear"):
+        FunctionalModule(nn.Linear(2, 3))
+
+
+@dataclass(frozen=True)
+class _Counter(fm.Spec):
+    """A layer without a converter: ``x * weight``, plus noise drawn from its key in train
+    mode, where it also counts the examples it has seen (a buffer); plus the count in eval
+    mode."""
+
+    features: int
+
+    def param_shapes(self):
+        return {"weight": (self.features,)}
+
+    def init_params(self, key, *, dtype, device):
+        return {"weight": torch.ones(self.features, dtype=dtype, device=device)}
+
+    def state_shapes(self):
+        return {"seen": ((), None)}
+
+    def init_state(self, key, *, dtype, device):
+        return {"seen": torch.zeros((), dtype=dtype, device=device)}
+
+    def forward(self, ctx, x):
+        x = x * ctx.param("weight")
+        if ctx.train:
+            ctx.set_buffer("seen", ctx.buffer("seen") + x.shape[0])
+            return x + fm.random.normal(ctx.key(), x.shape)
+        return x + ctx.buffer("seen")
+
+
+def test_a_spec_without_converter_becomes_a_functional_module():
+    spec = fm.nn.Sequential(fm.nn.Linear(3, 4), _Counter(4))
+    params, state = randomised(spec)
+    seen = state["1.seen"].clone()
+    module = transforms.to_module(params, state)
+    assert type(module[1]) is FunctionalModule and module[1].spec == _Counter(4)
+    assert "_Counter(features=4)" in repr(module)
+    assert list(module.state_dict()) == list(fm.to_state_dict(params, state))
+    x = example_input((5, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), fm.apply(params, x, state=state), **OUT_TOL)
+    # Train mode: the buffer is updated in place as fm.run updates it, and the key comes
+    # from torch's global generator, so a seed fixes the output.
+    module.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        a = module(x)
+        torch.manual_seed(0)
+        b = module(x)
+        c = module(x)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    torch.testing.assert_close(module[1].seen, seen + 3 * 5)
+    assert torch.equal(state["1.seen"], seen)  # the functional state is left alone
+    # The spec is read back from the module: the round trip is exact.
+    back, back_state = transforms.from_module(module.eval())
+    assert back.spec == spec
+    assert torch.equal(back["1.weight"], params["1.weight"])
+    assert torch.equal(back_state["1.seen"], module[1].seen)
+
+
+@pytest.mark.slow
 def test_import_directions_and_torchao_is_optional():
     # funcmodels never imports transforms; transforms works with torchao missing (a None
     # entry in sys.modules makes every import of it fail), which also shows the import

@@ -8,7 +8,6 @@ allow 3% of the largest output magnitude; the reload must be bit-exact.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
@@ -19,9 +18,6 @@ from torch import fx
 import funcmodels as fm
 import transforms
 
-needs_torchao = pytest.mark.skipif(
-    importlib.util.find_spec("torchao") is None, reason="torchao is not installed"
-)
 REL_TOL = 0.03
 
 
@@ -55,7 +51,7 @@ def fake_quant_modules(gm: fx.GraphModule) -> int:
     return sum(isinstance(m, FakeQuantizeBase) for m in gm.modules())
 
 
-@needs_torchao
+@pytest.mark.slow
 def test_prepare_inserts_fake_quantization_close_to_float(float_model):
     module, x, _ = float_model
     fused = transforms.fuse(module)
@@ -75,7 +71,7 @@ def test_prepare_inserts_fake_quantization_close_to_float(float_model):
         assert_close_to(prepared(x[:5]), fused(x[:5]))
 
 
-@needs_torchao
+@pytest.mark.slow
 def test_prepared_model_trains_with_torch_optim(float_model):
     module, x, y = float_model
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -94,7 +90,7 @@ def test_prepared_model_trains_with_torch_optim(float_model):
         assert torch.equal(v, before[k]), k
 
 
-@needs_torchao
+@pytest.mark.slow
 def test_convert_gives_int8_weights_matching_the_fake_quantized_model(float_model, tmp_path):
     module, x, y = float_model
     # Fused first, as in deployment (converting a kept Conv-BatchNorm pair works too, but
