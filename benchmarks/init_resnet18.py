@@ -9,15 +9,17 @@ output before anything is timed.
 
 Contenders: ``fm.init`` (trainable params), ``fm.init_with_state`` (plus BatchNorm
 buffers, what a torch model also allocates) and ``torch``: constructing the ``nn.Module``
-(which runs torch's default initialisation).
+(which runs torch's default initialisation). With ``--device cuda`` the funcmodels side
+inits from a CUDA key (every leaf on the card) and the torch side is what a torch user
+does: build on the CPU, then ``.to("cuda")``; each sample ends with a synchronisation.
 
-Run: ``python benchmarks/init_resnet18.py [--quick] [--threads 2]``.
+Run: ``python benchmarks/init_resnet18.py [--quick] [--threads 2] [--device cpu]``.
 """
 
 from __future__ import annotations
 
 import torch
-from common import parse_args, report, row, time_interleaved
+from common import cuda_sync, parse_args, report, row, time_interleaved
 from torch import nn
 
 import funcmodels as fm
@@ -98,26 +100,40 @@ def check_twins(spec: fm.nn.Sequential) -> None:
     torch.testing.assert_close(fm.apply(params, x, state=state), want, rtol=1e-4, atol=1e-5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    repeats = args.repeats or (3 if args.quick else 11)
+def figure(device: str, repeats: int, threads: int) -> list[str]:
+    """Time the three contenders on ``device``; return the table rows."""
     spec = resnet18_spec()
     check_twins(spec)
     print(f"both sides: {RESNET18_PARAMS:,} parameters, same eval output (rtol=1e-4, atol=1e-5)")
-    key = fm.key(0)
+    key = fm.key(0, device=device)
+    params, state = fm.init_with_state(key, spec)
+    where = {t.device for t in [*params.flat().values(), *state.flat().values()]}
+    if where != {torch.empty(0, device=device).device}:
+        raise AssertionError(f"fm.init_with_state on {device} left leaves on {where}")
+    if device == "cpu":
+        build = resnet18_module
+        torch_name, target = "torch", "<= 2"
+    else:
+        build = lambda: resnet18_module().to(device)  # noqa: E731
+        torch_name, target = "torch, built on CPU then .to(device)", "<= 1.0"
     fns = {
         "fm.init": lambda: fm.init(key, spec),
         "fm.init_with_state": lambda: fm.init_with_state(key, spec),
-        "torch": resnet18_module,
+        torch_name: build,
     }
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.2)
-    what = f"init ResNet-18 (11.7M params), float32, CPU, {args.threads} threads"
-    rows = [
-        row(what, timings, "torch"),
-        row(what, timings, "fm.init", ratio_of=("fm.init", "torch"), target="<= 2"),
-        row(what, timings, "fm.init_with_state", ratio_of=("fm.init_with_state", "torch")),
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.2, sync=cuda_sync(device))
+    what = f"init ResNet-18 (11.7M params), float32, {device}, {threads} threads"
+    return [
+        row(what, timings, torch_name),
+        row(what, timings, "fm.init", ratio_of=("fm.init", torch_name), target=target),
+        row(what, timings, "fm.init_with_state", ratio_of=("fm.init_with_state", torch_name)),
     ]
-    report(rows, args.threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv, device=(str, "cpu", "cpu or cuda"))
+    repeats = args.repeats or (3 if args.quick else 11)
+    report(figure(args.device, repeats, args.threads), args.threads)
 
 
 if __name__ == "__main__":
