@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import shlex
 import statistics
 import sys
@@ -85,7 +86,8 @@ def time_interleaved(
     min_sample_s: float = 0.05,
     sync: Callable[[], None] = lambda: None,
 ) -> dict[str, Timing]:
-    """Time each contender once per round, in rotating order, for ``repeats`` rounds.
+    """Time each contender once per round, in a new random order each round (seeded, so runs
+    repeat the same orders), for ``repeats`` rounds.
 
     Arguments:
         contenders: name -> a function of no arguments doing one unit of work.
@@ -108,10 +110,15 @@ def time_interleaved(
     gc_was_enabled = gc.isenabled()
     try:
         names = list(contenders)
-        for r in range(repeats):
-            # Rotate who goes first, so no contender always follows the same one (a
-            # predecessor's freed memory and cold caches would bias it every round).
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+        order = random.Random(0)
+        for _ in range(repeats):
+            # A new order every round, so that no contender mostly follows the same one: a
+            # predecessor's freed memory and cold caches bias whoever runs next. (Rotating
+            # a fixed order does not do this: each contender then keeps its predecessor in
+            # all rounds but one.)
+            shuffled = names[:]
+            order.shuffle(shuffled)
+            for name in shuffled:
                 fn = contenders[name]
                 gc.collect()
                 gc.disable()

@@ -68,6 +68,13 @@ def cached(spec: Any, name: str, make) -> Any:
     return value
 
 
+_NO_STATE = (
+    "has state (buffers such as BatchNorm running statistics) but none was given; use "
+    "params, state = fm.init_with_state(key, spec) and fm.apply(params, x, state=state) or "
+    "fm.run(...)"
+)
+
+
 class _Tracker:
     """The innermost layer running, so that an error can name it."""
 
@@ -152,11 +159,7 @@ class Context:
         if k in run.new_state:
             return run.new_state[k]
         if run.state is None:
-            raise ValueError(
-                "has state (buffers such as BatchNorm running statistics) but none was "
-                "given; use params, state = fm.init_with_state(key, spec) and "
-                "fm.apply(params, x, state=state) or fm.run(...)"
-            )
+            raise ValueError(_NO_STATE)
         try:
             return run.state[k]
         except KeyError:
@@ -172,6 +175,8 @@ class Context:
             )
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"buffer {name!r} must be set to a tensor, got {type(value).__name__}")
+        if self._run.state is None:
+            raise ValueError(_NO_STATE)
         self._run.new_state[self._prefix + name] = value
 
     # -- children -----------------------------------------------------------------------
@@ -336,7 +341,9 @@ def call(ctx: Context, x: Any) -> Any:
     track = ctx._run.track
     track.ctx = ctx
     if ctx._run.mode == COMPILE:
-        return ctx.spec.forward(ctx, x)
+        out = ctx.spec.forward(ctx, x)
+        track.ctx = None
+        return out
     try:
         return ctx.spec.forward(ctx, x)
     except torch.OutOfMemoryError:
@@ -346,3 +353,7 @@ def call(ctx: Context, x: Any) -> Any:
         if new is err:
             raise
         raise new from err
+    finally:
+        # The tracker points into the call's contexts, which point back to the run: clear
+        # it so that plain reference counting frees the call (no cycle left for the GC).
+        track.ctx = None
