@@ -61,16 +61,7 @@ def _placement(key: torch.Tensor, device: object, where: str) -> tuple[torch.Ten
     draws run on the device, so an init on an accelerator launches no per-layer kernels for
     the keys; the bits are the same on every device.
     """
-    if device is None:
-        device = key.device
-    try:
-        device = torch.device(device)
-    except (TypeError, RuntimeError) as e:
-        raise TypeError(
-            f"{where}: device must be a torch.device or a string, got {device!r}"
-        ) from e
-    if device.type not in ("cpu", "meta") and device.index is None:
-        device = torch.empty(0, device=device).device  # 'cuda' -> 'cuda:0', as tensors say
+    device = as_device(key.device if device is None else device, where)
     if key.device.type not in ("cpu", "meta") and _random.is_plain(key):
         key = key.cpu()
     return key, device

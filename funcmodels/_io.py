@@ -112,13 +112,15 @@ def load(
         spec: the expected spec. Required for files without funcmodels metadata; for files
             with it, the stored spec must equal this one (the message says where they
             differ).
-        device: where to put the tensors.
+        device: where to put the tensors (``'meta'`` gives shapes without data).
 
     Returns:
         ``(params, state)``. ``state`` is ``None`` when the spec has buffers but the file
         holds none (saved without state); otherwise a :class:`State` (empty for models
         without buffers). Names, shapes and dtypes are checked against the spec, every
-        problem listed.
+        problem listed. A stored spec nested more than 100 levels deep, or holding more
+        than 100,000 layers, is refused with a ``ValueError`` (see
+        :mod:`funcmodels._encode`), as is metadata too deeply nested for JSON to read.
     """
     if spec is not None and not isinstance(spec, Spec):
         raise TypeError(f"fm.load: spec must be a layer spec, got {type(spec).__name__}")
