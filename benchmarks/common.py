@@ -112,14 +112,17 @@ def time_interleaved(
         names = list(contenders)
         order = random.Random(0)
         for _ in range(repeats):
-            # A new order every round, so that no contender mostly follows the same one: a
-            # predecessor's freed memory and cold caches bias whoever runs next. (Rotating
-            # a fixed order does not do this: each contender then keeps its predecessor in
-            # all rounds but one.)
+            # A new order every round, so that no contender mostly follows the same one.
+            # (Rotating a fixed order does not do this: each contender then keeps its
+            # predecessor in all rounds but one.)
             shuffled = names[:]
             order.shuffle(shuffled)
             for name in shuffled:
                 fn = contenders[name]
+                # One untimed call first: it pays for what the previous contender left
+                # behind (memory handed back to the system, caches filled with its data),
+                # so each sample times the contender warm, whoever ran before.
+                fn()
                 gc.collect()
                 gc.disable()
                 samples[name].append(_run(fn, numbers[name], sync))

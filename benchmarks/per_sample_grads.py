@@ -181,9 +181,9 @@ def figure(batch: int, device: str, repeats: int, threads: int) -> list[str]:
     check(fns)
     print(f"batch {batch} on {device}: all four agree (rtol={RTOL}, atol={ATOL}); timing...")
     sync = cuda_sync(device)
-    # Two runs: the two vmap contenders head to head, then all four. Opacus and the loop
-    # free hundreds of MB per call, and whoever runs next pays the page faults of
-    # getting it back, which blurs a 10% comparison but not a 1.5x one.
+    # Two runs: the two vmap contenders head to head, then all four. (Opacus and the loop
+    # free hundreds of MB per call; the untimed call before each sample absorbs what that
+    # costs whoever runs next, see common.time_interleaved.)
     pair = {k: fns[k] for k in ("funcmodels", "torch.func")}
     head_to_head = time_interleaved(pair, repeats=2 * repeats, sync=sync)
     timings = time_interleaved(fns, repeats=repeats, sync=sync)
