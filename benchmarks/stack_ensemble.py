@@ -12,7 +12,8 @@ Two figures: the forward under ``no_grad`` (inference), and a training step's gr
 (forward and backward of the sum of the members' mean squared errors, so each member gets
 its own loss's gradient).
 
-Run: ``python benchmarks/stack_ensemble.py [--quick] [--threads 2] [--device cpu]``.
+Run: ``python benchmarks/stack_ensemble.py [--quick] [--threads 2] [--device cpu]``;
+``--members``, ``--widths`` (``64,256,256,10``) and ``--batch`` change the ensemble.
 """
 
 from __future__ import annotations
@@ -26,39 +27,35 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 import funcmodels as fm
 
-MEMBERS, BATCH = 8, 256
+MEMBERS, WIDTHS, BATCH = 8, (64, 256, 256, 10), 256
 # The same float32 kernels in another grouping (one batched matmul vs eight): outputs and
 # gradients agree to rounding.
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def member_spec() -> fm.nn.Sequential:
-    nn = fm.nn
-    return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
+def mlp(nn, widths: tuple[int, ...]):
+    """``Linear`` layers of the given widths with ReLU between, from ``nn`` (either library)."""
+    layers = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
 
 
-def member_module() -> torch.nn.Sequential:
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-
-
-def contenders(device: str, train: bool) -> dict[str, Callable[[], object]]:
+def contenders(
+    device: str, train: bool, members: int = MEMBERS, widths=WIDTHS, batch: int = BATCH
+) -> dict[str, Callable[[], object]]:
     """The three ways to run (or differentiate) the ensemble, checked equal first."""
-    params = fm.init(fm.key(0), fm.nn.Stack(member_spec(), MEMBERS), device=device)
+    params = fm.init(fm.key(0), fm.nn.Stack(mlp(fm.nn, widths), members), device=device)
     modules = []
-    for i in range(MEMBERS):
-        m = member_module().to(device)
+    for i in range(members):
+        m = mlp(torch.nn, widths).to(device)
         m.load_state_dict({k: t[i] for k, t in fm.to_state_dict(params).items()}, strict=True)
         modules.append(m)
     stacked, buffers = stack_module_state(modules)
     base = copy.deepcopy(modules[0]).to("meta")
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 64, generator=gen).to(device)
-    y = torch.randn(BATCH, 10, generator=gen).to(device)
+    x = torch.randn(batch, widths[0], generator=gen).to(device)
+    y = torch.randn(batch, widths[-1], generator=gen).to(device)
 
     def call_one(p, b):
         return functional_call(base, (p, b), (x,))
@@ -108,16 +105,19 @@ def contenders(device: str, train: bool) -> dict[str, Callable[[], object]]:
     return {"funcmodels": ours, "nn.Module loop": loop, "torch.func": tfunc}
 
 
-def figure(device: str, repeats: int, threads: int) -> list[str]:
+def figure(
+    device: str, repeats: int, threads: int, members: int = MEMBERS, widths=WIDTHS, batch=BATCH
+) -> list[str]:
     """Time the contenders on ``device``, forward and gradients; return the table rows."""
     target = "<= 1.0" if device == "cpu" else "<= 0.5"
+    shape = "-".join(map(str, widths))
     rows = []
     for train in (False, True):
-        fns = contenders(device, train)
+        fns = contenders(device, train, members, widths, batch)
         timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.05, sync=cuda_sync(device))
         what = (
             f"{'gradients (forward + backward)' if train else 'forward, no_grad'}, "
-            f"{MEMBERS} MLPs 64-256-256-10, batch {BATCH}, {device}, {threads} threads"
+            f"{members} MLPs {shape}, batch {batch}, {device}, {threads} threads"
         )
         rows.append(row(what, timings, "nn.Module loop"))
         rows.append(
@@ -135,9 +135,18 @@ def figure(device: str, repeats: int, threads: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__.splitlines()[0], argv, device=(str, "cpu", "cpu or cuda"))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        device=(str, "cpu", "cpu or cuda"),
+        members=(int, MEMBERS, "ensemble members"),
+        widths=(str, ",".join(map(str, WIDTHS)), "layer widths of a member, comma-separated"),
+        batch=(int, BATCH, "batch size"),
+    )
     repeats = args.repeats or (5 if args.quick else 21)
-    report(figure(args.device, repeats, args.threads), args.threads)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    rows = figure(args.device, repeats, args.threads, args.members, widths, args.batch)
+    report(rows, args.threads)
 
 
 if __name__ == "__main__":
