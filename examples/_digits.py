@@ -1,8 +1,9 @@
 """scikit-learn's bundled 8x8 digits as tensors, split and batched with explicit keys.
 
 The data ship with scikit-learn (1797 images, 10 classes), so the examples need no
-download. Shuffling uses funcmodels keys, never torch's global generator, so a seed fixes
-the split and the batch order in every process.
+download. Shuffling uses funcmodels keys (``fm.random.permutation``,
+``fm.random.batches``), never torch's global generator, so a seed fixes the split and the
+batch order in every process.
 """
 
 from __future__ import annotations
@@ -29,18 +30,6 @@ class Digits(NamedTuple):
     """``(N_test,)``"""
 
 
-def permutation(key: torch.Tensor, n: int) -> torch.Tensor:
-    """A random permutation of ``range(n)`` drawn from ``key``.
-
-    Sorting 32-bit random words (rather than floats with 24 random bits) makes ties
-    rare, and the stable sort resolves the rest the same way everywhere.
-
-    Returns:
-        ``(n,)`` int64 tensor.
-    """
-    return torch.argsort(fm.random.bits(key, (n,)), stable=True)
-
-
 def load(key: torch.Tensor, test_fraction: float = 0.2) -> Digits:
     """Load the digits and split them at random into train and test sets.
 
@@ -55,7 +44,7 @@ def load(key: torch.Tensor, test_fraction: float = 0.2) -> Digits:
     # Pixel values are integers in [0, 16].
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target, dtype=torch.int64)
-    order = permutation(key, len(y))
+    order = fm.random.permutation(key, len(y))
     n_test = round(test_fraction * len(y))
     test, train = order[:n_test], order[n_test:]
     return Digits(x[train], y[train], x[test], y[test])
@@ -64,18 +53,10 @@ def load(key: torch.Tensor, test_fraction: float = 0.2) -> Digits:
 def batches(
     key: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffle ``(x, y)`` with ``key`` and yield full batches (the remainder is dropped).
-
-    Dropping the last partial batch keeps every step's batch size equal, which DP-SGD's
-    noise scale assumes.
-
-    Yields:
-        ``(x_batch, y_batch)`` of ``batch_size`` examples each.
-    """
-    order = permutation(key, len(y))
-    for start in range(0, len(y) - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
-        yield x[idx], y[idx]
+    """Shuffle ``(x, y)`` with ``key`` and yield full batches (``fm.random.batches``; the
+    remainder is dropped, which keeps every step's batch size equal, as DP-SGD's noise scale
+    assumes)."""
+    return fm.random.batches(key, x, y, batch_size=batch_size)
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -4,7 +4,7 @@ A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` an
 ``apply`` are pure functions, so every :mod:`torch.func` transform composes with them.
 """
 
-from . import nn, optim, random
+from . import nn, optim, random, tree
 from ._config import from_config, load_config
 from ._context import Context
 from ._core import (
@@ -53,4 +53,5 @@ __all__ = [
     "split",
     "summary",
     "to_state_dict",
+    "tree",
 ]

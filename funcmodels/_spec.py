@@ -52,8 +52,12 @@ from ._context import Context, cached, layer_name, name_hash
 __all__ = ["Spec", "expected_entries", "field_values", "init_tree", "layer_name", "name_hash"]
 
 
+_CHECKED: set[type] = set()
+
+
 class Spec:
-    """Base class of all layer specs. Subclasses are ``@dataclass(frozen=True)``."""
+    """Base class of all layer specs. Subclasses are ``@dataclass(frozen=True)`` (making an
+    instance of one that is not raises ``TypeError``)."""
 
     #: rank of a single example (``None``: any rank, or decided by the layer itself)
     example_ndim: ClassVar[int | None] = None
@@ -67,6 +71,17 @@ class Spec:
     layers_field: ClassVar[str | None] = None
     #: torch constructor arguments a config may give that have no effect here
     config_ignores: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls not in _CHECKED:
+            if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+                raise TypeError(
+                    f"{cls.__qualname__}: a spec class must be a frozen dataclass: decorate it "
+                    "with @dataclasses.dataclass(frozen=True) (specs are immutable and hashable, "
+                    "so they can be compared, cached and saved)"
+                )
+            _CHECKED.add(cls)
+        return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -13,6 +13,38 @@ from ._context import layer_name
 from ._spec import Spec, expected_entries
 
 
+class _Hole:
+    """The place of a leaf that ``fm.tree.partition`` put in the other tree.
+
+    A pytree node without children (for torch's pytree, which ``torch.func`` uses, and for
+    optree): transforms, optimisers and ``fm.tree.leaves`` see no leaf there.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "fm.tree.HOLE"
+
+    def __reduce__(self) -> str:
+        return "HOLE"
+
+
+#: the single hole; ``fm.tree.combine`` fills it from another tree
+HOLE = _Hole()
+pytree.register_pytree_node(
+    _Hole,
+    lambda hole: ([], None),
+    lambda leaves, context: HOLE,
+    serialized_type_name="funcmodels.tree.HOLE",
+)
+optree.register_pytree_node(
+    _Hole,
+    lambda hole: ((), None, ()),
+    lambda context, leaves: HOLE,
+    namespace=getattr(optree.registry, "__GLOBAL_NAMESPACE", "funcmodels"),
+)
+
+
 class _Tree(Mapping):
     """A spec plus a flat ``{dotted path: tensor}`` dict, viewed as a nested mapping.
 
@@ -176,6 +208,11 @@ def _misfit(tree: _Tree, k: str, t: Any, shape: tuple[int, ...], where: str) -> 
         got = "is missing"
     elif t is None:
         got = "is None (did a tree_map return None for it?)"
+    elif t is HOLE:
+        got = (
+            "is a hole left by fm.tree.partition; merge the parts with fm.tree.combine "
+            "before applying the model"
+        )
     elif not isinstance(t, torch.Tensor):
         got = f"is a {type(t).__name__}, not a tensor"
     else:

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from torch.func import vmap
 
 import funcmodels as fm
-from funcmodels import random as R
+from funcmodels import random as fmr
+from funcmodels.random import _philox as R
 
 # Random123 kat_vectors for philox4x32_10: (counter words, key words, output words).
 KAT = [
@@ -127,12 +128,12 @@ def test_known_fold_in_words():
 def _draws(k: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "bits": R.bits(k, (3, 5)),
-        "uniform": R.uniform(k, 7),
-        "uniform64": R.uniform(k, 7, torch.float64),
-        "normal": R.normal(k, (2, 4)),
-        "truncated_normal": R.truncated_normal(k, -1.0, 2.0, 6),
-        "bernoulli": R.bernoulli(k, 0.3, 9),
-        "randint": R.randint(k, 8, -5, 1000),
+        "uniform": fmr.uniform(k, 7),
+        "uniform64": fmr.uniform(k, 7, torch.float64),
+        "normal": fmr.normal(k, (2, 4)),
+        "truncated_normal": fmr.truncated_normal(k, -1.0, 2.0, 6),
+        "bernoulli": fmr.bernoulli(k, 0.3, 9),
+        "randint": fmr.randint(k, 8, -5, 1000),
         "split": fm.split(k, 3),
         "fold_in": fm.fold_in(k, 12345),
     }
@@ -239,7 +240,7 @@ def test_fold_in_int_equals_fold_in_tensor(data):
 def test_streams_of_derived_keys_are_uncorrelated():
     k = fm.key(17)
     keys = [k, *fm.split(k, 3), fm.fold_in(k, 0), fm.fold_in(k, 1)]
-    x = torch.stack([R.uniform(kk, N_STAT, torch.float64) for kk in keys])
+    x = torch.stack([fmr.uniform(kk, N_STAT, torch.float64) for kk in keys])
     r = torch.corrcoef(x)
     off = r[~torch.eye(len(keys), dtype=torch.bool)]
     assert off.abs().max() < SIGMA5, r
@@ -252,27 +253,27 @@ def test_streams_of_derived_keys_are_uncorrelated():
 
 
 def test_uniform_unit_interval_ks():
-    u = R.uniform(fm.key(21), N_STAT, torch.float64)
+    u = fmr.uniform(fm.key(21), N_STAT, torch.float64)
     assert 0.0 <= u.min() and u.max() < 1.0
     assert scipy.stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
 
 
 def test_uniform_with_bounds_ks():
-    u = R.uniform(fm.key(22), N_STAT, minval=-2.0, maxval=3.0)
+    u = fmr.uniform(fm.key(22), N_STAT, minval=-2.0, maxval=3.0)
     assert -2.0 <= u.min() and u.max() < 3.0
     assert scipy.stats.kstest(u.numpy(), "uniform", args=(-2.0, 5.0)).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_normal_ks(dtype):
-    x = R.normal(fm.key(23), N_STAT, dtype)
+    x = fmr.normal(fm.key(23), N_STAT, dtype)
     assert x.dtype == dtype and torch.isfinite(x).all()
     assert scipy.stats.kstest(x.double().numpy(), "norm").pvalue > 1e-3
 
 
 @pytest.mark.parametrize(("lower", "upper"), [(-1.0, 2.0), (0.5, 3.0), (-2.0, -1.5)])
 def test_truncated_normal_bounds_and_ks(lower, upper):
-    x = R.truncated_normal(fm.key(24), lower, upper, N_STAT)
+    x = fmr.truncated_normal(fm.key(24), lower, upper, N_STAT)
     assert lower <= x.min() and x.max() <= upper
     ref = scipy.stats.truncnorm(lower, upper)
     assert scipy.stats.kstest(x.double().numpy(), ref.cdf).pvalue > 1e-3
@@ -284,21 +285,21 @@ def _binomial_ok(count: int, n: int, p: float) -> bool:
 
 @pytest.mark.parametrize("p", [0.0, 0.01, 0.3, 0.5, 0.9, 1.0])
 def test_bernoulli_frequency(p):
-    b = R.bernoulli(fm.key(25), p, (N_STAT,))
+    b = fmr.bernoulli(fm.key(25), p, (N_STAT,))
     assert b.dtype == torch.bool and b.shape == (N_STAT,)
     assert _binomial_ok(int(b.sum()), N_STAT, p)
 
 
 def test_bernoulli_tensor_p_per_column():
     p = torch.tensor([0.05, 0.5, 0.8])
-    b = R.bernoulli(fm.key(26), p, (N_STAT, 3))
+    b = fmr.bernoulli(fm.key(26), p, (N_STAT, 3))
     for j, pj in enumerate(p.tolist()):
         assert _binomial_ok(int(b[:, j].sum()), N_STAT, pj), j
 
 
 def test_bernoulli_tensor_p_gives_independent_draws_of_its_shape():
     # Each entry of p gets its own random word (not one word broadcast to p's shape).
-    b = R.bernoulli(fm.key(27), torch.full((N_STAT,), 0.5))
+    b = fmr.bernoulli(fm.key(27), torch.full((N_STAT,), 0.5))
     assert b.shape == (N_STAT,)
     assert _binomial_ok(int(b.sum()), N_STAT, 0.5)
     both = (b[:-1] & b[1:]).sum()
@@ -307,7 +308,7 @@ def test_bernoulli_tensor_p_gives_independent_draws_of_its_shape():
 
 def test_randint_chi_square_and_endpoints():
     lo, hi = -3, 7
-    r = R.randint(fm.key(28), N_STAT, lo, hi)
+    r = fmr.randint(fm.key(28), N_STAT, lo, hi)
     assert r.dtype == torch.int64
     assert r.min() == lo and r.max() == hi - 1  # minval inclusive, maxval exclusive
     counts = torch.bincount(r - lo, minlength=hi - lo)
@@ -317,15 +318,15 @@ def test_randint_chi_square_and_endpoints():
 
 def test_randint_extreme_ranges():
     k = fm.key(29)
-    assert (R.randint(k, 50, 4, 5) == 4).all()
-    big = R.randint(k, 1000, -(2**30), 2**30, torch.int32)
+    assert (fmr.randint(k, 50, 4, 5) == 4).all()
+    big = fmr.randint(k, 1000, -(2**30), 2**30, torch.int32)
     assert big.dtype == torch.int32 and -(2**30) <= big.min() and big.max() < 2**30
     assert big.unique().numel() == 1000
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_uniform_low_precision_stays_below_one(dtype):
-    u = R.uniform(fm.key(30), N_STAT, dtype)
+    u = fmr.uniform(fm.key(30), N_STAT, dtype)
     assert u.dtype == dtype
     assert 0.0 <= u.min() and u.max() < 1.0
     assert scipy.stats.kstest(u.double().numpy(), "uniform").pvalue > 1e-3
@@ -341,25 +342,27 @@ def test_extreme_words_stay_in_range(monkeypatch, word, dtype):
 
     monkeypatch.setattr(R, "_blocks", const_blocks)
     k = fm.key(0)
-    u = R.uniform(k, 8, dtype)
+    u = fmr.uniform(k, 8, dtype)
     assert 0.0 <= u.min() and u.max() < 1.0
-    v = R.uniform(k, 8, dtype, minval=-1.0, maxval=1.0)
+    v = fmr.uniform(k, 8, dtype, minval=-1.0, maxval=1.0)
     assert -1.0 <= v.min() and v.max() < 1.0
-    x = R.normal(k, 8, dtype)
+    x = fmr.normal(k, 8, dtype)
     assert torch.isfinite(x).all() and x.abs().max() < 9
-    t = R.truncated_normal(k, -2.0, 2.0, 8, dtype)
+    t = fmr.truncated_normal(k, -2.0, 2.0, 8, dtype)
     assert -2.0 <= t.min() and t.max() <= 2.0
+    g = fmr.gumbel(k, 8, dtype)
+    assert torch.isfinite(g).all()
 
 
 # -- transforms --------------------------------------------------------------------------
 
 _PER_KEY = {
     "bits": lambda k: R.bits(k, (2, 3)),
-    "uniform": lambda k: R.uniform(k, 5, minval=-1.0, maxval=4.0),
-    "normal": lambda k: R.normal(k, (4,), torch.float64),
-    "truncated_normal": lambda k: R.truncated_normal(k, -1.0, 1.0, 3),
-    "bernoulli": lambda k: R.bernoulli(k, 0.4, 6),
-    "randint": lambda k: R.randint(k, 5, 0, 17),
+    "uniform": lambda k: fmr.uniform(k, 5, minval=-1.0, maxval=4.0),
+    "normal": lambda k: fmr.normal(k, (4,), torch.float64),
+    "truncated_normal": lambda k: fmr.truncated_normal(k, -1.0, 1.0, 3),
+    "bernoulli": lambda k: fmr.bernoulli(k, 0.4, 6),
+    "randint": lambda k: fmr.randint(k, 5, 0, 17),
     "split": lambda k: fm.split(k, 3),
     "fold_in": lambda k: fm.fold_in(k, 99),
 }
@@ -386,7 +389,7 @@ def test_vmap_fold_in_with_batched_data():
 def test_compile_fullgraph_matches_eager():
     def f(k):
         k2 = fm.fold_in(k, 7)
-        return R.bits(k2, 6), R.normal(k2, 5), fm.split(k, 3)
+        return R.bits(k2, 6), fmr.normal(k2, 5), fm.split(k, 3)
 
     compiled = torch.compile(f, fullgraph=True)
     for seed in (3, 4):
@@ -404,7 +407,7 @@ def test_global_rng_is_never_touched():
     torch.manual_seed(1234)
     before = torch.get_rng_state()
     _draws(fm.key(33))
-    vmap(lambda k: R.normal(k, 3))(fm.split(fm.key(33), 4))
+    vmap(lambda k: fmr.normal(k, 3))(fm.split(fm.key(33), 4))
     spec = fm.nn.Sequential(
         fm.nn.Linear(3, 4), fm.nn.ReLU(), fm.nn.Dropout(0.5), fm.nn.Linear(4, 2)
     )
@@ -442,10 +445,10 @@ def test_dropout_train_mode_is_a_function_of_the_key():
 def test_non_key_is_rejected(bad, match):
     for f in (
         lambda: R.bits(bad, 3),
-        lambda: R.uniform(bad, 3),
-        lambda: R.normal(bad, 3),
-        lambda: R.randint(bad, 3, 0, 5),
-        lambda: R.bernoulli(bad, 0.5, 3),
+        lambda: fmr.uniform(bad, 3),
+        lambda: fmr.normal(bad, 3),
+        lambda: fmr.randint(bad, 3, 0, 5),
+        lambda: fmr.bernoulli(bad, 0.5, 3),
         lambda: fm.split(bad),
         lambda: fm.fold_in(bad, 1),
         lambda: fm.init(bad, fm.nn.Linear(2, 2)),
@@ -472,14 +475,14 @@ def test_bad_seed():
 )
 def test_bad_shape(shape, exc, match):
     with pytest.raises(exc, match=match):
-        R.uniform(fm.key(0), shape)
+        fmr.uniform(fm.key(0), shape)
 
 
 def test_bad_dtype():
     with pytest.raises(TypeError, match="floating torch.dtype, got torch.int32"):
-        R.uniform(fm.key(0), 3, torch.int32)
+        fmr.uniform(fm.key(0), 3, torch.int32)
     with pytest.raises(TypeError, match="integer dtype, got torch.float32"):
-        R.randint(fm.key(0), 3, 0, 5, torch.float32)
+        fmr.randint(fm.key(0), 3, 0, 5, torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -493,32 +496,32 @@ def test_bad_dtype():
 )
 def test_bad_randint_range(lo, hi, exc, match):
     with pytest.raises(exc, match=match):
-        R.randint(fm.key(0), 3, lo, hi)
+        fmr.randint(fm.key(0), 3, lo, hi)
 
 
 def test_randint_range_must_fit_dtype():
     with pytest.raises(ValueError, match=r"\[0, 300\) does not fit in torch.int8"):
-        R.randint(fm.key(0), 3, 0, 300, torch.int8)
+        fmr.randint(fm.key(0), 3, 0, 300, torch.int8)
 
 
 @pytest.mark.parametrize("p", [1.5, -0.1, math.nan])
 def test_bernoulli_p_outside_unit_interval(p):
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
-        R.bernoulli(fm.key(0), p, 3)
+        fmr.bernoulli(fm.key(0), p, 3)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
-        R.bernoulli(fm.key(0), torch.tensor([0.5, p]))
+        fmr.bernoulli(fm.key(0), torch.tensor([0.5, p]))
 
 
 def test_bernoulli_p_must_broadcast_to_shape():
     with pytest.raises(ValueError, match=r"p of shape \(3,\) does not broadcast to shape \(2,\)"):
-        R.bernoulli(fm.key(0), torch.full((3,), 0.5), (2,))
+        fmr.bernoulli(fm.key(0), torch.full((3,), 0.5), (2,))
 
 
 def test_uniform_and_truncated_normal_bounds_order():
     with pytest.raises(ValueError, match="need minval < maxval, got 2.0, 1.0"):
-        R.uniform(fm.key(0), 3, minval=2.0, maxval=1.0)
+        fmr.uniform(fm.key(0), 3, minval=2.0, maxval=1.0)
     with pytest.raises(ValueError, match="need lower < upper, got 1.0, 1.0"):
-        R.truncated_normal(fm.key(0), 1.0, 1.0, 3)
+        fmr.truncated_normal(fm.key(0), 1.0, 1.0, 3)
 
 
 @pytest.mark.parametrize(

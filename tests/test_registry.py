@@ -139,3 +139,23 @@ def test_layer_names_torch_refuses_are_refused_when_the_spec_is_built(name):
         fm.nn.Sequential({name: fm.nn.ReLU()})
     with pytest.raises(ValueError, match=r"config\[0\]: invalid layer name"):
         fm.from_config([{"type": "relu", "name": name}])
+
+
+def test_a_spec_class_must_be_a_frozen_dataclass(scratch_registry):
+    class NotADataclass(fm.Spec):
+        pass
+
+    @dataclasses.dataclass
+    class NotFrozen(fm.Spec):
+        size: int = 1
+
+    for cls in (NotADataclass, NotFrozen):
+        with pytest.raises(
+            TypeError, match=f"{cls.__name__}: a spec class must be a frozen dataclass"
+        ):
+            cls()
+
+    class Subclass(fm.nn.Linear):  # inherits the frozen dataclass: fine
+        pass
+
+    assert Subclass(2, 3).out_features == 3

@@ -1,0 +1,234 @@
+"""The optimiser protocol: a pair of pure functions, and the tree plumbing they share."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.utils._pytree as pytree
+
+from .._core import describe_mismatch
+from .._tree import Params, State
+
+#: a schedule: the value of a hyperparameter at a (0-dim int64 tensor) step count
+Schedule = Callable[[torch.Tensor], torch.Tensor]
+#: what a hyperparameter may be: a number, a 0-dim tensor, or (where said) a schedule
+Scalar = float | torch.Tensor | Schedule
+
+
+class GradientTransformation(NamedTuple):
+    """An optimiser, or one piece of one, as two pure functions.
+
+    ``init(params) -> state``; ``update(updates, state, params=None) -> (updates,
+    new_state)``. ``updates`` (the gradients, for the first piece of a chain) has the
+    structure of ``params``; what comes out is added to the params by
+    :func:`apply_updates`. Nothing is changed in place, and step counts are tensors, so a
+    training step composes with ``vmap`` (an ensemble) and ``torch.compile``.
+    """
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+class EmptyState(NamedTuple):
+    """The state of a transformation that keeps none."""
+
+
+# -- trees ---------------------------------------------------------------------------------
+
+
+def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the params") -> list[Any]:
+    """The leaves of ``tree``, which must have the structure ``spec`` (that ``of`` names;
+    ``what`` names ``tree``)."""
+    leaves, got = pytree.tree_flatten(tree)
+    if got != spec:
+        models = _model_difference(spec, got)
+        detail = (
+            f"they were made for a different model: {models}"
+            if models is not None
+            else f"expected {_describe(spec)}, got {_describe(got)}"
+        )
+        raise ValueError(f"fm.optim: {what} do not have the structure of {of}: {detail}")
+    return leaves
+
+
+def _model_difference(want: pytree.TreeSpec, got: pytree.TreeSpec) -> str | None:
+    """Where two spec trees first differ, by layer path, when the first difference of
+    the two structures is between Params (or State) of different specs."""
+    stack = [(want, got)]
+    while stack:
+        a, b = stack.pop()
+        if a == b:
+            continue
+        if a.type is b.type and a.type in (Params, State):
+            return describe_mismatch(a.context[0], b.context[0])
+        if a.type is not b.type or a.num_children != b.num_children or a.context != b.context:
+            return None
+        stack.extend(reversed(list(zip(a.children_specs, b.children_specs, strict=True))))
+    return None
+
+
+def _describe(spec: pytree.TreeSpec) -> str:
+    if spec.is_leaf():
+        return "a single tensor"
+    skeleton = pytree.tree_unflatten([None] * spec.num_leaves, spec)
+    paths = [pytree.keystr(k) for k, _ in pytree.tree_flatten_with_path(skeleton)[0]]
+    return f"{spec.type.__name__} with leaves {paths}"
+
+
+def leaves_of(
+    updates: Any, params: Any, what: str, *, need_params: bool = False
+) -> tuple[list[Any], list[Any] | None, pytree.TreeSpec]:
+    """``(update leaves, param leaves or None, structure)``; ``what`` names the caller."""
+    us, spec = pytree.tree_flatten(updates)
+    if params is None:
+        if need_params:
+            raise ValueError(f"{what}: needs the params; call update(updates, state, params)")
+        return us, None, spec
+    return us, flatten_like(params, spec, "params", "the updates"), spec
+
+
+def zeros_like_tree(tree: Any) -> Any:
+    return pytree.tree_map(torch.zeros_like, tree)
+
+
+def count_like(params: Any) -> torch.Tensor:
+    """A 0-dim int64 step count on the params' device."""
+    leaves = pytree.tree_leaves(params)
+    device = leaves[0].device if leaves else None
+    return torch.zeros((), dtype=torch.int64, device=device)
+
+
+def check_state(state: object, cls: type, where: str) -> None:
+    if not isinstance(state, cls):
+        raise TypeError(
+            f"{where}: expected the {cls.__name__} made by this transformation's init, got "
+            f"{type(state).__name__} (states are not interchangeable between optimisers)"
+        )
+
+
+def scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
+    """Dtype for step-dependent scalars: float64 when any leaf is, else float32.
+
+    A 0-dim tensor does not promote the leaves it multiplies, so one dtype serves all.
+    """
+    return torch.float64 if any(t.dtype == torch.float64 for t in leaves) else torch.float32
+
+
+# -- hyperparameters --------------------------------------------------------------------
+
+
+def number(
+    where: str,
+    name: str,
+    value: object,
+    *,
+    lo: float = 0.0,
+    below: float | None = None,
+    schedule: bool = False,
+) -> Scalar:
+    """Check a hyperparameter: a finite number ``>= lo`` (and ``< below``), a 0-dim
+    floating tensor (its value is not checked: that would need a host sync, and it may
+    change between steps), or, with ``schedule``, a callable of the step count."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not value.dtype.is_floating_point:
+            raise TypeError(
+                f"{where}: {name} as a tensor must be a 0-dim floating tensor, got "
+                f"{value.dtype} of shape {tuple(value.shape)}"
+            )
+        return value
+    if callable(value):
+        if not schedule:
+            raise TypeError(f"{where}: {name} must be a number or a 0-dim tensor, not a schedule")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kinds = "a number, a 0-dim tensor or a schedule" if schedule else "a number"
+        raise TypeError(f"{where}: {name} must be {kinds}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or (below is not None and value >= below):
+        bound = f"in [{lo:g}, {below:g})" if below is not None else f">= {lo:g}"
+        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+def at(value: Scalar, count: torch.Tensor) -> float | torch.Tensor:
+    """A hyperparameter's value at step ``count`` (a schedule is called, others returned)."""
+    return value(count) if callable(value) and not isinstance(value, torch.Tensor) else value
+
+
+def is_schedule(value: Scalar) -> bool:
+    return callable(value) and not isinstance(value, torch.Tensor)
+
+
+# -- the basic pieces -----------------------------------------------------------------------
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates``, leaf by leaf, as new tensors of the params' dtypes.
+
+    Arguments:
+        params: a pytree of tensors (:class:`funcmodels.Params` included).
+        updates: from an optimiser's ``update``, same structure.
+
+    Returns:
+        A new pytree of the type of ``params`` (for Params: the same spec).
+    """
+    leaves, spec = pytree.tree_flatten(params)
+    ups = flatten_like(updates, spec, "updates")
+    new = [(p + u).to(p.dtype) for p, u in zip(leaves, ups, strict=True)]
+    return pytree.tree_unflatten(new, spec)
+
+
+def identity() -> GradientTransformation:
+    """Passes the updates through unchanged."""
+
+    def update(updates, state, params=None):
+        return updates, state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Makes every update zero: the transformation for frozen parameters (see
+    :func:`multi_transform`)."""
+
+    def update(updates, state, params=None):
+        return zeros_like_tree(updates), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def chain(*transformations: GradientTransformation) -> GradientTransformation:
+    """Apply ``transformations`` in order; the state is the tuple of their states.
+
+    ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale_by_learning_rate(1e-3))`` is
+    Adam with clipped gradients.
+    """
+    for i, t in enumerate(transformations):
+        if not isinstance(t, GradientTransformation):
+            raise TypeError(
+                f"fm.optim.chain: argument {i} must be a GradientTransformation (such as "
+                f"fm.optim.scale_by_adam()), got {type(t).__name__}"
+            )
+
+    def init(params):
+        return tuple(t.init(params) for t in transformations)
+
+    def update(updates, state, params=None):
+        if not isinstance(state, tuple) or len(state) != len(transformations):
+            raise TypeError(
+                f"fm.optim.chain: expected the tuple of {len(transformations)} states made by "
+                f"this chain's init, got {type(state).__name__}"
+            )
+        if params is not None:
+            flatten_like(updates, pytree.tree_structure(params), "grads")
+        new_state = []
+        for t, s in zip(transformations, state, strict=True):
+            updates, s = t.update(updates, s, params)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
