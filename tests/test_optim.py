@@ -238,8 +238,16 @@ def test_structure_mismatch_is_reported():
         (lambda: optim.sgd(0.1, nesterov=True), ValueError, r"nesterov=True needs momentum > 0"),
         (lambda: optim.sgd(0.1, float("nan")), ValueError, r"momentum must be a finite"),
         (lambda: optim.adam(-1e-3), ValueError, r"fm\.optim\.adam: lr must be"),
-        (lambda: optim.adam(betas=(1.0, 0.9)), ValueError, r"betas\[0\] must be a finite number in \[0, 1\), got 1.0"),
-        (lambda: optim.adam(betas=(0.9, -0.1)), ValueError, r"betas\[1\] must be a finite number in \[0, 1\), got -0.1"),
+        (
+            lambda: optim.adam(betas=(1.0, 0.9)),
+            ValueError,
+            r"betas\[0\] must be .* in \[0, 1\), got 1.0",
+        ),
+        (
+            lambda: optim.adam(betas=(0.9, -0.1)),
+            ValueError,
+            r"betas\[1\] must .*\[0, 1\), got -0.1",
+        ),
         (lambda: optim.adam(betas=0.9), TypeError, r"betas must be a pair"),
         (lambda: optim.adam(eps=-1e-8), ValueError, r"eps must be"),
         (lambda: optim.adamw(weight_decay=-0.1), ValueError, r"fm\.optim\.adamw: weight_decay"),
