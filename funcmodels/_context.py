@@ -112,7 +112,8 @@ class Context:
     * ``ctx.key()``: this layer's PRNG key (the call's key with each name on the path
       folded in); a clear error when the call has none;
     * ``ctx.sow(name, value)``: an auxiliary output, ``fm.run(...).aux[ctx.path][name]``;
-    * ``ctx.vmap(spec, x, size=n, in_axis=...)``: the lifted vmap;
+    * ``ctx.vmap(spec, x, size=n, in_axis=...)``: the lifted vmap; ``ctx.map(spec, xs)``
+      its eager loop over members of different input sizes;
     * ``ctx.train``, ``ctx.path``, ``ctx.mode`` (``'eager'``, ``'transform'`` inside a
       torch.func transform, ``'compile'`` under torch.compile: computed once per call;
       only ``'eager'`` allows data-dependent shapes).
@@ -254,11 +255,7 @@ class Context:
         """
         run = self._run
         pre = self._prefix
-        pnames, snames = cached(
-            self.spec,
-            "_fm_own_names",
-            lambda: (tuple(self.spec.param_shapes()), tuple(self.spec.state_shapes())),
-        )
+        pnames, snames = self._own_names()
         params = {pre + n: run.params[pre + n] for n in pnames}
         state = (
             {pre + n: self.buffer(n) for n in snames} if snames and run.state is not None else None
@@ -278,6 +275,56 @@ class Context:
         in_dims = (0, None if state is None else 0, 0, in_axis)
         out, new_state, aux = torch.func.vmap(member, in_dims=in_dims)(params, state, members, x)
         track.ctx = self
+        self._merge(new_state, aux)
+        return out
+
+    def map(self, spec: Any, xs: Any) -> list[Any]:
+        """Run ``spec`` once per member, in a Python loop: member ``i`` on ``xs[i]``.
+
+        The eager form of :meth:`vmap` with ``in_axis=0`` for inputs of different sizes
+        (a mixture of experts' token groups): member ``i`` gets this layer's own tensors
+        indexed at ``i`` and, in train mode, this layer's key with ``i`` folded in. The
+        members' new buffers and sown values are stacked on dim 0, as :meth:`vmap` returns
+        them.
+
+        Returns:
+            the list of the members' outputs.
+        """
+        run = self._run
+        pre = self._prefix
+        pnames, snames = self._own_names()
+        key = self.key() if run.key is not None else None
+        outs, states, auxes = [], [], []
+        for i, xi in enumerate(xs):
+            params = {pre + n: run.params[pre + n][i] for n in pnames}
+            state = None
+            if snames and run.state is not None:
+                state = {pre + n: self.buffer(n)[i] for n in snames}
+            k = None if key is None else _random.fold_in(key, i)
+            inner = Run(params, state, run.train, k, run.mode, run.track)
+            outs.append(spec.forward(Context(inner, spec, pre), xi))
+            states.append(inner.new_state)
+            auxes.append(inner.aux)
+        run.track.ctx = self
+        stacked_state = {
+            n: torch.stack([s[n] for s in states]) for n in (states[0] if states else {})
+        }
+        stacked_aux = {
+            path: {n: torch.stack([a[path][n] for a in auxes]) for n in values}
+            for path, values in (auxes[0] if auxes else {}).items()
+        }
+        self._merge(stacked_state, stacked_aux)
+        return outs
+
+    def _own_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        spec = self.spec
+        return cached(
+            spec, "_fm_own_names", lambda: (tuple(spec.param_shapes()), tuple(spec.state_shapes()))
+        )
+
+    def _merge(self, new_state: dict[str, Any], aux: dict[str, dict[str, Any]]) -> None:
+        """Add the members' stacked new buffers and sown values to this call's."""
+        run = self._run
         run.new_state.update(new_state)
         for path, values in aux.items():
             own = run.aux.setdefault(path, {})
@@ -286,7 +333,6 @@ class Context:
                     where = layer_name(f"{path}." if path else "")
                     raise ValueError(f"layer '{where}' sowed {name!r} twice in one call")
                 own[name] = value
-        return out
 
 
 def _device_of(x: Any, params: dict[str, torch.Tensor]) -> torch.device:

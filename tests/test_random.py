@@ -389,13 +389,19 @@ def test_vmap_fold_in_with_batched_data():
 def test_compile_fullgraph_matches_eager():
     def f(k):
         k2 = fm.fold_in(k, 7)
-        return R.bits(k2, 6), fmr.normal(k2, 5), fm.split(k, 3)
+        return (
+            R.bits(k2, 6),
+            fmr.normal(k2, 5),
+            fm.split(k, 3),
+            fmr.uniform(k2, 4, minval=-1.0, maxval=2.0),
+        )
 
     compiled = torch.compile(f, fullgraph=True)
     for seed in (3, 4):
         k = fm.key(seed)
         got, want = compiled(k), f(k)
         assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+        torch.testing.assert_close(got[3], want[3], atol=0, rtol=1e-6)
         # Generated code may evaluate erfinv differently in the last bit.
         torch.testing.assert_close(got[1], want[1], atol=0, rtol=1e-6)
 

@@ -12,12 +12,15 @@ for the torch bridge).
 from . import _torch_layers, qat  # noqa: F401  (_torch_layers registers the converters)
 from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
 from ._module import from_module, register_converter, to_module
+from .moe import MoE, moe_aux_loss
 
 __all__ = [
     "FoldedBatchNorm1d",
+    "MoE",
     "fold_batchnorm",
     "from_module",
     "fuse",
+    "moe_aux_loss",
     "qat",
     "register_converter",
     "to_module",

@@ -32,7 +32,10 @@ class Stack(Spec):
         n: the number of members.
         in_axis: ``None``: every member sees the same input, outputs stacked on dim 0
             (an ensemble: a batch ``(B, *S)`` gives ``(n, B, *M)``); ``0``: member ``i``
-            sees ``x[i]`` (an input ``(n, B, *S)`` gives ``(n, B, *M)``).
+            sees ``x[i]`` (an input ``(n, B, *S)`` gives ``(n, B, *M)``), or, given a list
+            of ``n`` inputs of different batch sizes, member ``i`` runs on the ``i``-th in a
+            Python loop and the outputs come back as a list (eager code: a mixture of
+            experts' token groups).
 
     Shapes: a single example (rank ``spec.example_ndim``, or that plus one with
     ``in_axis=0``) is accepted where the member accepts one, and gives ``(n, *M)``. Shape
@@ -98,6 +101,10 @@ class Stack(Spec):
 
     # -- computation --------------------------------------------------------------------
     def forward(self, ctx: Context, x: Any) -> Any:
+        if self.in_axis == 0 and isinstance(x, (list, tuple)):
+            if len(x) != self.n:
+                raise ValueError(f"in_axis=0: expected {self.n} member inputs, got {len(x)}")
+            return ctx.map(self.spec, x)
         nd = self.spec.example_ndim
         axis = self.in_axis
         single = False

@@ -53,6 +53,15 @@ def _symmetric(work: torch.dtype, then):
     return group, lambda w: then((2 * lattice(w) + offset).to(work) * 2.0**-p)
 
 
+# The bounds are Python numbers, so under torch.compile this is a trace-time constant (a
+# tensor's .item() would otherwise break the graph).
+@torch.compiler.assume_constant_result
+def _below(value: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` number below ``value``, as a Python float."""
+    t = torch.tensor(value, dtype=dtype)
+    return t.nextafter(torch.tensor(-math.inf, dtype=dtype)).item()
+
+
 def uniform(
     k: torch.Tensor,
     shape: Shape = (),
@@ -86,8 +95,7 @@ def uniform(
         # rounds exactly as (m * 2**-p) * (maxval - minval) does.
         scale = (maxval - minval) * 2.0**-p
         # Rounding (in the product or the cast) can land on maxval: clamp below it.
-        top = torch.tensor(maxval, dtype=dtype).nextafter(torch.tensor(-math.inf, dtype=dtype))
-        top = top.item()
+        top = _below(float(maxval), dtype)
         convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 

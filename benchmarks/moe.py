@@ -1,0 +1,171 @@
+"""transforms.MoE against its FLOP floor and against the seed article's routing loop.
+
+The layer: T = 2048 tokens (8 x 256), D = 256, E = 8 experts Linear(256, 512)-GELU-
+Linear(512, 256), top-2, default gate ``Linear(D, E, bias=False)``, eval, float32.
+The floor is one dense expert MLP over the T·k = 4096 routed tokens (the same shapes): the
+compute the layer cannot avoid. Contenders, timed interleaved in one run:
+
+* dropless forward (eager: sort by expert, a loop over the 8 groups);
+* dropless forward + backward (gradients of the params; the floor's forward + backward);
+* capacity 1.25 forward (the static-shape dispatch through an (E, C, D) buffer);
+* the seed article's ``DynamicRouterNetwork.forward`` loops (per-token Python loops), with
+  the same weights, checked equal first, at T = 512 where it finishes in seconds; the ratio
+  to our dropless forward at the same size is reported.
+
+Run: ``python benchmarks/moe.py [--quick] [--threads 2] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from common import cuda_sync, parse_args, report, row, time_interleaved
+from torch.func import grad
+
+import funcmodels as fm
+import transforms
+
+nn = fm.nn
+D, H, E, K = 256, 512, 8, 2
+
+
+def layer(capacity_factor=None) -> transforms.MoE:
+    expert = nn.Sequential(nn.Linear(D, H), nn.GELU(), nn.Linear(H, D))
+    return transforms.MoE(expert, num_experts=E, top_k=K, capacity_factor=capacity_factor)
+
+
+def article_forward(params: fm.Params, x: torch.Tensor) -> torch.Tensor:
+    """The seed article's routing loops, on our params (its per-token weighting loop)."""
+    tokens = x.reshape(-1, D)
+    gates = tokens @ params["gate.weight"].T
+    top_k_vals, top_k_indices = torch.topk(gates, K, dim=-1)
+    top_k_weights = F.softmax(top_k_vals, dim=-1)
+    expert_mask = F.one_hot(top_k_indices, num_classes=E)
+    outputs = torch.zeros_like(tokens)
+    w1, b1 = params["experts.0.weight"], params["experts.0.bias"]
+    w2, b2 = params["experts.2.weight"], params["experts.2.bias"]
+    for expert_idx in range(E):
+        idx_mask = expert_mask[:, :, expert_idx].sum(dim=-1) > 0
+        if not idx_mask.any():
+            continue
+        expert_input = tokens[idx_mask]
+        hidden = F.gelu(F.linear(expert_input, w1[expert_idx], b1[expert_idx]))
+        expert_output = F.linear(hidden, w2[expert_idx], b2[expert_idx])
+        sample_indices = idx_mask.nonzero(as_tuple=True)[0]
+        for i, sample_idx in enumerate(sample_indices):
+            for k in range(K):
+                if top_k_indices[sample_idx, k] == expert_idx:
+                    weight = top_k_weights[sample_idx, k]
+                    outputs[sample_idx] += weight * expert_output[i]
+    return outputs.reshape(x.shape)
+
+
+def floor_fns(device: str, tokens: int) -> tuple:
+    """One dense expert MLP over ``tokens`` routed tokens: forward, forward + backward."""
+    params = fm.init(
+        fm.key(1), nn.Sequential(nn.Linear(D, H), nn.GELU(), nn.Linear(H, D)), device=device
+    )
+    x = torch.randn(tokens, D, device=device)
+
+    def forward():
+        with torch.no_grad():
+            return fm.apply(params, x)
+
+    def backward():
+        return grad(lambda p: fm.apply(p, x).sum())(params)
+
+    return forward, backward
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv, device=(str, "cpu", "cpu or cuda"))
+    repeats = args.repeats or (5 if args.quick else 15)
+    dev = args.device
+    sync = cuda_sync(dev)
+    params = fm.init(fm.key(0), layer(), device=dev)
+    cap_params = fm.Params._make(layer(1.25), params.flat())
+    x = torch.randn(8, 256, D, device=dev)
+
+    def dropless():
+        with torch.no_grad():
+            return fm.apply(params, x)
+
+    def dropless_backward():
+        return grad(lambda p: fm.apply(p, x).sum())(params)
+
+    def capacity():
+        with torch.no_grad():
+            return fm.apply(cap_params, x)
+
+    floor_fwd, floor_bwd = floor_fns(dev, 8 * 256 * K)
+    fns = {
+        "floor forward": floor_fwd,
+        "dropless forward": dropless,
+        "floor forward+backward": floor_bwd,
+        "dropless forward+backward": dropless_backward,
+        "capacity 1.25 forward": capacity,
+    }
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1, sync=sync)
+    what = f"MoE T=2048 D={D} H={H} E={E} k={K}, eval, float32, {dev}, {args.threads} threads"
+    rows = [
+        row(what, timings, "floor forward"),
+        row(
+            what,
+            timings,
+            "dropless forward",
+            ratio_of=("dropless forward", "floor forward"),
+            target="<= 1.3",
+        ),
+        row(
+            what,
+            timings,
+            "capacity 1.25 forward",
+            ratio_of=("capacity 1.25 forward", "floor forward"),
+            target="<= 1.6",
+        ),
+        row(what, timings, "floor forward+backward"),
+        row(
+            what,
+            timings,
+            "dropless forward+backward",
+            ratio_of=("dropless forward+backward", "floor forward+backward"),
+            target="<= 1.6",
+        ),
+    ]
+    # The article's loop at T = 512, checked equal, against our dropless forward there.
+    small = x[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fm.apply(params, small), article_forward(params, small), atol=1e-4, rtol=1e-4
+        )
+
+    def ours_small():
+        with torch.no_grad():
+            return fm.apply(params, small)
+
+    def article_small():
+        with torch.no_grad():
+            return article_forward(params, small)
+
+    loop = time_interleaved(
+        {"article loop": article_small, "funcmodels": ours_small},
+        repeats=max(3, repeats // 5),
+        sync=sync,
+    )
+    small_what = f"MoE T=512 (2 x 256), same layer, eval, {dev}, {args.threads} threads"
+    rows += [
+        row(small_what, loop, "funcmodels"),
+        row(
+            small_what,
+            loop,
+            "article loop",
+            ratio_of=("article loop", "funcmodels"),
+            target=">= 50",
+        ),
+    ]
+    print("the article's loop and funcmodels agree at T = 512 (atol=rtol=1e-4)")
+    report(rows, args.threads)
+
+
+if __name__ == "__main__":
+    main()
