@@ -108,7 +108,8 @@ class Context:
     * ``ctx.param(name)``, ``ctx.buffer(name)``: the layer's own tensors;
     * ``ctx.set_buffer(name, value)``: the new value of a buffer, returned by
       :func:`funcmodels.run` in its new state (the given state is never changed);
-    * ``ctx.apply(child_name, x)``: run a child on ``x``;
+    * ``ctx.apply(child_name, x)``: run a child (or, by a dotted name, a descendant) on
+      ``x``;
     * ``ctx.key()``: this layer's PRNG key (the call's key with each name on the path
       folded in); a clear error when the call has none;
     * ``ctx.sow(name, value)``: an auxiliary output, ``fm.run(...).aux[ctx.path][name]``;
@@ -182,14 +183,25 @@ class Context:
 
     # -- children -----------------------------------------------------------------------
     def apply(self, child_name: str, x: Any) -> Any:
-        """Run the child ``child_name`` on ``x`` and return its output."""
-        spec = self.spec.child(child_name)
-        child = Context(self._run, spec, f"{self._prefix}{child_name}.", self, child_name)
+        """Run the child ``child_name`` on ``x`` and return its output.
+
+        A dotted name (``'blocks.3'``) runs a descendant: a layer that uses a container
+        child only to hold and name its parts runs them one by one.
+        """
+        if "." in child_name:
+            head, rest = child_name.split(".", 1)
+            return self._scope(head).apply(rest, x)
+        child = self._scope(child_name)
         track = self._run.track
         track.ctx = child
-        out = spec.forward(child, x)
+        out = child.spec.forward(child, x)
         track.ctx = self
         return out
+
+    def _scope(self, child_name: str) -> Context:
+        """The context of child ``child_name``, without running it."""
+        spec = self.spec.child(child_name)
+        return Context(self._run, spec, f"{self._prefix}{child_name}.", self, child_name)
 
     # -- randomness and aux -------------------------------------------------------------
     def has_key(self) -> bool:

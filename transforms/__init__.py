@@ -12,11 +12,16 @@ for the torch bridge).
 from . import _torch_layers, qat  # noqa: F401  (_torch_layers registers the converters)
 from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
 from ._module import from_module, register_converter, to_module
+from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
 
 __all__ = [
+    "Calibration",
+    "EarlyExit",
     "FoldedBatchNorm1d",
     "MoE",
+    "calibrate_threshold",
+    "deep_supervision_loss",
     "fold_batchnorm",
     "from_module",
     "fuse",

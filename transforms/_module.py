@@ -85,6 +85,7 @@ class FunctionalModule(nn.Module):
     masks) and writes the new buffers into the module's, in place (as ``nn.BatchNorm2d``
     does). ``transforms.to_module`` makes one for every layer type without a hand-written
     converter; ``transforms.from_module`` reads the spec back from ``self.spec``.
+    ``module.run(x)`` returns what ``fm.run`` does (output, new state, aux).
 
     Arguments:
         spec: the layer's spec (complete: every size known).
@@ -129,6 +130,11 @@ class FunctionalModule(nn.Module):
         )
 
     def forward(self, x: Any) -> Any:
+        return self.run(x).out
+
+    def run(self, x: Any) -> fm.Output:
+        """``forward`` with everything ``fm.run`` returns: the output, the new state and
+        the sown aux values (an EarlyExit's per-sample ``depth``, an MoE's losses)."""
         params, state = self._trees()
         key = None
         if self.training:
@@ -140,7 +146,7 @@ class FunctionalModule(nn.Module):
                     new = out.state._flat[name]
                     if new is not state._flat[name]:
                         owner._buffers[leaf].copy_(new)
-        return out.out
+        return out
 
     def extra_repr(self) -> str:
         return repr(self.spec)
