@@ -238,9 +238,9 @@ AT = r"spec\.params\.layers"
     "doc, exc, pattern",
     [
         (
-            _layers(LIN, {"name": "1", "type": "Conv3d", "params": {}}),
+            _layers(LIN, {"name": "1", "type": "Conv4d", "params": {}}),
             ValueError,
-            AT + r"\[1\] \(name '1', type 'Conv3d'\): unknown layer type 'Conv3d'.*known types: "
+            AT + r"\[1\] \(name '1', type 'Conv4d'\): unknown layer type 'Conv4d'.*known types: "
             r".*linear",
         ),
         (

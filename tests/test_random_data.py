@@ -47,8 +47,8 @@ def test_permutation_of_a_tensor_reorders_slices_along_dim():
 
 
 def test_permutations_of_three_are_uniform():
-    keys = fm.split(fm.key(5), 6000)
-    counts = Counter(tuple(R.permutation(k, 3).tolist()) for k in keys)
+    perms = vmap(lambda k: R.permutation(k, 3))(fm.split(fm.key(5), 6000))
+    counts = Counter(tuple(p) for p in perms.tolist())
     assert len(counts) == 6
     assert scipy.stats.chisquare(list(counts.values())).pvalue > 1e-3
 
@@ -86,9 +86,7 @@ def test_choice_with_probabilities_follows_them():
     assert scipy.stats.chisquare(counts[[0, 2, 3]].tolist(), expected).pvalue > 1e-3
     # Without replacement: never picks a zero-probability item before the others run out,
     # and the first pick follows p.
-    first = torch.stack(
-        [R.choice(k, 4, (3,), replace=False, p=p)[0] for k in fm.split(fm.key(9), 3000)]
-    )
+    first = vmap(lambda k: R.choice(k, 4, (3,), replace=False, p=p)[0])(fm.split(fm.key(9), 3000))
     first_counts = torch.bincount(first, minlength=4)
     assert first_counts[1] == 0
     assert (

@@ -103,6 +103,7 @@ def test_cyclic_and_deep_configs_are_refused():
     assert fm.from_config([nested(50)]) is not None
 
 
+@pytest.mark.slow
 def test_deep_and_cyclic_files_are_refused(tmp_path):
     deep_json = tmp_path / "deep.json"
     deep_json.write_text("[" * 100_000 + "]" * 100_000)
@@ -150,7 +151,11 @@ def test_saving_a_too_deep_spec_is_refused(tmp_path):
         ("[" * 100_000 + "]" * 100_000, "the stored spec is nested too deeply to read"),
         (json.dumps([nested(150)]), "nested more than 100 levels deep"),
         (json.dumps({"type": "relu", "params": {"x": 1}}), "unknown parameter 'x'"),
-        (json.dumps([{"type": "relu"}] * 100_001), "more than 100000 layers"),
+        pytest.param(
+            json.dumps([{"type": "relu"}] * 100_001),
+            "more than 100000 layers",
+            marks=pytest.mark.slow,
+        ),
         ('"just a string"', "expected a list of layer entries or a layer dict, got str"),
     ],
 )

@@ -1,17 +1,27 @@
 """transforms: model-to-model transformations built on :mod:`funcmodels`.
 
-The bridge to deployment: :func:`to_module` and :func:`from_module` convert between
-funcmodels' ``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds
-BatchNorm into the preceding convolution or linear layer of such a module (and
-:func:`fold_batchnorm` does the same to ``(params, state)``), and :mod:`transforms.qat`
-prepares a module for quantization-aware training. The core package never imports this
-one; layers defined here plug into it through its registries (:func:`register_converter`
-for the torch bridge).
+Models out of models: :class:`MoE` (a vectorised mixture of experts over any expert spec)
+and :class:`EarlyExit` (per-sample early exit over a stack of blocks). The bridge to
+deployment: :func:`to_module` and :func:`from_module` convert between funcmodels'
+``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds BatchNorm into
+the preceding convolution or linear layer of such a module (and :func:`fold_batchnorm`
+does the same to ``(params, state)``), and :mod:`transforms.qat` prepares a module for
+quantization-aware training. The core package never imports this one; layers defined
+here plug into it through its registries (spec type names, config aliases, and
+:func:`register_converter` for the torch bridge).
 """
 
-from . import _torch_layers, qat  # noqa: F401  (_torch_layers registers the converters)
+# The converter modules register themselves with the bridge when imported.
+from . import (  # noqa: F401
+    _torch_layers,
+    _torch_misc,
+    _torch_recurrent,
+    _torch_sequence,
+    _torch_spatial,
+    qat,
+)
 from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
-from ._module import from_module, register_converter, to_module
+from ._module import FunctionalModule, from_module, register_converter, to_module
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
 
@@ -19,6 +29,7 @@ __all__ = [
     "Calibration",
     "EarlyExit",
     "FoldedBatchNorm1d",
+    "FunctionalModule",
     "MoE",
     "calibrate_threshold",
     "deep_supervision_loss",

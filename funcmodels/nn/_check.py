@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import torch
+from torch._C import _functorch
 
 from .. import random as _random
 from .._spec import name_hash
@@ -136,3 +137,22 @@ def sizes_known(spec: Any) -> None:
             f"{spec.type_name}: {', '.join(missing)} not known yet ({spec!r}); pass "
             "input_shape=... (one example's shape) to fm.init to infer it, or give it"
         )
+
+
+def under_vmap(t: torch.Tensor) -> bool:
+    """True when ``t`` is batched by :func:`torch.func.vmap` at some level.
+
+    Walks the functorch wrapper chain (grad wrappers around batched tensors, and the
+    reverse), so a ``vmap(grad(...))`` input is recognised too.
+    """
+    while _functorch.is_functorch_wrapped_tensor(t):
+        if _functorch.is_batchedtensor(t):
+            return True
+        t = _functorch.get_unwrapped(t)
+    return False
+
+
+def affine_init(shapes: dict[str, tuple[int, ...]], dtype, device) -> dict[str, torch.Tensor]:
+    """torch's norm-layer init: ``weight`` ones, ``bias`` zeros (no randomness)."""
+    fill = {"weight": torch.ones, "bias": torch.zeros}
+    return {n: fill[n](shape, dtype=dtype, device=device) for n, shape in shapes.items()}

@@ -1,7 +1,8 @@
-"""Containers and reshaping layers."""
+"""Containers and reshaping layers (Sequential, Flatten, Unflatten)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -146,3 +147,109 @@ class Flatten(Spec):
                 f"input of shape {tuple(x.shape)}"
             )
         return torch.flatten(x, self.start_dim, self.end_dim)
+
+
+@dataclass(frozen=True)
+class Unflatten(Spec):
+    """Split dim ``dim`` of a batch into ``unflattened_size``, as :class:`torch.nn.Unflatten`.
+
+    Arguments:
+        dim: the dim to split, counted on the batch as torch does (dim 0 is the batch
+            dim, negative dims count from the end). torch's named-tensor form (a ``str``
+            dim with named sizes) is not supported.
+        unflattened_size: the sizes it becomes, positive ints (stored as a tuple), one of
+            which may be ``-1`` to be inferred; their product must equal the dim's size.
+
+    Shapes: a batch ``(N, *)`` with ``*`` of any rank: dim ``dim`` is replaced by
+    ``unflattened_size``. Shape inference needs ``dim != 0`` (the batch dim itself).
+    """
+
+    dim: int
+    unflattened_size: tuple[int, ...]
+
+    def __post_init__(self):
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int):
+            raise TypeError(
+                f"Unflatten: dim must be an int (named-tensor dims are not supported), got "
+                f"{type(self.dim).__name__} {self.dim!r}"
+            )
+        sizes = self.unflattened_size
+        if not isinstance(sizes, (list, tuple, torch.Size)):
+            raise TypeError(
+                f"Unflatten: unflattened_size must be a tuple or list of ints, got "
+                f"{type(sizes).__name__} {sizes!r}"
+            )
+        sizes = tuple(sizes)
+        if not sizes:
+            raise ValueError("Unflatten: unflattened_size must not be empty")
+        for v in sizes:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"Unflatten: unflattened_size must hold ints, got {sizes!r}")
+            if v < 1 and v != -1:
+                raise ValueError(
+                    f"Unflatten: unflattened_size must hold positive ints (or one -1), got "
+                    f"{sizes!r}"
+                )
+        if sizes.count(-1) > 1:
+            raise ValueError(f"Unflatten: at most one size may be -1, got {sizes!r}")
+        object.__setattr__(self, "unflattened_size", sizes)
+        # Derived once (forward checks the input against it; no generator there either,
+        # which torch.compile could not trace)
+        object.__setattr__(self, "_known", math.prod(v for v in sizes if v != -1))
+
+    def _split(self, size: int | None) -> tuple[int | None, ...] | None:
+        """The sizes ``size`` splits into; ``None`` when it cannot."""
+        sizes, known = self.unflattened_size, self._known
+        if size is None:
+            return tuple(None if v == -1 else v for v in sizes)
+        if -1 in sizes:
+            if size % known:
+                return None
+            return tuple(size // known if v == -1 else v for v in sizes)
+        return sizes if known == size else None
+
+    def _problem(self, size: int) -> str:
+        return (
+            f"cannot split dim {self.dim} of size {size} into {self.unflattened_size} "
+            f"(the product of the sizes must equal it)"
+        )
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        if not rank_known(in_shape):
+            if self.dim >= 0 or -self.dim >= len(in_shape):
+                # counted from the front, or reaching into the unknown dims
+                return (...,)
+            i = len(in_shape) + self.dim
+        else:
+            rank = len(in_shape) + 1
+            if not -rank <= self.dim < rank:
+                raise self._error(
+                    path,
+                    f"dim={self.dim} is out of range for a batch of examples of shape "
+                    f"{show(in_shape)} (batch rank {rank})",
+                )
+            d = self.dim % rank
+            if d == 0:
+                raise self._error(
+                    path,
+                    "dim 0 is the batch dim, so one example's output shape depends on the "
+                    "batch size; use dim >= 1 (or a negative dim) for shape inference",
+                )
+            i = d - 1
+        size = in_shape[i]
+        split = self._split(size)
+        if split is None:
+            raise self._error(path, self._problem(size))
+        return (*in_shape[:i], *split, *in_shape[i + 1 :])
+
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
+        if not -x.dim() <= self.dim < x.dim():
+            raise ValueError(
+                f"dim={self.dim} is out of range for an input of shape {tuple(x.shape)}"
+            )
+        size = x.shape[self.dim]
+        if self._split(size) is None:
+            raise ValueError(f"{self._problem(size)}; got input shape {tuple(x.shape)}")
+        return x.unflatten(self.dim, self.unflattened_size)

@@ -1,4 +1,11 @@
-"""Convolutions, matching :class:`torch.nn.Conv1d` and :class:`torch.nn.Conv2d`."""
+"""Convolutions, matching :class:`torch.nn.Conv1d`, :class:`torch.nn.Conv2d`,
+:class:`torch.nn.Conv3d` and the transposed :class:`torch.nn.ConvTranspose1d`,
+:class:`torch.nn.ConvTranspose2d` and :class:`torch.nn.ConvTranspose3d`.
+
+Integer-or-tuple fields are stored as tuples, so ``Conv3d(2, 4, 3)`` and
+``Conv3d(2, 4, (3, 3, 3))`` are the same spec. ``in_channels`` may be left out and is then
+inferred from the input shape given to :func:`funcmodels.init`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .._shapes import Shape, check_size, fill, fit_rank
+from .._shapes import Shape, check_size, fill, fit_rank, show
 from .._spec import Context, Spec
 from ._check import (
     boolean,
@@ -24,15 +31,16 @@ from ._check import (
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-class _ConvNd(Spec):
-    """Shared by Conv1d and Conv2d; ``_n`` is the number of spatial dims."""
+class _ConvBase(Spec):
+    """What every convolution shares; ``_n`` is the number of spatial dims."""
 
     _n: ClassVar[int]
     _fn: ClassVar = None
     _dims: ClassVar[str]
     inferred_fields: ClassVar[tuple[str, ...]] = ("in_channels",)
 
-    def __post_init__(self):
+    def _check_common(self) -> None:
+        """Channels, groups, bias, kernel_size, stride and dilation (as tuples)."""
         layer = self.type_name
         if self.in_channels is not None:
             positive_int(layer, "in_channels", self.in_channels)
@@ -45,6 +53,64 @@ class _ConvNd(Spec):
         )
         object.__setattr__(self, "stride", int_tuple(layer, "stride", self.stride, n, 1))
         object.__setattr__(self, "dilation", int_tuple(layer, "dilation", self.dilation, n, 1))
+        for field in ("in_channels", "out_channels"):
+            if getattr(self, field) is not None and getattr(self, field) % self.groups:
+                raise ValueError(
+                    f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
+                )
+
+    @property
+    def example_ndim(self) -> int:  # type: ignore[override]
+        return self._n + 1
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _fan_in(self) -> int:
+        """torch's fan-in of the weight: ``weight.shape[1] * prod(kernel_size)``."""
+        return self._weight_shape()[1] * math.prod(self.kernel_size)
+
+    def param_shapes(self):
+        sizes_known(self)
+        shapes = {"weight": self._weight_shape()}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_params(self, key, *, dtype, device):
+        # kaiming_uniform(a=sqrt(5)) for the weight and the fan-in rule for the bias: both
+        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch.
+        sizes_known(self)
+        bound = fan_in_bound(self._fan_in())
+        return {
+            name: uniform_param(key, name, shape, bound, dtype, device)
+            for name, shape in self.param_shapes().items()
+        }
+
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        c = fit_rank(self, path, in_shape, self._n + 1, self._dims)[0]
+        if self.in_channels is not None or c is None:
+            return self
+        return fill(self, path, in_channels=c)
+
+    def _check_input(self, x: object) -> torch.Tensor:
+        n = self._n
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
+        if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != self.in_channels:
+            raise ValueError(
+                f"expected input (N, {self._dims}) or ({self._dims}) with C={self.in_channels}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x
+
+
+class _ConvNd(_ConvBase):
+    """Shared by Conv1d, Conv2d and Conv3d."""
+
+    def __post_init__(self):
+        self._check_common()
+        layer, n = self.type_name, self._n
         if isinstance(self.padding, str):
             if self.padding not in ("same", "valid"):
                 raise ValueError(
@@ -63,32 +129,11 @@ class _ConvNd(Spec):
                 f"{layer}: padding_mode must be one of {list(_PADDING_MODES)}, "
                 f"got {self.padding_mode!r}"
             )
-        for field in ("in_channels", "out_channels"):
-            if getattr(self, field) is not None and getattr(self, field) % self.groups:
-                raise ValueError(
-                    f"{layer}: groups={self.groups} must divide {field}={getattr(self, field)}"
-                )
         # Derived once: forward checks the input size against it on every call.
         object.__setattr__(self, "_min", self._min_size())
 
-    @property
-    def example_ndim(self) -> int:  # type: ignore[override]
-        return self._n + 1
-
-    def param_shapes(self):
-        sizes_known(self)
-        shapes = {"weight": (self.out_channels, self.in_channels // self.groups, *self.kernel_size)}
-        if self.bias:
-            shapes["bias"] = (self.out_channels,)
-        return shapes
-
-    def init_params(self, key, *, dtype, device):
-        sizes_known(self)
-        bound = fan_in_bound(self.in_channels // self.groups * math.prod(self.kernel_size))
-        return {
-            name: uniform_param(key, name, shape, bound, dtype, device)
-            for name, shape in self.param_shapes().items()
-        }
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def _explicit_padding(self) -> tuple[int, ...]:
         """Per-side padding for F.pad (last dim first), as torch's _reversed_padding."""
@@ -117,12 +162,6 @@ class _ConvNd(Spec):
             sizes.append(max(need, 1))
         return tuple(sizes)
 
-    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
-        c = fit_rank(self, path, in_shape, self._n + 1, self._dims)[0]
-        if self.in_channels is not None or c is None:
-            return self
-        return fill(self, path, in_channels=c)
-
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         shape = fit_rank(self, path, in_shape, self._n + 1, self._dims)
         check_size(self, path, "in_channels", self.in_channels, shape[0], in_shape)
@@ -144,16 +183,8 @@ class _ConvNd(Spec):
         return (self.out_channels, *out)
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
-        n = self._n
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a tensor, got {type(x).__name__}")
-        if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != self.in_channels:
-            dims = "C, L" if n == 1 else "C, H, W"
-            raise ValueError(
-                f"expected input (N, {dims}) or ({dims}) with C={self.in_channels}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        size = tuple(x.shape[-n:])
+        x = self._check_input(x)
+        size = tuple(x.shape[-self._n :])
         if any(s < m for s, m in zip(size, self._min, strict=True)):
             raise ValueError(
                 f"input of spatial size {size} is too small for kernel_size "
@@ -222,4 +253,233 @@ class Conv2d(_ConvNd):
     dilation: int | tuple[int, int] = 1
     groups: int = 1
     bias: bool = True
+    padding_mode: str = "zeros"
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class Conv3d(_ConvNd):
+    """3-d convolution over ``(N, C, D, H, W)`` or ``(C, D, H, W)``, as
+    :class:`torch.nn.Conv3d`.
+
+    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
+    (int, triple, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
+    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
+    ``in_channels`` may be ``None`` (or left out, as in ``Conv3d(out_channels=16,
+    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
+
+    Shapes: input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output ``(N, out, D', H', W')``
+    with ``D' = floor((D + 2p - d(k - 1) - 1) / s) + 1``, likewise ``H'`` and ``W'``.
+    Params: ``weight (out, in/groups, kd, kh, kw)``, ``bias (out,)``, both
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = in/groups * kd * kh * kw``, as
+    torch.
+    """
+
+    _n: ClassVar[int] = 3
+    _fn: ClassVar = staticmethod(F.conv3d)
+    _dims: ClassVar[str] = "C, D, H, W"
+
+    in_channels: int | None = None
+    out_channels: int
+    kernel_size: int | tuple[int, int, int]
+    stride: int | tuple[int, int, int] = 1
+    padding: int | tuple[int, int, int] | str = 0
+    dilation: int | tuple[int, int, int] = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+
+
+# -- transposed convolutions ---------------------------------------------------------------
+
+
+class _ConvTransposeNd(_ConvBase):
+    """Shared by ConvTranspose1d, ConvTranspose2d and ConvTranspose3d."""
+
+    def __post_init__(self):
+        self._check_common()
+        layer, n = self.type_name, self._n
+        if isinstance(self.padding, str):
+            raise TypeError(
+                f"{layer}: padding must be an int or a tuple of ints (transposed convolutions "
+                f"have no 'same' or 'valid', as in torch), got {self.padding!r}"
+            )
+        object.__setattr__(self, "padding", int_tuple(layer, "padding", self.padding, n, 0))
+        output_padding = int_tuple(layer, "output_padding", self.output_padding, n, 0)
+        object.__setattr__(self, "output_padding", output_padding)
+        for op, s, d in zip(output_padding, self.stride, self.dilation, strict=True):
+            if op >= s and op >= d:
+                raise ValueError(
+                    f"{layer}: output_padding must be smaller than either stride or dilation "
+                    f"(as in torch), got output_padding {output_padding} for stride "
+                    f"{self.stride} and dilation {self.dilation}"
+                )
+        if self.padding_mode != "zeros":
+            raise ValueError(
+                f"{layer}: padding_mode must be 'zeros', the only mode of transposed "
+                f"convolutions (as in torch), got {self.padding_mode!r}"
+            )
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+
+    def _sizes(self, size: tuple) -> tuple:
+        """Output spatial sizes for input spatial sizes (``None`` stays unknown)."""
+        return tuple(
+            None if n is None else (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+            for n, k, s, p, op, d in zip(
+                size,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.dilation,
+                strict=True,
+            )
+        )
+
+    def _size_problem(self, size: tuple) -> str | None:
+        out = self._sizes(size)
+        if all(n is None or n >= 1 for n in size) and all(o is None or o >= 1 for o in out):
+            return None
+        return (
+            f"input of spatial size {show(size)} gives an empty output {show(out)} for "
+            f"kernel_size {self.kernel_size}, stride {self.stride}, padding {self.padding}, "
+            f"output_padding {self.output_padding} and dilation {self.dilation}"
+        )
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
+        shape = fit_rank(self, path, in_shape, self._n + 1, self._dims)
+        check_size(self, path, "in_channels", self.in_channels, shape[0], in_shape)
+        problem = self._size_problem(tuple(shape[1:]))
+        if problem is not None:
+            raise self._error(path, problem)
+        return (self.out_channels, *self._sizes(tuple(shape[1:])))
+
+    def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
+        problem = self._size_problem(tuple(x.shape[-self._n :]))
+        if problem is not None:
+            raise ValueError(problem)
+        weight = ctx.param("weight")
+        bias = ctx.param("bias") if self.bias else None
+        return type(self)._fn(
+            x,
+            weight,
+            bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-d transposed convolution over ``(N, C, L)`` or ``(C, L)``, as
+    :class:`torch.nn.ConvTranspose1d`.
+
+    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0,
+    output_padding=0, groups=1, bias=True, dilation=1, padding_mode='zeros'`` ('zeros' is
+    the only mode torch allows). ``in_channels`` may be ``None`` (or left out) to infer it
+    from the input shape given to :func:`funcmodels.init`. ``output_padding`` (each entry
+    smaller than the stride or the dilation) adds to one side of the output.
+
+    Shapes: input ``(N, C, L)`` or ``(C, L)``; output ``(N, out, L')`` with
+    ``L' = (L - 1) s - 2p + d(k - 1) + output_padding + 1``.
+
+    torch's ``forward(input, output_size)`` picks ``output_padding`` per call from a
+    wanted output size; a spec holds no per-call argument, so give that ``output_padding``
+    in the spec: for output size ``L'``, it is ``L' - ((L - 1) s - 2p + d(k - 1) + 1)``.
+
+    Params: ``weight (in, out/groups, k)``, ``bias (out,)``, both
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = out/groups * k``, as torch.
+    """
+
+    _n: ClassVar[int] = 1
+    _fn: ClassVar = staticmethod(F.conv_transpose1d)
+    _dims: ClassVar[str] = "C, L"
+
+    in_channels: int | None = None
+    out_channels: int
+    kernel_size: int | tuple[int]
+    stride: int | tuple[int] = 1
+    padding: int | tuple[int] = 0
+    output_padding: int | tuple[int] = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: int | tuple[int] = 1
+    padding_mode: str = "zeros"
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-d transposed convolution over ``(N, C, H, W)`` or ``(C, H, W)``, as
+    :class:`torch.nn.ConvTranspose2d`.
+
+    Arguments: as :class:`ConvTranspose1d`, with ints or pairs.
+
+    Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, out, H', W')`` with
+    ``H' = (H - 1) s - 2p + d(k - 1) + output_padding + 1``, likewise ``W'``.
+
+    torch's ``forward(input, output_size)`` picks ``output_padding`` per call from a
+    wanted output size; here give that ``output_padding`` in the spec: per dim, the wanted
+    size minus ``(H - 1) s - 2p + d(k - 1) + 1``.
+
+    Params: ``weight (in, out/groups, kh, kw)``, ``bias (out,)``, both
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = out/groups * kh * kw``, as torch.
+    """
+
+    _n: ClassVar[int] = 2
+    _fn: ClassVar = staticmethod(F.conv_transpose2d)
+    _dims: ClassVar[str] = "C, H, W"
+
+    in_channels: int | None = None
+    out_channels: int
+    kernel_size: int | tuple[int, int]
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    output_padding: int | tuple[int, int] = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: int | tuple[int, int] = 1
+    padding_mode: str = "zeros"
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-d transposed convolution over ``(N, C, D, H, W)`` or ``(C, D, H, W)``, as
+    :class:`torch.nn.ConvTranspose3d`.
+
+    Arguments: as :class:`ConvTranspose1d`, with ints or triples.
+
+    Shapes: input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output ``(N, out, D', H', W')``
+    with ``D' = (D - 1) s - 2p + d(k - 1) + output_padding + 1``, likewise ``H'``, ``W'``.
+
+    torch's ``forward(input, output_size)`` picks ``output_padding`` per call from a
+    wanted output size; here give that ``output_padding`` in the spec: per dim, the wanted
+    size minus ``(D - 1) s - 2p + d(k - 1) + 1``.
+
+    Params: ``weight (in, out/groups, kd, kh, kw)``, ``bias (out,)``, both
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = out/groups * kd * kh * kw``, as
+    torch.
+    """
+
+    _n: ClassVar[int] = 3
+    _fn: ClassVar = staticmethod(F.conv_transpose3d)
+    _dims: ClassVar[str] = "C, D, H, W"
+
+    in_channels: int | None = None
+    out_channels: int
+    kernel_size: int | tuple[int, int, int]
+    stride: int | tuple[int, int, int] = 1
+    padding: int | tuple[int, int, int] = 0
+    output_padding: int | tuple[int, int, int] = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: int | tuple[int, int, int] = 1
     padding_mode: str = "zeros"

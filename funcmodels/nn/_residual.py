@@ -10,11 +10,12 @@ import torch
 from .._shapes import Shape, check_size, child_shape, fill, fit_rank
 from .._spec import Context, Spec
 from ._activation import Identity, ReLU, Sigmoid
+from ._adaptive_pool import AdaptiveAvgPool2d
+from ._batchnorm import BatchNorm2d
 from ._check import boolean, number, positive_int, torch_signature
 from ._container import Sequential
 from ._conv import Conv2d
-from ._norm import BatchNorm2d, GroupNorm
-from ._pool import AdaptiveAvgPool2d
+from ._norm import GroupNorm
 
 _NORMS = ("batch", "group", "none")
 

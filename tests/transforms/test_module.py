@@ -283,9 +283,16 @@ def test_stateful_spec_without_state_is_an_error():
         transforms.to_module(params)
 
 
+class _Unknown(nn.Module):
+    """A module type no converter knows."""
+
+    def forward(self, x):
+        return x
+
+
 def test_unsupported_module_names_its_path_and_type():
-    module = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), nn.ELU()))
-    with pytest.raises(TypeError, match=r"module '1\.1' \(ELU\) is not supported"):
+    module = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), _Unknown()))
+    with pytest.raises(TypeError, match=r"module '1\.1' \(_Unknown\) is not supported"):
         transforms.from_module(module)
 
 

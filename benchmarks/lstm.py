@@ -1,0 +1,110 @@
+"""LSTM inference: ``fm.apply`` of ``fm.nn.LSTM`` vs :class:`torch.nn.LSTM`, eager and compiled.
+
+The model: a 2-layer LSTM, input 256, hidden 256, on a batch of 32 sequences of 128
+steps (``(L, N, H_in) = (128, 32, 256)``), eval mode, under ``torch.no_grad()``, the same
+weights on both sides. torch's module runs its fused kernel (oneDNN on CPU); funcmodels
+runs its scan: one input projection per layer, then a Python loop over the steps with one
+matrix product and the gate arithmetic per step. Four contenders:
+
+* ``nn.LSTM``: ``module(x)``;
+* ``funcmodels``: ``fm.apply(params, x)``;
+* ``nn.LSTM compiled``: ``torch.compile(module)``;
+* ``funcmodels compiled``: ``torch.compile(fm.apply, fullgraph=True)``, which unrolls the
+  loop over the steps (compiling takes a while: the graph has every step).
+
+Outputs are checked equal (``rtol=1e-5, atol=1e-5``: different kernels round differently)
+before anything is timed. The target is on the compiled pair; the eager ratio is reported
+as it is.
+
+Run: ``python benchmarks/lstm.py [--quick] [--threads 2] [--steps 128]``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from common import parse_args, report, row, time_interleaved
+
+import funcmodels as fm
+
+RTOL, ATOL = 1e-5, 1e-5
+INPUT, HIDDEN, LAYERS, BATCH = 256, 256, 2, 32
+
+
+def contenders(steps: int) -> dict[str, object]:
+    """The four contenders on one input, checked to agree; compile time is printed."""
+    spec = fm.nn.LSTM(INPUT, HIDDEN, LAYERS)
+    params = fm.init(fm.key(0), spec)
+    module = torch.nn.LSTM(INPUT, HIDDEN, LAYERS)
+    module.load_state_dict(fm.to_state_dict(params), strict=True)
+    module.eval()
+    x = torch.randn(steps, BATCH, INPUT, generator=torch.Generator().manual_seed(0))
+    compiled_apply = torch.compile(fm.apply, fullgraph=True)
+    compiled_module = torch.compile(module)
+
+    def ours() -> torch.Tensor:
+        with torch.no_grad():
+            return fm.apply(params, x)[0]
+
+    def theirs() -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)[0]
+
+    def ours_compiled() -> torch.Tensor:
+        with torch.no_grad():
+            return compiled_apply(params, x)[0]
+
+    def theirs_compiled() -> torch.Tensor:
+        with torch.no_grad():
+            return compiled_module(x)[0]
+
+    want = theirs()
+    for name, fn in (
+        ("funcmodels", ours),
+        ("nn.LSTM compiled", theirs_compiled),
+        ("funcmodels compiled", ours_compiled),
+    ):
+        start = time.perf_counter()
+        torch.testing.assert_close(fn(), want, rtol=RTOL, atol=ATOL)
+        what = "first call, compilation included" if "compiled" in name else "first call"
+        print(f"{name}: {what}: {time.perf_counter() - start:.1f} s")
+    return {
+        "nn.LSTM": theirs,
+        "funcmodels": ours,
+        "nn.LSTM compiled": theirs_compiled,
+        "funcmodels compiled": ours_compiled,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        steps=(int, 128, "sequence length (default 128)"),
+    )
+    repeats = args.repeats or (3 if args.quick else 15)
+    fns = contenders(args.steps)
+    print(f"outputs equal on all sides (rtol={RTOL}, atol={ATOL})")
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1)
+    what = (
+        f"LSTM {LAYERS}x{HIDDEN}, input {INPUT}, batch {BATCH} x {args.steps} steps, eval, "
+        f"no_grad, CPU, {args.threads} threads"
+    )
+    rows = [
+        row(what, timings, "nn.LSTM"),
+        row(what, timings, "funcmodels", ratio_of=("funcmodels", "nn.LSTM")),
+        row(what, timings, "nn.LSTM compiled"),
+        row(
+            what,
+            timings,
+            "funcmodels compiled",
+            ratio_of=("funcmodels compiled", "nn.LSTM compiled"),
+            target="<= 1.5",
+        ),
+    ]
+    report(rows, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""Recurrent layers, matching :class:`torch.nn.RNN`, :class:`torch.nn.LSTM`,
+:class:`torch.nn.GRU` and their cells :class:`torch.nn.RNNCell`,
+:class:`torch.nn.LSTMCell` and :class:`torch.nn.GRUCell`.
+
+The recurrence is a pure scan over time: the input projection of a whole sequence is one
+matrix product, then a Python loop over the time steps applies the cell with functional
+ops only (no state kept between calls, nothing mutated). The loop works the same in
+eager mode, under ``torch.func`` transforms (``vmap(grad(...))`` for per-sample
+gradients) and under ``torch.compile``, which unrolls it: compile time grows with the
+sequence length. ``torch._higher_order_ops.scan`` would keep the compiled graph small,
+but it is a prototype and fails under ``torch.func.grad`` (eager and compiled), so it is
+not used.
+
+Inputs follow torch's positional arguments: ``x`` is the input tensor, or a tuple
+``(input, hx)`` (``hx`` is ``h_0``, or ``(h_0, c_0)`` for an LSTM, or ``None``); the
+sequence layers also take ``(input, hx, lengths)``, the per-sample lengths of a padded
+batch, in place of torch's ``PackedSequence``. Outputs are torch's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import random as _random
+from .._shapes import Shape
+from .._spec import Context, Spec
+from ._check import (
+    boolean,
+    non_negative_int,
+    number,
+    positive_int,
+    sizes_known,
+    torch_signature,
+)
+from ._rnn_ops import (
+    _NONLINEARITIES,
+    Step,
+    _check_example,
+    _check_fields,
+    _gru_step,
+    _init_uniform,
+    _initial_state,
+    _lstm_step,
+    _resolve,
+    _rnn_step,
+    _scan,
+    _shape_text,
+    _unpack,
+)
+
+
+class _Recurrent(Spec):
+    """Shared by RNN, LSTM and GRU: parameters, checks, the layer loop and shapes."""
+
+    inferred_fields: ClassVar[tuple[str, ...]] = ("input_size",)
+    #: rows of the gate matrices per hidden unit (1, 4 or 3)
+    _gates: ClassVar[int]
+    #: names of the parts of ``hx`` (an LSTM has two)
+    _hx_names: ClassVar[tuple[str, ...]] = ("hx",)
+
+    def _check(self) -> None:
+        _check_fields(self)
+        layer = self.type_name
+        positive_int(layer, "num_layers", self.num_layers)
+        boolean(layer, "batch_first", self.batch_first)
+        object.__setattr__(self, "dropout", number(layer, "dropout", self.dropout, 0.0, 1.0))
+        boolean(layer, "bidirectional", self.bidirectional)
+
+    @property
+    def _proj(self) -> int:
+        """The projection size (LSTM's ``proj_size``; 0: none)."""
+        return 0
+
+    @property
+    def _out_size(self) -> int:
+        """``H_out``, the size of ``h``: ``proj_size`` when set, else ``hidden_size``."""
+        return self._proj or self.hidden_size
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        """The last dim of each part of ``hx``."""
+        return (self._out_size,)
+
+    # -- tensors --------------------------------------------------------------------------
+    def param_shapes(self):
+        sizes_known(self)
+        gate = self._gates * self.hidden_size
+        out = self._out_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else out * self._directions
+            for sfx in self._suffixes():
+                shapes[f"weight_ih_l{layer}{sfx}"] = (gate, in_size)
+                shapes[f"weight_hh_l{layer}{sfx}"] = (gate, out)
+                if self.bias:
+                    shapes[f"bias_ih_l{layer}{sfx}"] = (gate,)
+                    shapes[f"bias_hh_l{layer}{sfx}"] = (gate,)
+                if self._proj:
+                    shapes[f"weight_hr_l{layer}{sfx}"] = (self._proj, self.hidden_size)
+        return shapes
+
+    def init_params(self, key, *, dtype, device):
+        return _init_uniform(self, key, dtype, device)
+
+    # -- shapes ---------------------------------------------------------------------------
+    def resolve(self, in_shape: Shape, path: str = "") -> Spec:
+        return _resolve(self, path, _check_example(self, path, in_shape, 2, "L, H_in"))
+
+    def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Any:
+        length = _check_example(self, path, in_shape, 2, "L, H_in")[0]
+        d = self._directions * self.num_layers
+        states = tuple((d, size) for size in self._state_sizes())
+        return (length, self._directions * self._out_size), (
+            states[0] if len(states) == 1 else states
+        )
+
+    # -- computation ------------------------------------------------------------------------
+    def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
+        """The cell of one layer and direction."""
+        raise NotImplementedError
+
+    def _projection_bias(self, ctx: Context, layer: int, sfx: str) -> torch.Tensor | None:
+        """The bias added to the input projection: both biases, where the cell allows."""
+        if not self.bias:
+            return None
+        return ctx.param(f"bias_ih_l{layer}{sfx}") + ctx.param(f"bias_hh_l{layer}{sfx}")
+
+    def _mask(
+        self,
+        ctx: Context,
+        lengths: Any,
+        shape: tuple[int, ...],
+        steps: int,
+        batch: int,
+        batched: bool,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """``(L, N, 1)`` bool, true on the valid steps; ``None`` without lengths."""
+        if lengths is None:
+            return None
+        if isinstance(lengths, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in lengths
+        ):
+            lengths = torch.tensor(lengths, dtype=torch.int64)
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(
+                f"expected lengths to be an integer tensor (or a list of ints), got "
+                f"{type(lengths).__name__}"
+            )
+        dtype = lengths.dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise TypeError(f"expected lengths to be an integer tensor, got dtype {dtype}")
+        want = (batch,) if batched else ()
+        if tuple(lengths.shape) != want:
+            raise ValueError(
+                f"expected lengths of shape {_shape_text(want)} for an input "
+                f"of shape {_shape_text(shape)}, got shape {tuple(lengths.shape)}"
+            )
+        lengths = lengths.to(device)
+        # Values are data: only eager mode may look at them.
+        if ctx.mode == "eager" and not bool(((lengths >= 1) & (lengths <= steps)).all()):
+            raise ValueError(
+                f"expected lengths in [1, {steps}] (the sequence length), got {lengths.tolist()}"
+            )
+        valid = torch.arange(steps, device=device).unsqueeze(1) < lengths.reshape(1, -1)
+        return valid.unsqueeze(2)
+
+    def _dropout(self, ctx: Context, layer: int, out: torch.Tensor) -> torch.Tensor:
+        """torch's dropout between layers, drawn from the layer key with ``layer`` folded in."""
+        p = self.dropout
+        if not ctx.train or p == 0.0 or layer == self.num_layers - 1:
+            return out
+        if p == 1.0:
+            # A product rather than new zeros, as torch, so NaN and inf still propagate.
+            return out * 0.0
+        keep = _random.bernoulli(_random.fold_in(ctx.key(), layer), 1.0 - p, out.shape)
+        return out * (keep.to(device=out.device, dtype=out.dtype) / (1.0 - p))
+
+    def forward(self, ctx: Context, x: Any) -> Any:
+        input, hx, lengths = _unpack(x, 3, "input, (input, hx) or (input, hx, lengths)")
+        shape = tuple(input.shape)
+        if input.dim() not in (2, 3) or shape[-1] != self.input_size:
+            dims = "N, L" if self.batch_first else "L, N"
+            raise ValueError(
+                f"expected input ({dims}, {self.input_size}) or (L, {self.input_size}), "
+                f"got shape {shape}"
+            )
+        batched = input.dim() == 3
+        if not batched:
+            input = input.unsqueeze(1)
+        elif self.batch_first:
+            input = input.transpose(0, 1)
+        steps, batch = input.shape[0], input.shape[1]
+        if steps == 0:
+            raise ValueError(f"expected a sequence length larger than 0, got input shape {shape}")
+        directions = self._directions
+        initial = _initial_state(
+            hx,
+            self._hx_names,
+            self._state_sizes(),
+            (directions * self.num_layers,),
+            batch,
+            batched,
+            input,
+            shape,
+        )
+        mask = self._mask(ctx, lengths, shape, steps, batch, batched, input.device)
+        finals: list[tuple[torch.Tensor, ...]] = []
+        layer_in = input
+        for layer in range(self.num_layers):
+            # The last layer stacks its steps where the output has them, so the output is
+            # contiguous (as torch's) without a copy.
+            last = layer == self.num_layers - 1
+            time_dim = 1 if last and batched and self.batch_first else 0
+            outs = []
+            for direction, sfx in enumerate(self._suffixes()):
+                xp = F.linear(
+                    layer_in,
+                    ctx.param(f"weight_ih_l{layer}{sfx}"),
+                    self._projection_bias(ctx, layer, sfx),
+                )
+                state = tuple(s[layer * directions + direction] for s in initial)
+                step = self._step(ctx, layer, sfx)
+                out, state = _scan(step, xp, state, mask, direction == 1, time_dim)
+                outs.append(out)
+                finals.append(state)
+            out = outs[0] if directions == 1 else torch.cat(outs, -1)
+            layer_in = self._dropout(ctx, layer, out)
+        states = [torch.stack(parts) for parts in zip(*finals, strict=True)]
+        output = layer_in
+        if not batched:
+            output = output.squeeze(1)
+            states = [s.squeeze(1) for s in states]
+        return output, (states[0] if len(states) == 1 else tuple(states))
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class RNN(_Recurrent):
+    """An Elman RNN, as :class:`torch.nn.RNN`: per layer and direction,
+    ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
+
+    Arguments:
+        input_size: ``H_in``, the features of one step; ``None`` (or left out, as in
+            ``RNN(hidden_size=32)``) to infer it from the input shape given to
+            :func:`funcmodels.init`.
+        hidden_size: ``H_out``, the features of the hidden state.
+        num_layers: stacked recurrent layers; layer ``k > 0`` reads layer ``k - 1``'s
+            output.
+        nonlinearity: ``'tanh'`` or ``'relu'``.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``
+            (``hx`` and ``h_n`` keep the batch on dim 1, as in torch).
+        dropout: in train mode, dropout of this probability on the output of every layer
+            but the last (none with one layer, where torch warns), drawn from the layer's
+            key with the layer index folded in; no key is needed when it is 0.
+        bidirectional: also run each layer backwards in time (``D = 2``, else 1); the two
+            directions' outputs are concatenated.
+
+    Input: ``x`` is ``input``, ``(input, hx)`` or ``(input, hx, lengths)``, as torch's
+    positional arguments; ``hx`` may be ``None`` (zeros).
+
+    * ``input``: ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, or one unbatched
+      sequence ``(L, H_in)`` (what ``vmap`` over the batch passes). ``L > 0``; ``N`` may
+      be 0.
+    * ``hx``: ``h_0 (D * num_layers, N, H_out)``; ``(D * num_layers, H_out)`` for an
+      unbatched input. Its batch dim is 1 whatever ``batch_first`` says (as in torch), so
+      ``vmap`` it with ``in_dims=1``.
+    * ``lengths``: in place of torch's ``PackedSequence`` (not a tensor, so it cannot
+      travel through ``vmap`` or a pure function, and not supported): the valid length,
+      in ``[1, L]``, of each sequence of a padded batch, an integer tensor ``(N,)`` (``()``
+      unbatched) or a list of ints. A sample's steps past its length are skipped: its
+      outputs there are 0 and its final state is that of its last valid step (the
+      reverse direction starts there), which is what torch gives for
+      ``pack_padded_sequence(input, lengths, enforce_sorted=False)`` unpacked with
+      ``pad_packed_sequence(..., total_length=L)``. The range is checked in eager mode
+      only (under ``vmap``, ``grad`` and ``torch.compile`` the values are not looked at).
+
+    Output: ``(output, h_n)``, as torch: ``output (L, N, D * H_out)`` (``(N, L, D *
+    H_out)`` with ``batch_first``, ``(L, D * H_out)`` unbatched), the last layer's ``h_t``
+    at every step; ``h_n`` the final state of every layer and direction, shaped as
+    ``h_0``. Shape inference (:func:`funcmodels.shapes`) gives the shapes of both for one
+    example ``(L, H_in)``: ``((L, D * H_out), (D * num_layers, H_out))``.
+
+    Params, for each layer ``k`` and direction (suffix ``''``, or ``'_reverse'`` for the
+    backward one), in torch's order: ``weight_ih_l{k} (H_out, H_in)`` (``(H_out, D *
+    H_out)`` for ``k > 0``), ``weight_hh_l{k} (H_out, H_out)``, ``bias_ih_l{k}`` and
+    ``bias_hh_l{k} (H_out,)``; all ``U(-1/sqrt(H_out), 1/sqrt(H_out))``, as in torch.
+    """
+
+    _gates: ClassVar[int] = 1
+
+    input_size: int | None = None
+    hidden_size: int
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    def __post_init__(self):
+        self._check()
+        if self.nonlinearity not in _NONLINEARITIES:
+            raise ValueError(
+                f"RNN: nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}"
+            )
+
+    def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
+        return _rnn_step(ctx.param(f"weight_hh_l{layer}{sfx}"), self.nonlinearity == "relu")
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class LSTM(_Recurrent):
+    """A long short-term memory network, as :class:`torch.nn.LSTM`. Per layer and
+    direction, with the gates in torch's order (i, f, g, o)::
+
+        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)        # then h_t W_hr^T with a projection
+
+    Arguments:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
+            as :class:`RNN` (``input_size`` may be left out, to be inferred).
+        proj_size: if positive, ``h_t`` is projected to this many features, fewer than
+            ``hidden_size``, by ``weight_hr``; ``H_out`` is ``proj_size`` if set, else
+            ``hidden_size``.
+
+    Input: as :class:`RNN`, with ``hx`` a pair ``(h_0, c_0)``: ``h_0 (D * num_layers, N,
+    H_out)`` and ``c_0 (D * num_layers, N, hidden_size)`` (without ``N`` unbatched).
+
+    Output: ``(output, (h_n, c_n))``, as torch: ``output`` as for :class:`RNN`; ``h_n``
+    and ``c_n`` shaped as ``h_0`` and ``c_0``. For one example ``(L, H_in)``,
+    :func:`funcmodels.shapes` gives ``((L, D * H_out), ((D * num_layers, H_out), (D *
+    num_layers, hidden_size)))``.
+
+    Params, for each layer ``k`` and direction (suffix ``''`` or ``'_reverse'``), in
+    torch's order: ``weight_ih_l{k} (4 * hidden_size, H_in)`` (``D * H_out`` columns for
+    ``k > 0``), ``weight_hh_l{k} (4 * hidden_size, H_out)``, ``bias_ih_l{k}`` and
+    ``bias_hh_l{k} (4 * hidden_size,)``, and with a projection ``weight_hr_l{k}
+    (proj_size, hidden_size)``; all ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
+    """
+
+    _gates: ClassVar[int] = 4
+    _hx_names: ClassVar[tuple[str, ...]] = ("h_0", "c_0")
+
+    input_size: int | None = None
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+
+    def __post_init__(self):
+        self._check()
+        non_negative_int("LSTM", "proj_size", self.proj_size)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"LSTM: proj_size must be smaller than hidden_size={self.hidden_size}, got "
+                f"{self.proj_size}"
+            )
+
+    @property
+    def _proj(self) -> int:
+        return self.proj_size
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self._out_size, self.hidden_size)
+
+    def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
+        w_hr = ctx.param(f"weight_hr_l{layer}{sfx}") if self.proj_size else None
+        return _lstm_step(ctx.param(f"weight_hh_l{layer}{sfx}"), w_hr)
+
+
+@torch_signature
+@dataclass(frozen=True, init=False)
+class GRU(_Recurrent):
+    """A gated recurrent unit network, as :class:`torch.nn.GRU`. Per layer and
+    direction, with the gates in torch's order (r, z, n)::
+
+        r = sigmoid(x_t W_ir^T + b_ir + h_{t-1} W_hr^T + b_hr)
+        z = sigmoid(x_t W_iz^T + b_iz + h_{t-1} W_hz^T + b_hz)
+        n = tanh(x_t W_in^T + b_in + r * (h_{t-1} W_hn^T + b_hn))
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    Arguments:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
+            as :class:`RNN` (``input_size`` may be left out, to be inferred).
+
+    Input and output: as :class:`RNN` (``hx`` is ``h_0``; the output ``(output, h_n)``).
+
+    Params, for each layer ``k`` and direction (suffix ``''`` or ``'_reverse'``), in
+    torch's order: ``weight_ih_l{k} (3 * H_out, H_in)`` (``D * H_out`` columns for
+    ``k > 0``), ``weight_hh_l{k} (3 * H_out, H_out)``, ``bias_ih_l{k}`` and
+    ``bias_hh_l{k} (3 * H_out,)``; all ``U(-1/sqrt(H_out), 1/sqrt(H_out))``.
+    """
+
+    _gates: ClassVar[int] = 3
+
+    input_size: int | None = None
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    def __post_init__(self):
+        self._check()
+
+    def _projection_bias(self, ctx: Context, layer: int, sfx: str) -> torch.Tensor | None:
+        return ctx.param(f"bias_ih_l{layer}{sfx}") if self.bias else None
+
+    def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
+        b_hh = ctx.param(f"bias_hh_l{layer}{sfx}") if self.bias else None
+        return _gru_step(ctx.param(f"weight_hh_l{layer}{sfx}"), b_hh)

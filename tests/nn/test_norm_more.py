@@ -1,0 +1,446 @@
+"""BatchNorm3d, InstanceNorm1d/2d/3d, RMSNorm and LocalResponseNorm against torch.nn, and
+BatchNorm on an empty batch.
+
+References: the torch.nn module with the same weights and buffers, stepped in train mode
+alongside and compared in eval mode; a loop of single-sample gradients for vmap(grad).
+Tolerances: outputs exact where both sides call the same kernel (``atol=1e-6,
+rtol=1e-6`` where eval follows train-mode statistics); running statistics ``atol=1e-6,
+rtol=1e-6`` (same formula, the reduction order may differ by a rounding step);
+per-sample gradients ``atol=1e-5, rtol=1e-4``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch._dynamo
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.func import grad, vmap
+
+import funcmodels as fm
+import transforms
+from tests.helpers import assert_per_sample_grads_match, randomised, torch_twin
+
+nn = fm.nn
+EXACT = {"atol": 0.0, "rtol": 0.0}
+STATS = {"atol": 1e-6, "rtol": 1e-6}
+
+
+def assert_state_matches(params, state, module):
+    """Every buffer and parameter of ``module`` equals ours (buffers within STATS)."""
+    ours = fm.to_state_dict(params, state)
+    assert list(ours) == list(module.state_dict())
+    for name, t in module.state_dict().items():
+        assert ours[name].dtype == t.dtype, name
+        torch.testing.assert_close(ours[name], t, **STATS, msg=name)
+
+
+def step_alongside(spec, module, shape, steps=3, seed=10):
+    """Train steps of ours and torch's on the same batches; returns the final state."""
+    params, state = randomised(spec)
+    torch_twin(module, params, state)
+    for step in range(steps):
+        x = fm.random.normal(fm.key(seed + step), shape) * 2 + 1
+        x_before = x.clone()
+        out = fm.run(params, x, state=state, train=True)
+        module.train()
+        torch.testing.assert_close(out.out, module(x), **EXACT)
+        assert_state_matches(params, out.state, module)
+        assert torch.equal(x, x_before)
+        state = out.state
+    return params, state
+
+
+# -- BatchNorm3d -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm3d_matches_torch_over_train_steps_and_eval(momentum, affine):
+    spec = nn.BatchNorm3d(3, momentum=momentum, affine=affine)
+    module = torch.nn.BatchNorm3d(3, momentum=momentum, affine=affine)
+    params, state = step_alongside(spec, module, (4, 3, 2, 3, 2))
+    module.eval()
+    x = fm.random.normal(fm.key(20), (2, 3, 2, 3, 2))
+    torch.testing.assert_close(fm.apply(params, x, state=state), module(x), **STATS)
+    torch_twin(module, params, state)
+    torch.testing.assert_close(fm.apply(params, x, state=state), module(x), **EXACT)
+    # one example (C, D, H, W): batched on the way in, as the eval output of its batch
+    torch.testing.assert_close(fm.apply(params, x[1], state=state), module(x)[1], **EXACT)
+
+
+def test_batchnorm3d_without_running_stats_and_inferred_size():
+    params, state = fm.init_with_state(
+        fm.key(0), nn.BatchNorm3d(track_running_stats=False), input_shape=(5, 2, 2, 2)
+    )
+    assert params.spec == nn.BatchNorm3d(5, track_running_stats=False)
+    assert state.flat() == {}
+    module = torch_twin(torch.nn.BatchNorm3d(5, track_running_stats=False), params)
+    x = fm.random.normal(fm.key(1), (3, 5, 2, 2, 2))
+    for train in (True, False):
+        module.train(train)
+        torch.testing.assert_close(fm.apply(params, x, train=train), module(x), **EXACT)
+
+
+def test_batchnorm3d_eval_per_sample_grads_and_train_under_vmap_raises():
+    params, state = randomised(nn.BatchNorm3d(2))
+    x = fm.random.normal(fm.key(1), (4, 2, 2, 3, 2))
+    y = fm.random.normal(fm.key(2), (4, 2, 2, 3, 2))
+    assert_per_sample_grads_match(params, x, y, state=state)
+    with pytest.raises(ValueError, match=r"\(BatchNorm3d\).*per-sample statistics"):
+        vmap(lambda xi: fm.apply(params, xi, state=state, train=True))(x)
+
+
+# -- BatchNorm on an empty batch ---------------------------------------------------------
+
+EMPTY_CASES = [
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (0, 3)),
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (0, 3, 5)),
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (2, 3, 0)),
+    (nn.BatchNorm2d, torch.nn.BatchNorm2d, (0, 3, 4, 4)),
+    (nn.BatchNorm3d, torch.nn.BatchNorm3d, (0, 3, 2, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("ours, theirs, shape", EMPTY_CASES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_on_an_empty_batch_matches_torch(ours, theirs, shape, momentum):
+    # torch returns an empty output, keeps the running statistics and counts the batch.
+    spec, module = ours(3, momentum=momentum), theirs(3, momentum=momentum)
+    params, state = randomised(spec)
+    torch_twin(module, params, state)
+    x = torch.zeros(shape)
+    out = fm.run(params, x, state=state, train=True)
+    want = module.train()(x)
+    assert out.out.shape == want.shape == shape
+    assert_state_matches(params, out.state, module)
+    assert int(out.state["num_batches_tracked"]) == 8  # randomised starts at 7
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(out.state[name], state[name])
+    # gradients through an empty batch are zeros, as torch's
+    g = grad(lambda p: fm.run(p, x, state=state, train=True).out.sum())(params)
+    module.zero_grad()
+    module(x).sum().backward()
+    torch.testing.assert_close(g["weight"], module.weight.grad, **EXACT)
+    # eval mode, and no running statistics at all
+    module.eval()
+    assert fm.apply(params, x, state=state).shape == module(x).shape
+    untracked = fm.init(fm.key(0), ours(3, track_running_stats=False))
+    assert fm.apply(untracked, x, train=True).shape == shape
+
+
+def test_batchnorm_one_value_per_channel_is_still_an_error():
+    for spec, shape in [(nn.BatchNorm1d(3), (1, 3)), (nn.BatchNorm3d(3), (1, 3, 1, 1, 1))]:
+        params, state = fm.init_with_state(fm.key(0), spec)
+        with pytest.raises(ValueError, match=r"more than 1 value per channel"):
+            fm.apply(params, torch.ones(shape), state=state, train=True)
+        with pytest.raises(ValueError):
+            torch.nn.BatchNorm1d(3)(torch.ones(1, 3))  # as torch
+
+
+# -- InstanceNorm ------------------------------------------------------------------------
+
+INSTANCE = {
+    1: (nn.InstanceNorm1d, torch.nn.InstanceNorm1d),
+    2: (nn.InstanceNorm2d, torch.nn.InstanceNorm2d),
+    3: (nn.InstanceNorm3d, torch.nn.InstanceNorm3d),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.sampled_from([1, 2, 3]),
+    affine=st.booleans(),
+    track=st.booleans(),
+    momentum=st.sampled_from([0.1, 0.5, None, 1.0]),
+    batch=st.integers(1, 3),
+    spatial=st.integers(2, 4),
+)
+def test_instancenorm_matches_torch(n, affine, track, momentum, batch, spatial):
+    ours, theirs = INSTANCE[n]
+    kw = dict(momentum=momentum, affine=affine, track_running_stats=track)
+    spec, module = ours(3, **kw), theirs(3, **kw)
+    shape = (batch, 3, *[spatial + i for i in range(n)])
+    params, state = step_alongside(spec, module, shape, steps=2)
+    if track:
+        # torch never increments num_batches_tracked for InstanceNorm
+        assert int(state["num_batches_tracked"]) == 7
+    module.eval()
+    x = fm.random.normal(fm.key(30), shape)
+    want = module(x)
+    torch.testing.assert_close(fm.apply(params, x, state=state), want, **STATS)
+    # the unbatched form (C, *) of torch, at the root and behind a layer of unknown rank
+    torch.testing.assert_close(fm.apply(params, x[0], state=state), module(x[0]), **STATS)
+    entries = fm.to_state_dict(params, state)
+    behind = nn.Sequential(nn.Identity(), spec)
+    p2, s2 = fm.from_state_dict(behind, {f"1.{k}": v for k, v in entries.items()})
+    torch.testing.assert_close(fm.apply(p2, x[0], state=s2), module(x[0]), **STATS)
+
+
+def test_instancenorm_defaults_are_torchs():
+    for ours, theirs in INSTANCE.values():
+        spec, module = ours(4), theirs(4)
+        assert (spec.affine, spec.track_running_stats, spec.momentum, spec.eps) == (
+            module.affine,
+            module.track_running_stats,
+            module.momentum,
+            module.eps,
+        )
+        params, state = fm.init_with_state(fm.key(0), spec)
+        assert params.flat() == {} and state.flat() == {}
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_instancenorm_empty_batch_and_zero_spatial(affine):
+    spec = nn.InstanceNorm2d(3, affine=affine, track_running_stats=True)
+    params, state = randomised(spec)
+    x = torch.zeros(0, 3, 4, 4)
+    for train in (True, False):
+        out = fm.run(params, x, state=state, train=train)
+        assert out.out.shape == x.shape
+        for name, t in state.flat().items():
+            assert torch.equal(out.state[name], t), name  # torch writes NaN statistics here
+    if not affine:  # torch accepts these (with affine params it fails on an empty batch)
+        module = torch_twin(torch.nn.InstanceNorm2d(3, track_running_stats=True), params, state)
+        assert module.train()(x).shape == x.shape
+    untracked = fm.init(fm.key(0), nn.InstanceNorm1d(3))
+    flat = torch.zeros(2, 3, 0)
+    torch.testing.assert_close(
+        fm.apply(untracked, flat, train=True), torch.nn.InstanceNorm1d(3)(flat), **EXACT
+    )
+
+
+@pytest.mark.parametrize("track", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_instancenorm_per_sample_grads_match_loop(track, train):
+    # Instance statistics are per sample, so even train mode is safe under vmap.
+    spec = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.InstanceNorm2d(3, affine=True, track_running_stats=track)
+    )
+    params, state = randomised(spec)
+    x = fm.random.normal(fm.key(1), (4, 2, 5, 5))
+    y = fm.random.normal(fm.key(2), (4, 3, 3, 3))
+
+    def loss(p, xi, yi):
+        return ((fm.apply(p, xi, state=state, train=train) - yi) ** 2).sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(4):
+        want = grad(loss)(params, x[i], y[i])
+        for name, g in want.flat().items():
+            torch.testing.assert_close(got[name][i], g, atol=1e-5, rtol=1e-4, msg=name)
+    if not train:
+        assert_per_sample_grads_match(params, x, y, state=state)
+
+
+def test_instancenorm_is_inferred_and_checked():
+    spec = nn.Sequential(nn.Conv1d(2, 5, 3), nn.InstanceNorm1d(affine=True))
+    params = fm.init(fm.key(0), spec, input_shape=(2, 8))
+    assert params.spec["1"] == nn.InstanceNorm1d(5, affine=True)
+    assert fm.shapes(params.spec, (2, 8))["1"] == (5, 6)
+    with pytest.raises(ValueError, match=r"layer '<root>' \(InstanceNorm2d\): expected one exam"):
+        fm.shapes(nn.InstanceNorm2d(3), (3, 4))
+    with pytest.raises(ValueError, match=r"\(InstanceNorm3d\): expected 3 channels"):
+        fm.shapes(nn.InstanceNorm3d(3), (4, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"\(InstanceNorm1d\): expected more than 1 spatial"):
+        fm.shapes(nn.InstanceNorm1d(3), (3, 1))
+    fm.shapes(nn.InstanceNorm1d(3, track_running_stats=True), (3, 1))  # fine in eval
+
+
+def test_instancenorm_forward_errors_name_the_layer():
+    params, state = fm.init_with_state(fm.key(0), nn.InstanceNorm1d(3, affine=True))
+    with pytest.raises(ValueError, match=r"\(InstanceNorm1d\): expected input \(N, C, L\) or"):
+        fm.apply(params, torch.zeros(2, 4, 5))
+    with pytest.raises(ValueError, match=r"\(InstanceNorm1d\): expected more than 1 spatial"):
+        fm.apply(params, torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match="InstanceNorm2d: momentum must be in"):
+        nn.InstanceNorm2d(3, momentum=2.0)
+    with pytest.raises(TypeError, match="InstanceNorm3d: affine must be a bool"):
+        nn.InstanceNorm3d(3, affine="yes")
+
+
+# -- RMSNorm -----------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.sampled_from([4, (4,), (3, 4), (2, 3, 4)]),
+    eps=st.sampled_from([None, 1e-6, 0.1]),
+    affine=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_rmsnorm_matches_torch(shape, eps, affine, dtype):
+    spec = nn.RMSNorm(shape, eps=eps, elementwise_affine=affine)
+    module = torch.nn.RMSNorm(shape, eps=eps, elementwise_affine=affine, dtype=dtype)
+    params, _ = randomised(spec, dtype=dtype)
+    torch_twin(module, params)
+    assert spec.normalized_shape == module.normalized_shape
+    x = fm.random.normal(fm.key(1), (2, 2, 3, 4), dtype=dtype)
+    torch.testing.assert_close(fm.apply(params, x), module(x), **EXACT)
+    torch.testing.assert_close(fm.apply(params, x[0]), module(x[0]), **EXACT)
+    torch.testing.assert_close(fm.apply(params, x[:0]), module(x[:0]), **EXACT)
+
+
+def test_rmsnorm_default_eps_is_the_machine_epsilon():
+    params = fm.init(fm.key(0), nn.RMSNorm(4, elementwise_affine=False))
+    x = torch.tensor([[1e-4, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    rms = math.sqrt(1e-8 / 4 + torch.finfo(torch.float64).eps)
+    torch.testing.assert_close(fm.apply(params.to(torch.float64), x)[0, 0].item(), 1e-4 / rms)
+
+
+def test_rmsnorm_per_sample_grads_inference_and_errors():
+    spec = nn.Sequential(nn.Linear(3, 4), nn.RMSNorm())
+    params, _ = randomised(spec.resolve((3,)))
+    assert params.spec["1"] == nn.RMSNorm(4)
+    x = fm.random.normal(fm.key(1), (5, 3))
+    assert_per_sample_grads_match(params, x, fm.random.normal(fm.key(2), (5, 4)))
+    with pytest.raises(ValueError, match=r"layer '1' \(RMSNorm\): expected input \(\*, 5\)"):
+        fm.apply(fm.init(fm.key(0), nn.Sequential(nn.Identity(), nn.RMSNorm(5))), x)
+    with pytest.raises(ValueError, match=r"\(RMSNorm\): expected the trailing dims \(2, 4\)"):
+        fm.shapes(nn.RMSNorm((2, 4)), (3, 4))
+    with pytest.raises(ValueError, match="RMSNorm: normalized_shape must have at least one"):
+        nn.RMSNorm(())
+    with pytest.raises(ValueError, match="RMSNorm: eps must be in"):
+        nn.RMSNorm(4, eps=-1.0)
+
+
+# -- LocalResponseNorm -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("shape", [(2, 6, 5), (2, 6, 4, 3), (2, 6, 2, 3, 2), (0, 6, 3)])
+def test_local_response_norm_matches_torch(size, shape):
+    spec = nn.LocalResponseNorm(size, alpha=0.5, beta=0.6, k=2.0)
+    module = torch.nn.LocalResponseNorm(size, alpha=0.5, beta=0.6, k=2.0)
+    params = fm.init(fm.key(0), spec)
+    x = 2 * fm.random.normal(fm.key(1), shape)
+    torch.testing.assert_close(fm.apply(params, x), module(x), **EXACT)
+    assert fm.shapes(spec, shape[1:]) == {"": shape[1:]}
+
+
+def test_local_response_norm_per_sample_grads_after_a_conv_and_errors():
+    spec = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.LocalResponseNorm(3), nn.Flatten(), nn.Linear(36, 2)
+    )
+    params, _ = randomised(spec)
+    x = fm.random.normal(fm.key(1), (4, 2, 5, 5))
+    assert_per_sample_grads_match(params, x, fm.random.normal(fm.key(2), (4, 2)))
+    lrn = fm.init(fm.key(0), nn.Sequential(nn.Linear(3, 4), nn.LocalResponseNorm(2)))
+    with pytest.raises(ValueError, match=r"layer '1' \(LocalResponseNorm\): expected input \(N, C"):
+        fm.apply(lrn, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"\(LocalResponseNorm\): expected one example of shape"):
+        fm.shapes(nn.LocalResponseNorm(2), (4,))
+    with pytest.raises(ValueError, match="LocalResponseNorm: size must be positive"):
+        nn.LocalResponseNorm(0)
+    with pytest.raises(ValueError, match="LocalResponseNorm: beta must be a finite"):
+        nn.LocalResponseNorm(2, beta=math.inf)
+
+
+# -- configs, files, the torch bridge ----------------------------------------------------
+
+MODEL = nn.Sequential(
+    nn.Conv2d(2, 4, 3),
+    nn.InstanceNorm2d(4, affine=True, track_running_stats=True, momentum=0.2),
+    nn.LocalResponseNorm(3, k=1.5),
+    nn.Flatten(),
+    nn.Linear(36, 6),
+    nn.RMSNorm(6, eps=1e-4),
+    nn.Linear(6, 8),
+)
+BN3D = nn.Sequential(nn.BatchNorm3d(2, momentum=None), nn.InstanceNorm3d(2), nn.Flatten())
+
+
+@pytest.mark.parametrize("spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2))])
+def test_models_round_trip_through_configs_files_and_torch(spec, shape, tmp_path):
+    params, state = randomised(spec)
+    x = fm.random.normal(fm.key(1), shape)
+    want = fm.apply(params, x, state=state)
+    assert fm.from_config(json.loads(json.dumps(spec.to_config(defaults=True)))) == spec
+    assert fm.from_config(spec.to_config()) == spec
+    fm.save(tmp_path / "m.safetensors", params, state)
+    loaded, loaded_state = fm.load(tmp_path / "m.safetensors")
+    assert loaded.spec == spec
+    torch.testing.assert_close(fm.apply(loaded, x, state=loaded_state), want, **EXACT)
+    module = transforms.to_module(params, state)
+    assert [type(m).__name__ for m in module] == [type(s).__name__ for _, s in spec.layers]
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), want, **EXACT)
+    back, back_state = transforms.from_module(module)
+    assert back.spec == spec
+    for name, t in fm.to_state_dict(params, state).items():
+        got = fm.to_state_dict(back, back_state)[name]
+        assert got.dtype == t.dtype and torch.equal(got, t), name
+    # train mode: the module's updated buffers are fm.run's new state
+    out = fm.run(params, x, state=state, train=True)
+    with torch.no_grad():
+        torch.testing.assert_close(module.train()(x), out.out, **STATS)
+    assert_state_matches(params, out.state, module)
+    summary = fm.summary(spec, shape[1:])
+    assert summary.trainable == sum(p.numel() for p in module.parameters())
+    assert summary.state == sum(b.numel() for b in module.buffers())
+    assert summary.rows[0].out_shape == tuple(want.shape[1:])
+
+
+@pytest.mark.parametrize(
+    "layer, match",
+    [
+        (torch.nn.InstanceNorm2d(3, affine=True, bias=False), "parameters"),
+        (torch.nn.BatchNorm3d(3, bias=False), "parameters"),
+    ],
+)
+def test_torch_settings_the_spec_cannot_express_are_errors(layer, match):
+    kind = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"module '1' \({kind}\).*{match}"):
+        transforms.from_module(torch.nn.Sequential(torch.nn.Identity(), layer))
+
+
+def test_from_module_reads_torch_settings():
+    module = torch.nn.Sequential(
+        torch.nn.InstanceNorm1d(3, eps=1e-3, momentum=None, track_running_stats=True),
+        torch.nn.RMSNorm([2, 3], eps=None, elementwise_affine=False),
+        torch.nn.LocalResponseNorm(4, alpha=1e-3, beta=0.5, k=2),
+    )
+    params, _ = transforms.from_module(module)
+    assert [s for _, s in params.spec.layers] == [
+        nn.InstanceNorm1d(3, eps=1e-3, momentum=None, track_running_stats=True),
+        nn.RMSNorm((2, 3), elementwise_affine=False),
+        nn.LocalResponseNorm(4, alpha=1e-3, beta=0.5, k=2.0),
+    ]
+
+
+# -- torch.compile -----------------------------------------------------------------------
+
+
+def _assert_one_graph(fn, *args, **kwargs):
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(*args, **kwargs)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2))])
+def test_norms_compile_to_one_graph_in_both_modes(spec, shape):
+    params, state = randomised(spec)
+    x = fm.random.normal(fm.key(1), shape)
+
+    def train_step(p, xi, s):
+        out = fm.run(p, xi, state=s, train=True)
+        return out.out, out.state
+
+    _assert_one_graph(fm.apply, params, x, state=state)
+    _assert_one_graph(train_step, params, x, state)
+    try:
+        out, new_state = torch.compile(train_step, fullgraph=True)(params, x, state)
+        want, want_state = train_step(params, x, state)
+        # Inductor may fuse and reorder float reductions.
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        for name, t in want_state.flat().items():
+            torch.testing.assert_close(new_state[name], t, **STATS, msg=name)
+    finally:
+        torch._dynamo.reset()
