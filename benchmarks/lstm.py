@@ -1,20 +1,24 @@
 """LSTM inference: ``fm.apply`` of ``fm.nn.LSTM`` vs :class:`torch.nn.LSTM`, eager and compiled.
 
 The model: a 2-layer LSTM, input 256, hidden 256, on a batch of 32 sequences of 128
-steps (``(L, N, H_in) = (128, 32, 256)``), eval mode, under ``torch.no_grad()``, the same
-weights on both sides. torch's module runs its fused kernel (oneDNN on CPU); funcmodels
-runs its scan: one input projection per layer, then a Python loop over the steps with one
-matrix product and the gate arithmetic per step. Four contenders:
+steps (``(L, N, H_in) = (128, 32, 256)``), eval, under ``torch.no_grad()``, the same
+weights on both sides. torch's module runs its fused kernel (oneDNN on CPU). So does
+``fm.apply`` in eager mode and compiled under ``no_grad``: on the CPU, without a dropout
+that draws, ``fm.nn.LSTM`` calls ``torch.lstm`` as the module does. Under ``torch.func``
+transforms (per-sample gradients) it runs its scan instead: one input projection per
+layer, then a Python loop over the steps with one matrix product and the gate arithmetic
+per step. Five contenders:
 
 * ``nn.LSTM``: ``module(x)``;
 * ``funcmodels``: ``fm.apply(params, x)``;
+* ``funcmodels scan``: the same with the fused kernel switched off, the path that runs
+  under ``vmap``/``grad`` (reported, no target);
 * ``nn.LSTM compiled``: ``torch.compile(module)``;
-* ``funcmodels compiled``: ``torch.compile(fm.apply, fullgraph=True)``, which unrolls the
-  loop over the steps (compiling takes a while: the graph has every step).
+* ``funcmodels compiled``: ``torch.compile(fm.apply, fullgraph=True)``.
 
 Outputs are checked equal (``rtol=1e-5, atol=1e-5``: different kernels round differently)
-before anything is timed. The target is on the compiled pair; the eager ratio is reported
-as it is.
+before anything is timed. The target is on the compiled pair; the eager ratios are
+reported as they are.
 
 Run: ``python benchmarks/lstm.py [--quick] [--threads 2] [--steps 128]``.
 """
@@ -27,13 +31,14 @@ import torch
 from common import parse_args, report, row, time_interleaved
 
 import funcmodels as fm
+from funcmodels.nn import _recurrent
 
 RTOL, ATOL = 1e-5, 1e-5
 INPUT, HIDDEN, LAYERS, BATCH = 256, 256, 2, 32
 
 
 def contenders(steps: int) -> dict[str, object]:
-    """The four contenders on one input, checked to agree; compile time is printed."""
+    """The five contenders on one input, checked to agree; compile time is printed."""
     spec = fm.nn.LSTM(INPUT, HIDDEN, LAYERS)
     params = fm.init(fm.key(0), spec)
     module = torch.nn.LSTM(INPUT, HIDDEN, LAYERS)
@@ -46,6 +51,14 @@ def contenders(steps: int) -> dict[str, object]:
     def ours() -> torch.Tensor:
         with torch.no_grad():
             return fm.apply(params, x)[0]
+
+    def ours_scan() -> torch.Tensor:
+        _recurrent._FUSED = False
+        try:
+            with torch.no_grad():
+                return fm.apply(params, x)[0]
+        finally:
+            _recurrent._FUSED = True
 
     def theirs() -> torch.Tensor:
         with torch.no_grad():
@@ -62,6 +75,7 @@ def contenders(steps: int) -> dict[str, object]:
     want = theirs()
     for name, fn in (
         ("funcmodels", ours),
+        ("funcmodels scan", ours_scan),
         ("nn.LSTM compiled", theirs_compiled),
         ("funcmodels compiled", ours_compiled),
     ):
@@ -72,6 +86,7 @@ def contenders(steps: int) -> dict[str, object]:
     return {
         "nn.LSTM": theirs,
         "funcmodels": ours,
+        "funcmodels scan": ours_scan,
         "nn.LSTM compiled": theirs_compiled,
         "funcmodels compiled": ours_compiled,
     }
@@ -94,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         row(what, timings, "nn.LSTM"),
         row(what, timings, "funcmodels", ratio_of=("funcmodels", "nn.LSTM")),
+        row(what, timings, "funcmodels scan", ratio_of=("funcmodels scan", "nn.LSTM")),
         row(what, timings, "nn.LSTM compiled"),
         row(
             what,

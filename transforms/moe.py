@@ -7,11 +7,12 @@ of shape ``(E, ...)``), run at once.
 
 Two dispatches, the same result:
 
-* **eager, dropless** (plain tensors, ``capacity_factor=None``): the assignments are sorted
+* **sorted, dropless** (``capacity_factor=None``, in eager mode and under ``grad``, ``vjp``
+  or ``jacrev``, which do not batch the routing): the assignments are sorted
   by expert (a stable argsort), each expert runs on its contiguous group of tokens (a loop
   over the ``E`` groups, not over tokens; one host sync for the group sizes), and the
   results are added back, weighted;
-* **capacity** (under ``vmap``/``grad``/``torch.compile``, or with ``capacity_factor``):
+* **capacity** (under ``vmap`` or ``torch.compile``, or with ``capacity_factor``):
   static shapes only. Each assignment gets a slot in its expert's buffer of ``C`` rows by a
   cumulative sum over ``(idx[:, None] == arange(E))`` (first choices of every token before
   second choices, earlier tokens first); the ``(E, C, D)`` buffer goes through the stacked
@@ -38,6 +39,7 @@ import torch
 
 import funcmodels as fm
 from funcmodels._context import name_hash
+from funcmodels.nn._check import under_vmap
 
 __all__ = ["MoE", "moe_aux_loss"]
 
@@ -218,7 +220,10 @@ class MoE(fm.Spec):
         ctx.sow("load_balance_loss", e * (share * probs.mean(0)).sum())
         ctx.sow("z_loss", (torch.logsumexp(logits, dim=-1) ** 2).mean())
         ctx.sow("expert_counts", counts)
-        if ctx.mode == "eager" and self.capacity_factor is None:
+        # The sorted dispatch needs the group sizes on the host: fine in eager mode and
+        # under grad/vjp/jvp (a transform that does not batch the routing), not under vmap
+        # (each example has its own sizes) or compile (static shapes).
+        if self.capacity_factor is None and ctx.mode != "compile" and not under_vmap(top_idx):
             out = self._dropless(ctx, tokens, top_idx, weights)
             dropped = torch.zeros((), device=x.device)
         else:

@@ -431,6 +431,7 @@ class MultiheadAttention(Spec):
         dropout_p = self.dropout if ctx.train else 0.0
 
         weights = None
+        batch_major = False  # rows of ``out`` ordered (N, L) rather than (L, N)
         # vmap has no batching rule for the CPU kernel of scaled_dot_product_attention
         # (it would loop over the batch, with a warning); the explicit path vmaps.
         vmapped = ctx.mode == "transform" and under_vmap(q)
@@ -457,10 +458,16 @@ class MultiheadAttention(Spec):
             k = k.reshape(bsz, heads, src_len, head_dim)
             v = v.reshape(bsz, heads, src_len, head_dim)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal)
-            out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
+            # (N, H, L, d): straight to the caller's layout, rows batch-major if batch_first
+            batch_major = bool(self.batch_first and batched)
+            out = out.permute(*((0, 2) if batch_major else (2, 0)), 1, 3)
+            out = out.reshape(bsz * tgt_len, embed_dim)
         out_bias = ctx.param("out_proj.bias") if self.bias else None
         out = F.linear(out, ctx.param("out_proj.weight"), out_bias)
-        out = out.reshape(tgt_len, bsz, out.shape[1])
+        if batch_major:  # (L, N, E) as below, a view of the (N, L, E) the caller gets
+            out = out.reshape(bsz, tgt_len, out.shape[1]).transpose(1, 0)
+        else:
+            out = out.reshape(tgt_len, bsz, out.shape[1])
         if weights is not None and need_weights:
             weights = weights.reshape(bsz, heads, tgt_len, src_len)
             if average_attn_weights:
@@ -481,22 +488,32 @@ class MultiheadAttention(Spec):
         if self._packed():
             w = ctx.param("in_proj_weight")
             if key is value and query is key:
-                proj = F.linear(query, w, b)
+                proj = _linear(query, w, b)
                 proj = proj.unflatten(-1, (3, e)).unsqueeze(0).transpose(0, -2).squeeze(-2)
                 proj = proj.contiguous()
                 return proj[0], proj[1], proj[2]
             if key is value:
                 w_q, w_kv = w.split([e, 2 * e])
                 b_q, b_kv = (None, None) if b is None else b.split([e, 2 * e])
-                kv = F.linear(key, w_kv, b_kv)
+                kv = _linear(key, w_kv, b_kv)
                 kv = kv.unflatten(-1, (2, e)).unsqueeze(0).transpose(0, -2).squeeze(-2)
                 kv = kv.contiguous()
-                return F.linear(query, w_q, b_q), kv[0], kv[1]
+                return _linear(query, w_q, b_q), kv[0], kv[1]
             w_q, w_k, w_v = w.chunk(3)
         else:
             w_q, w_k, w_v = (ctx.param(f"{n}_proj_weight") for n in "qkv")
         b_q, b_k, b_v = (None, None, None) if b is None else b.chunk(3)
-        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        return _linear(query, w_q, b_q), _linear(key, w_k, b_k), _linear(value, w_v, b_v)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` of ``(L, N, E)``, computed in the layout the caller's memory has: a
+    batch-first input transposed to ``(L, N, E)`` is projected as the ``(N, L, E)`` it is
+    (one matrix product; ``F.linear`` of the transposed view would be a batched product)
+    and the result transposed back, the same values."""
+    if x.dim() == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
+        return F.linear(x.transpose(0, 1), weight, bias).transpose(0, 1)
+    return F.linear(x, weight, bias)
 
 
 def _sequence_shape(spec: Spec, path: str, in_shape: Shape, size: int, field: str) -> Shape:

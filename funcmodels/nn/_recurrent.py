@@ -11,6 +11,12 @@ sequence length. ``torch._higher_order_ops.scan`` would keep the compiled graph 
 but it is a prototype and fails under ``torch.func.grad`` (eager and compiled), so it is
 not used.
 
+Where the scan is not needed, torch's fused kernel runs instead (``torch.lstm``,
+``torch.gru``, ``torch.rnn_tanh``, ``torch.rnn_relu``: what the ``torch.nn`` layers call,
+oneDNN on the CPU): on the CPU, in eager mode (autograd included) or compiled under
+``no_grad``, without per-sample lengths and without a dropout that draws. It gives torch's
+results to the last bit and runs about twice as fast as the scan (``benchmarks/lstm.py``).
+
 Inputs follow torch's positional arguments: ``x`` is the input tensor, or a tuple
 ``(input, hx)`` (``hx`` is ``h_0``, or ``(h_0, c_0)`` for an LSTM, or ``None``); the
 sequence layers also take ``(input, hx, lengths)``, the per-sample lengths of a padded
@@ -19,6 +25,7 @@ batch, in place of torch's ``PackedSequence``. Outputs are torch's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +58,26 @@ from ._rnn_ops import (
     _shape_text,
     _unpack,
 )
+
+
+def _fused_allowed(spec: _Recurrent, ctx: Context, input: torch.Tensor) -> bool:
+    """Whether ``spec`` may run torch's fused kernel rather than the scan.
+
+    Only on the CPU (on a GPU, cuDNN wants its weights in one flat buffer, which would be a
+    copy per call), only in eager mode (under ``torch.func`` transforms the kernel has no
+    batching rule or functional backward; compiled with autograd on, inductor fails on its
+    oneDNN op, so compiled code takes it only under ``no_grad``), and never with a dropout
+    that draws (torch's kernel draws from the global generator, ours from the key).
+    """
+    if not _FUSED or input.device.type != "cpu":
+        return False
+    if ctx.mode == "transform" or (ctx.mode == "compile" and torch.is_grad_enabled()):
+        return False
+    return not (ctx.train and spec.dropout > 0.0 and spec.num_layers > 1)
+
+
+#: Switch for the tests, which check the scan and the fused kernel separately.
+_FUSED = True
 
 
 class _Recurrent(Spec):
@@ -203,25 +230,55 @@ class _Recurrent(Spec):
         steps, batch = input.shape[0], input.shape[1]
         if steps == 0:
             raise ValueError(f"expected a sequence length larger than 0, got input shape {shape}")
-        directions = self._directions
         initial = _initial_state(
             hx,
             self._hx_names,
             self._state_sizes(),
-            (directions * self.num_layers,),
+            (self._directions * self.num_layers,),
             batch,
             batched,
             input,
             shape,
         )
         mask = self._mask(ctx, lengths, shape, steps, batch, batched, input.device)
+        batch_major = batched and self.batch_first
+        if mask is None and _fused_allowed(self, ctx, input):
+            output, states = self._fused(ctx, input, initial, batch_major)
+        else:
+            output, states = self._loop(ctx, input, initial, mask, batch_major)
+        if not batched:
+            output = output.squeeze(1)
+            states = [s.squeeze(1) for s in states]
+        return output, (states[0] if len(states) == 1 else tuple(states))
+
+    def _fused(self, ctx: Context, input: torch.Tensor, initial: tuple, batch_major: bool):
+        """torch's own kernel (``torch.lstm``, ...; oneDNN on the CPU), as ``nn.LSTM`` calls
+        it: ``input`` is ``(L, N, H_in)``; the output is ``(N, L, *)`` if ``batch_major``."""
+        weights = [ctx.param(n) for n in self.param_shapes()]  # torch's ``_flat_weights``
+        hx: Any = list(initial) if len(initial) > 1 else initial[0]
+        if batch_major:
+            input = input.transpose(0, 1)
+        args = (self.bias, self.num_layers, 0.0, ctx.train, self.bidirectional, batch_major)
+        out = self._fused_op()(input, hx, weights, *args)
+        return out[0], list(out[1:])
+
+    def _fused_op(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """The ``torch`` function of this layer's kernel (``torch.lstm``, ...)."""
+        raise NotImplementedError
+
+    def _loop(
+        self, ctx: Context, input: torch.Tensor, initial: tuple, mask: Any, batch_major: bool
+    ) -> tuple:
+        """The scan over time on ``(L, N, H_in)``; the output is ``(N, L, *)`` if
+        ``batch_major``, else ``(L, N, *)``."""
+        directions = self._directions
         finals: list[tuple[torch.Tensor, ...]] = []
         layer_in = input
         for layer in range(self.num_layers):
             # The last layer stacks its steps where the output has them, so the output is
             # contiguous (as torch's) without a copy.
             last = layer == self.num_layers - 1
-            time_dim = 1 if last and batched and self.batch_first else 0
+            time_dim = 1 if last and batch_major else 0
             outs = []
             for direction, sfx in enumerate(self._suffixes()):
                 xp = F.linear(
@@ -237,11 +294,7 @@ class _Recurrent(Spec):
             out = outs[0] if directions == 1 else torch.cat(outs, -1)
             layer_in = self._dropout(ctx, layer, out)
         states = [torch.stack(parts) for parts in zip(*finals, strict=True)]
-        output = layer_in
-        if not batched:
-            output = output.squeeze(1)
-            states = [s.squeeze(1) for s in states]
-        return output, (states[0] if len(states) == 1 else tuple(states))
+        return layer_in, states
 
 
 @torch_signature
@@ -319,6 +372,9 @@ class RNN(_Recurrent):
     def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
         return _rnn_step(ctx.param(f"weight_hh_l{layer}{sfx}"), self.nonlinearity == "relu")
 
+    def _fused_op(self):
+        return torch.rnn_relu if self.nonlinearity == "relu" else torch.rnn_tanh
+
 
 @torch_signature
 @dataclass(frozen=True, init=False)
@@ -384,6 +440,9 @@ class LSTM(_Recurrent):
         w_hr = ctx.param(f"weight_hr_l{layer}{sfx}") if self.proj_size else None
         return _lstm_step(ctx.param(f"weight_hh_l{layer}{sfx}"), w_hr)
 
+    def _fused_op(self):
+        return torch.lstm
+
 
 @torch_signature
 @dataclass(frozen=True, init=False)
@@ -427,3 +486,6 @@ class GRU(_Recurrent):
     def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
         b_hh = ctx.param(f"bias_hh_l{layer}{sfx}") if self.bias else None
         return _gru_step(ctx.param(f"weight_hh_l{layer}{sfx}"), b_hh)
+
+    def _fused_op(self):
+        return torch.gru

@@ -235,12 +235,14 @@ def scale_by_adam(
         for u, m, v in zip(us, mus, nus, strict=True):
             m = torch.lerp(m, u, 1 - b1)
             v = (
-                torch.addcmul(v * b2, u, u, value=1 - b2)
+                (v * b2).addcmul_(u, u, value=1 - b2)
                 if isinstance(b2, float)
                 else v * b2 + (1 - b2) * u * u
             )
-            root = (v + eps_root).sqrt() if eps_root else v.sqrt()
-            out.append((m / (root / bc2_sqrt + eps)) / bc1)
+            # The denominator is a fresh tensor of ours: updating it in place saves two
+            # full-size temporaries per leaf (the same arithmetic, in the same order).
+            root = (v + eps_root).sqrt_() if eps_root else v.sqrt()
+            out.append(m.div(root.div_(bc2_sqrt).add_(eps)).div_(bc1))
             new_mus.append(m)
             new_nus.append(v)
         new_state = ScaleByAdamState(

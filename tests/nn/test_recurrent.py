@@ -1,6 +1,7 @@
 """RNN, LSTM, GRU and their cells: fidelity to torch.nn, packed sequences as lengths,
 per-sample gradients, dropout between layers, shapes, configs, files and the torch bridge."""
 
+import contextlib
 import json
 import math
 
@@ -17,6 +18,7 @@ import funcmodels as fm
 import transforms
 from funcmodels import _registry
 from funcmodels._spec import field_values
+from funcmodels.nn import _recurrent
 from tests.helpers import assert_per_sample_grads_match, example_input, randomised
 
 nn = fm.nn
@@ -83,6 +85,17 @@ def random_hx(spec: fm.Spec, batch: int | None, seed: int, dtype=torch.float32):
     return tuple(parts) if len(parts) == 2 else parts[0]
 
 
+@contextlib.contextmanager
+def kernel(fused: bool):
+    """Run the layers on torch's fused kernel (where allowed) or always on the scan."""
+    saved = _recurrent._FUSED
+    _recurrent._FUSED = fused
+    try:
+        yield
+    finally:
+        _recurrent._FUSED = saved
+
+
 def sequence(spec, length: int, batch: int | None, seed: int = 1, dtype=torch.float32):
     """An input of ``length`` steps for the spec: unbatched when ``batch`` is None."""
     if batch is None:
@@ -106,11 +119,24 @@ def sequence(spec, length: int, batch: int | None, seed: int = 1, dtype=torch.fl
     batch=st.sampled_from([None, 0, 1, 3]),
     with_hx=st.booleans(),
     train=st.booleans(),
+    fused=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_sequence_layers_match_torch(
-    kind, num_layers, bidirectional, bias, batch_first, sizes, length, batch, with_hx, train, seed
+    kind,
+    num_layers,
+    bidirectional,
+    bias,
+    batch_first,
+    sizes,
+    length,
+    batch,
+    with_hx,
+    train,
+    fused,
+    seed,
 ):
+    """Both paths, torch's fused kernel and the scan (which runs under transforms)."""
     cls, extra = SEQUENCE_KINDS[kind]
     spec = cls(
         *sizes,
@@ -125,28 +151,28 @@ def test_sequence_layers_match_torch(
     assert list(fm.to_state_dict(params)) == list(module.state_dict())
     x = sequence(spec, length, batch, seed, torch.float64)
     x_before = x.clone()
-    if with_hx:
-        hx = random_hx(spec, batch, seed + 7, torch.float64)
-        got = fm.apply(params, (x, hx), train=train)
-        want = module(x, hx)
-    else:
-        got = fm.apply(params, x, train=train)
-        want = module(x)
+    args = (x, random_hx(spec, batch, seed + 7, torch.float64)) if with_hx else (x,)
+    with kernel(fused):
+        got = fm.apply(params, args if with_hx else x, train=train)
+    want = module(*args)
     assert_trees_close(got, want, **F64)
-    assert got[0].is_contiguous()
+    # The scan stacks its steps where the output has them; torch's kernel returns a
+    # transposed view for batch_first, and so does the fused path.
+    assert got[0].is_contiguous() or (fused and got[0].is_contiguous() == want[0].is_contiguous())
     assert torch.equal(x, x_before)
 
 
 @pytest.mark.parametrize("kind", sorted(SEQUENCE_KINDS))
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_float32_matches_torch_fused_kernels(kind, batch_first):
+@pytest.mark.parametrize("fused", [False, True])
+def test_float32_matches_torch_fused_kernels(kind, batch_first, fused):
     cls, extra = SEQUENCE_KINDS[kind]
     spec = cls(4, 6, 2, batch_first=batch_first, bidirectional=True, **extra)
     params, _ = randomised(spec, 3)
     module = loaded_twin(spec, params).eval()
     x = sequence(spec, 9, 5)
     hx = random_hx(spec, 5, 11)
-    with torch.no_grad():
+    with torch.no_grad(), kernel(fused):
         assert_trees_close(fm.apply(params, x), module(x), **F32)
         assert_trees_close(fm.apply(params, (x, hx)), module(x, hx), **F32)
 
@@ -319,8 +345,11 @@ def test_dropout_masks_come_from_the_key():
     assert_trees_close(a, b, atol=0, rtol=0)
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], fm.apply(params, x)[0])
-    # The first layer's final state sees no dropout: equal to eval mode's.
-    torch.testing.assert_close(a[1][0][:2], fm.apply(params, x)[1][0][:2], atol=0, rtol=0)
+    # The first layer's final state sees no dropout: equal to eval mode's (bit for bit on
+    # the same kernel: train mode with dropout runs the scan).
+    with kernel(False):
+        eval_out = fm.apply(params, x)
+    torch.testing.assert_close(a[1][0][:2], eval_out[1][0][:2], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -715,5 +744,36 @@ def test_compiles_to_one_graph_with_the_eager_output():
             torch._dynamo.reset()
             compiled = torch.compile(fn, fullgraph=True)
             assert_trees_close(compiled(*args), fn(*args), atol=1e-5, rtol=1e-5)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", sorted(SEQUENCE_KINDS))
+def test_fused_kernel_under_autograd(kind):
+    """Eager autograd runs torch's kernel and its backward: the torch module's gradients."""
+    cls, extra = SEQUENCE_KINDS[kind]
+    spec = cls(3, 5, 2, batch_first=True, **extra)
+    params, _ = randomised(spec, 4)
+    module = loaded_twin(spec, params)
+    x = sequence(spec, 6, 2)
+    leaves = fm.tree.map(lambda t: t.detach().requires_grad_(), params)
+    got = torch.autograd.grad(fm.apply(leaves, x)[0].square().sum(), fm.tree.leaves(leaves))
+    want = torch.autograd.grad(module(x)[0].square().sum(), list(module.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **F32)
+
+
+@pytest.mark.slow
+def test_fused_kernel_compiles_under_no_grad():
+    """``torch.compile`` under ``no_grad`` takes torch's kernel: one graph, torch's output."""
+    spec = nn.LSTM(3, 5, 2, batch_first=True, bidirectional=True, proj_size=2)
+    params, _ = randomised(spec, 4)
+    module = loaded_twin(spec, params)
+    x = sequence(spec, 6, 2)
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            compiled = torch.compile(fm.apply, fullgraph=True)
+            assert_trees_close(compiled(params, x), module(x), **F32)
     finally:
         torch._dynamo.reset()

@@ -10,6 +10,7 @@ run on groups of tokens or in one batched matmul, so sums are ordered differentl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -165,6 +166,31 @@ def test_per_sample_gradients_equal_a_loop(capacity_factor):
         want = grad(loss)(params, x[i], y[i])
         for name, g in want.flat().items():
             torch.testing.assert_close(got[name][i], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_whole_batch_gradients_take_the_sorted_dispatch(monkeypatch):
+    """Under ``grad`` alone the routing is not batched, so the dropless layer keeps the
+    sorted dispatch (each expert on its own tokens, not on all T); its gradients equal
+    those of the static path with room for every token (float64, 1e-10)."""
+    params = fm.tree.map(lambda t: t.double(), fm.init(fm.key(0), moe(e=4, k=2)))
+    roomy = fm.Params(dataclasses.replace(params.spec, capacity_factor=2.0), params.flat())
+    x = fm.random.normal(fm.key(1), (3, 5, 8), dtype=torch.float64)
+
+    def loss(p):
+        return fm.apply(p, x).square().sum()
+
+    want = grad(loss)(roomy)  # C = ceil(2 * T * 2 / 4) = T: nothing dropped
+    jac_want = torch.func.jacrev(lambda t: fm.apply(roomy, t))(x[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the static dispatch ran")
+
+    monkeypatch.setattr(transforms.MoE, "_capacity", refuse)
+    got = grad(loss)(params)
+    for name, g in want.flat().items():
+        torch.testing.assert_close(got[name], g, atol=1e-10, rtol=1e-10, msg=name)
+    jac = torch.func.jacrev(lambda t: fm.apply(params, t))(x[0])
+    torch.testing.assert_close(jac, jac_want, atol=1e-10, rtol=1e-10)
 
 
 def test_jitter_draws_from_the_key_in_train_mode_only():
