@@ -1,7 +1,9 @@
 """transforms: model-to-model transformations built on :mod:`funcmodels`.
 
-Models out of models: :class:`MoE` (a vectorised mixture of experts over any expert spec)
-and :class:`EarlyExit` (per-sample early exit over a stack of blocks). The bridge to
+Models out of models: :class:`MoE` (a vectorised mixture of experts over any expert spec),
+:class:`EarlyExit` (per-sample early exit over a stack of blocks) and
+:class:`SparseLinear` (masked-sparse linear layers, with :func:`sparsify` to prune a model
+by magnitude and :func:`compress` for the sparse inference kernel). The bridge to
 deployment: :func:`to_module` and :func:`from_module` convert between funcmodels'
 ``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds BatchNorm into
 the preceding convolution or linear layer of such a module (and :func:`fold_batchnorm`
@@ -17,27 +19,36 @@ from . import (  # noqa: F401
     _torch_misc,
     _torch_recurrent,
     _torch_sequence,
+    _torch_sparse,
     _torch_spatial,
     qat,
 )
 from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
 from ._module import FunctionalModule, from_module, register_converter, to_module
+from ._prune import compress, decompress, polynomial_sparsity, sparsify
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
+from .sparse import CompressedLinear, SparseLinear
 
 __all__ = [
     "Calibration",
+    "CompressedLinear",
     "EarlyExit",
     "FoldedBatchNorm1d",
     "FunctionalModule",
     "MoE",
+    "SparseLinear",
     "calibrate_threshold",
+    "compress",
+    "decompress",
     "deep_supervision_loss",
     "fold_batchnorm",
     "from_module",
     "fuse",
     "moe_aux_loss",
+    "polynomial_sparsity",
     "qat",
     "register_converter",
+    "sparsify",
     "to_module",
 ]
