@@ -17,8 +17,10 @@ path and type of the innermost layer that was running (see :func:`call`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -84,12 +86,45 @@ class _Tracker:
         self.ctx: Context | None = None
 
 
+#: The tap of the calls of :func:`funcmodels.run` made inside :func:`tapping` (see there).
+_TAP: Callable[[Context, Any, Any], Any] | None = None
+
+
+@contextlib.contextmanager
+def tapping(tap: Callable[[Context, Any, Any], Any]) -> Iterator[None]:
+    """Let ``tap`` see every layer of the :func:`funcmodels.run` calls made in this block.
+
+    After each layer runs (the root and every child run through ``ctx.apply``), its output
+    becomes ``tap(ctx, x, out)``: ``ctx`` is the layer's context (``ctx.spec``,
+    ``ctx.path``, and ``ctx.own_params()``, the layer's own tensors as the call holds
+    them), ``x`` its input and ``out`` its output. A tap returns ``out`` or a tensor that
+    stands in for it; :mod:`transforms.dp` records the inputs of the layers whose
+    per-example gradients it computes in closed form and adds a zero probe to their
+    outputs, whose gradient is the gradient at the layer's output. Only the calls of
+    ``fm.run`` are tapped, not the members run inside a lifted vmap (``ctx.vmap``); taps do
+    not nest, and the block is not thread-safe (one global, so that ``torch.compile``
+    sees a constant outside it).
+    """
+    global _TAP
+    if _TAP is not None:
+        raise RuntimeError("funcmodels: a tap is already active; taps do not nest")
+    _TAP = tap
+    try:
+        yield
+    finally:
+        _TAP = None
+
+
+def active_tap() -> Callable[[Context, Any, Any], Any] | None:
+    return _TAP
+
+
 class Run:
     """The state of one forward call, shared by the contexts of all its layers."""
 
-    __slots__ = ("params", "state", "new_state", "aux", "train", "key", "mode", "track")
+    __slots__ = ("params", "state", "new_state", "aux", "train", "key", "mode", "track", "tap")
 
-    def __init__(self, params, state, train, key, mode, track=None):
+    def __init__(self, params, state, train, key, mode, track=None, tap=None):
         self.params: dict[str, torch.Tensor] = params
         self.state: dict[str, torch.Tensor] | None = state
         self.new_state: dict[str, torch.Tensor] = {}
@@ -98,6 +133,7 @@ class Run:
         self.key: torch.Tensor | None = key
         self.mode: str = mode
         self.track = _Tracker() if track is None else track
+        self.tap = tap
 
 
 class Context:
@@ -192,9 +228,12 @@ class Context:
             head, rest = child_name.split(".", 1)
             return self._scope(head).apply(rest, x)
         child = self._scope(child_name)
-        track = self._run.track
+        run = self._run
+        track = run.track
         track.ctx = child
         out = child.spec.forward(child, x)
+        if run.tap is not None:
+            out = run.tap(child, x, out)
         track.ctx = self
         return out
 
@@ -202,6 +241,11 @@ class Context:
         """The context of child ``child_name``, without running it."""
         spec = self.spec.child(child_name)
         return Context(self._run, spec, f"{self._prefix}{child_name}.", self, child_name)
+
+    def own_params(self) -> dict[str, torch.Tensor]:
+        """The layer's own trainable tensors, by their names in ``param_shapes()``."""
+        params = self._run.params
+        return {n: params[self._prefix + n] for n in self.spec.param_shapes()}
 
     # -- randomness and aux -------------------------------------------------------------
     def has_key(self) -> bool:
@@ -398,12 +442,14 @@ def call(ctx: Context, x: Any) -> Any:
     """
     track = ctx._run.track
     track.ctx = ctx
+    tap = ctx._run.tap
     if ctx._run.mode == COMPILE:
         out = ctx.spec.forward(ctx, x)
         track.ctx = None
-        return out
+        return out if tap is None else tap(ctx, x, out)
     try:
-        return ctx.spec.forward(ctx, x)
+        out = ctx.spec.forward(ctx, x)
+        return out if tap is None else tap(ctx, x, out)
     except torch.OutOfMemoryError:
         raise
     except Exception as err:

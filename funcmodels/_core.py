@@ -9,7 +9,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from . import random as _random
-from ._context import Context, Run, call, detect_mode, layer_name
+from ._context import Context, Run, active_tap, call, detect_mode, layer_name
 from ._shapes import prepare
 from ._spec import Spec, expected_entries, init_tree, state_dict_order
 from ._tree import Params, State, check_fits
@@ -205,7 +205,7 @@ def run(
                 f"{where}: the key is on {key.device} but the input on {x.device}; make the "
                 f"key where the data is: fm.key(seed, device=x.device) or key.to(x.device)"
             )
-    run_state = Run(params._flat, flat_state, train, key, detect_mode())
+    run_state = Run(params._flat, flat_state, train, key, detect_mode(), tap=active_tap())
     xb, squeeze = _batch(spec, x)
     out = call(Context(run_state, spec, ""), xb)
     if squeeze:

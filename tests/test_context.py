@@ -247,3 +247,32 @@ def test_errors_from_inside_a_stack_name_the_inner_layer():
     nested = fm.nn.Sequential({"ens": spec})
     with pytest.raises(ValueError, match=r"layer 'ens.0' \(Linear\): expected input \(\*, 3\)"):
         fm.apply(fm.init(fm.key(0), nested), torch.ones(5, 4))
+
+
+def test_a_tap_sees_every_layer_and_may_replace_its_output():
+    from funcmodels._context import tapping
+
+    spec = fm.nn.Sequential(fm.nn.Linear(3, 4), fm.nn.ReLU(), fm.nn.Linear(4, 2))
+    params = fm.init(fm.key(0), spec)
+    x = fm.random.normal(fm.key(1), (5, 3))
+    seen = []
+
+    def tap(ctx, inp, out):
+        seen.append((ctx.path, ctx.spec.type_name, sorted(ctx.own_params()), inp.shape))
+        return out + 1.0 if ctx.path == "2" else out
+
+    with tapping(tap):
+        tapped = fm.apply(params, x)
+        with pytest.raises(RuntimeError, match="taps do not nest"):
+            with tapping(tap):
+                pass
+    assert seen == [
+        ("0", "Linear", ["bias", "weight"], (5, 3)),
+        ("1", "ReLU", [], (5, 4)),
+        ("2", "Linear", ["bias", "weight"], (5, 4)),
+        ("", "Sequential", [], (5, 3)),
+    ]
+    torch.testing.assert_close(tapped, fm.apply(params, x) + 1.0)
+    seen.clear()
+    fm.apply(params, x)  # no tap outside the block
+    assert seen == []
