@@ -9,9 +9,10 @@ import torch
 import torch.utils._pytree as pytree
 
 from . import random as _random
-from ._context import Context, Run, active_tap, call, detect_mode, layer_name
+from ._context import Context, Run, call, detect_mode, layer_name
 from ._shapes import prepare
 from ._spec import Spec, expected_entries, init_tree, state_dict_order
+from ._tap import active_tap
 from ._tree import Params, State, check_fits
 
 

@@ -250,7 +250,7 @@ def test_errors_from_inside_a_stack_name_the_inner_layer():
 
 
 def test_a_tap_sees_every_layer_and_may_replace_its_output():
-    from funcmodels._context import tapping
+    from funcmodels._tap import tapping
 
     spec = fm.nn.Sequential(fm.nn.Linear(3, 4), fm.nn.ReLU(), fm.nn.Linear(4, 2))
     params = fm.init(fm.key(0), spec)

@@ -4,7 +4,8 @@ Models out of models: :class:`MoE` (a vectorised mixture of experts over any exp
 :class:`EarlyExit` (per-sample early exit over a stack of blocks) and
 :class:`SparseLinear` (masked-sparse linear layers, with :func:`sparsify` to prune a model
 by magnitude and :func:`compress` for the sparse inference kernel); :mod:`transforms.dp`
-makes DP-SGD's clipped gradient a function transform. The bridge to
+makes DP-SGD's clipped gradient a function transform, and :mod:`transforms.distributed`
+takes models beyond one process on :mod:`torch.distributed`. The bridge to
 deployment: :func:`to_module` and :func:`from_module` convert between funcmodels'
 ``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds BatchNorm into
 the preceding convolution or linear layer of such a module (and :func:`fold_batchnorm`
@@ -22,6 +23,7 @@ from . import (  # noqa: F401
     _torch_sequence,
     _torch_sparse,
     _torch_spatial,
+    distributed,
     dp,
     qat,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "compress",
     "decompress",
     "deep_supervision_loss",
+    "distributed",
     "dp",
     "fold_batchnorm",
     "from_module",

@@ -9,7 +9,7 @@ per-example norms ``|g_i|``, equal to materialising every example's gradient wit
    respect to zero *probes* added to the outputs of the layers that have a closed form
    (``Linear``, ``Conv1d``/``Conv2d``, ``Embedding``, ``LayerNorm``/``RMSNorm``/
    ``GroupNorm``; see :mod:`transforms._dp_layers`), recording their inputs through a tap
-   of the layer protocol (:func:`funcmodels._context.tapping`). Their weights are
+   of the layer protocol (:func:`funcmodels._tap.tapping`). Their weights are
    constants there, so no weight gradient is computed. The params of any other layer
    (attention, recurrent layers, a ``Stack``...) are differentiated in the same pass:
    their per-example gradients are formed, theirs only;
@@ -38,7 +38,8 @@ import torch
 from torch.func import grad, vmap
 
 import funcmodels as fm
-from funcmodels._context import name_hash, tapping
+from funcmodels._context import name_hash
+from funcmodels._tap import tapping
 
 from ._dp_layers import Rule, rule_for
 

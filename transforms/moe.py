@@ -186,6 +186,22 @@ class MoE(fm.Spec):
 
     # -- computation ----------------------------------------------------------------------
     def forward(self, ctx: fm.Context, x: torch.Tensor) -> torch.Tensor:
+        tokens, top_idx, weights = self._route(ctx, x)
+        # The sorted dispatch needs the group sizes on the host: fine in eager mode and
+        # under grad/vjp/jvp (a transform that does not batch the routing), not under vmap
+        # (each example has its own sizes) or compile (static shapes).
+        if self.capacity_factor is None and ctx.mode != "compile" and not under_vmap(top_idx):
+            out = self._dropless(ctx, tokens, top_idx, weights)
+            dropped = torch.zeros((), device=x.device)
+        else:
+            out, dropped = self._capacity(ctx, tokens, top_idx, weights)
+        ctx.sow("dropped_fraction", dropped)
+        return out.reshape(x.shape)
+
+    def _route(self, ctx: fm.Context, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tokens ``(T, D)``, each one's ``top_k`` experts ``(T, k)`` and mixing weights
+        ``(T, k)``; sows the routing aux values. ``ctx`` needs a ``gate`` child (an
+        expert-parallel layer routes with this too)."""
         d, e, k = self.dim, self.num_experts, self.top_k
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != d:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -220,16 +236,7 @@ class MoE(fm.Spec):
         ctx.sow("load_balance_loss", e * (share * probs.mean(0)).sum())
         ctx.sow("z_loss", (torch.logsumexp(logits, dim=-1) ** 2).mean())
         ctx.sow("expert_counts", counts)
-        # The sorted dispatch needs the group sizes on the host: fine in eager mode and
-        # under grad/vjp/jvp (a transform that does not batch the routing), not under vmap
-        # (each example has its own sizes) or compile (static shapes).
-        if self.capacity_factor is None and ctx.mode != "compile" and not under_vmap(top_idx):
-            out = self._dropless(ctx, tokens, top_idx, weights)
-            dropped = torch.zeros((), device=x.device)
-        else:
-            out, dropped = self._capacity(ctx, tokens, top_idx, weights)
-        ctx.sow("dropped_fraction", dropped)
-        return out.reshape(x.shape)
+        return tokens, top_idx, weights
 
     def _dropless(self, ctx, tokens, top_idx, weights):
         """Sort the assignments by expert, run each expert on its group, add back."""
