@@ -120,14 +120,87 @@ def _example_loss(loss, params, args, kwargs) -> torch.Tensor:
     return out[0]
 
 
+def _check_bound(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f"transforms.dp.{where}: max_norm must be a positive number, got {value!r}"
+        )
+    return float(value)
+
+
+def _check_bounds(max_norm: Any, where: str) -> float | dict[str, float]:
+    """A positive number (global clipping) or a non-empty mapping of layer paths to
+    positive numbers (per-layer clipping)."""
+    if not isinstance(max_norm, Mapping):
+        return _check_bound(max_norm, where)
+    if not max_norm:
+        raise ValueError(f"transforms.dp.{where}: max_norm is an empty mapping")
+    out = {}
+    for path, value in max_norm.items():
+        if not isinstance(path, str):
+            raise TypeError(
+                f"transforms.dp.{where}: max_norm keys must be layer paths (str), got {path!r}"
+            )
+        out[path] = _check_bound(value, f"{where}: max_norm[{path!r}]")
+    return out
+
+
+def total_norm(max_norm: float | Mapping[str, float]) -> float:
+    """The bound of a whole example's clipped gradient: ``max_norm`` itself for global
+    clipping, ``sqrt(sum of squares)`` of the per-layer bounds (the sensitivity that
+    :func:`add_noise` scales its noise to)."""
+    return _total(max_norm, "total_norm")
+
+
+def _total(max_norm: Any, where: str) -> float:
+    bounds = _check_bounds(max_norm, where)
+    if isinstance(bounds, float):
+        return bounds
+    return float(sum(b * b for b in bounds.values()) ** 0.5)
+
+
+def _groups(flat: Mapping[str, torch.Tensor], bounds: dict[str, float]) -> dict[str, int]:
+    """Each param's clipping group: the index of the longest layer path of ``bounds`` that
+    contains it (``''`` contains everything)."""
+    keys = list(bounds)
+    out, used = {}, set()
+    for name in flat:
+        best = None
+        for i, k in enumerate(keys):
+            if (k == "" or name == k or name.startswith(k + ".")) and (
+                best is None or len(k) > len(keys[best])
+            ):
+                best = i
+        if best is None:
+            raise ValueError(
+                f"transforms.dp.clipped_grad: the param {name!r} is in no clipping group of "
+                f"max_norm (layer paths {keys}); add its layer, or '' for the rest"
+            )
+        out[name] = best
+        used.add(best)
+    unused = [k for i, k in enumerate(keys) if i not in used]
+    if unused:
+        raise ValueError(
+            f"transforms.dp.clipped_grad: max_norm names {unused}, which hold no params of "
+            "the model"
+        )
+    return out
+
+
 def clipped_grad(
     loss: Callable[..., torch.Tensor],
-    max_norm: float = 1.0,
+    max_norm: float | Mapping[str, float] = 1.0,
 ) -> Callable[..., tuple[fm.Params, torch.Tensor]]:
     """Transform ``loss(params, *batch, **kwargs) -> (B,)`` into a function returning
     ``(grads, norms)``: ``grads`` like ``params``, the sum over examples of
     ``min(1, max_norm / (|g_i| + 1e-6)) * g_i`` (``g_i`` example ``i``'s gradient over all
     params together); ``norms (B,)`` the ``|g_i|``.
+
+    Per-layer clipping: ``max_norm`` a mapping of layer paths to bounds, say ``{"0": 1.0,
+    "2": 0.5}`` (``""`` for every param no other path holds): each example's gradient is
+    clipped group by group, the params of a path (the longest path that holds them) to its
+    bound, and the whole is bounded by :func:`total_norm` of the mapping, which is what to
+    pass to :func:`add_noise`. ``norms`` stays the norm of the whole unclipped gradient.
 
     The batch arguments are tensors with the examples on dim 0 (inputs, labels, per-example
     weights); keyword arguments (``state=...`` for the model's buffers, say) are shared by
@@ -141,14 +214,10 @@ def clipped_grad(
     """
     if not callable(loss):
         raise TypeError(f"transforms.dp.clipped_grad: loss must be callable, got {loss!r}")
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or max_norm <= 0:
-        raise ValueError(
-            f"transforms.dp.clipped_grad: max_norm must be a positive number, got {max_norm!r}"
-        )
-    bound = float(max_norm)
+    bounds = _check_bounds(max_norm, "clipped_grad")
     # The plan of the last call: the model's layers and rules depend only on the spec, the
     # example shapes and the state (a SparseLinear's mask), so a training loop plans once.
-    cache: list[Any] = [None, None, None, None]
+    cache: list[Any] = [None, None, None, None, None]
 
     def clipped(params: fm.Params, *batch: Any, **kwargs: Any):
         if not isinstance(params, fm.Params):
@@ -167,18 +236,29 @@ def clipped_grad(
         )
         key = (shapes, tuple(sorted((k, id(v)) for k, v in kwargs.items())))
         if cache[0] is params.spec and cache[1] == key:
-            calls = cache[2]
+            calls, groups = cache[2], cache[4]
         else:
             calls = _plan(loss, params, batch, kwargs)
+            groups = None
+            if not isinstance(bounds, float):
+                groups = _groups(params.flat(), bounds)
+                for call in calls:  # a closed form clips a layer's params together
+                    gs = {groups[n] for n in call.names.values() if n is not None}
+                    if call.rule is not None and len(gs) > 1:
+                        call.rule = None
             # the objects whose ids are in the key stay referenced, so no id is reused
             held = ([a for a in batch if not isinstance(a, torch.Tensor)], dict(kwargs))
-            cache[:] = [params.spec, key, calls, held]
-        return _clipped(loss, params, batch, kwargs, calls, bound)
+            cache[:] = [params.spec, key, calls, held, groups]
+        if groups is None:
+            return _clipped(loss, params, batch, kwargs, calls, [bounds], None)
+        return _clipped(loss, params, batch, kwargs, calls, list(bounds.values()), groups)
 
     return clipped
 
 
-def _clipped(loss, params, batch, kwargs, calls, bound):
+def _clipped(loss, params, batch, kwargs, calls, bounds, groups):
+    """``bounds``: one per clipping group; ``groups``: each param's group (``None``: all in
+    group 0)."""
     flat = {n: t.detach() for n, t in params.flat().items()}
     closed = [c for c in calls if c.rule is not None]
     closed_names = {n for c in closed for n in c.names.values()}
@@ -220,24 +300,30 @@ def _clipped(loss, params, batch, kwargs, calls, bound):
     dtype = torch.float32  # norms in at least float32, float64 for a float64 model
     for t in flat.values():
         dtype = torch.promote_types(dtype, t.dtype)
-    sq = torch.zeros(b, dtype=dtype, device=_device(flat))
+    group = (lambda name: 0) if groups is None else groups.__getitem__
+    sq = [torch.zeros(b, dtype=dtype, device=_device(flat)) for _ in bounds]
     finishers = []
     for call, x, g in zip(closed, inputs, g_probes, strict=True):
         norms_sq, finish = call.rule.compute(call.spec, x, g)
-        finishers.append((call, finish))
+        k = group(next(iter(call.names.values())))  # one group per closed call (planned)
+        finishers.append((call, finish, k))
         for v in norms_sq.values():
-            sq = sq + v.to(sq.dtype)
-    for v in g_free.values():
-        sq = sq + v.reshape(b, -1).to(sq.dtype).square().sum(1)
-    norms = sq.sqrt()
-    factor = (bound / (norms + 1e-6)).clamp(max=1.0)
+            sq[k] = sq[k] + v.to(dtype)
+    for name, v in g_free.items():
+        k = group(name)
+        sq[k] = sq[k] + v.reshape(b, -1).to(dtype).square().sum(1)
+    norms = sum(sq[1:], sq[0]).sqrt()
+    factors = [(c / (s.sqrt() + 1e-6)).clamp(max=1.0) for c, s in zip(bounds, sq, strict=True)]
+    if groups is None:
+        norms = sq[0].sqrt()  # the same, without a second square root's rounding
 
     grads: dict[str, torch.Tensor] = {}
-    for call, finish in finishers:
-        for local, v in finish(factor).items():
+    for call, finish, k in finishers:
+        for local, v in finish(factors[k]).items():
             name = call.names[local]
             grads[name] = grads[name] + v if name in grads else v
     for name, v in g_free.items():
+        factor = factors[group(name)]
         grads[name] = (v * factor.reshape(-1, *([1] * (v.dim() - 1))).to(v.dtype)).sum(0)
     out = {n: grads[n].to(t.dtype) if n in grads else torch.zeros_like(t) for n, t in flat.items()}
     return fm.Params(params.spec, out), norms
@@ -250,16 +336,28 @@ def _device(flat: Mapping[str, torch.Tensor]) -> torch.device:
 # -- the rest of DP-SGD --------------------------------------------------------------------
 
 
-def add_noise(grads: Any, key: torch.Tensor, *, noise_multiplier: float, max_norm: float) -> Any:
+def add_noise(
+    grads: Any,
+    key: torch.Tensor,
+    *,
+    noise_multiplier: float,
+    max_norm: float | Mapping[str, float],
+) -> Any:
     """``grads`` plus Gaussian noise of std ``noise_multiplier * max_norm`` on every entry,
     drawn from ``key`` with each param's name folded in (the same key gives the same
-    noise; nothing global is drawn from). ``grads``: Params or a dict of tensors."""
-    if noise_multiplier < 0 or max_norm <= 0:
-        raise ValueError(
-            "transforms.dp.add_noise: noise_multiplier must be >= 0 and max_norm > 0, got "
-            f"{noise_multiplier!r}, {max_norm!r}"
+    noise; nothing global is drawn from). ``grads``: Params or a dict of tensors.
+    ``max_norm`` as given to :func:`clipped_grad`: per-layer bounds count as their
+    :func:`total_norm`."""
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)):
+        raise TypeError(
+            "transforms.dp.add_noise: noise_multiplier must be a number, got "
+            f"{type(noise_multiplier).__name__}"
         )
-    std = float(noise_multiplier) * float(max_norm)
+    if noise_multiplier < 0:
+        raise ValueError(
+            f"transforms.dp.add_noise: noise_multiplier must be >= 0, got {noise_multiplier!r}"
+        )
+    std = float(noise_multiplier) * _total(max_norm, "add_noise")
 
     def noisy(name: str, t: torch.Tensor) -> torch.Tensor:
         k = fm.fold_in(key, name_hash(name))

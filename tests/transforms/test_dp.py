@@ -190,6 +190,109 @@ def test_a_layer_used_twice_is_exact():
     del Twice
 
 
+def per_layer_reference(loss, params, x, y, bounds, group_of):
+    """Materialise, clip each group of params to its bound, sum."""
+
+    def one(p, xi, yi):
+        return loss(p, xi.unsqueeze(0), yi.unsqueeze(0))[0]
+
+    flat = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y).flat()
+    b = x.shape[0]
+    factors = {}
+    for g, bound in bounds.items():
+        members = [v.reshape(b, -1) for n, v in flat.items() if group_of(n) == g]
+        factors[g] = (bound / (torch.cat(members, 1).norm(dim=1) + 1e-6)).clamp(max=1.0)
+    return {
+        n: (v * factors[group_of(n)].reshape(-1, *[1] * (v.dim() - 1))).sum(0)
+        for n, v in flat.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "bounds, group_of",
+    [
+        # one bound per layer; the PReLU in the middle has no closed form
+        ({"0": 0.05, "1": 0.01, "2": 0.1}, lambda n: n.split(".")[0]),
+        # a catch-all: the first and last layers clipped together
+        ({"": 0.2, "1": 0.01}, lambda n: "1" if n.startswith("1.") else ""),
+        # a group that splits a layer: its closed form gives way to per-example gradients
+        ({"0.weight": 0.05, "": 0.1}, lambda n: "0.weight" if n == "0.weight" else ""),
+    ],
+    ids=["per-layer", "catch-all", "split-layer"],
+)
+def test_per_layer_clipping_equals_clipping_each_group(bounds, group_of):
+    spec = nn.Sequential(nn.Linear(4, 6), nn.PReLU(), nn.Linear(6, 3))
+    params = fm.init(fm.key(1), spec, dtype=torch.float64)
+    x, y = 5 * normal(4, (7, 4)), labels(4, 7, 3)
+    got, norms = dp.clipped_grad(classify, bounds)(params, x, y)
+    want = per_layer_reference(classify, params, x, y, bounds, group_of)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, **TOL, msg=name)
+    torch.testing.assert_close(norms, reference(classify, params, x, y)[1], **TOL)
+    # every group was clipped for some example (the bounds are small): not the global rule
+    glob, _ = dp.clipped_grad(classify, dp.total_norm(bounds))(params, x, y)
+    assert not torch.allclose(glob["2.weight"], got["2.weight"])
+
+
+def test_per_layer_bounds_set_the_noise_and_are_checked():
+    bounds = {"0": 3.0, "1": 4.0}
+    assert dp.total_norm(bounds) == 5.0 and dp.total_norm(2.5) == 2.5
+    zero = fm.tree.map(torch.zeros_like, fm.init(fm.key(0), nn.Linear(400, 300)))
+    noise = dp.add_noise(zero, fm.key(1), noise_multiplier=0.5, max_norm=bounds)["weight"]
+    assert abs(noise.std().item() - 2.5) < 0.02
+    params = fm.init(fm.key(0), nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)))
+    x, y = torch.randn(4, 3), labels(0, 4, 2)
+    with pytest.raises(ValueError, match=r"the param '1.weight' is in no clipping group"):
+        dp.clipped_grad(classify, {"0": 1.0})(params, x, y)
+    with pytest.raises(ValueError, match=r"max_norm names \['2'\], which hold no params"):
+        dp.clipped_grad(classify, {"": 1.0, "2": 1.0})(params, x, y)
+    with pytest.raises(ValueError, match=r"max_norm\['0'\]: max_norm must be a positive"):
+        dp.clipped_grad(classify, {"0": -1.0})
+    with pytest.raises(ValueError, match="empty mapping"):
+        dp.clipped_grad(classify, {})
+    with pytest.raises(TypeError, match="keys must be layer paths"):
+        dp.clipped_grad(classify, {0: 1.0})
+    with pytest.raises(TypeError, match="noise_multiplier must be a number"):
+        dp.add_noise(zero, fm.key(1), noise_multiplier="1", max_norm=1.0)
+
+
+def test_closed_forms_are_used_where_a_layer_has_one():
+    """No per-example weight gradient is formed for the layers with a closed form (a silent
+    fall back to per-example gradients would still be exact, and slower)."""
+    spec = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 8),
+        nn.LayerNorm(8),
+        nn.Linear(8, 3),
+    )
+    params = fm.init(fm.key(0), spec)
+    x, y = torch.randn(3, 1, 8, 8), labels(0, 3, 3)
+    calls = dp._plan(classify, params, (x, y), {})
+    assert [type(c.spec).__name__ for c in calls] == [
+        "Conv2d", "GroupNorm", "Linear", "LayerNorm", "Linear"
+    ]  # fmt: skip
+    assert all(c.rule is not None for c in calls)
+    embed = fm.init(fm.key(0), nn.Sequential(nn.Embedding(10, 4), nn.RMSNorm(4), nn.Linear(4, 3)))
+    tokens = torch.randint(0, 10, (3, 5))
+
+    def per_token(p, t, yy):
+        out = fm.apply(p, t)
+        each = F.cross_entropy(out.reshape(-1, 3), yy.reshape(-1), reduction="none")
+        return each.reshape(t.shape[0], -1).mean(1)
+
+    seq = dp._plan(
+        per_token,
+        embed,
+        (tokens, labels(0, 3 * 5, 3).reshape(3, 5)),
+        {},
+    )
+    assert [type(c.spec).__name__ for c in seq] == ["Embedding", "RMSNorm", "Linear"]
+    assert all(c.rule is not None for c in seq)
+
+
 # -- what the transform returns and refuses --------------------------------------------------
 
 
