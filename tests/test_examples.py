@@ -86,6 +86,16 @@ def test_dp_sgd_example_trains_both_models_far_above_chance():
     baseline = parse_float(r"test accuracy \(non-private\): ([0-9.]+)", out)
     assert private > 0.5
     assert baseline > 0.8
+    # The privacy spent, against Opacus's RDP accountant asked directly for the same
+    # sampling rate, noise and steps the example reports.
+    from opacus.accountants import RDPAccountant
+
+    q = parse_float(r"\(q=([0-9.]+)\)", out)
+    steps = int(parse_float(r"\(([0-9]+) steps\)", out))
+    accountant = RDPAccountant()
+    accountant.history = [(1.0, q, steps)]  # (noise multiplier, sample rate, steps)
+    want = accountant.get_epsilon(delta=1e-5)
+    assert parse_float(r"epsilon = ([0-9.]+) at delta = 1e-5", out) == pytest.approx(want, abs=0.01)
 
 
 @pytest.mark.slow

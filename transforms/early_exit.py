@@ -71,6 +71,11 @@ class EarlyExit(fm.Spec):
 
     Children: ``blocks.{i}``, ``heads.{i}`` (exits only), ``depth_estimator``.
     Shapes: input whatever the first block takes, output ``(N, C)`` logits.
+
+    Aux (``fm.run(params, x).aux[path]``): ``depth`` (blocks run per sample) and
+    ``confidence`` in eval mode; ``exit_logits`` in train mode. The module that
+    ``transforms.to_module`` makes returns the logits when called; its ``run(x)`` returns
+    the whole output, so ``module.run(x).aux[path]["depth"]`` gives the depths.
     """
 
     blocks: tuple[fm.Spec, ...]

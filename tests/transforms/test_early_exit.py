@@ -117,6 +117,7 @@ def test_compacted_and_masked_paths_follow_the_rule(depth, data, criterion, n, s
     torch.testing.assert_close(eager.aux[""]["confidence"], want_conf, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(masked_out, want_logits, atol=1e-6, rtol=1e-5)
     assert masked_aux["depth"][:, 0].tolist() == want_depth.tolist()
+    torch.testing.assert_close(masked_aux["confidence"][:, 0], want_conf, atol=1e-6, rtol=1e-5)
 
 
 def test_finished_samples_leave_the_batch_in_eager_mode():
@@ -265,6 +266,13 @@ def test_the_articles_network_gives_the_same_logits_and_depth_per_example():
     # A whole batch at once gives each example its own exit (the article's rule could not).
     batched = fm.run(params, x)
     assert batched.aux[""]["depth"].tolist() == depths
+    # The masked path (under vmap) applies the depth estimator alike.
+    masked_out, masked_aux = vmap(
+        lambda xi: (lambda o: (o.out[0], o.aux[""]))(fm.run(params, xi[None]))
+    )(x)
+    torch.testing.assert_close(masked_out, batched.out, atol=1e-5, rtol=1e-5)
+    assert masked_aux["depth"][:, 0].tolist() == depths
+    torch.testing.assert_close(masked_aux["confidence"][:, 0], batched.aux[""]["confidence"])
 
 
 def test_calibration_picks_the_shallowest_threshold_within_the_drop():

@@ -292,14 +292,17 @@ def test_the_articles_checkpoint_loads_and_computes_its_routing():
     torch.testing.assert_close(fm.apply(params, x), want.reshape(x.shape), **TOL)
 
 
-def test_config_files_and_the_torch_bridge(tmp_path):
-    spec = nn.Sequential(
-        {
-            "embed": nn.Linear(4, 8),
-            "moe": moe(capacity_factor=1.5, normalize=False),
-            "head": nn.Linear(8, 3),
-        }
-    )
+@pytest.mark.parametrize(
+    "layer",
+    [
+        moe(capacity_factor=1.5, normalize=False),
+        # dropless, with the article's MLP gate: nested gate and expert specs round trip
+        moe(gate=nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))),
+    ],
+    ids=["capacity", "dropless-mlp-gate"],
+)
+def test_config_files_and_the_torch_bridge(layer, tmp_path):
+    spec = nn.Sequential({"embed": nn.Linear(4, 8), "moe": layer, "head": nn.Linear(8, 3)})
     assert fm.from_config(json.loads(json.dumps(spec.to_config()))) == spec
     assert spec.to_config()[1]["type"] == "moe"
     params = fm.init(fm.key(0), spec)
