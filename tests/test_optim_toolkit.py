@@ -119,6 +119,22 @@ def test_sgd_with_a_schedule_matches_torch_with_lambda_lr():
     assert_trees(got, want, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("lr_decay", [0.0, 0.05])
+def test_adagrad_with_a_schedule_matches_torch_with_lambda_lr(lr_decay):
+    init = tensors(torch.float64)
+    gs = grads(init)
+    sched = optim.linear_schedule(0.1, 0.01, 4)
+    got, _ = run(optim.adagrad(sched, lr_decay=lr_decay), init, gs)
+    want = torch_run(
+        torch.optim.Adagrad,
+        [(list(init), {"lr": 0.1, "lr_decay": lr_decay})],
+        init,
+        gs,
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: float(sched(t)) / 0.1),
+    )
+    assert_trees(got, want, **TOL[torch.float64])
+
+
 def test_clip_by_global_norm_matches_clip_grad_norm_():
     for scale in (0.01, 100.0):
         g = {k: v * scale for k, v in tensors(torch.float64, seed=3).items()}
@@ -374,6 +390,8 @@ def test_a_compiled_step_with_a_changing_learning_rate_compiles_once():
     torch._dynamo.reset()
 
 
+# vmap falling back to a loop over the members (an op without a batching rule) is an error
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")
 def test_vmap_trains_an_ensemble_with_a_chained_optimiser():
     n = 3
     ens = fm.init(fm.key(0), fm.nn.Stack(mlp(), n))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._base import GradientTransformation, Scalar, chain, number
+from ._base import GradientTransformation, Scalar, chain, is_schedule, number
 from ._transforms import (
     add_decayed_weights,
     scale_by_adam,
@@ -193,9 +193,9 @@ def adagrad(
 ) -> GradientTransformation:
     """Adagrad, as :class:`torch.optim.Adagrad`: ``chain(add_decayed_weights(
     weight_decay), scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(
-    lr / (1 + count * lr_decay)))``."""
+    lr / (1 + count * lr_decay)))``; ``lr`` may be a schedule of the step count too."""
     where = "fm.optim.adagrad"
-    lr = number(where, "lr", lr)
+    lr = number(where, "lr", lr, schedule=True)
     lr_decay = number(where, "lr_decay", lr_decay)
     weight_decay = number(where, "weight_decay", weight_decay)
     parts = [] if _is_zero(weight_decay) else [add_decayed_weights(weight_decay)]
@@ -203,7 +203,10 @@ def adagrad(
     if _is_zero(lr_decay):
         parts.append(scale_by_learning_rate(lr))
     else:
+        rate = lr if is_schedule(lr) else (lambda count: lr)
         parts.append(
-            scale_by_learning_rate(lambda count: lr / (1 + count.to(torch.float64) * lr_decay))
+            scale_by_learning_rate(
+                lambda count: rate(count) / (1 + count.to(torch.float64) * lr_decay)
+            )
         )
     return chain(*parts)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
+from torch._C._functorch import maybe_current_level as _functorch_level
 
 from ._base import (
     EmptyState,
@@ -232,13 +233,17 @@ def scale_by_adam(
         bc1 = -torch.expm1(c * _log(b1))
         bc2_sqrt = (-torch.expm1(c * _log(b2))) ** 0.5
         out, new_mus, new_nus = [], [], []
+        # In place only outside torch.func transforms: vmap has no batching rule for
+        # addcmul_ and would loop over an ensemble's members one by one.
+        inplace = _functorch_level() is None
         for u, m, v in zip(us, mus, nus, strict=True):
             m = torch.lerp(m, u, 1 - b1)
-            v = (
-                (v * b2).addcmul_(u, u, value=1 - b2)
-                if isinstance(b2, float)
-                else v * b2 + (1 - b2) * u * u
-            )
+            if not isinstance(b2, float):
+                v = v * b2 + (1 - b2) * u * u
+            elif inplace:
+                v = (v * b2).addcmul_(u, u, value=1 - b2)
+            else:
+                v = torch.addcmul(v * b2, u, u, value=1 - b2)
             # The denominator is a fresh tensor of ours: updating it in place saves two
             # full-size temporaries per leaf (the same arithmetic, in the same order).
             root = (v + eps_root).sqrt_() if eps_root else v.sqrt()
