@@ -11,7 +11,7 @@ return the pooled values only: torch's ``return_indices=True`` has no spec field
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar
 
 import torch
@@ -165,9 +165,9 @@ class MaxPool1d(_MaxPool):
     Returns (from ``forward``): ``(N, C, L')`` with
     ``L' = floor((L + 2p - d(k-1) - 1) / s) + 1`` (ceil with ``ceil_mode``).
 
-    Indices are not returned: torch's ``return_indices`` has no field here, and
-    ``ceil_mode`` is the fifth positional argument where torch's fifth is
-    ``return_indices``, so give it by name.
+    Indices are not returned: torch's ``return_indices`` has no field here, so
+    ``ceil_mode`` is keyword-only (torch's fifth positional argument is
+    ``return_indices``; a fifth positional argument is refused, not misread).
     """
 
     example_ndim: ClassVar[int] = 2
@@ -178,6 +178,7 @@ class MaxPool1d(_MaxPool):
     stride: int | tuple[int] | None = None
     padding: int | tuple[int] = 0
     dilation: int | tuple[int] = 1
+    _: KW_ONLY
     ceil_mode: bool = False
 
 
@@ -195,9 +196,9 @@ class MaxPool2d(_MaxPool):
     Returns (from ``forward``): ``(N, C, H', W')`` with
     ``H' = floor((H + 2p - d(k-1) - 1) / s) + 1`` (ceil with ``ceil_mode``), likewise ``W'``.
 
-    Indices are not returned: torch's ``return_indices`` has no field here, and
-    ``ceil_mode`` is the fifth positional argument where torch's fifth is
-    ``return_indices``, so give it by name.
+    Indices are not returned: torch's ``return_indices`` has no field here, so
+    ``ceil_mode`` is keyword-only (torch's fifth positional argument is
+    ``return_indices``; a fifth positional argument is refused, not misread).
     """
 
     example_ndim: ClassVar[int] = 3
@@ -208,6 +209,7 @@ class MaxPool2d(_MaxPool):
     stride: int | tuple[int, int] | None = None
     padding: int | tuple[int, int] = 0
     dilation: int | tuple[int, int] = 1
+    _: KW_ONLY
     ceil_mode: bool = False
 
 
@@ -227,9 +229,9 @@ class MaxPool3d(_MaxPool):
     ``D' = floor((D + 2p - d(k-1) - 1) / s) + 1`` (ceil with ``ceil_mode``), likewise ``H'``
     and ``W'``.
 
-    Indices are not returned: torch's ``return_indices`` has no field here, and
-    ``ceil_mode`` is the fifth positional argument where torch's fifth is
-    ``return_indices``, so give it by name.
+    Indices are not returned: torch's ``return_indices`` has no field here, so
+    ``ceil_mode`` is keyword-only (torch's fifth positional argument is
+    ``return_indices``; a fifth positional argument is refused, not misread).
     """
 
     example_ndim: ClassVar[int] = 4
@@ -240,6 +242,7 @@ class MaxPool3d(_MaxPool):
     stride: int | tuple[int, int, int] | None = None
     padding: int | tuple[int, int, int] = 0
     dilation: int | tuple[int, int, int] = 1
+    _: KW_ONLY
     ceil_mode: bool = False
 
 

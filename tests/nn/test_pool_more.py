@@ -449,3 +449,12 @@ def test_compiles_to_one_graph_with_eager_output(n):
         torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-5, rtol=1e-5)
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cls", [nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d])
+def test_max_pool_refuses_torchs_fifth_positional_argument(cls):
+    # torch's fifth is return_indices, which has no field here: ceil_mode is keyword-only,
+    # so a port of `MaxPool2d(2, 2, 0, 1, True)` fails instead of meaning ceil_mode.
+    with pytest.raises(TypeError, match="positional argument"):
+        cls(2, 2, 0, 1, True)
+    assert cls(2, 2, 0, 1, ceil_mode=True).ceil_mode is True
