@@ -15,7 +15,7 @@ is the same arguments by name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch.nn.functional as F
 from torch import nn
@@ -51,8 +51,36 @@ def _check_entries(module: nn.Module, spec: fm.Spec) -> None:
         raise ValueError(f"its tensors {have} differ from those of {spec!r}: {want}")
 
 
+class MultiheadAttentionModule(nn.MultiheadAttention):
+    """:class:`torch.nn.MultiheadAttention` that also runs as a layer of one input.
+
+    :func:`~transforms.to_module` makes one for a :class:`funcmodels.nn.MultiheadAttention`,
+    whose input is the query alone (self-attention) or a mapping of torch's argument names
+    (``{"query": q, "key": k, "value": v, "key_padding_mask": m, ...}``) and whose output
+    is the attention output alone unless ``need_weights=True``: called so, ``module(x)``
+    returns what ``fm.apply`` does, which is how the layer works inside ``nn.Sequential``
+    as the spec does inside ``fm.nn.Sequential``. Called with a key (torch's way,
+    ``module(q, k, v, ...)``), it is torch's layer: ``(output, weights)``, ``need_weights``
+    true by default. Same arguments, parameters and ``state_dict`` as torch's.
+    """
+
+    def forward(self, query, key=None, value=None, **kwargs):
+        if key is not None or value is not None:
+            return super().forward(query, key, value, **kwargs)
+        if isinstance(query, Mapping):
+            kwargs = {**dict(query), **kwargs}
+            query = kwargs.pop("query")
+        key = kwargs.pop("key", None)
+        key = query if key is None else key
+        value = kwargs.pop("value", None)
+        value = key if value is None else value
+        need_weights = kwargs.pop("need_weights", False)
+        out, weights = super().forward(query, key, value, need_weights=need_weights, **kwargs)
+        return (out, weights) if need_weights else out
+
+
 def _build_attention(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
-    return nn.MultiheadAttention(**field_values(spec))
+    return MultiheadAttentionModule(**field_values(spec))
 
 
 def _infer_attention(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
@@ -71,12 +99,14 @@ def _infer_attention(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.S
     return spec
 
 
-register_converter(
-    fm.nn.MultiheadAttention,
-    nn.MultiheadAttention,
-    build=_build_attention,
-    infer=_infer_attention,
-)
+# torch's own layer converts to a spec; a spec becomes the subclass (registered last).
+for _module_type in (nn.MultiheadAttention, MultiheadAttentionModule):
+    register_converter(
+        fm.nn.MultiheadAttention,
+        _module_type,
+        build=_build_attention,
+        infer=_infer_attention,
+    )
 
 
 # -- encoder and decoder layers ---------------------------------------------------------------

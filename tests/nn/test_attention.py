@@ -595,7 +595,7 @@ def call_args(spec, seed=0):
 def test_to_module_and_back_is_exact_and_computes_the_same(spec):
     params, _ = randomised(spec)
     module = transforms.to_module(params)
-    assert type(module).__name__ == spec.type_name
+    assert isinstance(module, getattr(torch.nn, spec.type_name))  # torch's class, or a subclass
     assert list(module.state_dict()) == list(fm.to_state_dict(params))
     mapping, args, kwargs = call_args(spec)
     out = torch_run(module, *args, **kwargs)
@@ -801,3 +801,34 @@ def test_attention_and_encoder_compile_to_one_graph():
         return fm.apply(p, {"src": src, "tgt": tgt, "tgt_mask": causal(4), "tgt_is_causal": True})
 
     one_graph(translate, transformer, x, randn(2, 4, 8, seed=1))
+
+
+def test_attention_inside_a_torch_sequential_runs_as_the_spec_does():
+    """torch's layer takes (query, key, value) and returns a pair: the module to_module
+    makes also takes the query alone (or fm's mapping) and returns what fm.apply does, so
+    an nn.Sequential holding it runs; called torch's way it stays torch's layer."""
+    spec = nn.Sequential(
+        nn.Embedding(10, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+    )
+    params, _ = randomised(spec)
+    module = transforms.to_module(params).eval()
+    assert isinstance(module, torch.nn.Sequential)
+    x = torch.randint(0, 10, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), fm.apply(params, x), **CLOSE)
+        exported = torch.export.export(module, (x,)).module()
+        torch.testing.assert_close(exported(x), fm.apply(params, x), **CLOSE)
+    attn = fm.Params(spec.child("1"), {k[2:]: v for k, v in params.flat().items() if k[:2] == "1."})
+    q, kv = randn(2, 4, 8, seed=1), randn(2, 6, 8, seed=2)
+    mask = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    args = {"query": q, "key": kv, "value": kv, "key_padding_mask": mask, "need_weights": True}
+    with torch.no_grad():
+        got, weights = module[1](args)
+        want, want_weights = fm.apply(attn, args)
+        torch.testing.assert_close(got, want, **CLOSE)
+        torch.testing.assert_close(weights, want_weights, **CLOSE)
+        torch_way = module[1](q, kv, kv, key_padding_mask=mask)  # torch's defaults
+        assert isinstance(torch_way, tuple) and torch_way[1] is not None
+        torch.testing.assert_close(torch_way[0], want, **CLOSE)
+    back, _ = transforms.from_module(module)
+    assert back.spec == spec
