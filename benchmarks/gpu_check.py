@@ -2,8 +2,9 @@
 
 1. Per-sample gradients of the tutorial CNN at batch 512 on CUDA: the four contenders of
    ``per_sample_grads.py`` (funcmodels, torch.func, Opacus, a loop), checked equal first.
-2. ``fm.random.uniform`` (default ``[0, 1)``, every floating dtype) and
-   ``fm.random.randint`` give the same bits on CPU and CUDA (``torch.equal`` after
+2. ``fm.random.uniform`` (default ``[0, 1)``, every floating dtype),
+   ``fm.random.randint``, ``permutation`` and ``choice`` (with and without replacement)
+   give the same bits on CPU and CUDA (``torch.equal`` after
    ``.cpu()``), for sizes on both the small and the chunked path of the generator, with the
    key on either device.
 3. ``fm.init_with_state`` of ResNet-18 from a CUDA key puts every leaf on the card, gives
@@ -20,6 +21,7 @@ Run: ``python benchmarks/gpu_check.py [--quick]``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import init_resnet18
@@ -60,6 +62,18 @@ def check_same_bits(device: str = "cuda") -> int:
                     ),
                 )
                 for lo, hi in RANGES
+            ]
+            n = max(1, math.prod(shape))
+            draws += [  # the integer data draws (issue: training toolkit)
+                ("permutation", lambda k, dev, n=n: fm.random.permutation(k, n, device=dev)),
+                (
+                    "choice with replacement",
+                    lambda k, dev, n=n: fm.random.choice(k, n + 3, (n,), device=dev),
+                ),
+                (
+                    "choice without replacement",
+                    lambda k, dev, n=n: fm.random.choice(k, n + 3, (n,), replace=False, device=dev),
+                ),
             ]
             for what, draw in draws:
                 want = draw(k_cpu, None)
