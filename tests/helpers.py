@@ -7,7 +7,8 @@
 * per-sample gradients: :func:`assert_per_sample_grads_match` compares ``vmap(grad)``
   with a loop of single-sample ``torch.autograd.grad`` calls;
 * tensors off their initial values: :func:`randomised`; test inputs: :func:`example_input`;
-* :data:`MODELS`, small models covering every ``funcmodels.nn`` layer.
+* :data:`MODELS`, small models covering every ``funcmodels.nn`` layer;
+* the examples: :data:`ROOT`, :func:`run_example` and :func:`parse_float`.
 
 Random values here come from ``torch.Generator`` objects seeded by the caller: they are
 independent of the funcmodels generator under test, and never touch torch's global one.
@@ -15,7 +16,11 @@ independent of the funcmodels generator under test, and never touch torch's glob
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -313,3 +318,28 @@ MODELS: dict[str, tuple[fm.Spec, tuple[int, ...]]] = {
     "block": (fnn.ResidualBlock(4, 6, use_se=True, se_ratio=0.5), (6, 4, 5, 5)),
     "linear": (fnn.Linear(5, 3), (6, 5)),
 }
+
+
+# -- the examples ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name: str, *args: str) -> str:
+    """Run ``examples/<name>`` in a fresh interpreter; return its stdout (fail on exit != 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{name} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def parse_float(pattern: str, text: str) -> float:
+    """The number captured by ``pattern`` in ``text``; fails the test when absent."""
+    match = re.search(pattern, text)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return float(match.group(1))

@@ -86,6 +86,38 @@ def test_load_onto_the_meta_device(tmp_path):
         fm.load(tmp_path / "m.safetensors", device=3.5)
 
 
+def _meta_cases():
+    import transforms
+
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+    return {
+        "sparse-magnitude": transforms.SparseLinear(8, 4, sparsity=0.5),
+        "sparse-2:4-random": transforms.SparseLinear(8, 4, pattern="2:4", init_mask="random"),
+        "moe": nn.Sequential(transforms.MoE(mlp, num_experts=4)),
+        "early-exit": transforms.EarlyExit(
+            blocks=(nn.Linear(8, 8), nn.Linear(8, 8)), heads=(nn.Linear(8, 3), nn.Linear(8, 3))
+        ),
+        "lstm-attention": nn.Sequential(
+            nn.LSTM(8, 8, batch_first=True), nn.MultiheadAttention(8, 2, batch_first=True)
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_meta_cases()))
+def test_transform_layers_initialise_on_meta(name):
+    """Shapes only: a model too large for memory is planned on meta (masks included)."""
+    spec = _meta_cases()[name]
+    params, state = fm.init_with_state(fm.key(0, device="meta"), spec)
+    assert devices(params) | devices(state) == {torch.device("meta")}
+    want_p, want_s = fm.init_with_state(fm.key(0), spec)
+    for got, want in ((params, want_p), (state, want_s)):
+        for n, t in want.flat().items():
+            assert (got[n].shape, got[n].dtype) == (t.shape, t.dtype), n
+    if name.startswith("sparse"):  # the others' dispatch depends on values
+        out = fm.apply(params, torch.empty(3, 8, device="meta"), state=state)
+        assert out.shape == (3, 4) and out.device.type == "meta"
+
+
 @dataclass(frozen=True)
 class _Careless(fm.Spec):
     """Ignores what init asks for in one way or another."""

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.test_examples import ROOT, parse_float
+from tests.helpers import ROOT, parse_float
 
 
 @pytest.mark.slow

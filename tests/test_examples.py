@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import importlib
 import re
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 import funcmodels as fm
+from tests.helpers import ROOT, parse_float, run_example
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 INSTALL = (
@@ -23,26 +21,6 @@ INSTALL = (
 )
 QUICKSTART_COMMAND = INSTALL + '[examples]" && python examples/quickstart.py'
 TEST_COMMAND = INSTALL + '[test]" && python -m pytest -q'
-
-
-def run_example(name: str, *args: str) -> str:
-    """Run ``examples/<name>`` in a fresh interpreter; return its stdout (fail on exit != 0)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"{name} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def parse_float(pattern: str, text: str) -> float:
-    """The number captured by ``pattern`` in ``text``; fails the test when absent."""
-    match = re.search(pattern, text)
-    assert match, f"no line matching {pattern!r} in:\n{text}"
-    return float(match.group(1))
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -141,8 +119,13 @@ def test_early_exit_example_saves_compute_per_sample(tmp_path):
     blocks = parse_float(r"calibrated: test accuracy [0-9.]+, mean blocks ([0-9.]+)", out)
     assert full > 0.85 and acc > full - 0.05, out
     assert blocks <= 4.0, out  # at most half the full depth
-    match = re.search(r"batch-mean rule at accuracy >= [0-9.]+: mean blocks ([0-9.]+)", out)
-    assert match is None or float(match.group(1)) >= blocks, out
+    # The article's rule needs at least as many blocks for the same accuracy, or never
+    # reaches it.
+    match = re.search(
+        r"batch-mean rule at accuracy >= [0-9.]+: (never reached|mean blocks ([0-9.]+))", out
+    )
+    assert match, out
+    assert match.group(2) is None or float(match.group(2)) >= blocks, out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

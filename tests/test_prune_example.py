@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.test_examples import parse_float, run_example
+from tests.helpers import parse_float, run_example
 
 
 @pytest.mark.slow
@@ -35,6 +35,6 @@ def test_prune_example_prunes_to_90_percent_and_compresses(tmp_path):
     # 10% of the weights as float32 values plus int32 column indices, and the row pointers.
     dense_kib = parse_float(r"fm.save file: dense ([0-9.]+) KiB", out)
     assert parse_float(r"compressed ([0-9.]+) KiB", out) < 0.3 * dense_kib
-    assert parse_float(r"\(compressed ([0-9.]+)x faster\)", out) > 0
+    parse_float(r"\(compressed ([0-9.]+)x faster\)", out)  # reported; speed: benchmarks/
     assert f"plot saved to {plot}" in out
     assert plot.stat().st_size > 0

@@ -157,6 +157,23 @@ def test_saving_a_too_deep_spec_is_refused(tmp_path):
             marks=pytest.mark.slow,
         ),
         ('"just a string"', "expected a list of layer entries or a layer dict, got str"),
+        # a Stack of 10^12 members: the missing entry is reported, not 10^12 names built
+        (
+            json.dumps({"type": "stack", "params": {"spec": {"type": "relu"}, "n": 10**12}}),
+            r"unexpected entries: \['w'\]",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "stack",
+                    "params": {
+                        "spec": {"type": "linear", "params": {"in_features": 1, "out_features": 1}},
+                        "n": 10**12,
+                    },
+                }
+            ),
+            r"missing entries: \['weight', 'bias'\]",
+        ),
     ],
 )
 def test_hostile_metadata_is_refused(tmp_path, spec_json, pattern):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.test_examples import parse_float, run_example
+from tests.helpers import parse_float, run_example
 
 
 @pytest.mark.slow

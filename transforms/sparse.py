@@ -72,6 +72,8 @@ def magnitude_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch
         return keep.reshape(scores.shape)
     flat = scores.reshape(-1)
     k = kept_count(flat.numel(), sparsity)
+    if scores.device.type == "meta":  # shapes only: no values to rank
+        return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == flat.numel():

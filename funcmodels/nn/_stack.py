@@ -152,6 +152,10 @@ class Stack(Spec):
         )
         if not names or any(prefix + k in entries for k in names):
             return
+        # Cheap checks first: n comes from the file, and a hostile n must not make us
+        # build n names before finding that the entries are not there.
+        if f"{prefix}0.{names[0]}" not in entries or len(entries) < self.n * len(names):
+            return
         unstacked = [[f"{prefix}{i}.{k}" for i in range(self.n)] for k in names]
         if not all(k in entries for keys in unstacked for k in keys):
             return

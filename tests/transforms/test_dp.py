@@ -175,9 +175,6 @@ def test_layers_without_a_closed_form_fall_back_to_their_own_per_example_gradien
 
 
 def test_a_layer_used_twice_is_exact():
-    class Twice(fm.Spec):
-        pass
-
     shared = nn.Linear(4, 4)
 
     def tied(p, x, y):
@@ -187,7 +184,6 @@ def test_a_layer_used_twice_is_exact():
 
     spec = nn.Sequential(shared)
     check(spec, normal(3, (5, 4)), labels(3, 5, 3), loss=tied)
-    del Twice
 
 
 def per_layer_reference(loss, params, x, y, bounds, group_of):
