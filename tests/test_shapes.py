@@ -77,7 +77,7 @@ def test_conv_out_shape_is_torchs(n, size, kernel, stride, dilation, padding, mo
 def test_pool_out_shapes_are_torchs(size, kernel, stride, ceil, dilation, data):
     padding = data.draw(st.integers(0, kernel // 2))
     shape = (3, *size)
-    _check_layer(fnn.MaxPool2d(kernel, stride, padding, dilation, ceil), shape)
+    _check_layer(fnn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=ceil), shape)
     _check_layer(fnn.AvgPool2d(kernel, stride, padding, ceil), shape)
     out = data.draw(st.tuples(st.one_of(st.none(), st.integers(1, 4)), st.integers(1, 4)))
     _check_layer(fnn.AdaptiveAvgPool2d(out), shape)
