@@ -44,14 +44,19 @@ def _check_dtype(dtype: object, where: str) -> torch.dtype:
 def as_device(device: object, where: str) -> torch.device:
     """``device`` as tensors report it (``'cuda'`` becomes ``cuda:0``); ``TypeError`` if it
     names no device."""
+    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
+        raise TypeError(f"{where}: device must be a torch.device or a string, got {device!r}")
     try:
         device = torch.device(device)
     except (TypeError, RuntimeError) as e:
-        raise TypeError(
-            f"{where}: device must be a torch.device or a string, got {device!r}"
-        ) from e
-    if device.type not in ("cpu", "meta") and device.index is None:
-        device = torch.empty(0, device=device).device
+        raise ValueError(f"{where}: {device!r} names no device torch knows ({e})") from e
+    if device.type not in ("cpu", "meta"):
+        try:
+            found = torch.empty(0, device=device).device
+        except (AssertionError, RuntimeError) as e:  # no CUDA in this build, no such card
+            raise ValueError(f"{where}: device {device} is not available here ({e})") from e
+        if device.index is None:
+            device = found
     return device
 
 

@@ -236,11 +236,31 @@ def expected_entries(spec: Spec, which: str) -> dict[str, tuple[tuple[int, ...],
                 for n, shape in s.param_shapes().items():
                     out[prefix + n] = (tuple(shape), None)
             else:
-                for n, (shape, dtype) in s.state_shapes().items():
+                for n, (shape, dtype) in _state_shapes(s, prefix).items():
                     out[prefix + n] = (tuple(shape), dtype)
         return out
 
     return cached(spec, f"_fm_expected_{which}", make)
+
+
+def _state_shapes(spec: Spec, prefix: str) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``spec.state_shapes()``, checked: each entry ``(shape, dtype or None)``."""
+    shapes = spec.state_shapes()
+    for name, entry in shapes.items():
+        ok = (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and isinstance(entry[0], (tuple, list, torch.Size))
+            and (entry[1] is None or isinstance(entry[1], torch.dtype))
+        )
+        if not ok:
+            raise spec._error(
+                prefix,
+                f"state_shapes() must map each buffer name to (shape, dtype or None), got "
+                f"{entry!r} for {name!r}",
+                TypeError,
+            )
+    return shapes
 
 
 def field_values(spec: Spec) -> dict[str, Any]:
@@ -304,7 +324,7 @@ def init_tree(
         )
         if buffers is not None:
             own = s.init_state(k, dtype=dtype, device=device)
-            checked = _own(s, prefix, own, s.state_shapes(), dtype, device, "init_state")
+            checked = _own(s, prefix, own, _state_shapes(s, prefix), dtype, device, "init_state")
             buffers.update((prefix + n, t) for n, t in checked.items())
         stack.extend(
             (f"{prefix}{n}.", c, _random.fold_in(k, name_hash(n)))

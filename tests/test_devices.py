@@ -174,6 +174,31 @@ def test_a_key_on_another_device_than_the_input_is_refused():
         fm.apply(params, torch.ones(3), key=fm.key(1, device="meta"), train=True)
 
 
-def test_bad_device_argument():
+@dataclass(frozen=True)
+class _PlainStateShape(fm.Spec):
+    """Declares a buffer by its shape alone, forgetting the dtype."""
+
+    def state_shapes(self):
+        return {"count": (3,)}
+
+
+def test_a_malformed_state_declaration_names_the_layer():
+    spec = nn.Sequential({"s": _PlainStateShape()})
+    pattern = (
+        r"layer 's' \(_PlainStateShape\): state_shapes\(\) must map each buffer name to "
+        r"\(shape, dtype or None\), got \(3,\) for 'count'"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        fm.init_with_state(fm.key(0), spec)
+
+
+def test_bad_device_argument(tmp_path):
     with pytest.raises(TypeError, match=r"fm.init: device must be a torch.device or a string"):
         fm.init(fm.key(0), nn.Linear(2, 2), device=1.5)
+    with pytest.raises(ValueError, match=r"fm.init: 'bogus' names no device torch knows"):
+        fm.init(fm.key(0), nn.Linear(2, 2), device="bogus")
+    path = tmp_path / "m.safetensors"
+    fm.save(path, fm.init(fm.key(0), nn.Linear(2, 2)))
+    # no machine has a hundredth card (nor a CPU-only build any card)
+    with pytest.raises(ValueError, match=r"fm.load\(.*\): device cuda:99 is not available here"):
+        fm.load(path, device="cuda:99")

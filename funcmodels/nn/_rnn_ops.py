@@ -161,6 +161,12 @@ def _initial_state(
 
 def _unpack(x: Any, most: int, forms: str) -> tuple[Any, ...]:
     """``(input, hx, ...)`` padded with ``None`` to ``most`` items; ``input`` a tensor."""
+    if type(x).__name__ == "PackedSequence":  # a tuple subclass: say what stands in for it
+        raise TypeError(
+            "got torch's PackedSequence: pass the padded batch and its lengths instead, "
+            "(input, hx, lengths) (hx may be None), as torch.nn.utils.rnn."
+            "pad_packed_sequence gives them"
+        )
     if isinstance(x, (tuple, list)):
         if not 1 <= len(x) <= most:
             raise TypeError(f"expected {forms}, got a {type(x).__name__} of {len(x)} items")

@@ -635,6 +635,13 @@ def _inputs():
         ("lengths shape", (x, None, torch.tensor([3])), ValueError, r"lengths of shape \(2,\)"),
         ("lengths float", (x, None, torch.ones(2)), TypeError, "integer tensor, got dtype"),
         ("lengths type", (x, None, "ab"), TypeError, "integer tensor .* got str"),
+        (
+            "packed",
+            torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3])),
+            TypeError,
+            r"got torch's PackedSequence: pass the padded batch and its lengths instead, "
+            r"\(input, hx, lengths\)",
+        ),
     ]
 
 
