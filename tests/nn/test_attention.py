@@ -24,6 +24,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from funcmodels._spec import field_values
+from funcmodels.nn import _attention as attention_module
 from tests.helpers import assert_per_sample_grads_match, randomised
 
 nn = fm.nn
@@ -206,6 +207,46 @@ def test_is_causal_is_torch_hint():
     torch.testing.assert_close(got, with_hint, **CLOSE)
     with pytest.raises(ValueError, match=r"\(MultiheadAttention\): is_causal=True .* needs"):
         fm.apply(params, {"query": x, "is_causal": True})
+
+
+def test_ordinary_path_runs_scaled_dot_product_attention(monkeypatch):
+    # The kernel is looked up on torch.nn.functional at call time, where torch's own
+    # layers find it too: the torch references are computed before it is wrapped.
+    spec = nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.2)
+    module = torch.nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.2).eval()
+    params = twin(spec, module)
+    x, kv = randn(3, 5, 8), randn(3, 6, 8, seed=1)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    args = {"query": x, "key": kv, "value": kv, "key_padding_mask": pad}
+    want = torch_run(module, x, kv, kv, key_padding_mask=pad, need_weights=False)[0]
+    want_causal = torch_run(module, x, x, x, attn_mask=causal(5), need_weights=False)[0]
+    before = fm.apply(params, {**args, "need_weights": False})
+    calls = []
+    kernel = F.scaled_dot_product_attention
+
+    def counting(*a, **kw):
+        calls.append(a[0].shape)
+        return kernel(*a, **kw)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counting)
+    got = fm.apply(params, {**args, "need_weights": False})
+    assert calls == [(3, 2, 5, 4)]  # (N, H, L, head_dim)
+    assert torch.equal(got, before)
+    torch.testing.assert_close(got, want, **CLOSE)
+    got = fm.apply(params, {"query": x, "attn_mask": causal(5), "is_causal": True})
+    assert len(calls) == 2
+    torch.testing.assert_close(got, want_causal, **CLOSE)
+    # the explicit softmax: weights asked for, dropout in train mode, under vmap
+    torch.testing.assert_close(fm.apply(params, {**args, "need_weights": True})[0], want, **CLOSE)
+    fm.apply(params, {**args, "need_weights": False}, key=fm.key(0), train=True)
+    vmapped = vmap(lambda a: fm.apply(params, a))(args)  # one example each
+    torch.testing.assert_close(vmapped, before, **CLOSE)
+    assert len(calls) == 2
+    # the transformer layers attend through it too: once per attention block
+    layer, _ = randomised(nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True))
+    fm.apply(layer, {"tgt": x, "memory": kv, "tgt_mask": causal(5)})
+    assert len(calls) == 4
 
 
 def test_train_mode_dropout_drops_attention_weights_from_the_key():
@@ -435,6 +476,28 @@ def test_layers_accept_zero_size_batches():
         assert fm.apply(params, torch.zeros(shape)).shape == shape
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_decoder_layer_and_transformer_accept_zero_size_batches(batch_first):
+    def seq(length):
+        return torch.zeros((0, length, 8) if batch_first else (length, 0, 8))
+
+    layer = nn.TransformerDecoderLayer(8, 2, 16, batch_first=batch_first)
+    transformer = nn.Transformer(8, 2, 1, 2, 16, batch_first=batch_first)
+    for spec, module in (
+        (layer, torch_layer(layer).eval()),
+        (transformer, torch.nn.Transformer(8, 2, 1, 2, 16, batch_first=batch_first).eval()),
+    ):
+        params = twin(spec, module)
+        tgt, other = seq(4), seq(6)
+        first = "src" if isinstance(spec, nn.Transformer) else "memory"
+        args = {first: other, "tgt": tgt, "tgt_mask": causal(4)}
+        torch_args = (other, tgt) if first == "src" else (tgt, other)
+        want = torch_run(module, *torch_args, tgt_mask=causal(4))
+        got = fm.apply(params, args)
+        assert got.shape == want.shape == tgt.shape
+        assert fm.apply(params, args, key=fm.key(0), train=True).shape == tgt.shape
+
+
 # -- stacks and the transformer --------------------------------------------------------------
 
 
@@ -544,6 +607,71 @@ def test_decoder_per_sample_gradients_match_a_loop():
         want = grad(loss)(params, tgt[i], memory[i])
         for name in fm.to_state_dict(params):
             torch.testing.assert_close(got[name][i], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_stack_per_sample_gradients_match_a_loop_and_torch():
+    layer = nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0, batch_first=True)
+    spec = nn.TransformerDecoder(layer, 2, nn.LayerNorm(8))
+    module = torch.nn.TransformerDecoder(torch_layer(layer), 2, torch.nn.LayerNorm(8)).eval()
+    params = twin(spec, module)
+    tgt, memory = randn(3, 4, 8), randn(3, 6, 8, seed=1)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 3:] = True
+    pad[2, 0] = True
+
+    def loss(p, t, m, mp):
+        args = {"tgt": t, "memory": m, "tgt_mask": causal(4), "memory_key_padding_mask": mp}
+        return fm.apply(p, args).square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, tgt, memory, pad)
+    for i in range(3):
+        want = grad(loss)(params, tgt[i], memory[i], pad[i])
+        for name in fm.to_state_dict(params):
+            torch.testing.assert_close(got[name][i], want[name], atol=1e-5, rtol=1e-4)
+        # torch's autograd on the same weights, the example as a batch of one
+        out = module(
+            tgt[i : i + 1], memory[i : i + 1], causal(4), memory_key_padding_mask=pad[i : i + 1]
+        )
+        names, tensors = zip(*module.named_parameters(), strict=True)
+        theirs = torch.autograd.grad(out.square().sum(), tensors)
+        for name, g in zip(names, theirs, strict=True):
+            torch.testing.assert_close(got[name][i], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_transformer_per_sample_gradients_match_a_loop(train):
+    # in train mode each example draws its dropout masks from its own key
+    spec = nn.Transformer(8, 2, 2, 1, 16, dropout=0.2, activation="gelu", batch_first=True)
+    module = torch.nn.Transformer(8, 2, 2, 1, 16, dropout=0.2, activation="gelu", batch_first=True)
+    params = twin(spec, module)
+    src, tgt = randn(3, 6, 8), randn(3, 4, 8, seed=1)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[0, 4:] = True
+    keys = fm.split(fm.key(3), 3)
+
+    def loss(p, s, t, mp, k, train=train):
+        args = {"src": s, "tgt": t, "tgt_mask": causal(4), "src_key_padding_mask": mp}
+        args["memory_key_padding_mask"] = mp
+        return fm.apply(p, args, key=k, train=train).square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0, 0, 0))(params, src, tgt, pad, keys)
+    for i in range(3):
+        want = grad(loss)(params, src[i], tgt[i], pad[i], keys[i])
+        for name in fm.to_state_dict(params):
+            torch.testing.assert_close(got[name][i], want[name], atol=1e-5, rtol=1e-4)
+        if train:
+            continue
+        # torch's autograd on the same weights, the example as a batch of one
+        one = {"src_key_padding_mask": pad[i : i + 1], "memory_key_padding_mask": pad[i : i + 1]}
+        out = module.eval()(src[i : i + 1], tgt[i : i + 1], tgt_mask=causal(4), **one)
+        names, tensors = zip(*module.named_parameters(), strict=True)
+        theirs = torch.autograd.grad(out.square().sum(), tensors)
+        for name, g in zip(names, theirs, strict=True):
+            torch.testing.assert_close(got[name][i], g, atol=1e-5, rtol=1e-4, msg=name)
+    if train:  # dropout did drop: these are not the eval gradients
+        evals = vmap(grad(lambda p, *a: loss(p, *a, None, train=False)), in_dims=(None, 0, 0, 0))
+        name = "decoder.layers.0.linear1.weight"
+        assert not torch.allclose(got[name], evals(params, src, tgt, pad)[name], atol=1e-3)
 
 
 # -- conversions, configs, files, summary ----------------------------------------------------

@@ -258,6 +258,36 @@ def test_round_trips_through_configs_files_and_torch(tmp_path):
     assert fm.summary(MODEL, (2, 5, 5)).rows[0].out_shape == (2,)
 
 
+MODEL3D = nn.Sequential(nn.Conv3d(2, 4, 2), nn.Dropout3d(0.3), nn.Flatten(), nn.Linear(32, 2))
+
+
+@pytest.mark.parametrize("spec", [nn.Dropout3d(0.4), MODEL3D], ids=["alone", "in_a_sequential"])
+def test_dropout3d_to_module_is_torchs_layer_and_back(spec):
+    params, _ = randomised(spec)
+    module = transforms.to_module(params)
+    layer = module if isinstance(spec, nn.Dropout3d) else module[1]
+    assert type(layer) is torch.nn.Dropout3d and not module.training
+    assert layer.p == (0.4 if layer is module else 0.3)
+    assert list(module.state_dict()) == list(fm.to_state_dict(params))
+    for name, t in fm.to_state_dict(params).items():
+        assert torch.equal(module.state_dict()[name], t), name
+    x = fm.random.normal(fm.key(1), (3, 2, 3, 3, 3))
+    with torch.no_grad():
+        assert torch.equal(layer(x), x)  # eval: identity, as ours
+        torch.testing.assert_close(module(x), fm.apply(params, x), **EXACT)
+        # train mode: torch's own layer, dropping whole channels from its generator
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            y = layer.train()(torch.ones(8, 16, 2, 2, 2))
+        flat = y.reshape(8, 16, -1)
+        assert torch.equal(flat, flat[..., :1].expand_as(flat))
+        assert (flat == 0).any() and (flat != 0).any()
+    back, _ = transforms.from_module(module)
+    assert back.spec == spec
+    for name, t in fm.to_state_dict(params).items():
+        assert torch.equal(back.flat()[name], t), name
+
+
 @pytest.mark.slow
 def test_train_mode_is_one_graph():
     params = fm.init(fm.key(0), MODEL)

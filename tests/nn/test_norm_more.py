@@ -352,9 +352,17 @@ MODEL = nn.Sequential(
     nn.Linear(6, 8),
 )
 BN3D = nn.Sequential(nn.BatchNorm3d(2, momentum=None), nn.InstanceNorm3d(2), nn.Flatten())
+IN1D = nn.Sequential(
+    nn.Conv1d(2, 4, 3),
+    nn.InstanceNorm1d(4, eps=1e-3, momentum=0.3, affine=True, track_running_stats=True),
+    nn.Flatten(),
+    nn.Linear(20, 3),
+)
 
 
-@pytest.mark.parametrize("spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2))])
+@pytest.mark.parametrize(
+    "spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2)), (IN1D, (5, 2, 7))]
+)
 def test_models_round_trip_through_configs_files_and_torch(spec, shape, tmp_path):
     params, state = randomised(spec)
     x = fm.random.normal(fm.key(1), shape)
@@ -383,6 +391,35 @@ def test_models_round_trip_through_configs_files_and_torch(spec, shape, tmp_path
     assert summary.trainable == sum(p.numel() for p in module.parameters())
     assert summary.state == sum(b.numel() for b in module.buffers())
     assert summary.rows[0].out_shape == tuple(want.shape[1:])
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("track", [False, True])
+def test_instancenorm1d_to_module_is_torchs_layer_and_back(affine, track):
+    # the layer alone (not inside a Sequential): torch's class with the spec's settings
+    spec = nn.InstanceNorm1d(3, eps=1e-3, momentum=0.3, affine=affine, track_running_stats=track)
+    params, state = randomised(spec)
+    module = transforms.to_module(params, state)
+    assert type(module) is torch.nn.InstanceNorm1d and not module.training
+    settings = (module.num_features, module.eps, module.momentum, module.affine)
+    assert settings == (3, 1e-3, 0.3, affine) and module.track_running_stats == track
+    assert_state_matches(params, state, module)
+    for name, t in fm.to_state_dict(params, state).items():
+        assert torch.equal(module.state_dict()[name], t), name
+    x = fm.random.normal(fm.key(1), (4, 3, 6)) * 2 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), fm.apply(params, x, state=state), **EXACT)
+        torch.testing.assert_close(module(x[0]), fm.apply(params, x[0], state=state), **EXACT)
+    back, back_state = transforms.from_module(module)
+    assert back.spec == spec
+    for name, t in fm.to_state_dict(params, state).items():
+        got = fm.to_state_dict(back, back_state)[name]
+        assert got.dtype == t.dtype and torch.equal(got, t), name
+    # train mode: the module's updated buffers are fm.run's new state
+    out = fm.run(params, x, state=state, train=True)
+    with torch.no_grad():
+        torch.testing.assert_close(module.train()(x), out.out, **STATS)
+    assert_state_matches(params, out.state, module)
 
 
 @pytest.mark.parametrize(
