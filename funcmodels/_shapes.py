@@ -26,6 +26,14 @@ from ._tree import Params, State
 Shape = tuple[Any, ...]
 
 
+class MemberFirst(tuple):
+    """A per-example shape whose leading axis is a ``Stack``'s members: in the tensor the
+    batch dim comes second, ``(n, N, *M)``. A plain tuple to every layer; the summary
+    shows the batch dim where it is."""
+
+    __slots__ = ()
+
+
 def show(shape: Shape) -> str:
     """``(64, ?, ?)`` or ``(..., 10)``: a shape for messages, unknown sizes as ``?``."""
     parts = ["..." if d is ... else "?" if d is None else str(d) for d in shape]

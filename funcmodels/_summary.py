@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._shapes import Shape, check_input_shape, require_complete, show
+from ._shapes import MemberFirst, Shape, check_input_shape, require_complete, show
 from ._spec import Spec, layer_name
 from ._tree import Params
 
@@ -49,7 +49,11 @@ class Summary:
 
     def __str__(self) -> str:
         def shape_text(shape: Shape | None) -> str:
-            return "" if shape is None else show(("N", *shape))
+            if shape is None:
+                return ""
+            if isinstance(shape, MemberFirst):  # a Stack's output: (n, N, *M)
+                return show((shape[0], "N", *shape[1:]))
+            return show(("N", *shape))
 
         table = [("layer", "type", "output shape", "params")]
         if self.input_shape is not None:

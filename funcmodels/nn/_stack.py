@@ -11,7 +11,7 @@ import torch.utils._pytree as pytree
 
 from .. import random as _random
 from .._context import Context, cached
-from .._shapes import Shape, rank_known, show
+from .._shapes import MemberFirst, Shape, rank_known, show
 from .._spec import Spec, expected_entries, init_tree
 from ._check import positive_int
 
@@ -141,7 +141,7 @@ class Stack(Spec):
 
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         out = self.spec.out_shape(self._member_shape(in_shape, path), path, None)
-        return (self.n, *out)
+        return MemberFirst((self.n, *out))
 
     # -- checkpoints --------------------------------------------------------------------
     def adapt_state_dict(self, entries: dict[str, Any], prefix: str) -> None:

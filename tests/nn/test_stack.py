@@ -227,6 +227,10 @@ def test_save_load_config_summary_and_to_module(tmp_path):
     assert table.trainable == 3 * one.trainable
     assert table.param_bytes == sum(t.numel() * t.element_size() for t in params.flat().values())
     assert row.out_shape == (3, 2)
+    # the table shows the batch dim where the tensor has it: second, after the members
+    assert want.shape == (3, 4, 2)
+    shown = {line.split()[0]: line for line in str(table).splitlines()[2:]}
+    assert "(3, N, 2)" in shown["ens"] and "(3, N, 2)" in shown["out"], str(table)
     module = transforms.to_module(params, state)
     assert list(module.state_dict()) == list(fm.to_state_dict(params, state))
     with torch.no_grad():
