@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
+import torch.utils._pytree as pytree
 from torch.func import grad, vmap
 
 import funcmodels as fm
@@ -415,3 +416,56 @@ def test_vmap_trains_an_ensemble_with_a_chained_optimiser():
         for _ in range(3):
             m, s = step(m, s, x[i], y[i])
         assert_trees(fm.tree.index(stacked, i), m, rtol=1e-5, atol=1e-6)
+
+
+# -- in-place writes inside a chain ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optim.adamw(optim.linear_schedule(0.1, 0.01, 3), weight_decay=0.1),
+        lambda: optim.chain(optim.clip_by_global_norm(0.5), optim.adamw(0.1, weight_decay=0.1)),
+        lambda: optim.chain(optim.identity(), optim.scale(2.0), optim.scale(-0.5)),
+        lambda: optim.chain(optim.add_decayed_weights(0.1), optim.scale(-1.0)),
+        lambda: optim.chain(optim.scale(2.0), optim.add_decayed_weights(0.1)),
+        lambda: optim.chain(
+            optim.masked(optim.scale(3.0), {"w": True, "b": False}), optim.scale(-1.0)
+        ),
+    ],
+    ids=[
+        "adamw-schedule",
+        "clip-adamw",
+        "identity-first",
+        "decay-scale",
+        "scale-decay",
+        "masked-first",
+    ],
+)
+def test_a_chain_never_writes_into_what_it_was_given(make):
+    """A chain writes only into updates one of its pieces made (eager, for speed): the
+    caller's gradients, the params and the optimiser state stay as they were, and the
+    result equals the same chain run out of place (under no eager: inside vmap)."""
+    params = tensors(torch.float64)
+    opt = make()
+    state = opt.init(params)
+    for g in grads(params, steps=3):
+        before = {k: v.clone() for k, v in g.items()}
+        kept_params = {k: v.clone() for k, v in params.items()}
+        kept_state = pytree.tree_map(lambda t: t.clone(), state)
+        updates, new_state = opt.update(g, state, params)
+        # the same step where nothing may be written in place: a one-member vmap
+        want, want_state = vmap(lambda gg, ss, pp: opt.update(gg, ss, pp))(
+            *pytree.tree_map(lambda t: t[None], (g, state, params))
+        )
+        assert all(torch.equal(g[k], before[k]) for k in g)
+        assert all(torch.equal(params[k], kept_params[k]) for k in params)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(pytree.tree_leaves(state), pytree.tree_leaves(kept_state), strict=True)
+        )
+        for k in updates:
+            assert updates[k] is not g[k]
+            torch.testing.assert_close(updates[k], want[k][0], rtol=1e-12, atol=1e-14)
+        params = optim.apply_updates(params, updates)
+        state = new_state

@@ -25,8 +25,10 @@ class GradientTransformation(NamedTuple):
     ``init(params) -> state``; ``update(updates, state, params=None) -> (updates,
     new_state)``. ``updates`` (the gradients, for the first piece of a chain) has the
     structure of ``params``; what comes out is added to the params by
-    :func:`apply_updates`. Nothing is changed in place, and step counts are tensors, so a
-    training step composes with ``vmap`` (an ensemble) and ``torch.compile``.
+    :func:`apply_updates`. Nothing a caller passes is changed in place (inside a
+    :func:`chain`, in eager mode, a piece may write into updates an earlier piece made),
+    and step counts are tensors, so a training step composes with ``vmap`` (an ensemble)
+    and ``torch.compile``.
     """
 
     init: Callable[[Any], Any]
@@ -201,6 +203,31 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
+def owning(update: Callable, in_place: Callable | None = None) -> Callable:
+    """Mark ``update`` as returning only tensors it made (never one of its inputs), and
+    attach ``in_place``, the same update writing into ``updates`` (for :func:`chain`,
+    which calls it only on updates it owns)."""
+    update._fm_fresh = True
+    if in_place is not None:
+        update._fm_in_place = in_place
+    return update
+
+
+def _eager_in_place() -> bool:
+    """Whether writing into tensors is safe and useful: eager, outside torch.func
+    transforms (vmap would loop) and compile (which fuses the copies away)."""
+    from torch._C._functorch import maybe_current_level
+
+    return maybe_current_level() is None and not torch.compiler.is_compiling()
+
+
+def _need_grad(*trees: Any) -> bool:
+    """Whether autograd records through any tensor of ``trees`` (then nothing in place)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in pytree.tree_leaves(trees)
+    )
+
+
 def chain(*transformations: GradientTransformation) -> GradientTransformation:
     """Apply ``transformations`` in order; the state is the tuple of their states.
 
@@ -225,9 +252,18 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
             )
         if params is not None:
             flatten_like(updates, pytree.tree_structure(params), "grads")
+        # Updates a piece of this chain made are this chain's own: the next pieces may
+        # write into them (eager only), which saves a full-size allocation per piece.
+        # The caller's gradients are never written.
+        fresh, eager = False, _eager_in_place()
         new_state = []
         for t, s in zip(transformations, state, strict=True):
-            updates, s = t.update(updates, s, params)
+            in_place = getattr(t.update, "_fm_in_place", None)
+            if fresh and eager and in_place is not None and not _need_grad(updates, params):
+                updates, s = in_place(updates, s, params)
+            else:
+                updates, s = t.update(updates, s, params)
+                fresh = getattr(t.update, "_fm_fresh", False)
             new_state.append(s)
         return updates, tuple(new_state)
 

@@ -20,12 +20,14 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
+    _need_grad,
     check_state,
     count_like,
     flatten_like,
     is_schedule,
     leaves_of,
     number,
+    owning,
     scalar_dtype,
     zeros_like_tree,
 )
@@ -85,7 +87,12 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     def update(updates, state, params=None):
         return pytree.tree_map(lambda u: u * step_size, updates), state
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    def in_place(updates, state, params=None):
+        if _need_grad(step_size):  # a hyperparameter being differentiated
+            return update(updates, state, params)
+        return pytree.tree_map(lambda u: u.mul_(step_size), updates), state
+
+    return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
 
 
 def scale_by_schedule(schedule) -> GradientTransformation:
@@ -96,12 +103,19 @@ def scale_by_schedule(schedule) -> GradientTransformation:
     def init(params):
         return ScaleByScheduleState(count_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, in_place=False):
         check_state(state, ScaleByScheduleState, "fm.optim.scale_by_schedule")
         factor = schedule(state.count)
-        return pytree.tree_map(lambda u: u * factor, updates), ScaleByScheduleState(state.count + 1)
+        in_place = in_place and not _need_grad(factor)
+        scaled = pytree.tree_map(
+            (lambda u: u.mul_(factor)) if in_place else (lambda u: u * factor), updates
+        )
+        return scaled, ScaleByScheduleState(state.count + 1)
 
-    return GradientTransformation(init, update)
+    def update_in_place(updates, state, params=None):
+        return update(updates, state, params, in_place=True)
+
+    return GradientTransformation(init, owning(update, update_in_place))
 
 
 def scale_by_learning_rate(
@@ -143,7 +157,17 @@ def add_decayed_weights(
         ]
         return pytree.tree_unflatten(out, spec), state
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    def in_place(updates, state, params=None):
+        if _need_grad(wd):
+            return update(updates, state, params)
+        us, ps, spec = leaves_of(updates, params, where, need_params=True)
+        out = [
+            u.add_(p, alpha=wd) if isinstance(wd, float) else u.add_(wd * p)
+            for u, p in zip(us, ps, strict=True)
+        ]
+        return pytree.tree_unflatten(out, spec), state
+
+    return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
 
 
 def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
@@ -174,7 +198,7 @@ def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformatio
         factor = torch.clamp(bound / (norm + 1e-6), max=1.0)
         return pytree.tree_map(lambda u: u * factor.to(u.dtype), updates), state
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: EmptyState(), owning(update))
 
 
 def trace(decay: float | torch.Tensor = 0.9, nesterov: bool = False) -> GradientTransformation:
@@ -236,6 +260,8 @@ def scale_by_adam(
         # In place only outside torch.func transforms: vmap has no batching rule for
         # addcmul_ and would loop over an ensemble's members one by one.
         inplace = _functorch_level() is None
+        # Eager only, one full-size allocation fewer per leaf (out= is not for compile).
+        reuse = inplace and not torch.compiler.is_compiling()
         for u, m, v in zip(us, mus, nus, strict=True):
             m = torch.lerp(m, u, 1 - b1)
             if not isinstance(b2, float):
@@ -247,7 +273,11 @@ def scale_by_adam(
             # The denominator is a fresh tensor of ours: updating it in place saves two
             # full-size temporaries per leaf (the same arithmetic, in the same order).
             root = (v + eps_root).sqrt_() if eps_root else v.sqrt()
-            out.append(m.div(root.div_(bc2_sqrt).add_(eps)).div_(bc1))
+            root.div_(bc2_sqrt).add_(eps)
+            if reuse and not root.requires_grad:  # the update in the denominator's memory
+                out.append(torch.div(m, root, out=root).div_(bc1))
+            else:
+                out.append(m.div(root).div_(bc1))
             new_mus.append(m)
             new_nus.append(v)
         new_state = ScaleByAdamState(
@@ -255,7 +285,7 @@ def scale_by_adam(
         )
         return pytree.tree_unflatten(out, spec), new_state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, owning(update))
 
 
 def scale_by_rms(
