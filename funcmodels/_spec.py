@@ -135,6 +135,22 @@ class Spec:
         """The layer's computation on a batch ``x``; see :class:`~funcmodels.Context`."""
         raise NotImplementedError(f"{type(self).__name__} defines no forward(ctx, x)")
 
+    def stacked(
+        self, ctx: Context, params: dict[str, torch.Tensor], x: Any, in_axis: int | None
+    ) -> Any:
+        """Optional fast path of :class:`~funcmodels.nn.Stack`: ``n`` members of this spec
+        at once, from their stacked ``params`` (this spec's names, each tensor with a
+        leading axis of ``n``), as ``Stack(self, n, in_axis)`` computes them, without
+        ``vmap``; ``x`` is a batch (shared, or with the members on dim 0 for
+        ``in_axis=0``). Called for specs without state, in eager mode and under
+        ``torch.func`` transforms (not under compile, where inductor fuses the vmap), in
+        train mode too: only layers that draw nothing may have one. ``NotImplemented``
+        (the default) keeps the lifted vmap. ``Linear`` has one (a
+        batched ``baddbmm``, which vmap's rule for ``linear`` does not fuse), so do the
+        pointwise activations and ``Sequential`` of such layers.
+        """
+        return NotImplemented
+
     # -- shapes -----------------------------------------------------------------------
     def out_shape(
         self, in_shape: tuple[Any, ...], path: str = "", record: dict | None = None

@@ -28,6 +28,12 @@ class _Elementwise(Spec):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return in_shape
 
+    def stacked(self, ctx: Context, params, x, in_axis):
+        # Pointwise: the members' outputs are the layer on the stacked batch.
+        if type(self) not in _POINTWISE or in_axis != 0 or not isinstance(x, torch.Tensor):
+            return NotImplemented
+        return self.forward(ctx, x)
+
 
 @dataclass(frozen=True, init=False)
 class Identity(_Elementwise):
@@ -391,3 +397,34 @@ class RReLU(_Elementwise):
         u = _random.uniform(ctx.key(), x.shape, x.dtype, x.device)
         slope = u * (self.upper - self.lower) + self.lower
         return torch.where(x > 0, x, x * slope)
+
+
+#: The layers above that act on each element alone, with no parameter and no randomness:
+#: a Stack of them is the layer on the stacked batch (PReLU has a per-channel weight,
+#: RReLU draws in train mode; the softmax family has a dim).
+_POINTWISE = frozenset(
+    {
+        Identity,
+        ReLU,
+        GELU,
+        SiLU,
+        Sigmoid,
+        Tanh,
+        LeakyReLU,
+        ELU,
+        CELU,
+        SELU,
+        Mish,
+        Hardswish,
+        Hardsigmoid,
+        Hardtanh,
+        ReLU6,
+        Softplus,
+        Softsign,
+        Softshrink,
+        Hardshrink,
+        Tanhshrink,
+        Threshold,
+        LogSigmoid,
+    }
+)

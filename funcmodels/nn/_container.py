@@ -98,6 +98,20 @@ class Sequential(Spec):
             x = ctx.apply(name, x)
         return x
 
+    def stacked(self, ctx: Context, params, x, in_axis):
+        if type(self).forward is not Sequential.forward or not all(
+            type(layer).stacked is not Spec.stacked for _, layer in self.layers
+        ):
+            return NotImplemented
+        for name, layer in self.layers:
+            pre = f"{name}."
+            own = {k[len(pre) :]: v for k, v in params.items() if k.startswith(pre)}
+            x = layer.stacked(ctx, own, x, in_axis)
+            if x is NotImplemented:
+                return NotImplemented
+            in_axis = 0  # the members' outputs come stacked
+        return x
+
 
 @dataclass(frozen=True)
 class Flatten(Spec):

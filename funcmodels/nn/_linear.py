@@ -117,6 +117,28 @@ class Linear(Spec):
             raise ValueError(f"expected input (*, {self.in_features}), got shape {tuple(x.shape)}")
         return F.linear(x, ctx.param("weight"), ctx.param("bias") if self.bias else None)
 
+    def stacked(self, ctx: Context, params, x, in_axis):
+        if type(self).forward is not Linear.forward:  # a subclass computes otherwise
+            return NotImplemented
+        w, b = params["weight"], params.get("bias")
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.dim() < (1 if in_axis is None else 2)
+            or x.shape[-1] != self.in_features
+            or x.dtype != w.dtype
+        ):
+            return NotImplemented  # the lifted vmap gives the error, naming the layer
+        n = w.shape[0]
+        if in_axis is None:
+            lead = x.shape[:-1]
+            x3 = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
+        else:
+            lead = x.shape[1:-1]
+            x3 = x.reshape(n, -1, x.shape[-1])
+        wt = w.transpose(1, 2)
+        out = torch.bmm(x3, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x3, wt)
+        return out.reshape(n, *lead, w.shape[1])
+
 
 @dataclass(frozen=True)
 class Bilinear(Spec):

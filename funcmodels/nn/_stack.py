@@ -116,7 +116,14 @@ class Stack(Spec):
                 )
             if nd is not None and x.dim() == nd + (axis == 0):
                 x, single = x.unsqueeze(0 if axis is None else 1), True
-        out = ctx.vmap(self.spec, x, size=self.n, in_axis=axis)
+        out = NotImplemented
+        if ctx.mode != "compile" and not self.state_shapes():
+            # A direct batched form where the member has one (Linear's baddbmm: vmap's
+            # rule for linear is a bmm and a separate bias add); the same values.
+            own = {n: ctx.param(n) for n in self.param_shapes()}
+            out = self.spec.stacked(ctx, own, x, axis)
+        if out is NotImplemented:
+            out = ctx.vmap(self.spec, x, size=self.n, in_axis=axis)
         if single:
             out = pytree.tree_map(lambda t: t.squeeze(1), out)
         return out

@@ -306,3 +306,79 @@ def test_vmap_of_init_still_makes_an_ensemble_equal_to_stack():
     stacked = fm.init(key, nn.Stack(mlp(), 3))
     for k, t in ens.flat().items():
         assert torch.equal(stacked[k], t)
+
+
+# -- the direct batched path (Linear's baddbmm) against the lifted vmap ---------------------
+
+
+def _vmap_only(monkeypatch):
+    """Switch the direct path off: every Stack runs its members through the lifted vmap."""
+    from funcmodels.nn._activation import _Elementwise
+
+    for cls in (fm.Spec, nn.Linear, nn.Sequential, _Elementwise):
+        monkeypatch.setattr(cls, "stacked", lambda self, ctx, params, x, axis: NotImplemented)
+
+
+STACKED = {
+    "mlp": (nn.Stack(mlp(), 5), (6, 4)),
+    "mlp-sequence": (nn.Stack(mlp(), 5), (2, 7, 4)),
+    "members-first": (nn.Stack(mlp(), 5, in_axis=0), (5, 6, 4)),
+    "no-bias": (nn.Stack(nn.Linear(4, 3, bias=False), 3), (6, 4)),
+    "single-example": (nn.Stack(mlp(), 5), (4,)),
+    "deep": (
+        nn.Stack(
+            nn.Sequential(
+                nn.Linear(4, 8),
+                nn.GELU(),
+                nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
+                nn.Linear(8, 2),
+            ),
+            4,
+        ),
+        (6, 4),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKED))
+def test_the_direct_path_equals_the_lifted_vmap(name, monkeypatch):
+    spec, shape = STACKED[name]
+    params = fm.init(fm.key(0), spec)
+    x = fm.random.normal(fm.key(1), shape)
+    calls = []
+    real = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = fm.apply(params, x)
+    g = grad(lambda p: fm.apply(p, x).square().sum())(params)
+    per = vmap(lambda xi: fm.apply(params, xi))(x[None])[0]  # under an outer transform
+    monkeypatch.undo()
+    assert calls or name == "no-bias"  # the direct path ran (bmm where there is no bias)
+    _vmap_only(monkeypatch)
+    want = fm.apply(params, x)
+    want_g = grad(lambda p: fm.apply(p, x).square().sum())(params)
+    torch.testing.assert_close(out, want, **TOL)
+    torch.testing.assert_close(per, want, **TOL)
+    for n in want_g.flat():
+        torch.testing.assert_close(g[n], want_g[n], **TOL, msg=n)
+    # and the members are the separate models
+    for i, (p_i, _) in enumerate(members(fm.key(0), spec.spec, spec.n)):
+        xi = x[i] if spec.in_axis == 0 else x
+        torch.testing.assert_close(out[i], fm.apply(p_i, xi), **TOL)
+
+
+def test_members_without_a_direct_form_keep_the_lifted_vmap():
+    """A subclass of Linear that computes otherwise (SparseLinear's mask), a parametrised
+    pointwise layer (PReLU) and a layer with a dim (Softmax(dim=1)) are not taken for
+    Linear or a pointwise activation."""
+    sparse = transforms.SparseLinear(4, 6, sparsity=0.5)
+    for member in (
+        nn.Sequential(sparse, nn.ReLU()),
+        nn.Sequential(nn.Linear(4, 6), nn.PReLU(6)),
+        nn.Sequential(nn.Linear(4, 6), nn.Softmax(dim=1)),
+    ):
+        spec = nn.Stack(member, 3)
+        params, state = fm.init_with_state(fm.key(0), spec)
+        x = fm.random.normal(fm.key(1), (5, 4))
+        out = fm.apply(params, x, state=state)
+        for i, (p_i, s_i) in enumerate(members(fm.key(0), member, 3)):
+            torch.testing.assert_close(out[i], fm.apply(p_i, x, state=s_i), **TOL)
