@@ -14,7 +14,11 @@ Contenders, timed interleaved in one run:
   autograd on leaf tensors, input without gradient), 4096x4096, batch 64, sparsity 0.95:
   ``fm.apply`` of a ``SparseLinear`` with ``kernel='auto'`` (eager, plain tensors: the CSR
   kernel, checked from the autograd graph) against ``F.linear`` with a plain dense weight
-  (target: >= 2x faster), and the masked dense kernel (``kernel='dense'``) for reference.
+  (target: >= 2x faster), and the masked dense kernel (``kernel='dense'``) for reference;
+  and the compressed form trained directly (``transforms.compress`` of the same layer:
+  gradients of the kept values, ``(nnz,)``, and of the bias, by sparse products and an
+  SDDMM; target >= 2x): sparse training with a fixed mask without any dense weight or
+  dense gradient.
 * **size** at sparsity 0.9, 4096x4096: bytes in memory (the ``nbytes`` of every params
   and state tensor) and of the ``fm.save`` file, compressed against the dense ``Linear``
   (target: <= 0.25x); the uncompressed ``SparseLinear`` (weight, bias, bool mask) is shown
@@ -201,6 +205,19 @@ def training(layer: tuple[fm.Params, fm.State], repeats: int) -> list[str]:
         if bool(got[0][~state["mask"]].any()):
             raise AssertionError("a pruned weight got a nonzero gradient")
 
+    # The compressed form trains its kept values: (nnz,) gradients, no dense weight.
+    c_params, c_state = transforms.compress(auto_p, state)
+    compressed = (leaves(c_params), c_state)
+
+    def compressed_step():
+        p, st = compressed
+        y = fm.apply(p, x, state=st)
+        return torch.autograd.grad(y, (p["values"], p["bias"]), grad_out)
+
+    got_v, got_b = compressed_step()
+    torch.testing.assert_close(got_v, want[0][state["mask"]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_b, want[1], rtol=1e-4, atol=1e-4)
+
     dense_w, dense_b = (t.requires_grad_() for t in dense_layer(n))
 
     def dense_step():
@@ -210,6 +227,7 @@ def training(layer: tuple[fm.Params, fm.State], repeats: int) -> list[str]:
         "dense F.linear": dense_step,
         "SparseLinear auto (CSR)": lambda: sparse_step(*auto),
         "SparseLinear kernel='dense'": lambda: sparse_step(*dense_kernel),
+        "CompressedLinear (kept values)": compressed_step,
     }
     timings = time_interleaved(fns, repeats=repeats)
     what = f"training step {n}x{n}, batch {batch}, sparsity {s}, fp32, CPU, grads of W, b"
@@ -227,6 +245,13 @@ def training(layer: tuple[fm.Params, fm.State], repeats: int) -> list[str]:
             timings,
             "SparseLinear kernel='dense'",
             ratio_of=("dense F.linear", "SparseLinear kernel='dense'"),
+        ),
+        row(
+            what,
+            timings,
+            "CompressedLinear (kept values)",
+            ratio_of=("dense F.linear", "CompressedLinear (kept values)"),
+            target=">= 2",
         ),
     ]
 

@@ -157,6 +157,74 @@ class _CSRLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+# -- the CSR kernel of the compressed form: gradients of the kept values only ------------------
+
+
+_TRANSPOSED: dict[int, tuple[Any, Any, int, tuple[torch.Tensor, ...]]] = {}
+
+
+def _transposed(crow: torch.Tensor, col: torch.Tensor, shape) -> tuple[torch.Tensor, ...]:
+    """``(t_perm, t_crow, t_col)``: the CSR pattern of the transposed weight, computed once
+    per index state (cached while ``col`` lives and is not written)."""
+    key = id(col)
+    hit = _TRANSPOSED.get(key)
+    if hit is not None and hit[0]() is col and hit[1]() is crow and hit[2] == col._version:
+        return hit[3]
+    out_f, in_f = shape
+    counts = (crow[1:] - crow[:-1]).to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(out_f, device=col.device), counts)
+    cols = col.to(torch.int64)
+    t_perm = torch.argsort(cols * out_f + rows)
+    t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=col.device)
+    t_crow[1:] = torch.bincount(cols, minlength=in_f).cumsum(0)
+    out = (t_perm, t_crow, rows.index_select(0, t_perm))
+    if hit is None:
+        weakref.finalize(col, _TRANSPOSED.pop, key, None)
+    _TRANSPOSED[key] = (weakref.ref(col), weakref.ref(crow), col._version, out)
+    return out
+
+
+class _CSRValuesLinear(torch.autograd.Function):
+    """``b + x @ W.T`` with ``W`` given by its kept ``values`` in CSR order: the forward
+    and the input gradient by sparse products, the gradient of ``values`` by SDDMM at the
+    kept positions, a ``(nnz,)`` tensor: no dense weight or dense gradient anywhere."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, crow, col, shape):
+        csr = csr_matrix(crow, col, values, shape)
+        if bias is None:
+            y = torch.sparse.mm(csr, x.t()).t()
+        else:
+            y = torch.addmm(bias[:, None], csr, x.t()).t()
+        ctx.save_for_backward(x, values, crow, col)
+        ctx.shape, ctx.has_bias = shape, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, values, crow, col = ctx.saved_tensors
+        out_f, in_f = ctx.shape
+        grad_x = grad_v = grad_b = None
+        if ctx.needs_input_grad[0]:
+            t_perm, t_crow, t_col = _transposed(crow, col, ctx.shape)
+            csr_t = csr_matrix(t_crow, t_col, values.index_select(0, t_perm), (in_f, out_f))
+            grad_x = torch.sparse.mm(csr_t, grad_out.t()).t()
+        if ctx.needs_input_grad[1]:
+            csr = csr_matrix(crow, col, values, ctx.shape)
+            kept = torch.sparse.sampled_addmm(csr, grad_out.t().contiguous(), x, beta=0.0)
+            grad_v = kept.values()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_v, grad_b, None, None, None
+
+
+def csr_values_linear(x, values, bias, crow, col, shape) -> torch.Tensor:
+    """The compressed layer's product with autograd through ``values`` (eager, CPU)."""
+    lead = x.shape[:-1]
+    y = _CSRValuesLinear.apply(x.reshape(-1, x.shape[-1]), values, bias, crow, col, shape)
+    return y.reshape(*lead, y.shape[-1])
+
+
 def csr_linear(x, weight, bias, mask) -> torch.Tensor:
     """``F.linear(x, weight * mask, bias)`` by the CSR kernel (eager, plain tensors)."""
     lead = x.shape[:-1]

@@ -41,7 +41,15 @@ import funcmodels as fm
 from funcmodels._context import name_hash
 from funcmodels.nn._check import positive_int, torch_signature
 
-from ._sparse_kernels import _pattern, _plain, csr_linear, csr_matrix, dense_weight, masked_linear
+from ._sparse_kernels import (
+    _pattern,
+    _plain,
+    csr_linear,
+    csr_matrix,
+    csr_values_linear,
+    dense_weight,
+    masked_linear,
+)
 
 PATTERNS = ("unstructured", "2:4")
 INIT_MASKS = ("magnitude", "random")
@@ -219,6 +227,12 @@ class CompressedLinear(fm.Spec):
 
     Params: ``values (nnz,)`` (the kept weights, row by row), ``bias (out_features,)``.
     State: ``crow_indices (out_features + 1,)`` and ``col_indices (nnz,)``, int32.
+
+    Also the fastest way to train with a fixed mask: in eager mode on the CPU the
+    gradient of ``values`` is an ``(nnz,)`` tensor from an SDDMM at the kept positions,
+    and the forward and input gradient are sparse products, so no dense weight or dense
+    gradient is ever formed (under ``torch.func`` transforms and compile the values are
+    scattered into a dense weight, with the same results).
     """
 
     in_features: int
@@ -282,14 +296,19 @@ class CompressedLinear(fm.Spec):
         bias = ctx.param("bias") if self.bias else None
         crow, col = ctx.buffer("crow_indices"), ctx.buffer("col_indices")
         shape = (self.out_features, self.in_features)
-        grad_needed = torch.is_grad_enabled() and (values.requires_grad or x.requires_grad)
-        if (
+        grad_needed = torch.is_grad_enabled() and (
+            values.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        sparse_ok = (
             ctx.mode == "eager"
-            and not grad_needed
             and x.device.type == "cpu"
             and _plain(x, values, bias, crow, col)
             and x.dtype == values.dtype
-        ):
+        )
+        if sparse_ok and grad_needed:
+            # Training the kept values: sparse products and an SDDMM, no dense weight.
+            return csr_values_linear(x, values, bias, crow, col, shape)
+        if sparse_ok:
             csr = csr_matrix(crow, col, values, shape)
             x2 = x.reshape(-1, self.in_features)
             if bias is None:

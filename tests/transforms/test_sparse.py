@@ -315,6 +315,40 @@ def test_compress_keeps_the_outputs_and_decompress_restores_the_model():
     torch.testing.assert_close(fm.apply(dp, x, state=ds), want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("sparsity", [0.9, 0.99])
+def test_the_compressed_form_trains_its_kept_values_by_sparse_products(sparsity, bias):
+    """With autograd on, in eager mode, the compressed layer's gradients (input, values,
+    bias) come from sparse products and an SDDMM, no dense weight; they equal those of the
+    dense weight its values make (the transform path's), in float64 to 1e-10."""
+    spec = transforms.SparseLinear(40, 24, sparsity=sparsity, bias=bias)
+    params, state = fm.init_with_state(fm.key(2), spec, dtype=torch.float64)
+    cp, cs = transforms.compress(params, state)
+    assert isinstance(cp.spec, transforms.CompressedLinear)
+    leaves = fm.Params(cp.spec, {k: v.clone().requires_grad_() for k, v in cp.flat().items()})
+    x = fm.random.normal(fm.key(3), (3, 5, 40), dtype=torch.float64).requires_grad_()
+    y = fm.apply(leaves, x, state=cs)
+    names = list(leaves.flat())
+    seen, stack = set(), [y.grad_fn]
+    while stack:  # the sparse Function is in the graph
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    assert "_CSRValuesLinearBackward" in {type(n).__name__ for n in seen}
+    g_out = fm.random.normal(fm.key(4), y.shape, dtype=torch.float64)
+    got = torch.autograd.grad(y, [x, *(leaves[n] for n in names)], g_out)
+
+    def through_dense(x_, p):  # the transform path: values scattered into a dense weight
+        return fm.apply(p, x_, state=cs)
+
+    want_x, want_p = torch.func.vjp(through_dense, x.detach(), cp)[1](g_out)
+    torch.testing.assert_close(got[0], want_x, rtol=1e-10, atol=1e-12)
+    for n, g in zip(names, got[1:], strict=True):
+        assert g.shape == cp[n].shape  # (nnz,) for the values: no dense gradient
+        torch.testing.assert_close(g, want_p[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
 def test_files_round_trip_both_forms_and_the_compressed_one_is_small(tmp_path):
     params, state = fm.init_with_state(
         fm.key(0), nn.Sequential(transforms.SparseLinear(256, 128, sparsity=0.9))
