@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -44,13 +45,20 @@ def _check_dtype(dtype: object, where: str) -> torch.dtype:
 def as_device(device: object, where: str) -> torch.device:
     """``device`` as tensors report it (``'cuda'`` becomes ``cuda:0``); ``TypeError`` if it
     names no device."""
-    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
-        raise TypeError(f"{where}: device must be a torch.device or a string, got {device!r}")
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str)):
+        try:  # an index (numpy's integers too) names a CUDA card, as torch.device reads it
+            device = operator.index(device)
+        except TypeError:
+            raise TypeError(
+                f"{where}: device must be a torch.device or a string, got {device!r}"
+            ) from None
     try:
         device = torch.device(device)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"{where}: {device!r} names no device torch knows ({e})") from e
-    if device.type not in ("cpu", "meta"):
+    if device.type == "cpu":
+        return torch.device("cpu")  # 'cpu:0' as tensors report it
+    if device.type != "meta":
         try:
             found = torch.empty(0, device=device).device
         except (AssertionError, RuntimeError) as e:  # no CUDA in this build, no such card

@@ -151,6 +151,10 @@ class Spec:
         """
         return NotImplemented
 
+    def _stacks_directly(self) -> bool:
+        """Whether :meth:`stacked` can answer (checked before any work is done)."""
+        return type(self).stacked is not Spec.stacked
+
     # -- shapes -----------------------------------------------------------------------
     def out_shape(
         self, in_shape: tuple[Any, ...], path: str = "", record: dict | None = None

@@ -197,6 +197,8 @@ def test_bad_device_argument(tmp_path):
         fm.init(fm.key(0), nn.Linear(2, 2), device=1.5)
     with pytest.raises(ValueError, match=r"fm.init: 'bogus' names no device torch knows"):
         fm.init(fm.key(0), nn.Linear(2, 2), device="bogus")
+    # 'cpu:0' is the CPU, as tensors report it
+    assert devices(fm.init(fm.key(0), nn.Linear(2, 2), device="cpu:0")) == {torch.device("cpu")}
     path = tmp_path / "m.safetensors"
     fm.save(path, fm.init(fm.key(0), nn.Linear(2, 2)))
     # no machine has a hundredth card (nor a CPU-only build any card)

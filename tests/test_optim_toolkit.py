@@ -469,3 +469,50 @@ def test_a_chain_never_writes_into_what_it_was_given(make):
             torch.testing.assert_close(updates[k], want[k][0], rtol=1e-12, atol=1e-14)
         params = optim.apply_updates(params, updates)
         state = new_state
+
+
+def test_in_place_writes_keep_autograd_forward_ad_and_dtypes_as_out_of_place():
+    params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
+    g = {k: torch.randn_like(v) for k, v in params.items()}
+    # a hyperparameter being differentiated (meta-learning): no out= on recorded tensors
+    b1 = torch.tensor(0.9, requires_grad=True)
+    adam = optim.scale_by_adam(b1=b1)
+    u, _ = adam.update(g, adam.init(params))
+    (d_b1,) = torch.autograd.grad(u["w"].sum(), b1)
+    assert torch.isfinite(d_b1)
+    # forward-mode AD through a chain
+    import torch.autograd.forward_ad as fwAD
+
+    opt = optim.adamw(0.1, weight_decay=0.1)
+    with fwAD.dual_level():
+        dual = {k: fwAD.make_dual(v, torch.ones_like(v)) for k, v in g.items()}
+        out, _ = opt.update(dual, opt.init(params), params)
+        assert fwAD.unpack_dual(out["w"]).tangent is not None
+    # a wider param dtype promotes the updates in eager mode as under vmap
+    chain = optim.chain(
+        optim.clip_by_global_norm(1.0), optim.add_decayed_weights(0.1), optim.scale(-0.1)
+    )
+    low = {k: v.to(torch.bfloat16) for k, v in g.items()}
+    eager, _ = chain.update(low, chain.init(params), params)
+    batched, _ = vmap(lambda gg, pp: chain.update(gg, chain.init(pp), pp))(
+        *pytree.tree_map(lambda t: t[None], (low, params))
+    )
+    assert eager["w"].dtype == batched["w"].dtype == torch.float32
+    torch.testing.assert_close(eager["w"], batched["w"][0])
+
+
+def test_a_wrapped_piece_is_not_taken_for_the_library_piece():
+    """functools.wraps copies a function's attributes: ownership is not an attribute, so
+    a user's wrapper that returns its input is not written into by the next piece."""
+    import functools
+
+    inner = optim.scale(2.0)
+
+    @functools.wraps(inner.update)
+    def skip(updates, state, params=None):
+        return updates, state  # this step passes the gradients through
+
+    opt = optim.chain(optim.GradientTransformation(inner.init, skip), optim.scale(-1.0))
+    g = {"w": torch.ones(3)}
+    out, _ = opt.update(g, opt.init(g))
+    assert torch.equal(g["w"], torch.ones(3)) and torch.equal(out["w"], -torch.ones(3))

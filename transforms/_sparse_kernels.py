@@ -160,15 +160,16 @@ class _CSRLinear(torch.autograd.Function):
 # -- the CSR kernel of the compressed form: gradients of the kept values only ------------------
 
 
-_TRANSPOSED: dict[int, tuple[Any, Any, int, tuple[torch.Tensor, ...]]] = {}
+_TRANSPOSED: dict[int, tuple[Any, Any, tuple, tuple[torch.Tensor, ...]]] = {}
 
 
 def _transposed(crow: torch.Tensor, col: torch.Tensor, shape) -> tuple[torch.Tensor, ...]:
     """``(t_perm, t_crow, t_col)``: the CSR pattern of the transposed weight, computed once
-    per index state (cached while ``col`` lives and is not written)."""
+    per index state (cached while ``col`` lives and neither index tensor is written)."""
     key = id(col)
     hit = _TRANSPOSED.get(key)
-    if hit is not None and hit[0]() is col and hit[1]() is crow and hit[2] == col._version:
+    version = (col._version, crow._version, tuple(shape))
+    if hit is not None and hit[0]() is col and hit[1]() is crow and hit[2] == version:
         return hit[3]
     out_f, in_f = shape
     counts = (crow[1:] - crow[:-1]).to(torch.int64)
@@ -180,7 +181,7 @@ def _transposed(crow: torch.Tensor, col: torch.Tensor, shape) -> tuple[torch.Ten
     out = (t_perm, t_crow, rows.index_select(0, t_perm))
     if hit is None:
         weakref.finalize(col, _TRANSPOSED.pop, key, None)
-    _TRANSPOSED[key] = (weakref.ref(col), weakref.ref(crow), col._version, out)
+    _TRANSPOSED[key] = (weakref.ref(col), weakref.ref(crow), version, out)
     return out
 
 

@@ -30,6 +30,7 @@ that names it and the fix (GroupNorm).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,9 +122,14 @@ def _example_loss(loss, params, args, kwargs) -> torch.Tensor:
 
 
 def _check_bound(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(
-            f"transforms.dp.{where}: max_norm must be a positive number, got {value!r}"
+            f"transforms.dp.{where}: max_norm must be a positive finite number, got {value!r}"
         )
     return float(value)
 

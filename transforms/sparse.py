@@ -302,6 +302,8 @@ class CompressedLinear(fm.Spec):
         sparse_ok = (
             ctx.mode == "eager"
             and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)  # MKL's sparse kernels' dtypes
+            and not torch.is_autocast_enabled("cpu")
             and _plain(x, values, bias, crow, col)
             and x.dtype == values.dtype
         )

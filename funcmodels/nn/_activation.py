@@ -28,9 +28,12 @@ class _Elementwise(Spec):
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         return in_shape
 
+    def _stacks_directly(self) -> bool:
+        return type(self) in _POINTWISE
+
     def stacked(self, ctx: Context, params, x, in_axis):
         # Pointwise: the members' outputs are the layer on the stacked batch.
-        if type(self) not in _POINTWISE or in_axis != 0 or not isinstance(x, torch.Tensor):
+        if not self._stacks_directly() or in_axis != 0 or not isinstance(x, torch.Tensor):
             return NotImplemented
         return self.forward(ctx, x)
 

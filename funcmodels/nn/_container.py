@@ -98,10 +98,13 @@ class Sequential(Spec):
             x = ctx.apply(name, x)
         return x
 
+    def _stacks_directly(self) -> bool:
+        return type(self).forward is Sequential.forward and all(
+            layer._stacks_directly() for _, layer in self.layers
+        )
+
     def stacked(self, ctx: Context, params, x, in_axis):
-        if type(self).forward is not Sequential.forward or not all(
-            type(layer).stacked is not Spec.stacked for _, layer in self.layers
-        ):
+        if not self._stacks_directly():  # decided before any product is computed
             return NotImplemented
         for name, layer in self.layers:
             pre = f"{name}."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -203,22 +204,39 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
+#: update functions that return only tensors they made -> their in-place variant (or None).
+#: A registry, not attributes: ``functools.wraps`` copies attributes onto a user's
+#: wrapper, which may return its input or never call the marked function.
+_OWNING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def owning(update: Callable, in_place: Callable | None = None) -> Callable:
     """Mark ``update`` as returning only tensors it made (never one of its inputs), and
-    attach ``in_place``, the same update writing into ``updates`` (for :func:`chain`,
+    record ``in_place``, the same update writing into ``updates`` (for :func:`chain`,
     which calls it only on updates it owns)."""
-    update._fm_fresh = True
-    if in_place is not None:
-        update._fm_in_place = in_place
+    if not torch.compiler.is_compiling():  # made inside a compiled step: never read there
+        _OWNING[update] = in_place
     return update
 
 
 def _eager_in_place() -> bool:
     """Whether writing into tensors is safe and useful: eager, outside torch.func
-    transforms (vmap would loop) and compile (which fuses the copies away)."""
+    transforms (vmap would loop), compile (which fuses the copies away) and forward-mode
+    AD (no ``out=`` there)."""
+    if torch.compiler.is_compiling():  # first: dynamo need not trace the rest
+        return False
     from torch._C._functorch import maybe_current_level
 
-    return maybe_current_level() is None and not torch.compiler.is_compiling()
+    return maybe_current_level() is None and torch.autograd.forward_ad._current_level < 0
+
+
+def _fits(u: torch.Tensor, other: Any) -> bool:
+    """Whether ``u op= other`` gives what ``u op other`` does: same dtype, same shape."""
+    if isinstance(other, torch.Tensor):
+        if torch.broadcast_shapes(u.shape, other.shape) != u.shape:
+            return False
+        return torch.result_type(u, other) == u.dtype
+    return torch.result_type(u, other) == u.dtype
 
 
 def _need_grad(*trees: Any) -> bool:
@@ -258,12 +276,13 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
         fresh, eager = False, _eager_in_place()
         new_state = []
         for t, s in zip(transformations, state, strict=True):
-            in_place = getattr(t.update, "_fm_in_place", None)
-            if fresh and eager and in_place is not None and not _need_grad(updates, params):
+            # (the registry is read in eager mode only: dynamo does not trace weakrefs)
+            in_place = _OWNING.get(t.update) if eager and fresh else None
+            if in_place is not None and not _need_grad(updates, params):
                 updates, s = in_place(updates, s, params)
             else:
                 updates, s = t.update(updates, s, params)
-                fresh = getattr(t.update, "_fm_fresh", False)
+                fresh = eager and t.update in _OWNING
             new_state.append(s)
         return updates, tuple(new_state)
 

@@ -20,6 +20,8 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
+    _eager_in_place,
+    _fits,
     _need_grad,
     check_state,
     count_like,
@@ -90,7 +92,10 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     def in_place(updates, state, params=None):
         if _need_grad(step_size):  # a hyperparameter being differentiated
             return update(updates, state, params)
-        return pytree.tree_map(lambda u: u.mul_(step_size), updates), state
+        scaled = pytree.tree_map(
+            lambda u: u.mul_(step_size) if _fits(u, step_size) else u * step_size, updates
+        )
+        return scaled, state
 
     return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
 
@@ -106,10 +111,12 @@ def scale_by_schedule(schedule) -> GradientTransformation:
     def update(updates, state, params=None, in_place=False):
         check_state(state, ScaleByScheduleState, "fm.optim.scale_by_schedule")
         factor = schedule(state.count)
-        in_place = in_place and not _need_grad(factor)
-        scaled = pytree.tree_map(
-            (lambda u: u.mul_(factor)) if in_place else (lambda u: u * factor), updates
-        )
+        if in_place and not _need_grad(factor):
+            scaled = pytree.tree_map(
+                lambda u: u.mul_(factor) if _fits(u, factor) else u * factor, updates
+            )
+        else:
+            scaled = pytree.tree_map(lambda u: u * factor, updates)
         return scaled, ScaleByScheduleState(state.count + 1)
 
     def update_in_place(updates, state, params=None):
@@ -161,10 +168,15 @@ def add_decayed_weights(
         if _need_grad(wd):
             return update(updates, state, params)
         us, ps, spec = leaves_of(updates, params, where, need_params=True)
-        out = [
-            u.add_(p, alpha=wd) if isinstance(wd, float) else u.add_(wd * p)
-            for u, p in zip(us, ps, strict=True)
-        ]
+        out = []
+        for u, p in zip(us, ps, strict=True):
+            term = p if isinstance(wd, float) else wd * p
+            if not _fits(u, term):  # a wider param dtype: promote, as out of place
+                out.append(u.add(term, alpha=wd) if isinstance(wd, float) else u + term)
+            elif isinstance(wd, float):
+                out.append(u.add_(p, alpha=wd))
+            else:
+                out.append(u.add_(term))
         return pytree.tree_unflatten(out, spec), state
 
     return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
@@ -260,8 +272,9 @@ def scale_by_adam(
         # In place only outside torch.func transforms: vmap has no batching rule for
         # addcmul_ and would loop over an ensemble's members one by one.
         inplace = _functorch_level() is None
-        # Eager only, one full-size allocation fewer per leaf (out= is not for compile).
-        reuse = inplace and not torch.compiler.is_compiling()
+        # Eager only, one full-size allocation fewer per leaf (out= is not for compile,
+        # forward AD or tensors autograd records through).
+        reuse = _eager_in_place() and not _need_grad(state.mu, updates, b1, b2, eps)
         for u, m, v in zip(us, mus, nus, strict=True):
             m = torch.lerp(m, u, 1 - b1)
             if not isinstance(b2, float):
@@ -274,7 +287,7 @@ def scale_by_adam(
             # full-size temporaries per leaf (the same arithmetic, in the same order).
             root = (v + eps_root).sqrt_() if eps_root else v.sqrt()
             root.div_(bc2_sqrt).add_(eps)
-            if reuse and not root.requires_grad:  # the update in the denominator's memory
+            if reuse:  # the update in the denominator's memory
                 out.append(torch.div(m, root, out=root).div_(bc1))
             else:
                 out.append(m.div(root).div_(bc1))

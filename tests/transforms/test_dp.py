@@ -341,8 +341,11 @@ def test_batchnorm_in_train_mode_is_refused_with_the_fix():
 def test_bad_arguments():
     params = fm.init(fm.key(0), nn.Linear(3, 2))
     x, y = torch.randn(4, 3), labels(0, 4, 2)
-    with pytest.raises(ValueError, match="max_norm must be a positive number"):
-        dp.clipped_grad(classify, 0.0)
+    for bad in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
+            dp.clipped_grad(classify, bad)
+    with pytest.raises(ValueError, match=r"max_norm\['0'\]: max_norm must be a positive finite"):
+        dp.clipped_grad(classify, {"0": float("nan")})
     with pytest.raises(ValueError, match=r"one loss per example, shape \(B,\)"):
         dp.clipped_grad(lambda p, x, y: classify(p, x, y).mean())(params, x, y)
     with pytest.raises(ValueError, match="same number of examples"):

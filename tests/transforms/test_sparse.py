@@ -503,3 +503,37 @@ def test_gradual_pruning_keeps_the_spec_and_the_optimiser_state():
         params = fm.optim.apply_updates(pruned, updates)
     mask = state["0.mask"]
     assert int(mask.sum()) == mask.numel() - round(0.8 * mask.numel())
+
+
+def test_the_compressed_form_trains_in_half_precision_and_after_an_index_edit():
+    """MKL's sparse kernels take float32/float64 only: bfloat16 (and autocast) training
+    takes the dense path; and edited index state is never served from the cache."""
+    spec = transforms.SparseLinear(16, 8, sparsity=0.9)
+    params, state = fm.init_with_state(fm.key(0), spec)
+    cp, cs = transforms.compress(params, state)
+    half = cp.to(torch.bfloat16)
+    values = half["values"].clone().requires_grad_()
+    p = fm.Params(half.spec, {**half.flat(), "values": values})
+    x = fm.random.normal(fm.key(1), (4, 16), dtype=torch.bfloat16)
+    (g,) = torch.autograd.grad(fm.apply(p, x, state=cs).sum(), values)
+    assert g.dtype == torch.bfloat16 and g.shape == values.shape
+    # two weights, one per row; then both in row 0: the transposed pattern follows
+    tiny = fm.Params(
+        transforms.CompressedLinear(2, 2, 2, bias=False), {"values": torch.tensor([1.0, 10.0])}
+    )
+    st = fm.State(
+        tiny.spec,
+        {"crow_indices": torch.tensor([0, 1, 2], dtype=torch.int32),
+         "col_indices": torch.tensor([0, 1], dtype=torch.int32)},
+    )  # fmt: skip
+    xi = torch.ones(1, 2, requires_grad=True)
+    weight = torch.tensor([1.0, 3.0])  # rows weighted apart: grad_x = weight @ W
+
+    def grad_x():
+        return torch.autograd.grad((fm.apply(tiny, xi, state=st) * weight).sum(), xi)[0]
+
+    assert grad_x().tolist() == [[1.0, 30.0]]  # W = [[1, 0], [0, 10]]
+    st["crow_indices"].copy_(torch.tensor([0, 2, 2], dtype=torch.int32))
+    assert grad_x().tolist() == [[1.0, 10.0]]  # W = [[1, 10], [0, 0]]
+    st["col_indices"].copy_(torch.tensor([1, 0], dtype=torch.int32))
+    assert grad_x().tolist() == [[10.0, 1.0]]  # W = [[10, 1], [0, 0]]
