@@ -14,6 +14,11 @@ Figures, each measured side by side in one run:
   dropout), mean over tokens, a linear head; ``clipped_grad`` against the non-private
   step (its attention layers have no closed form: their per-example gradients are formed,
   theirs only);
+* a CNN's late layers: two ``Conv2d(256, 256, 3, padding=1)`` on 8x8 maps, batch 64,
+  mean-pooled to a linear head: time against the non-private step and ``vmap(grad)``,
+  and their peak memory (below). Per-example weight gradients of 590k values: here
+  ``clipped_grad`` takes the Gram form of the unfolded input for the norms and one
+  backward over the batch for the sum, forming none;
 * peak memory, CPU: each contender of the CNN figure runs three steps in a fresh process,
   which reports its peak resident set size (``VmHWM``, reset before the steps) above what
   it held after building the model and the batch.
@@ -120,6 +125,34 @@ def cnn_contender(name: str, params: fm.Params, x: torch.Tensor, y: torch.Tensor
 
 
 CNN_CONTENDERS = ("non-private step", "transforms.dp", "vmap(grad) + clip", "Opacus ghost clipping")
+WIDE_CONTENDERS = ("non-private step", "transforms.dp", "vmap(grad) + clip")
+
+
+def wide_problem(batch: int) -> tuple[fm.Params, torch.Tensor, torch.Tensor]:
+    """A CNN's late layers: two 256-channel 3x3 convolutions on 8x8 maps (per-example
+    weight gradients of 590k values each, few output positions)."""
+    spec = nn.Sequential(
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Reduce("b c h w -> b c", "mean"),
+        nn.Linear(256, 10),
+    )
+    params = fm.init(fm.key(0), spec)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 256, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    return params, x, y
+
+
+def wide_contenders(batch: int) -> dict:
+    params, x, y = wide_problem(batch)
+    ours, _ = dp.clipped_grad(losses, CLIP)(params, x, y)
+    want = materialised(params, x, y)
+    for name, g in want.flat().items():
+        torch.testing.assert_close(ours[name], g, rtol=1e-4, atol=1e-5, msg=name)
+    return {name: cnn_contender(name, params, x, y) for name in WIDE_CONTENDERS}
 
 
 def cnn_contenders(batch: int) -> dict:
@@ -161,7 +194,7 @@ def transformer_contenders(batch: int, tokens: int) -> dict:
     }
 
 
-def peak_memory(name: str, batch: int) -> int:
+def peak_memory(name: str, batch: int, problem: str = "cnn") -> int:
     """Peak RSS (bytes) of three steps of ``name`` above the RSS of its process after
     building the model, the batch and the contender (nothing else ran there). Linux: the
     peak is reset through ``/proc/self/clear_refs`` and read from ``VmHWM``."""
@@ -175,7 +208,7 @@ import dp as bench
 def status(field):
     text = open("/proc/self/status").read()
     return int(re.search(field + r":\\s+(\\d+) kB", text).group(1)) * 1024
-params, x, y = bench.cnn_problem({batch})
+params, x, y = bench.{problem}_problem({batch})
 fn = bench.cnn_contender({name!r}, params, x, y)
 gc.collect()
 with open("/proc/self/clear_refs", "w") as f:
@@ -224,7 +257,19 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(
         row(what, timings, "transforms.dp", ratio_of=("transforms.dp", base), target="<= 2.0")
     )
+    fns = wide_contenders(64)
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.2)
+    what = f"2 x Conv2d(256, 256, 3) on 8x8 maps, batch 64, CPU, {args.threads} threads"
+    rows.append(row(what, timings, base))
+    rows.append(row(what, timings, "transforms.dp", ratio_of=("transforms.dp", base)))
+    rows.append(row(what, timings, "vmap(grad) + clip", ratio_of=("vmap(grad) + clip", base)))
     if not args.quick:
+        wide = {n: peak_memory(n, 64, "wide") for n in WIDE_CONTENDERS}
+        print()
+        print("wide convolutions, peak memory above the model and batch (3 steps, fresh each):")
+        for n, v in wide.items():
+            ratio_n = v / wide["non-private step"]
+            print(f"  {n}: {v / 2**20:.1f} MiB ({ratio_n:.2f}x the non-private step)")
         peaks = {n: peak_memory(n, 64) for n in CNN_CONTENDERS}
         base_peak = peaks["non-private step"]
         print()

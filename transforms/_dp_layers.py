@@ -22,6 +22,7 @@ the layer's params, the per-example gradients themselves, and their weighted sum
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -146,13 +147,22 @@ class SparseLinearRule(LinearRule):
         return Rule.compute(self, spec, x, g)
 
 
-class ConvRule(Rule):
-    """``Conv1d``/``Conv2d``/``Conv3d``: each example's weight gradient by torch's own
-    convolution backward (weight only), vmapped over the examples; measured faster on the
-    CPU than im2col and a batched product (the columns of a 32-channel 26x26 input are
-    9 times the input's size). Norms and the weighted sum come from those gradients."""
+#: per-example convolution weight gradients up to this many values are kept from the
+#: norms to the clipped sum (64 MiB in float32); larger ones are recomputed as one sum.
+_KEEP = 1 << 24
 
-    def grads(self, spec, x, g):
+
+class ConvRule(Rule):
+    """``Conv1d``/``Conv2d``/``Conv3d``. Norms: where an example's output positions are few
+    (``2 T**2 <= o k``, late layers of a CNN), by the Gram form on the unfolded input
+    (no per-example gradient); else from each example's weight gradient by torch's own
+    convolution backward, vmapped over the examples (measured faster on the CPU than
+    im2col and a batched product where T is large). The clipped sum weights those
+    gradients where they are small (``_KEEP``); else, and on the Gram route, it is one
+    convolution backward over the batch with the output gradients scaled by the clip
+    factors, so large layers' per-example gradients are never kept."""
+
+    def _examples(self, spec, x, g):
         n = len(spec.kernel_size)
         b = x.shape[0]
         xe = x.reshape(b, -1, *x.shape[-(n + 1) :])  # (B, N, C, *S): an example's rows
@@ -162,26 +172,79 @@ class ConvRule(Rule):
             mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
             padded = F.pad(xe.flatten(0, 1), pads, mode=mode)
             xe = padded.reshape(b, -1, *padded.shape[1:])
-        shape = spec.param_shapes()["weight"]
-        weight = torch.empty(shape, dtype=x.dtype, device=x.device)
+        return xe, ge
+
+    def _backward(self, spec, xi, gi):
+        """The weight gradient of a batch ``(M, C, *S)`` (summed over it)."""
+        n = len(spec.kernel_size)
+        weight = torch.empty(spec.param_shapes()["weight"], dtype=xi.dtype, device=xi.device)
         zeros = [0] * n
+        return torch.ops.aten.convolution_backward(
+            gi,
+            xi,
+            weight,
+            None,
+            list(spec.stride),
+            zeros,
+            list(spec.dilation),
+            False,
+            zeros,
+            spec.groups,
+            [False, True, False],
+        )[1]
 
-        def one(xi, gi):
-            return torch.ops.aten.convolution_backward(
-                gi,
-                xi,
-                weight,
-                None,
-                list(spec.stride),
-                zeros,
-                list(spec.dilation),
-                False,
-                zeros,
-                spec.groups,
-                [False, True, False],
-            )[1]
+    def _gram(self, spec, xe, ge) -> _Product | None:
+        """The Gram-form product, where it is the cheaper route (1-d and 2-d only)."""
+        n = len(spec.kernel_size)
+        b, rows = xe.shape[:2]
+        t = rows * math.prod(ge.shape[3:])  # an example's output positions
+        o = spec.out_channels // spec.groups
+        k = spec.in_channels // spec.groups * math.prod(spec.kernel_size)
+        if n > 2 or 2 * t * t > o * k:
+            return None
+        xs = xe.flatten(0, 1)
+        kernel, stride, dilation = spec.kernel_size, spec.stride, spec.dilation
+        if n == 1:  # a 1-d input is a 2-d one of height 1
+            xs = xs.unsqueeze(2)
+            kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+        cols = F.unfold(xs, kernel, dilation=dilation, stride=stride)  # (B N, C k, T')
+        groups = spec.groups
+        cols = cols.reshape(b, rows, groups, k, -1).permute(0, 2, 3, 1, 4).reshape(b, groups, k, t)
+        gs = ge.reshape(b, rows, groups, o, -1).permute(0, 2, 3, 1, 4).reshape(b, groups, o, t)
+        return _Product(cols, gs)
 
-        out = {"weight": vmap(one)(xe, ge)}
+    def compute(self, spec, x, g):
+        xe, ge = self._examples(spec, x, g)
+        prod = self._gram(spec, xe, ge)
+        kept = None
+        if prod is not None:
+            sq = {"weight": prod.sq}
+        else:
+            grads = vmap(lambda xi, gi: self._backward(spec, xi, gi))(xe, ge)
+            sq = {"weight": _sq(grads)}
+            # Small enough to keep for the sum (cheaper than a second backward); a large
+            # layer's are dropped now, so they never all live at once.
+            if grads.numel() <= _KEEP:
+                kept = grads
+        if spec.bias:
+            per_bias = ge.sum((1, *range(3, ge.dim())))
+            sq["bias"] = _sq(per_bias)
+
+        def finish(c):
+            if kept is not None:
+                weight = _scaled(c, kept).sum(0)
+            else:  # one backward over the batch, output gradients scaled per example
+                weight = self._backward(spec, xe.flatten(0, 1), _scaled(c, ge).flatten(0, 1))
+            out = {"weight": weight}
+            if spec.bias:
+                out["bias"] = _scaled(c, per_bias).sum(0)
+            return out
+
+        return sq, finish
+
+    def grads(self, spec, x, g):
+        xe, ge = self._examples(spec, x, g)
+        out = {"weight": vmap(lambda xi, gi: self._backward(spec, xi, gi))(xe, ge)}
         if spec.bias:
             out["bias"] = ge.sum((1, *range(3, ge.dim())))
         return out

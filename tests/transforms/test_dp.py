@@ -114,6 +114,26 @@ def test_convolutions(batch, conv, dims, seed):
     check(params.spec, x, labels(seed, batch, 3), seed=seed)
 
 
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_convolutions_on_small_maps_take_the_gram_form(dims, groups, monkeypatch):
+    """Many channels, few output positions: the norms come from the Gram form of the
+    unfolded input (no per-example gradient), the sum from one backward over the batch."""
+    from transforms import _dp_layers
+
+    seen = []
+    real = _dp_layers.ConvRule._gram
+    monkeypatch.setattr(
+        _dp_layers.ConvRule, "_gram", lambda self, *a: seen.append(real(self, *a)) or seen[-1]
+    )
+    conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims](8, 16, 3, padding=1, stride=2, groups=groups)
+    spec = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(None, 3))
+    x = normal(5, (5, 8, *[4] * dims))
+    params = fm.init(fm.key(0), spec, input_shape=x.shape[1:])
+    check(params.spec, x, labels(5, 5, 3), max_norm=0.05)
+    assert seen and all(p is not None for p in seen)  # the Gram route was taken
+
+
 @pytest.mark.parametrize("padding_idx", [None, 0])
 def test_embeddings_with_repeated_tokens(padding_idx):
     spec = nn.Sequential(
