@@ -242,13 +242,6 @@ class ConvRule(Rule):
 
         return sq, finish
 
-    def grads(self, spec, x, g):
-        xe, ge = self._examples(spec, x, g)
-        out = {"weight": vmap(lambda xi, gi: self._backward(spec, xi, gi))(xe, ge)}
-        if spec.bias:
-            out["bias"] = ge.sum((1, *range(3, ge.dim())))
-        return out
-
 
 class EmbeddingRule(Rule):
     def _parts(self, spec, ids, g):

@@ -320,8 +320,6 @@ def _clipped(loss, params, batch, kwargs, calls, bounds, groups):
         sq[k] = sq[k] + v.reshape(b, -1).to(dtype).square().sum(1)
     norms = sum(sq[1:], sq[0]).sqrt()
     factors = [(c / (s.sqrt() + 1e-6)).clamp(max=1.0) for c, s in zip(bounds, sq, strict=True)]
-    if groups is None:
-        norms = sq[0].sqrt()  # the same, without a second square root's rounding
 
     grads: dict[str, torch.Tensor] = {}
     for call, finish, k in finishers:

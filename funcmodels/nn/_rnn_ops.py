@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from .._shapes import Shape, fill, fit_rank, show
 from .._spec import Spec
@@ -161,7 +162,7 @@ def _initial_state(
 
 def _unpack(x: Any, most: int, forms: str) -> tuple[Any, ...]:
     """``(input, hx, ...)`` padded with ``None`` to ``most`` items; ``input`` a tensor."""
-    if type(x).__name__ == "PackedSequence":  # a tuple subclass: say what stands in for it
+    if isinstance(x, PackedSequence):  # a tuple subclass: say what stands in for it
         raise TypeError(
             "got torch's PackedSequence: pass the padded batch and its lengths instead, "
             "(input, hx, lengths) (hx may be None), as torch.nn.utils.rnn."

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
+from torch._C._functorch import maybe_current_level
 
 from .._core import describe_mismatch
 from .._tree import Params, State
@@ -225,17 +226,13 @@ def _eager_in_place() -> bool:
     AD (no ``out=`` there)."""
     if torch.compiler.is_compiling():  # first: dynamo need not trace the rest
         return False
-    from torch._C._functorch import maybe_current_level
-
     return maybe_current_level() is None and torch.autograd.forward_ad._current_level < 0
 
 
 def _fits(u: torch.Tensor, other: Any) -> bool:
     """Whether ``u op= other`` gives what ``u op other`` does: same dtype, same shape."""
-    if isinstance(other, torch.Tensor):
-        if torch.broadcast_shapes(u.shape, other.shape) != u.shape:
-            return False
-        return torch.result_type(u, other) == u.dtype
+    if isinstance(other, torch.Tensor) and torch.broadcast_shapes(u.shape, other.shape) != u.shape:
+        return False
     return torch.result_type(u, other) == u.dtype
 
 
