@@ -163,7 +163,7 @@ def uses_csr(y: torch.Tensor) -> bool:
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        if type(fn).__name__ == "_CSRLinearBackward":
+        if type(fn).__name__ == "_CSRValuesLinearBackward":
             return True
         stack.extend(f for f, _ in fn.next_functions)
     return False

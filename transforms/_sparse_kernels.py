@@ -79,9 +79,6 @@ class _Pattern:
     flat: torch.Tensor  # (nnz,) row-major flat indices of the kept weights
     crow: torch.Tensor  # (out + 1,) CSR row pointers
     col: torch.Tensor  # (nnz,) CSR column indices
-    t_perm: torch.Tensor  # (nnz,) the kept weights in column-major order
-    t_crow: torch.Tensor  # (in + 1,) row pointers of the transposed pattern
-    t_col: torch.Tensor  # (nnz,) its column indices (the rows of the weight)
 
     @property
     def nnz(self) -> int:
@@ -100,13 +97,9 @@ def _pattern(mask: torch.Tensor) -> _Pattern:
         return hit[2]
     out_f, in_f = mask.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)
-    rows, cols = flat // in_f, flat % in_f
     crow = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
-    crow[1:] = torch.bincount(rows, minlength=out_f).cumsum(0)
-    t_perm = torch.argsort(cols * out_f + rows)
-    t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
-    t_crow[1:] = torch.bincount(cols, minlength=in_f).cumsum(0)
-    pattern = _Pattern(flat, crow, cols, t_perm, t_crow, rows.index_select(0, t_perm))
+    crow[1:] = torch.bincount(flat // in_f, minlength=out_f).cumsum(0)
+    pattern = _Pattern(flat, crow, flat % in_f)
     if hit is None:
         weakref.finalize(mask, _PATTERNS.pop, key, None)
     _PATTERNS[key] = (weakref.ref(mask), mask._version, pattern)
@@ -119,45 +112,6 @@ def csr_matrix(crow, col, values, shape) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
-class _CSRLinear(torch.autograd.Function):
-    """The CSR kernel on ``x (B, in)``: forward ``b + x @ W_csr.T``, input gradient
-    through the transposed pattern, weight gradient at the kept positions only (SDDMM)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, pattern: _Pattern):
-        out_f, in_f = weight.shape
-        values = weight.reshape(-1).index_select(0, pattern.flat)
-        csr = csr_matrix(pattern.crow, pattern.col, values, (out_f, in_f))
-        if bias is None:
-            y = torch.sparse.mm(csr, x.t()).t()
-        else:
-            y = torch.addmm(bias[:, None], csr, x.t()).t()
-        ctx.save_for_backward(x, values)
-        ctx.pattern, ctx.shape, ctx.has_bias = pattern, (out_f, in_f), bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, values = ctx.saved_tensors
-        p, (out_f, in_f) = ctx.pattern, ctx.shape
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            t_values = values.index_select(0, p.t_perm)
-            csr_t = csr_matrix(p.t_crow, p.t_col, t_values, (in_f, out_f))
-            grad_x = torch.sparse.mm(csr_t, grad_out.t()).t()
-        if ctx.needs_input_grad[1]:
-            csr = csr_matrix(p.crow, p.col, values, (out_f, in_f))
-            kept = torch.sparse.sampled_addmm(csr, grad_out.t().contiguous(), x, beta=0.0)
-            grad_w = values.new_zeros(out_f * in_f).index_put_((p.flat,), kept.values())
-            grad_w = grad_w.view(out_f, in_f)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(0)
-        return grad_x, grad_w, grad_b, None
-
-
-# -- the CSR kernel of the compressed form: gradients of the kept values only ------------------
 
 
 _TRANSPOSED: dict[int, tuple[Any, Any, tuple, tuple[torch.Tensor, ...]]] = {}
@@ -186,9 +140,10 @@ def _transposed(crow: torch.Tensor, col: torch.Tensor, shape) -> tuple[torch.Ten
 
 
 class _CSRValuesLinear(torch.autograd.Function):
-    """``b + x @ W.T`` with ``W`` given by its kept ``values`` in CSR order: the forward
-    and the input gradient by sparse products, the gradient of ``values`` by SDDMM at the
-    kept positions, a ``(nnz,)`` tensor: no dense weight or dense gradient anywhere."""
+    """``b + x @ W.T`` for ``x (B, in)``, ``W`` given by its kept ``values`` in CSR order:
+    the forward and the input gradient by sparse products (the latter through the
+    transposed pattern), the gradient of ``values`` by SDDMM at the kept positions, a
+    ``(nnz,)`` tensor: no dense weight or dense gradient here."""
 
     @staticmethod
     def forward(ctx, x, values, bias, crow, col, shape):
@@ -220,17 +175,18 @@ class _CSRValuesLinear(torch.autograd.Function):
 
 
 def csr_values_linear(x, values, bias, crow, col, shape) -> torch.Tensor:
-    """The compressed layer's product with autograd through ``values`` (eager, CPU)."""
+    """The CSR product with autograd through ``values`` (eager, CPU, float32/64)."""
     lead = x.shape[:-1]
     y = _CSRValuesLinear.apply(x.reshape(-1, x.shape[-1]), values, bias, crow, col, shape)
     return y.reshape(*lead, y.shape[-1])
 
 
 def csr_linear(x, weight, bias, mask) -> torch.Tensor:
-    """``F.linear(x, weight * mask, bias)`` by the CSR kernel (eager, plain tensors)."""
-    lead = x.shape[:-1]
-    y = _CSRLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias, _pattern(mask))
-    return y.reshape(*lead, y.shape[-1])
+    """``F.linear(x, weight * mask, bias)`` by the CSR kernel (eager, plain tensors): the
+    kept weights gathered (autograd scatters their gradients back into a dense one)."""
+    p = _pattern(mask)
+    values = weight.reshape(-1).index_select(0, p.flat)
+    return csr_values_linear(x, values, bias, p.crow, p.col, tuple(weight.shape))
 
 
 def _plain(*tensors: torch.Tensor | None) -> bool:

@@ -11,7 +11,7 @@ the same result:
   forward itself computes ``F.linear(x, W * M, b)``, so a transform that ignores the
   custom backward (``torch.compile(grad(f))`` in torch 2.13) still differentiates a
   masked product: the gradient of the pruned weights stays exactly zero.
-* **CSR** (``_CSRLinear``, eager mode on the CPU, plain tensors only): the kept weights
+* **CSR** (``_CSRValuesLinear``, eager mode on the CPU, plain tensors only): the kept weights
   are gathered into a CSR matrix whose indices are computed once per mask and cached,
   the forward is a sparse-dense product (``torch.addmm`` with the CSR weight), the input
   gradient the transposed product, and the weight gradient is computed at the kept
@@ -45,7 +45,6 @@ from ._sparse_kernels import (
     _pattern,
     _plain,
     csr_linear,
-    csr_matrix,
     csr_values_linear,
     dense_weight,
     masked_linear,
@@ -296,9 +295,6 @@ class CompressedLinear(fm.Spec):
         bias = ctx.param("bias") if self.bias else None
         crow, col = ctx.buffer("crow_indices"), ctx.buffer("col_indices")
         shape = (self.out_features, self.in_features)
-        grad_needed = torch.is_grad_enabled() and (
-            values.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
-        )
         sparse_ok = (
             ctx.mode == "eager"
             and x.device.type == "cpu"
@@ -307,17 +303,8 @@ class CompressedLinear(fm.Spec):
             and _plain(x, values, bias, crow, col)
             and x.dtype == values.dtype
         )
-        if sparse_ok and grad_needed:
-            # Training the kept values: sparse products and an SDDMM, no dense weight.
+        if sparse_ok:  # trains the kept values too: sparse products and an SDDMM
             return csr_values_linear(x, values, bias, crow, col, shape)
-        if sparse_ok:
-            csr = csr_matrix(crow, col, values, shape)
-            x2 = x.reshape(-1, self.in_features)
-            if bias is None:
-                y = torch.sparse.mm(csr, x2.t()).t()
-            else:
-                y = torch.addmm(bias[:, None], csr, x2.t()).t()
-            return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, dense_weight(values, crow, col, shape), bias)
 
 
