@@ -117,7 +117,10 @@ class Stack(Spec):
             if nd is not None and x.dim() == nd + (axis == 0):
                 x, single = x.unsqueeze(0 if axis is None else 1), True
         out = NotImplemented
-        if ctx.mode != "compile" and not self.state_shapes() and self.spec._stacks_directly():
+        direct = cached(
+            self, "_fm_direct", lambda: not self.state_shapes() and self.spec._stacks_directly()
+        )
+        if direct and ctx.mode != "compile":
             # A direct batched form where the member has one (Linear's baddbmm: vmap's
             # rule for linear is a bmm and a separate bias add); the same values.
             own = {n: ctx.param(n) for n in self.param_shapes()}
