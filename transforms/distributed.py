@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.utils._pytree as pytree
 
 import funcmodels as fm
+from funcmodels._context import cached
 
 from .moe import MoE
 
@@ -132,11 +133,10 @@ def _rank_and_world(rank: int | None, world: int | None, where: str) -> tuple[in
             raise TypeError(
                 f"transforms.distributed.{where}: {name} must be an int, got {type(v).__name__}"
             )
-    if world is None:
-        world = _group_size(None, where)
-    if rank is None:
-        _group_size(None, where)
-        rank = dist.get_rank()
+    if world is None or rank is None:
+        size = _group_size(None, where)  # (the error when there is no group)
+        world = size if world is None else world
+        rank = dist.get_rank() if rank is None else rank
     if world < 1 or not 0 <= rank < world:
         raise ValueError(
             f"transforms.distributed.{where}: need 0 <= rank < world_size, got rank={rank}, "
@@ -211,7 +211,8 @@ def data_parallel(
                 f"each of the {world} ranks one"
             )
         local = [shard(b, rank, world) if isinstance(b, torch.Tensor) else b for b in batch]
-        share = shard(tensors[0], rank, world).shape[0] / n
+        base, extra = divmod(n, world)
+        share = (base + (rank < extra)) / n  # this rank's rows, as shard gives them
         leaves = fm.tree.map(lambda t: t.detach().requires_grad_(), params)
         value = loss(leaves, *local, **kwargs)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
@@ -354,10 +355,14 @@ def _moe_layers(spec: fm.Spec, kind: type) -> list[tuple[str, fm.Spec]]:
 def local_names(spec: fm.Spec) -> frozenset[str]:
     """The params of ``spec`` that live on one rank only (experts of expert-parallel
     layers), by name."""
-    out = set()
-    for prefix, layer in _moe_layers(spec, ExpertParallelMoE):
-        out.update(f"{prefix}experts.{n}" for n in layer.child("experts").param_shapes())
-    return frozenset(out)
+
+    def names() -> frozenset[str]:
+        out = set()
+        for prefix, layer in _moe_layers(spec, ExpertParallelMoE):
+            out.update(f"{prefix}experts.{n}" for n in layer.child("experts").param_shapes())
+        return frozenset(out)
+
+    return cached(spec, "_fm_rank_local_names", names)  # once per spec: every step asks
 
 
 def expert_parallel(
