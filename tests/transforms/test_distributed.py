@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import traceback
 
@@ -40,12 +41,19 @@ def _entry(rank: int, world: int, port: int, fn, errors: str, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        dist.barrier()  # every rank done before any tears its group down
     except BaseException:
         with open(f"{errors}.{rank}", "w") as f:
             f.write(traceback.format_exc())
         raise
     finally:
         dist.destroy_process_group()
+    # The work is done and checked. On a loaded machine the interpreter's shutdown of a
+    # process that ran gloo (DDP, FSDP) sometimes ends in std::terminate from a torch
+    # thread (seen after destroy_process_group had returned on both ranks): leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn, world: int, *args) -> None:
