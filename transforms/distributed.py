@@ -36,6 +36,7 @@ import torch.utils._pytree as pytree
 
 import funcmodels as fm
 from funcmodels._context import cached
+from funcmodels.extend import replace_layers
 
 from .moe import MoE
 
@@ -376,7 +377,7 @@ def expert_parallel(
     becomes an :class:`ExpertParallelMoE` holding this rank's experts (a slice of the
     stacked ``experts.*`` tensors), the rest of the model unchanged. ``world_size`` and
     ``rank`` default to the default process group's (the one the exchange uses)."""
-    from ._prune import _entries, _rewrite
+    from ._prune import _entries
 
     rank, world_size = _rank_and_world(rank, world_size, "expert_parallel")
     entries = _entries(params, state, "transforms.distributed.expert_parallel")
@@ -390,8 +391,8 @@ def expert_parallel(
         for name in list(entries):
             if name.startswith(f"{prefix}experts."):
                 entries[name] = entries[name][rank * e : (rank + 1) * e].clone()
-        replaced[prefix] = layer
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+        replaced[prefix[:-1]] = layer
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 def gather(
@@ -400,7 +401,7 @@ def gather(
     """The single-process model of an expert-parallel one, on every rank: each
     :class:`ExpertParallelMoE` becomes its :class:`MoE` again, with every rank's experts
     (``all_gather``). Save it from rank 0: ``fm.save`` of the result loads in one process."""
-    from ._prune import _entries, _rewrite
+    from ._prune import _entries
 
     world = _group_size(group, "gather")
     entries = _entries(params, state, "transforms.distributed.gather")
@@ -417,8 +418,8 @@ def gather(
                 parts = [torch.empty_like(local) for _ in range(world)]
                 dist.all_gather(parts, local, group=group)
                 entries[name] = torch.cat(parts)
-        replaced[prefix] = layer.moe
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+        replaced[prefix[:-1]] = layer.moe
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 fm.register_layer("expert_parallel_moe", ExpertParallelMoE)
