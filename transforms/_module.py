@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import expected_entries, layer_name
+from funcmodels.extend import expected_entries, layer_name, unchecked
 
 Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
 Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
@@ -125,8 +125,8 @@ class FunctionalModule(nn.Module):
         params = {n: owner._parameters[leaf] for n, owner, leaf in self._param_slots}
         state = {n: owner._buffers[leaf] for n, owner, leaf in self._buffer_slots}
         return (
-            fm.Params._make(self.spec, params),
-            fm.State._make(self.spec, state) if self._buffer_slots else None,
+            unchecked(fm.Params, self.spec, params),
+            unchecked(fm.State, self.spec, state) if self._buffer_slots else None,
         )
 
     def forward(self, x: Any) -> Any:
@@ -143,8 +143,8 @@ class FunctionalModule(nn.Module):
         if self.training and state is not None:
             with torch.no_grad():
                 for name, owner, leaf in self._buffer_slots:
-                    new = out.state._flat[name]
-                    if new is not state._flat[name]:
+                    new = out.state[name]
+                    if new is not state[name]:
                         owner._buffers[leaf].copy_(new)
         return out
 
@@ -155,7 +155,7 @@ class FunctionalModule(nn.Module):
 def _device(x: Any, params: fm.Params) -> torch.device:
     if isinstance(x, torch.Tensor):
         return x.device
-    for t in params._flat.values():
+    for t in params.flat().values():
         return t.device
     return torch.device("cpu")
 

@@ -12,6 +12,7 @@ import torch
 import funcmodels as fm
 from funcmodels.extend import layer_name, replace_layers
 
+from ._surgery import model_entries
 from .sparse import (
     PATTERNS,
     CompressedLinear,
@@ -22,16 +23,6 @@ from .sparse import (
 )
 
 _PRUNABLE = (fm.nn.Linear, SparseLinear)
-
-
-def _entries(params: fm.Params, state: fm.State | None, where: str) -> dict[str, torch.Tensor]:
-    if not isinstance(params, fm.Params):
-        raise TypeError(f"{where}: expected Params, got {type(params).__name__}")
-    if state is not None and not isinstance(state, fm.State):
-        raise TypeError(f"{where}: expected a State or None, got {type(state).__name__}")
-    if state is None and params.spec.has_state():
-        raise ValueError(f"{where}: the model keeps state (buffers or masks); pass it as well")
-    return dict(fm.to_state_dict(params, state))
 
 
 def _targets(
@@ -102,7 +93,7 @@ def sparsify(
         raise ValueError(f"{where}: pattern must be one of {list(PATTERNS)}, got {pattern!r}")
     if pattern == "2:4" and scope == "global":
         raise ValueError(f"{where}: the '2:4' pattern is per row, so scope must be 'layer'")
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     targets = _targets(params.spec, include, where)
     if not targets:
         raise ValueError(f"{where}: the model has no Linear or SparseLinear layer to prune")
@@ -168,7 +159,7 @@ def compress(
         inputs are not modified. :func:`decompress` turns the CSR layers back.
     """
     where = "transforms.compress"
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     if crossover is not None and not 0.0 <= crossover <= 1.0:
         raise ValueError(f"{where}: crossover must be in [0, 1], got {crossover!r}")
     replaced = {}
@@ -202,7 +193,7 @@ def decompress(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]
     becomes a :class:`SparseLinear` with the dense weight (zeros where pruned) and its mask.
     Layers that ``compress`` stored dense stay plain ``Linear`` layers."""
     where = "transforms.decompress"
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     replaced = {}
     for prefix, layer in params.spec.walk():
         if type(layer) is not CompressedLinear:

@@ -20,7 +20,7 @@ from einops.layers import torch as einops_torch
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import field_values
+from funcmodels.extend import field_values
 
 from ._fuse import FoldedBatchNorm1d, FoldedBatchNorm1dModule
 from ._module import register_converter

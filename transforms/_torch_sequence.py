@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import expected_entries, field_values
+from funcmodels.extend import expected_entries, field_values
 
 from ._module import _build, _infer, register_converter
 from ._torch_layers import _infer_twin

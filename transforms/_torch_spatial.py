@@ -22,7 +22,7 @@ from collections.abc import Callable
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import field_values
+from funcmodels.extend import field_values
 
 from ._module import register_converter
 from ._torch_layers import _infer_twin

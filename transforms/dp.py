@@ -9,7 +9,7 @@ per-example norms ``|g_i|``, equal to materialising every example's gradient wit
    respect to zero *probes* added to the outputs of the layers that have a closed form
    (``Linear``, ``Conv1d``/``Conv2d``, ``Embedding``, ``LayerNorm``/``RMSNorm``/
    ``GroupNorm``; see :mod:`transforms._dp_layers`), recording their inputs through a tap
-   of the layer protocol (:func:`funcmodels._tap.tapping`). Their weights are
+   of the layer protocol (:func:`funcmodels.extend.tapping`). Their weights are
    constants there, so no weight gradient is computed. The params of any other layer
    (attention, recurrent layers, a ``Stack``...) are differentiated in the same pass:
    their per-example gradients are formed, theirs only;
@@ -39,8 +39,7 @@ import torch
 from torch.func import grad, vmap
 
 import funcmodels as fm
-from funcmodels._context import name_hash
-from funcmodels._tap import tapping
+from funcmodels.extend import name_hash, tapping
 
 from ._dp_layers import Rule, rule_for
 
@@ -72,9 +71,8 @@ def _plan(loss, params, example_args, kwargs) -> list[_Call]:
         names = {n: by_id.get(id(t)) for n, t in own.items()}
         rule = None
         if all(names.values()) and isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
-            layer_state = {
-                n[len(ctx._prefix) :]: v for n, v in state.items() if n.startswith(ctx._prefix)
-            }
+            prefix = f"{ctx.path}." if ctx.path else ""
+            layer_state = {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}
             rule = rule_for(ctx.spec, layer_state, tuple(x.shape))
         call = _Call(ctx.path, ctx.spec, names, rule)
         if isinstance(out, torch.Tensor):

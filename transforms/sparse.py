@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import funcmodels as fm
-from funcmodels._context import name_hash
-from funcmodels.nn._check import positive_int, torch_signature
+from funcmodels.extend import name_hash, positive_int, torch_signature
 
 from ._sparse_kernels import (
     _pattern,
