@@ -29,10 +29,16 @@ from . import (  # noqa: F401
 )
 from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
 from ._module import FunctionalModule, from_module, register_converter, to_module
-from ._prune import compress, decompress, polynomial_sparsity, sparsify
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
-from .sparse import CompressedLinear, SparseLinear
+from .sparse import (
+    CompressedLinear,
+    SparseLinear,
+    compress,
+    decompress,
+    polynomial_sparsity,
+    sparsify,
+)
 
 __all__ = [
     "Calibration",

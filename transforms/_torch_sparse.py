@@ -18,9 +18,9 @@ from torch import nn
 import funcmodels as fm
 
 from ._module import register_converter
-from ._sparse_kernels import csr_matrix
 from ._torch_layers import _build_twin, _infer_twin
-from .sparse import CompressedLinear, SparseLinear, dense_weight
+from .sparse import CompressedLinear, SparseLinear
+from .sparse._kernels import csr_matrix, dense_weight
 
 
 class SparseLinearModule(nn.Module):

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import funcmodels as fm
 from funcmodels.extend import name_hash, positive_int, torch_signature
 
-from ._sparse_kernels import (
+from ._kernels import (
     _pattern,
     _plain,
     csr_linear,

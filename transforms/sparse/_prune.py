@@ -12,8 +12,8 @@ import torch
 import funcmodels as fm
 from funcmodels.extend import layer_name, replace_layers
 
-from ._surgery import model_entries
-from .sparse import (
+from .._surgery import model_entries
+from ._layers import (
     PATTERNS,
     CompressedLinear,
     SparseLinear,
