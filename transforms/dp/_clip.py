@@ -41,7 +41,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 from funcmodels.extend import name_hash, tapping
 
-from ._dp_layers import Rule, rule_for
+from ._rules import Rule, rule_for
 
 
 @dataclass

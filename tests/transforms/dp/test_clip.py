@@ -18,6 +18,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from transforms import dp
+from transforms.dp import _clip
 
 nn = fm.nn
 TOL = dict(rtol=1e-9, atol=1e-12)
@@ -119,7 +120,7 @@ def test_convolutions(batch, conv, dims, seed):
 def test_convolutions_on_small_maps_take_the_gram_form(dims, groups, monkeypatch):
     """Many channels, few output positions: the norms come from the Gram form of the
     unfolded input (no per-example gradient), the sum from one backward over the batch."""
-    from transforms import _dp_layers
+    from transforms.dp import _rules as _dp_layers
 
     seen = []
     real = _dp_layers.ConvRule._gram
@@ -286,7 +287,7 @@ def test_closed_forms_are_used_where_a_layer_has_one():
     )
     params = fm.init(fm.key(0), spec)
     x, y = torch.randn(3, 1, 8, 8), labels(0, 3, 3)
-    calls = dp._plan(classify, params, (x, y), {})
+    calls = _clip._plan(classify, params, (x, y), {})
     assert [type(c.spec).__name__ for c in calls] == [
         "Conv2d", "GroupNorm", "Linear", "LayerNorm", "Linear"
     ]  # fmt: skip
@@ -299,7 +300,7 @@ def test_closed_forms_are_used_where_a_layer_has_one():
         each = F.cross_entropy(out.reshape(-1, 3), yy.reshape(-1), reduction="none")
         return each.reshape(t.shape[0], -1).mean(1)
 
-    seq = dp._plan(
+    seq = _clip._plan(
         per_token,
         embed,
         (tokens, labels(0, 3 * 5, 3).reshape(3, 5)),

@@ -31,7 +31,7 @@ from torch.func import vmap
 
 import funcmodels as fm
 
-from .sparse import SparseLinear
+from ..sparse import SparseLinear
 
 Tensors = dict[str, torch.Tensor]
 
