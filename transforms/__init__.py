@@ -15,20 +15,16 @@ here plug into it through its registries (spec type names, config aliases, and
 :func:`register_converter` for the torch bridge).
 """
 
-# The converter modules register themselves with the bridge when imported.
-from . import (  # noqa: F401
-    _torch_layers,
-    _torch_misc,
-    _torch_recurrent,
-    _torch_sequence,
-    _torch_sparse,
-    _torch_spatial,
-    distributed,
-    dp,
-    qat,
+from . import bridge, distributed, dp, qat, sparse
+from .bridge import (
+    FoldedBatchNorm1d,
+    FunctionalModule,
+    fold_batchnorm,
+    from_module,
+    fuse,
+    register_converter,
+    to_module,
 )
-from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
-from ._module import FunctionalModule, from_module, register_converter, to_module
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
 from .sparse import (
@@ -48,6 +44,7 @@ __all__ = [
     "FunctionalModule",
     "MoE",
     "SparseLinear",
+    "bridge",
     "calibrate_threshold",
     "compress",
     "decompress",
@@ -61,6 +58,7 @@ __all__ = [
     "polynomial_sparsity",
     "qat",
     "register_converter",
+    "sparse",
     "sparsify",
     "to_module",
 ]

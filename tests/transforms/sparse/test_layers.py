@@ -297,7 +297,7 @@ def test_the_torch_bridge_both_ways():
     params, state = fm.init_with_state(fm.key(0), spec)
     x = fm.random.normal(fm.key(1), (3, 12))
     module = transforms.to_module(params, state)
-    assert isinstance(module[0], transforms._torch_sparse.SparseLinearModule)
+    assert isinstance(module[0], transforms.bridge.SparseLinearModule)
     assert set(module.state_dict()) == set(fm.to_state_dict(params, state))
     torch.testing.assert_close(module(x), fm.apply(params, x, state=state))
     traced = torch.fx.symbolic_trace(module)

@@ -25,7 +25,7 @@ import funcmodels as fm
 from funcmodels.extend import field_values
 
 from ._module import register_converter
-from ._torch_layers import _infer_twin
+from ._twins import _infer_twin
 
 fnn = fm.nn
 

@@ -24,7 +24,7 @@ import funcmodels as fm
 from funcmodels.extend import expected_entries, field_values
 
 from ._module import _build, _infer, register_converter
-from ._torch_layers import _infer_twin
+from ._twins import _infer_twin
 
 # -- Embedding --------------------------------------------------------------------------------
 

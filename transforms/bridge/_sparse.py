@@ -17,10 +17,10 @@ from torch import nn
 
 import funcmodels as fm
 
+from ..sparse import CompressedLinear, SparseLinear
+from ..sparse._kernels import csr_matrix, dense_weight
 from ._module import register_converter
-from ._torch_layers import _build_twin, _infer_twin
-from .sparse import CompressedLinear, SparseLinear
-from .sparse._kernels import csr_matrix, dense_weight
+from ._twins import _build_twin, _infer_twin
 
 
 class SparseLinearModule(nn.Module):

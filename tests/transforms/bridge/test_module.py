@@ -23,8 +23,7 @@ from torch.func import grad
 import funcmodels as fm
 import transforms
 from tests.helpers import MODELS, example_input, randomised
-from transforms._module import FunctionalModule
-from transforms._torch_layers import ResidualBlockModule
+from transforms.bridge import FunctionalModule, ResidualBlockModule
 
 OUT_TOL = dict(atol=1e-6, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-5, rtol=1e-4)

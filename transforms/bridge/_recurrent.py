@@ -19,7 +19,7 @@ import funcmodels as fm
 from funcmodels.extend import field_values
 
 from ._module import register_converter
-from ._torch_layers import _check_tensors
+from ._twins import _check_tensors
 
 _TWINS: dict[type[fm.Spec], type[nn.Module]] = {
     fm.nn.RNN: nn.RNN,
