@@ -8,9 +8,9 @@ A converter pairs a spec type with a module type and knows both directions:
 * ``infer(module, child)`` returns the spec of ``module``, its children's specs given by
   ``child(name)``; the tensors are then read from ``module.state_dict()``.
 
-The layers of :mod:`funcmodels.nn` are registered by :mod:`transforms._torch_layers`; other
-spec types (those defined in :mod:`transforms`, or a user's) may add theirs with
-:func:`register_converter`. A spec without a converter still converts: it becomes a
+The layers of :mod:`funcmodels.nn` and of :mod:`transforms` are registered by the other
+files of this package, one per layer family; other spec types (a user's) may add theirs
+with :func:`register_converter`. A spec without a converter still converts: it becomes a
 :class:`FunctionalModule`, which holds the spec's tensors as parameters and buffers
 under the spec's names and runs the functional forward. Hand-written converters remain
 where they give plainer fx graphs (torch's own layers).

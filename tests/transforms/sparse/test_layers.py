@@ -14,7 +14,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.utils.prune as prune
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad, jacfwd, jacrev, vmap
@@ -290,41 +289,6 @@ def test_config_round_trip_and_aliases():
     assert fm.from_config(config) == spec
     one = [{"type": "sparse_linear", "params": {"in_features": 8, "out_features": 4}}]
     assert fm.from_config(one)["layer_0"] == transforms.SparseLinear(8, 4)
-
-
-def test_the_torch_bridge_both_ways():
-    spec = nn.Sequential(transforms.SparseLinear(12, 6, sparsity=0.5), nn.ReLU(), nn.Linear(6, 2))
-    params, state = fm.init_with_state(fm.key(0), spec)
-    x = fm.random.normal(fm.key(1), (3, 12))
-    module = transforms.to_module(params, state)
-    assert isinstance(module[0], transforms.bridge.SparseLinearModule)
-    assert set(module.state_dict()) == set(fm.to_state_dict(params, state))
-    torch.testing.assert_close(module(x), fm.apply(params, x, state=state))
-    traced = torch.fx.symbolic_trace(module)
-    torch.testing.assert_close(traced(x), module(x))
-    back, back_state = transforms.from_module(module)
-    assert back.spec == params.spec and torch.equal(back_state["0.mask"], state["0.mask"])
-
-    cp, cs = transforms.compress(params, state, crossover=0.0)
-    cmodule = transforms.to_module(cp, cs)
-    with torch.no_grad():
-        torch.testing.assert_close(cmodule(x), fm.apply(params, x, state=state))
-    torch.testing.assert_close(cmodule(x.requires_grad_()), fm.apply(params, x, state=state))
-    assert transforms.from_module(cmodule)[0].spec == cp.spec
-
-
-def test_from_module_reads_a_torch_pruned_linear():
-    torch.manual_seed(0)
-    pruned = torch.nn.Linear(10, 7)
-    prune.l1_unstructured(pruned, "weight", amount=0.6)
-    params, state = transforms.from_module(torch.nn.Sequential(pruned, torch.nn.ReLU()))
-    assert isinstance(params.spec["0"], transforms.SparseLinear)
-    assert torch.equal(state["0.mask"], pruned.weight_mask.bool())
-    x = torch.randn(4, 10)
-    torch.testing.assert_close(fm.apply(params, x, state=state), pruned(x).relu())
-    # a state_dict of a pruned model loads into a SparseLinear spec directly
-    p2, s2 = fm.from_state_dict(params.spec, torch.nn.Sequential(pruned).state_dict())
-    assert torch.equal(p2["0.weight"], pruned.weight_orig.detach())
 
 
 # -- bad input -------------------------------------------------------------------------------
