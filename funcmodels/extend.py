@@ -14,8 +14,10 @@ Layers
 Specs
     :func:`field_values` (the constructor arguments of a spec),
     :func:`expected_entries` (every param or buffer of a model, with shapes),
-    :func:`layer_name` (a path as messages print it) and :func:`replace_layers` (a spec with
-    some layers replaced: the spec half of model surgery).
+    :func:`layer_name` (a path as messages print it), :func:`layer_error` (the error a
+    spec's shape rules raise, naming the layer), :func:`conv_padding` (the padding a
+    convolution applies, per side) and :func:`replace_layers` (a spec with some layers
+    replaced: the spec half of model surgery).
 
 Params and State
     :func:`subtree` (the sub-tree of a layer, by path) and :func:`unchecked` (a tree
@@ -40,6 +42,7 @@ from ._replace import replace_layers
 from ._spec import Spec, expected_entries, field_values
 from ._tap import tapping
 from ._tree import Params, State
+from .nn import Conv1d, Conv2d, Conv3d
 from .nn._check import (
     boolean,
     int_tuple,
@@ -53,9 +56,11 @@ from .nn._check import (
 __all__ = [
     "boolean",
     "cached",
+    "conv_padding",
     "expected_entries",
     "field_values",
     "int_tuple",
+    "layer_error",
     "layer_name",
     "name_hash",
     "non_negative_int",
@@ -133,3 +138,49 @@ def unchecked(tree_type: type[Tree], spec: Spec, flat: dict[str, Any]) -> Tree:
     if not isinstance(flat, dict):
         raise TypeError(f"unchecked: flat must be a dict, got {type(flat).__name__}")
     return tree_type._make(spec, flat)
+
+
+def layer_error(
+    spec: Spec, path: str, message: str, exc: type[Exception] = ValueError
+) -> Exception:
+    """The error a spec's shape rules raise (``out_shape``, ``resolve``), worded as the
+    core words its own: ``layer '<path>' (<type>): <message>``.
+
+    The error is marked as located, so ``fm.init``, ``fm.shapes`` and ``fm.run`` pass it
+    on as it is instead of prefixing the innermost running layer again.
+
+    Arguments:
+        spec: the layer the error is about.
+        path: its prefix, as ``out_shape`` receives it (``'encoder.0.'``; ``''`` for the
+            root).
+        message: what was expected and what came.
+        exc: the exception type (``ValueError``, or ``TypeError`` for a wrong type).
+
+    Returns:
+        the exception, to ``raise``.
+    """
+    return spec._error(path, message, exc)
+
+
+def conv_padding(spec: Conv1d | Conv2d | Conv3d) -> tuple[int, ...]:
+    """The padding a convolution applies to its input, per side, as ``F.pad`` takes it.
+
+    ``'same'`` and ``'valid'`` are resolved to numbers (``'same'`` puts the odd one at the
+    end, as torch does), so a transform that runs the convolution's pieces itself (a
+    per-example weight gradient, say) pads exactly as the layer does.
+
+    Arguments:
+        spec: a ``Conv1d``, ``Conv2d`` or ``Conv3d``.
+
+    Returns:
+        ``2 * n`` ints for ``n`` spatial dims, the last dim first: ``(left, right, top,
+        bottom, ...)``.
+
+    Raises:
+        TypeError: ``spec`` is not such a convolution.
+    """
+    if not isinstance(spec, (Conv1d, Conv2d, Conv3d)):
+        raise TypeError(
+            f"conv_padding: expected a Conv1d, Conv2d or Conv3d, got {type(spec).__name__}"
+        )
+    return spec._explicit_padding()

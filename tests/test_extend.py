@@ -232,3 +232,46 @@ def test_unchecked_keeps_the_dict_it_is_given():
         extend.unchecked(dict, spec, flat)
     with pytest.raises(TypeError, match="flat must be a dict, got list"):
         extend.unchecked(fm.State, spec, [])
+
+
+def test_layer_error_is_worded_as_the_cores_and_not_prefixed_again():
+    @dataclasses.dataclass(frozen=True)
+    class _Pairs(fm.Spec):
+        def out_shape(self, in_shape, path="", record=None):
+            if in_shape[-1] % 2:
+                raise extend.layer_error(self, path, f"expected an even width, got {in_shape}")
+            return in_shape
+
+        def forward(self, ctx, x):
+            return x
+
+    err = extend.layer_error(nn.ReLU(), "body.1.", "bad", TypeError)
+    assert type(err) is TypeError and str(err) == "layer 'body.1' (ReLU): bad"
+    spec = nn.Sequential({"body": nn.Sequential(nn.Linear(4, 3), _Pairs())})
+    with pytest.raises(ValueError) as info:
+        fm.init(fm.key(0), spec, input_shape=(4,))
+    assert str(info.value) == "layer 'body.1' (_Pairs): expected an even width, got (3,)"
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.Conv1d(2, 3, 4, padding="same", dilation=2), (1, 2, 9)),
+        (nn.Conv2d(2, 3, (3, 2), padding=(1, 2)), (1, 2, 6, 5)),
+        (nn.Conv2d(2, 3, (2, 3), padding="same"), (1, 2, 6, 5)),
+        (nn.Conv3d(2, 3, 3, padding="valid"), (1, 2, 4, 4, 4)),
+    ],
+)
+def test_conv_padding_is_what_the_layer_pads(conv, shape):
+    params = fm.init(fm.key(0), conv)
+    x = torch.randn(shape)
+    pads = extend.conv_padding(conv)
+    assert len(pads) == 2 * len(conv.kernel_size)
+    dims = len(conv.kernel_size)
+    plain = getattr(torch.nn.functional, f"conv{dims}d")
+    want = plain(
+        torch.nn.functional.pad(x, pads), params["weight"], params["bias"], dilation=conv.dilation
+    )
+    torch.testing.assert_close(fm.apply(params, x), want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="expected a Conv1d, Conv2d or Conv3d, got Linear"):
+        extend.conv_padding(nn.Linear(2, 3))

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 import funcmodels as fm
-from funcmodels.extend import positive_int, under_vmap
+from funcmodels.extend import layer_error, positive_int, under_vmap
 
 from ._routing import route
 
@@ -171,7 +171,8 @@ class MoE(fm.Spec):
         if not in_shape or (
             in_shape[-1] not in (None, ...) and self.dim is not None and in_shape[-1] != self.dim
         ):
-            raise self._error(
+            raise layer_error(
+                self,
                 path,
                 f"expected tokens of width {self.dim} (input (..., {self.dim})), got {in_shape}",
             )

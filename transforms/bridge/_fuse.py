@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 import funcmodels as fm
-from funcmodels.extend import replace_layers
+from funcmodels.extend import layer_error, replace_layers
 
 # Layer type -> the BatchNorm type that can follow it (channels on dim 1 in both).
 _MODULE_PAIRS: dict[type[nn.Module], type[nn.Module]] = {
@@ -58,7 +58,8 @@ class FoldedBatchNorm1d(fm.Spec):
 
     def out_shape(self, in_shape, path="", record=None):
         if len(in_shape) != 1 or in_shape[0] is ...:
-            raise self._error(
+            raise layer_error(
+                self,
                 path,
                 f"expected one example of shape (C,), got {in_shape}: the BatchNorm1d folded "
                 f"into the Linear before it was there, {_RANK_2}",
