@@ -14,6 +14,8 @@ Their ``torch.nn`` forms are in :mod:`transforms.bridge`.
 
 from ._layers import (
     CROSSOVER,
+    INIT_MASKS,
+    KERNELS,
     PATTERNS,
     CompressedLinear,
     SparseLinear,
@@ -24,6 +26,8 @@ from ._prune import compress, decompress, polynomial_sparsity, sparsify
 
 __all__ = [
     "CROSSOVER",
+    "INIT_MASKS",
+    "KERNELS",
     "PATTERNS",
     "CompressedLinear",
     "SparseLinear",
