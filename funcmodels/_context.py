@@ -34,12 +34,31 @@ EAGER, TRANSFORM, COMPILE = "eager", "transform", "compile"
 # (zlib itself is opaque to dynamo and would break the graph).
 @torch.compiler.assume_constant_result
 def name_hash(name: str) -> int:
-    """Stable 32-bit hash of a child name (CRC32), used to fold names into keys."""
+    """Stable 32-bit hash of a name (CRC32), to fold a name into a PRNG key.
+
+    ``fm.fold_in(key, name_hash("weight"))`` gives a tensor its own key, independent of
+    its siblings' and the same in every process; per-layer keys fold each child's name
+    in the same way. A trace-time constant under ``torch.compile``.
+
+    Arguments:
+        name: any string (a tensor's or child's name).
+
+    Returns:
+        an int in ``[0, 2**32)``.
+    """
     return zlib.crc32(name.encode("utf-8"))
 
 
 def layer_name(prefix: str) -> str:
-    """Human-readable layer path for messages: ``'main_branch.0'`` or ``'<root>'``."""
+    """A layer's path as error messages print it: ``'main_branch.0'``, or ``'<root>'``.
+
+    Arguments:
+        prefix: the layer's prefix as :meth:`Spec.walk` yields it (``'main_branch.0.'``,
+            ``''`` for the root).
+
+    Returns:
+        the path without the trailing dot, ``'<root>'`` for the root.
+    """
     return prefix[:-1] if prefix else "<root>"
 
 
@@ -57,7 +76,19 @@ def cached(spec: Any, name: str, make) -> Any:
     """A value derived from a (frozen, immutable) spec, computed once per spec object.
 
     Kept in the instance ``__dict__``, which equality, hashing and the spec's fields
-    ignore; specs without a ``__dict__`` recompute it each time.
+    ignore; specs without a ``__dict__`` recompute it each time. For what a layer or a
+    transform would otherwise work out on every call (a table of its children, the names
+    of its rank-local params).
+
+    Arguments:
+        spec: the spec the value belongs to.
+        name: the attribute to keep it under; prefix it with your package's name so that
+            it clashes with no field and no other cache (``'_mylib_table'``).
+        make: ``make()`` computes the value; it must not return ``None`` (which reads as
+            not computed yet).
+
+    Returns:
+        the value, ``make()`` on the first call for this spec object.
     """
     d = getattr(spec, "__dict__", None)
     if d is None:

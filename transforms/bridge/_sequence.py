@@ -1,7 +1,6 @@
-"""Converters between the sequence layers of :mod:`funcmodels.nn` and their :mod:`torch.nn`
-twins: ``nn.Embedding``, ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``,
-``nn.TransformerDecoderLayer``, ``nn.TransformerEncoder``, ``nn.TransformerDecoder`` and
-``nn.Transformer``.
+"""Converters of the sequence layers: ``nn.Embedding``, ``nn.MultiheadAttention``,
+``nn.TransformerEncoderLayer``, ``nn.TransformerDecoderLayer``, ``nn.TransformerEncoder``,
+``nn.TransformerDecoder`` and ``nn.Transformer``.
 
 torch's transformer modules keep only some of their constructor arguments as attributes
 (``nn.TransformerEncoderLayer`` has no ``d_model``; ``nn.Transformer`` no
@@ -10,6 +9,8 @@ submodule is checked against the spec's (a layer whose ``linear1`` was replaced,
 dropouts differ, is refused rather than misread). The transformers' own ``forward``
 methods take torch's arguments; a spec's mapping input (``{"src": ..., "src_mask": ...}``)
 is the same arguments by name.
+
+Importing this module registers the converters.
 """
 
 from __future__ import annotations
@@ -21,20 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import expected_entries, field_values
+from funcmodels.extend import expected_entries, field_values
 
 from ._module import _build, _infer, register_converter
-from ._torch_layers import _infer_twin
+from ._twins import build_twin, infer_twin, register_with_subclass
 
 # -- Embedding --------------------------------------------------------------------------------
 
 
-def _build_embedding(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
-    return nn.Embedding(**field_values(spec))
-
-
 register_converter(
-    fm.nn.Embedding, nn.Embedding, build=_build_embedding, infer=_infer_twin(fm.nn.Embedding)
+    fm.nn.Embedding, nn.Embedding, build=build_twin(nn.Embedding), infer=infer_twin(fm.nn.Embedding)
 )
 
 
@@ -79,10 +76,6 @@ class MultiheadAttentionModule(nn.MultiheadAttention):
         return (out, weights) if need_weights else out
 
 
-def _build_attention(spec: fm.Spec, child: Callable[[str], nn.Module]) -> nn.Module:
-    return MultiheadAttentionModule(**field_values(spec))
-
-
 def _infer_attention(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.Spec:
     spec = fm.nn.MultiheadAttention(
         module.embed_dim,
@@ -99,14 +92,12 @@ def _infer_attention(module: nn.Module, child: Callable[[str], fm.Spec]) -> fm.S
     return spec
 
 
-# torch's own layer converts to a spec; a spec becomes the subclass (registered last).
-for _module_type in (nn.MultiheadAttention, MultiheadAttentionModule):
-    register_converter(
-        fm.nn.MultiheadAttention,
-        _module_type,
-        build=_build_attention,
-        infer=_infer_attention,
-    )
+register_with_subclass(
+    fm.nn.MultiheadAttention,
+    (nn.MultiheadAttention, MultiheadAttentionModule),
+    build=build_twin(MultiheadAttentionModule),
+    infer=_infer_attention,
+)
 
 
 # -- encoder and decoder layers ---------------------------------------------------------------

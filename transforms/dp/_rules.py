@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import funcmodels as fm
+from funcmodels.extend import conv_padding
 
-from .sparse import SparseLinear
+from ..sparse import SparseLinear
 
 Tensors = dict[str, torch.Tensor]
 
@@ -167,7 +168,7 @@ class ConvRule(Rule):
         b = x.shape[0]
         xe = x.reshape(b, -1, *x.shape[-(n + 1) :])  # (B, N, C, *S): an example's rows
         ge = g.reshape(b, -1, *g.shape[-(n + 1) :])
-        pads = spec._explicit_padding()
+        pads = conv_padding(spec)
         if any(pads):  # the layer's own padding, so the backward pads nothing
             mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
             padded = F.pad(xe.flatten(0, 1), pads, mode=mode)

@@ -1,10 +1,12 @@
-"""Converters for the sparse layers, and ``nn.Linear`` pruned by ``torch.nn.utils.prune``.
+"""Converters of the sparse layers.
 
 :class:`~transforms.SparseLinear` becomes :class:`SparseLinearModule` (``weight``,
 ``bias``, a ``mask`` buffer; ``F.linear(x, weight * mask, bias)``, fx-traceable), and
 :class:`~transforms.CompressedLinear` becomes :class:`CompressedLinearModule`, which runs
-the CSR kernel. :func:`~transforms.from_module` also reads an ``nn.Linear`` pruned with
-``torch.nn.utils.prune`` (``weight_orig`` and ``weight_mask``) as a ``SparseLinear``.
+the CSR kernel. (An ``nn.Linear`` pruned with ``torch.nn.utils.prune`` is read as a
+``SparseLinear`` by the Linear converter, in ``_linear_conv.py``.)
+
+Importing this module registers the converters.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from torch import nn
 
 import funcmodels as fm
 
+from ..sparse import CompressedLinear, SparseLinear
+from ..sparse._kernels import csr_matrix, dense_weight
 from ._module import register_converter
-from ._sparse_kernels import csr_matrix
-from ._torch_layers import _build_twin, _infer_twin
-from .sparse import CompressedLinear, SparseLinear, dense_weight
 
 
 class SparseLinearModule(nn.Module):
@@ -90,26 +91,6 @@ def _infer_compressed(module: nn.Module, child: Callable) -> fm.Spec:
     return spec
 
 
-_infer_dense_linear = _infer_twin(fm.nn.Linear)
-
-
-def _infer_linear(module: nn.Module, child: Callable) -> fm.Spec:
-    """``nn.Linear``, or a ``torch.nn.utils.prune``-pruned one as a ``SparseLinear``."""
-    mask = module._buffers.get("weight_mask")
-    if "weight_orig" not in module._parameters or mask is None:
-        return _infer_dense_linear(module, child)
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(
-            "its weight_mask is not binary (0 and 1 only), so it is not a pruning mask"
-        )
-    kept = int(mask.count_nonzero())
-    sparsity = min(1.0 - kept / max(mask.numel(), 1), 1.0 - 1e-9)
-    return SparseLinear(
-        module.in_features, module.out_features, module.bias is not None, sparsity=sparsity
-    )
-
-
-register_converter(fm.nn.Linear, nn.Linear, build=_build_twin, infer=_infer_linear)
 register_converter(
     SparseLinear, SparseLinearModule, build=lambda s, c: SparseLinearModule(s), infer=_infer_sparse
 )

@@ -15,28 +15,18 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 from torch.func import grad
 
 import funcmodels as fm
 import transforms
 from tests.helpers import MODELS, example_input, randomised
-from transforms._module import FunctionalModule
-from transforms._torch_layers import ResidualBlockModule
+from tests.transforms.bridge.reference import OUT_TOL, assert_same_tensors
+from transforms.bridge import FunctionalModule
 
-OUT_TOL = dict(atol=1e-6, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-5, rtol=1e-4)
 # Models without dropout and with batches large enough for train-mode BatchNorm.
 TRAINABLE = ["conv1d", "cnn", "resnet", "nested", "block", "linear", "mlp"]
-
-
-def assert_same_tensors(got: dict, want: dict) -> None:
-    assert list(got) == list(want)
-    for k in want:
-        assert got[k].dtype == want[k].dtype, k
-        assert torch.equal(got[k], want[k]), k
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -208,50 +198,6 @@ def test_from_module_copies_tensors():
     assert not torch.equal(params["3"]["weight"], module[3].weight)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_layernorm_without_affine_round_trips_to_an_equal_spec(bias):
-    # torch's LayerNorm has no bias flag to read back when it is not affine.
-    spec = fm.nn.Sequential(fm.nn.LayerNorm(4, elementwise_affine=False, bias=bias))
-    params, state = fm.init_with_state(fm.key(0), spec)
-    back, _ = transforms.from_module(transforms.to_module(params, state))
-    assert back.spec == spec
-
-
-@settings(max_examples=20, deadline=None)
-@given(
-    kernel=st.integers(1, 3),
-    stride=st.integers(1, 2),
-    padding=st.sampled_from([0, 1, (1, 0), "valid", "same"]),
-    dilation=st.integers(1, 2),
-    groups=st.sampled_from([1, 2]),
-    bias=st.booleans(),
-    padding_mode=st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
-    pool=st.sampled_from(["max", "avg", "adaptive"]),
-)
-def test_conv_and_pool_settings_round_trip(
-    kernel, stride, padding, dilation, groups, bias, padding_mode, pool
-):
-    if padding == "same":
-        stride = 1
-    conv = fm.nn.Conv2d(
-        2, 4, kernel, stride, padding, dilation, groups, bias, padding_mode=padding_mode
-    )
-    pools = {
-        "max": fm.nn.MaxPool2d(2, stride=1, padding=1, dilation=dilation, ceil_mode=True),
-        "avg": fm.nn.AvgPool2d((2, 1), padding=(1, 0), divisor_override=3),
-        "adaptive": fm.nn.AdaptiveAvgPool2d((2, None)),
-    }
-    spec = fm.nn.Sequential(conv, pools[pool])
-    params, state = randomised(spec)
-    module = transforms.to_module(params, state)
-    back, _ = transforms.from_module(module)
-    assert back.spec == spec
-    assert_same_tensors(back.flat(), params.flat())
-    x = example_input((2, 2, 7, 6))
-    with torch.no_grad():
-        torch.testing.assert_close(module(x), fm.apply(params, x), **OUT_TOL)
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_symbolic_trace_and_export_work(name):
     spec, shape = MODELS[name]
@@ -294,30 +240,6 @@ def test_unsupported_module_names_its_path_and_type():
     module = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), _Unknown()))
     with pytest.raises(TypeError, match=r"module '1\.1' \(_Unknown\) is not supported"):
         transforms.from_module(module)
-
-
-@pytest.mark.parametrize(
-    ("layer", "exc", "match"),
-    [
-        (nn.MaxPool2d(2, return_indices=True), ValueError, "return_indices"),
-        (nn.BatchNorm2d(4, bias=False), ValueError, "parameters"),
-        (nn.Softmax(), TypeError, "dim must be an int"),
-    ],
-)
-def test_settings_the_spec_cannot_express_are_errors(layer, exc, match):
-    module = nn.Sequential(nn.Identity(), layer)
-    kind = type(layer).__name__
-    with pytest.raises(exc, match=rf"module '1' \({kind}\).*{match}"):
-        transforms.from_module(module)
-
-
-def test_residual_module_with_foreign_child_is_an_error():
-    params, state = randomised(MODELS["block"][0])
-    module = transforms.to_module(params, state)
-    module.activation = nn.Tanh()
-    with pytest.raises(ValueError, match=r"module '<root>' \(ResidualBlockModule\).*activation"):
-        transforms.from_module(module)
-    assert isinstance(transforms.to_module(params, state), ResidualBlockModule)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 import funcmodels as fm
+from funcmodels.extend import layer_error, replace_layers
 
 # Layer type -> the BatchNorm type that can follow it (channels on dim 1 in both).
 _MODULE_PAIRS: dict[type[nn.Module], type[nn.Module]] = {
@@ -57,7 +58,8 @@ class FoldedBatchNorm1d(fm.Spec):
 
     def out_shape(self, in_shape, path="", record=None):
         if len(in_shape) != 1 or in_shape[0] is ...:
-            raise self._error(
+            raise layer_error(
+                self,
                 path,
                 f"expected one example of shape (C,), got {in_shape}: the BatchNorm1d folded "
                 f"into the Linear before it was there, {_RANK_2}",
@@ -268,30 +270,27 @@ def _fold_pair(
     params[layer_path + "weight"], params[layer_path + "bias"] = w, b
 
 
-def _fold(
-    spec: fm.Spec, prefix: str, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
-) -> fm.Spec:
-    """``spec`` with its BatchNorms folded; ``params`` and ``state`` (flat copies, paths
-    under ``prefix``) are updated to match. Other layer types come back unchanged."""
+Flat = dict[str, torch.Tensor]
+
+
+def _fold(spec: fm.Spec, prefix: str, params: Flat, state: Flat, out: dict[str, fm.Spec]) -> None:
+    """Fold the BatchNorms of ``spec`` (at ``prefix``): the layers this replaces go into
+    ``out`` (layer path -> new spec), and ``params`` and ``state`` (flat copies) are
+    updated to match. Other layer types are left as they are."""
     if type(spec) is fm.nn.Sequential:
-        return _fold_sequential(spec, prefix, params, state)
-    if type(spec) is fm.nn.ResidualBlock and spec.norm == "batch":
-        return _fold_residual(spec, prefix, params, state)
-    return spec
+        _fold_sequential(spec, prefix, params, state, out)
+    elif type(spec) is fm.nn.ResidualBlock and spec.norm == "batch":
+        _fold_residual(spec, prefix, params, state, out)
 
 
 def _fold_sequential(
-    spec: fm.nn.Sequential,
-    prefix: str,
-    params: dict[str, torch.Tensor],
-    state: dict[str, torch.Tensor],
-) -> fm.nn.Sequential:
+    spec: fm.nn.Sequential, prefix: str, params: Flat, state: Flat, out: dict[str, fm.Spec]
+) -> None:
     """Fold pairs among the children of ``spec``, recursing into its children.
 
     A folded BatchNorm becomes ``Identity`` so every other layer keeps its path.
     """
     layers = list(spec.children())
-    out: list[tuple[str, fm.Spec]] = []
     i = 0
     while i < len(layers):
         name, layer = layers[i]
@@ -301,20 +300,17 @@ def _fold_sequential(
             _fold_pair(layer, f"{prefix}{name}.", bn, f"{prefix}{bn_name}.", params, state)
             # After a Linear the fold holds for (N, C) inputs only: keep a guard in its place.
             kept = FoldedBatchNorm1d() if isinstance(layer, fm.nn.Linear) else fm.nn.Identity()
-            out += [(name, dataclasses.replace(layer, bias=True)), (bn_name, kept)]
+            out[f"{prefix}{name}"] = dataclasses.replace(layer, bias=True)
+            out[f"{prefix}{bn_name}"] = kept
             i += 2
             continue
-        out.append((name, _fold(layer, f"{prefix}{name}.", params, state)))
+        _fold(layer, f"{prefix}{name}.", params, state, out)
         i += 1
-    return fm.nn.Sequential(dict(out))
 
 
 def _fold_residual(
-    spec: fm.nn.ResidualBlock,
-    prefix: str,
-    params: dict[str, torch.Tensor],
-    state: dict[str, torch.Tensor],
-) -> fm.nn.ResidualBlock:
+    spec: fm.nn.ResidualBlock, prefix: str, params: Flat, state: Flat, out: dict[str, fm.Spec]
+) -> None:
     """Fold each BatchNorm of a block into the conv before it.
 
     The result is the same block with ``norm='none'`` (Identity where the BatchNorms
@@ -327,7 +323,7 @@ def _fold_residual(
     for conv, bn in pairs:
         conv_path, bn_path = prefix + conv, prefix + bn
         _fold_pair(layers[conv_path], conv_path, layers[bn_path], bn_path, params, state)
-    return dataclasses.replace(spec, norm="none", conv_bias=True)
+    out[prefix[:-1]] = dataclasses.replace(spec, norm="none", conv_bias=True)
 
 
 def _spec_pair(layer: fm.Spec, bn: fm.Spec) -> bool:
@@ -377,5 +373,7 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
     entries = fm.to_state_dict(params, state)
     flat_params = params.flat()
     flat_state = {k: v for k, v in entries.items() if k not in flat_params}
-    spec = _fold(params.spec, "", flat_params, flat_state)
+    replaced: dict[str, fm.Spec] = {}
+    _fold(params.spec, "", flat_params, flat_state, replaced)
+    spec = replace_layers(params.spec, replaced)
     return fm.from_state_dict(spec, {**flat_params, **flat_state})

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 
 import torch
 
 import funcmodels as fm
+from funcmodels.extend import layer_name, replace_layers
 
-from .sparse import (
+from .._surgery import model_entries
+from ._layers import (
     PATTERNS,
     CompressedLinear,
     SparseLinear,
@@ -21,75 +23,6 @@ from .sparse import (
 )
 
 _PRUNABLE = (fm.nn.Linear, SparseLinear)
-
-
-def _layer(prefix: str) -> str:
-    return prefix[:-1] if prefix else "<root>"
-
-
-def _rewrite(spec: fm.Spec, prefix: str, new: Mapping[str, fm.Spec]) -> fm.Spec:
-    """``spec`` with the layers at the prefixes in ``new`` replaced.
-
-    A child is replaced through the dataclass field that holds it (a spec field, a tuple of
-    specs, or the ``(name, spec)`` pairs of a ``layers_field``); a layer whose child is
-    built from its fields in another way (a ``Stack`` member, say) cannot be rewritten, and
-    the caller is told which.
-    """
-    if prefix in new:
-        return new[prefix]
-    if not any(p.startswith(prefix) for p in new):
-        return spec
-    children = dict(spec.children())
-    changes: dict[str, object] = {}
-    done: set[str] = set()
-    for f in dataclasses.fields(spec):
-        value = getattr(spec, f.name)
-        if f.name == type(spec).layers_field:
-            items = tuple(
-                (n, _rewrite(c, f"{prefix}{n}.", new)) if children.get(n) is c else (n, c)
-                for n, c in value
-            )
-            done.update(n for n, c in value if children.get(n) is c)
-            if any(a[1] is not b[1] for a, b in zip(items, value, strict=True)):
-                changes[f.name] = items
-        elif isinstance(value, fm.Spec):
-            names = [n for n, c in children.items() if c is value]
-            if len(names) == 1:
-                rewritten = _rewrite(value, f"{prefix}{names[0]}.", new)
-                done.add(names[0])
-                if rewritten is not value:
-                    changes[f.name] = rewritten
-        elif isinstance(value, tuple) and value and all(isinstance(v, fm.Spec) for v in value):
-            items = []
-            for v in value:
-                names = [n for n, c in children.items() if c is v]
-                if len(names) == 1:
-                    done.add(names[0])
-                    items.append(_rewrite(v, f"{prefix}{names[0]}.", new))
-                else:
-                    items.append(v)
-            if any(a is not b for a, b in zip(items, value, strict=True)):
-                changes[f.name] = tuple(items)
-    for path in new:
-        if path.startswith(prefix) and path[len(prefix) :].split(".")[0] not in done:
-            raise ValueError(
-                f"layer '{_layer(path)}' cannot be replaced: {spec.type_name} at "
-                f"'{_layer(prefix)}' builds that child from its fields in its own way"
-            )
-    if not changes:
-        return spec
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
-    return type(spec).from_fields({**fields, **changes})
-
-
-def _entries(params: fm.Params, state: fm.State | None, where: str) -> dict[str, torch.Tensor]:
-    if not isinstance(params, fm.Params):
-        raise TypeError(f"{where}: expected Params, got {type(params).__name__}")
-    if state is not None and not isinstance(state, fm.State):
-        raise TypeError(f"{where}: expected a State or None, got {type(state).__name__}")
-    if state is None and params.spec.has_state():
-        raise ValueError(f"{where}: the model keeps state (buffers or masks); pass it as well")
-    return dict(fm.to_state_dict(params, state))
 
 
 def _targets(
@@ -108,7 +41,7 @@ def _targets(
             what = f"a {found.type_name}" if found is not None else "not a layer of the model"
             raise ValueError(
                 f"{where}: include names '{name}', which is {what}; expected a Linear or "
-                f"SparseLinear layer, one of {[_layer(p) for p in layers]}"
+                f"SparseLinear layer, one of {[layer_name(p) for p in layers]}"
             )
         out.append((prefix, layers[prefix]))
     return out
@@ -160,7 +93,7 @@ def sparsify(
         raise ValueError(f"{where}: pattern must be one of {list(PATTERNS)}, got {pattern!r}")
     if pattern == "2:4" and scope == "global":
         raise ValueError(f"{where}: the '2:4' pattern is per row, so scope must be 'layer'")
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     targets = _targets(params.spec, include, where)
     if not targets:
         raise ValueError(f"{where}: the model has no Linear or SparseLinear layer to prune")
@@ -169,7 +102,7 @@ def sparsify(
     for prefix, layer in targets:
         if pattern == "2:4" and layer.in_features % 4:
             raise ValueError(
-                f"{where}: layer '{_layer(prefix)}' has in_features={layer.in_features}, "
+                f"{where}: layer '{layer_name(prefix)}' has in_features={layer.in_features}, "
                 "not divisible by 4 as the '2:4' pattern needs"
             )
         weight = entries[f"{prefix}weight"].detach()
@@ -198,13 +131,13 @@ def sparsify(
             # params' spec) stays valid through gradual pruning: ``sparsity`` is only the
             # init mask's, and the mask itself is state.
             if layer.pattern != pattern:
-                replaced[prefix] = dataclasses.replace(layer, pattern=pattern)
+                replaced[prefix[:-1]] = dataclasses.replace(layer, pattern=pattern)
         else:
-            replaced[prefix] = SparseLinear(
+            replaced[prefix[:-1]] = SparseLinear(
                 layer.in_features, layer.out_features, layer.bias, sparsity, pattern
             )
         entries[f"{prefix}mask"] = masks[prefix]
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 def compress(
@@ -226,7 +159,7 @@ def compress(
         inputs are not modified. :func:`decompress` turns the CSR layers back.
     """
     where = "transforms.compress"
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     if crossover is not None and not 0.0 <= crossover <= 1.0:
         raise ValueError(f"{where}: crossover must be in [0, 1], got {crossover!r}")
     replaced = {}
@@ -241,18 +174,18 @@ def compress(
             with warnings.catch_warnings():  # torch's notice that CSR support is in beta
                 warnings.simplefilter("ignore", UserWarning)
                 csr = mask.to_sparse_csr()
-            replaced[prefix] = CompressedLinear(
+            replaced[prefix[:-1]] = CompressedLinear(
                 layer.in_features, layer.out_features, nnz, layer.bias
             )
             entries[f"{prefix}values"] = weight.detach().reshape(-1)[mask.reshape(-1)].clone()
             entries[f"{prefix}crow_indices"] = csr.crow_indices().to(torch.int32)
             entries[f"{prefix}col_indices"] = csr.col_indices().to(torch.int32)
         else:
-            replaced[prefix] = fm.nn.Linear(layer.in_features, layer.out_features, layer.bias)
+            replaced[prefix[:-1]] = fm.nn.Linear(layer.in_features, layer.out_features, layer.bias)
             entries[f"{prefix}weight"] = weight.detach() * mask
     if not replaced:
         raise ValueError(f"{where}: the model has no SparseLinear layer")
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 def decompress(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]:
@@ -260,7 +193,7 @@ def decompress(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]
     becomes a :class:`SparseLinear` with the dense weight (zeros where pruned) and its mask.
     Layers that ``compress`` stored dense stay plain ``Linear`` layers."""
     where = "transforms.decompress"
-    entries = _entries(params, state, where)
+    entries = model_entries(params, state, where)
     replaced = {}
     for prefix, layer in params.spec.walk():
         if type(layer) is not CompressedLinear:
@@ -274,10 +207,12 @@ def decompress(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]
         entries[f"{prefix}mask"] = dense_weight(ones, crow, col, shape)
         # ``sparsity`` only sets the mask a fresh init would draw; [0, 1) is its range
         sparsity = min(1.0 - layer.nnz / layer.size, 1.0 - 1e-9)
-        replaced[prefix] = SparseLinear(layer.in_features, layer.out_features, layer.bias, sparsity)
+        replaced[prefix[:-1]] = SparseLinear(
+            layer.in_features, layer.out_features, layer.bias, sparsity
+        )
     if not replaced:
         raise ValueError(f"{where}: the model has no CompressedLinear layer")
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 def polynomial_sparsity(

@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 
 import funcmodels as fm
-from funcmodels._context import name_hash
-from funcmodels.nn._check import positive_int, torch_signature
+from funcmodels.extend import layer_error, name_hash, positive_int, torch_signature
 
-from ._sparse_kernels import (
+from ._kernels import (
     _pattern,
     _plain,
     csr_linear,
@@ -281,8 +280,8 @@ class CompressedLinear(fm.Spec):
 
     def out_shape(self, in_shape, path: str = "", record: dict | None = None):
         if not in_shape or in_shape[-1] not in (self.in_features, ...):
-            raise self._error(
-                path, f"expected input (*, {self.in_features}), got shape {tuple(in_shape)}"
+            raise layer_error(
+                self, path, f"expected input (*, {self.in_features}), got shape {tuple(in_shape)}"
             )
         return (*in_shape[:-1], self.out_features)
 

@@ -8,9 +8,9 @@ A converter pairs a spec type with a module type and knows both directions:
 * ``infer(module, child)`` returns the spec of ``module``, its children's specs given by
   ``child(name)``; the tensors are then read from ``module.state_dict()``.
 
-The layers of :mod:`funcmodels.nn` are registered by :mod:`transforms._torch_layers`; other
-spec types (those defined in :mod:`transforms`, or a user's) may add theirs with
-:func:`register_converter`. A spec without a converter still converts: it becomes a
+The layers of :mod:`funcmodels.nn` and of :mod:`transforms` are registered by the other
+files of this package, one per layer family; other spec types (a user's) may add theirs
+with :func:`register_converter`. A spec without a converter still converts: it becomes a
 :class:`FunctionalModule`, which holds the spec's tensors as parameters and buffers
 under the spec's names and runs the functional forward. Hand-written converters remain
 where they give plainer fx graphs (torch's own layers).
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import funcmodels as fm
-from funcmodels._spec import expected_entries, layer_name
+from funcmodels.extend import expected_entries, layer_name, unchecked
 
 Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
 Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
@@ -125,8 +125,8 @@ class FunctionalModule(nn.Module):
         params = {n: owner._parameters[leaf] for n, owner, leaf in self._param_slots}
         state = {n: owner._buffers[leaf] for n, owner, leaf in self._buffer_slots}
         return (
-            fm.Params._make(self.spec, params),
-            fm.State._make(self.spec, state) if self._buffer_slots else None,
+            unchecked(fm.Params, self.spec, params),
+            unchecked(fm.State, self.spec, state) if self._buffer_slots else None,
         )
 
     def forward(self, x: Any) -> Any:
@@ -143,8 +143,8 @@ class FunctionalModule(nn.Module):
         if self.training and state is not None:
             with torch.no_grad():
                 for name, owner, leaf in self._buffer_slots:
-                    new = out.state._flat[name]
-                    if new is not state._flat[name]:
+                    new = out.state[name]
+                    if new is not state[name]:
                         owner._buffers[leaf].copy_(new)
         return out
 
@@ -155,7 +155,7 @@ class FunctionalModule(nn.Module):
 def _device(x: Any, params: fm.Params) -> torch.device:
     if isinstance(x, torch.Tensor):
         return x.device
-    for t in params._flat.values():
+    for t in params.flat().values():
         return t.device
     return torch.device("cpu")
 
