@@ -100,11 +100,12 @@ def load(
         ``(params, state)``, each tensor a fresh 64-byte-aligned allocation (not a view
         into a file buffer), so outputs equal those before the save bitwise. ``state`` is
         ``None`` when the spec has buffers but the file holds none (saved without state);
-        otherwise a :class:`State` (empty for models
-        without buffers). Names, shapes and dtypes are checked against the spec, every
-        problem listed. A stored spec nested more than 100 levels deep, or holding more
-        than 100,000 layers, is refused with a ``ValueError`` (see
-        :mod:`funcmodels._encode`), as is metadata too deeply nested for JSON to read.
+        otherwise a :class:`State` (empty for models without buffers). Names, shapes and
+        dtypes are checked against the spec, every problem listed. A stored spec nested
+        more than 100 levels deep, or holding more than 100,000 layers, is refused with a
+        ``ValueError`` (see :mod:`funcmodels._encode`), as is metadata too deeply nested
+        for JSON to read, and a malformed or truncated file (before anything is
+        allocated).
     """
     if spec is not None and not isinstance(spec, Spec):
         raise TypeError(f"fm.load: spec must be a layer spec, got {type(spec).__name__}")
