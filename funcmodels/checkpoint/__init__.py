@@ -4,10 +4,13 @@
 the tensors plus a JSON description of the tree, nothing pickled. :class:`Manager` keeps
 numbered checkpoints in a directory, each written atomically, and in a
 ``torch.distributed`` job writes each rank's shard through
-``torch.distributed.checkpoint``.
+``torch.distributed.checkpoint`` (:class:`ModuleState` holds a torch module and its
+optimiser there).
 """
 
+from ._distributed import ModuleState
 from ._file import load, save
+from ._manager import Manager
 from ._registry import register
 
-__all__ = ["load", "register", "save"]
+__all__ = ["Manager", "ModuleState", "load", "register", "save"]
