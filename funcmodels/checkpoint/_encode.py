@@ -104,8 +104,15 @@ class Encoder:
         return node
 
     def other(self, obj: Any, path: str) -> Any:
+        hint = ""
+        if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
+            hint = (
+                "; a torch module and its optimiser go into a Manager checkpoint of a "
+                "torch.distributed job as fm.checkpoint.ModuleState(model, optimizer), or "
+                "convert them with transforms.from_module"
+            )
         raise TypeError(
-            f"{self.where}: {shown(path)} is a {type(obj).__name__}; checkpoints hold {HELD}"
+            f"{self.where}: {shown(path)} is a {type(obj).__name__}; checkpoints hold {HELD}{hint}"
         )
 
     def node(self, obj: Any, path: str, level: int) -> Any:

@@ -290,6 +290,7 @@ def test_a_user_type_round_trips_once_registered(tmp_path):
         ({"a": [object()]}, TypeError, r"'a\.0' is a object; checkpoints hold tensors"),
         ({"f": lambda: 0}, TypeError, r"'f' is a function"),
         ({"s": {1, 2}}, TypeError, r"'s' is a set"),
+        ({"m": torch.nn.Linear(1, 1)}, TypeError, r"'m' is a Linear; .* fm.checkpoint.ModuleState"),
         ({"x": torch.zeros(2).to_sparse()}, TypeError, r"'x' is a torch.sparse_coo tensor"),
         ({"x": torch.zeros(2, dtype=torch.float8_e4m3fnuz)}, TypeError, "which safetensors cannot"),
         ({"x": torch.zeros(2, device="meta")}, ValueError, r"'x' is on the meta device"),
