@@ -250,7 +250,14 @@ def test_loaded_tensors_are_fresh_aligned_and_inputs_untouched(tmp_path):
     assert got["grad"].requires_grad and got["grad"].is_leaf
 
 
-def test_registered_types_only():
+@pytest.fixture
+def scratch_types(monkeypatch):
+    """Named tuple types registered during the test are forgotten after it."""
+    monkeypatch.setattr(_registry, "_by_name", dict(_registry._by_name))
+    monkeypatch.setattr(_registry, "_by_type", dict(_registry._by_type))
+
+
+def test_registered_types_only(scratch_types):
     class Mine(NamedTuple):
         a: int
 
@@ -270,7 +277,7 @@ def test_registered_types_only():
             assert _registry.resolve(f"funcmodels.optim.{name}") is cls
 
 
-def test_a_user_type_round_trips_once_registered(tmp_path):
+def test_a_user_type_round_trips_once_registered(tmp_path, scratch_types):
     @fm.checkpoint.register
     class Run(NamedTuple):
         epoch: int
