@@ -244,7 +244,8 @@ def _infer(module: nn.Module, path: str, opaque: Opaque) -> fm.Spec:
             return TorchModule(module)
         except (TypeError, ValueError) as err:
             raise type(err)(f"transforms.from_module: {where}: {err}") from err
-    children = dict(module.named_children())
+    # _modules rather than named_children(): a module used twice is a child twice.
+    children = {n: m for n, m in module._modules.items() if m is not None}
 
     def child(name: str) -> fm.Spec:
         if name not in children:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import funcmodels as fm
-from funcmodels.extend import name_hash
+from funcmodels.extend import name_hash, under_vmap
 
 _META = torch.device("meta")
 
@@ -155,7 +155,7 @@ def seed_of(key: torch.Tensor) -> int:
     ``fm.random.bits(fm.fold_in(key, name_hash("torch.Generator")), 2)`` read as one 64-bit
     number, high word first: a pure function of the key, the same in every process.
     """
-    if not (isinstance(key, torch.Tensor) and key.dim() == 1):
+    if under_vmap(key):
         raise ValueError(
             "a torch module is initialised with torch's generator, which takes one seed: "
             "it cannot run under vmap over keys; use fm.nn.Stack(spec, n), which initialises "
