@@ -171,7 +171,20 @@ def _check(module: nn.Module, cls: type[nn.Module], recipe: Recipe) -> str | Non
     if want != got:
         differ = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
         return f"build a different module than the one converted (tensors differ: {differ[:5]})"
+    if _ties(module) != _ties(built):
+        return "build a different module than the one converted (other tensors are tied)"
     return None
+
+
+def _ties(module: nn.Module) -> set[frozenset[str]]:
+    """The groups of names registered for one tensor."""
+    groups: dict[int, set[str]] = {}
+    for n, t in [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]:
+        groups.setdefault(id(t), set()).add(n)
+    return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
 def _json(args: Mapping[str, Any], target: str) -> str:

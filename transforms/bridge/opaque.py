@@ -155,14 +155,20 @@ class TorchModule(fm.Spec):
         }
 
     def init_params(self, key, *, dtype, device):
-        made = self.skeleton.reinitialised(key, dtype=dtype, device=device)
+        made = self._reinitialised(key, dtype, device)
         return {n: made[n] for n in self.skeleton.params}
 
     def init_state(self, key, *, dtype, device):
         if not self.skeleton.buffers:
             return {}
-        made = self.skeleton.reinitialised(key, dtype=dtype, device=device)
+        made = self._reinitialised(key, dtype, device)
         return {n: made[n] for n in self.skeleton.buffers}
+
+    def _reinitialised(self, key, dtype, device) -> dict[str, torch.Tensor]:
+        try:
+            return self.skeleton.reinitialised(key, dtype=dtype, device=device)
+        except ValueError as err:
+            raise ValueError(f"TorchModule({self.target}): {err}") from err
 
     def empty_module(self) -> nn.Module:
         """A copy of the module in eval mode, on the meta device, for
