@@ -234,8 +234,9 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
     return module.eval()
 
 
-def _infer(module: nn.Module, path: str, opaque: Opaque) -> fm.Spec:
+def _infer(module: nn.Module, path: str, opaque: Opaque | None = None) -> fm.Spec:
     where = f"module '{layer_name(path)}' ({type(module).__name__})"
+    opaque = Opaque(()) if opaque is None else opaque
     if type(module) is FunctionalModule:
         return module.spec
     conv = _BY_MODULE.get(type(module))
@@ -278,7 +279,8 @@ def from_module(
     lowest module holding both ends of a tie (a weight shared by two layers); the rule and
     why are in ``transforms/bridge/_boundary.py``. The tensors are detached copies of
     ``module.state_dict()``, so later changes to the module do not leak into them.
-    ``from_module(to_module(params, state))`` gives back the same spec and tensors.
+    ``from_module(to_module(params, state))`` gives back the same spec and tensors (a
+    TorchModule without a recipe, which equals only itself, comes back as a new one).
 
     Arguments:
         module: the module; its train/eval mode does not matter.

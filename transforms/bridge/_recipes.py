@@ -147,7 +147,13 @@ def build(recipe: Recipe, device: torch.device | str) -> nn.Module:
             "it, import it and call transforms.register_module_class(cls) before loading, "
             "or pass the spec: fm.load(path, spec) with spec from transforms.from_module"
         )
-    return _make(found[0], recipe, device)
+    try:
+        return _make(found[0], recipe, device)
+    except Exception as err:  # the class's own constructor, on arguments from a file
+        raise ValueError(
+            f"the arguments stored for {recipe.target} do not build it "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def _make(cls: type[nn.Module], recipe: Recipe, device: torch.device | str) -> nn.Module:

@@ -98,6 +98,12 @@ def test_reading_imports_nothing_and_builds_only_registered_classes(tmp_path, re
     assert "never_imported_package" not in sys.modules
     with pytest.raises(ValueError, match="the file was saved for a different spec"):
         fm.load(tmp_path / "evil.safetensors", params.spec)
+    transforms.register_module_class(SwiGLU, init_args=_swiglu_args)
+    doc[1]["params"] = {"target": TARGET, "args": '{"bogus": 1}', "style": "kwargs"}
+    meta["spec"] = json.dumps(doc)
+    save_file(sd, tmp_path / "bad.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match=r"stored for .*SwiGLU do not build it \(TypeError"):
+        fm.load(tmp_path / "bad.safetensors")
 
 
 def test_init_args_that_do_not_rebuild_the_module_are_refused():
