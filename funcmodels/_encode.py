@@ -111,6 +111,9 @@ class _Encoder:
                 f"{where}: {cls.__qualname__} is a private spec class (its name starts "
                 "with '_'), so it has no type name to write; name it without the '_'"
             )
+        problem = spec.config_problem()
+        if problem is not None:
+            raise ValueError(f"{where} ({name}): {problem}")
         params = {}
         for f in dataclasses.fields(spec):
             if not f.init or (not self.defaults and _is_default(spec, f)):

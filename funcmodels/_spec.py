@@ -26,8 +26,9 @@ Shapes (see :mod:`funcmodels._shapes`)
     with the sizes named in ``inferred_fields`` (left ``None``) filled from the input.
 
 Configs and files (see :mod:`funcmodels._encode`)
-    ``to_config()`` and the class method ``from_fields(fields)``; ``layers_field``
-    names the field of named children that a config writes as a list of entries;
+    ``to_config()`` and the class method ``from_fields(fields)``; ``config_problem()``
+    says why a layer cannot be written (``None``: it can); ``layers_field`` names the
+    field of named children that a config writes as a list of entries;
     ``config_ignores`` names torch arguments a config may give and that mean nothing here
     (``inplace``). ``type_name`` is the unique registered name (the class name unless
     set); see :mod:`funcmodels._registry`.
@@ -203,6 +204,13 @@ class Spec:
             equals this spec.
         """
         return _encode.encode(self, defaults=defaults)
+
+    def config_problem(self) -> str | None:
+        """Why this layer cannot be written as a config (nor so saved by ``fm.save``), with
+        the way out; ``None`` (the default) when it can. A layer holding what no field can
+        express (a torch module without known constructor arguments) says so here, and
+        ``to_config`` raises ``ValueError`` with the message, naming the entry."""
+        return None
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> Spec:

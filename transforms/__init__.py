@@ -14,7 +14,8 @@ One concept per file or folder; this file only re-exports:
 * :mod:`transforms.bridge`: :func:`to_module` and :func:`from_module` between
   funcmodels' ``(params, state)`` and real :mod:`torch.nn` modules (one converter table
   per layer family), :func:`fuse` (BatchNorm folded into the layer before it, in a
-  module) and :func:`fold_batchnorm` (the same on ``(params, state)``);
+  module) and :func:`fold_batchnorm` (the same on ``(params, state)``), and
+  :class:`TorchModule`, any torch module as a layer;
 * :mod:`transforms.distributed`: models beyond one process on :mod:`torch.distributed`;
 * :mod:`transforms.qat`: a module prepared for quantization-aware training.
 
@@ -28,10 +29,12 @@ from . import bridge, distributed, dp, qat, sparse
 from .bridge import (
     FoldedBatchNorm1d,
     FunctionalModule,
+    TorchModule,
     fold_batchnorm,
     from_module,
     fuse,
     register_converter,
+    register_module_class,
     to_module,
 )
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
@@ -53,6 +56,7 @@ __all__ = [
     "FunctionalModule",
     "MoE",
     "SparseLinear",
+    "TorchModule",
     "bridge",
     "calibrate_threshold",
     "compress",
@@ -67,6 +71,7 @@ __all__ = [
     "polynomial_sparsity",
     "qat",
     "register_converter",
+    "register_module_class",
     "sparse",
     "sparsify",
     "to_module",

@@ -8,6 +8,10 @@
   attention, sparse (``_linear_conv.py`` ... ``_sparse.py``), each registered by the one
   loop of ``_twins.py`` where the layers are field-by-field twins; the module classes
   some specs become (:class:`ResidualBlockModule`, :class:`BilinearModule`, ...);
+* :class:`TorchModule`: any torch module as a layer, run by ``functional_call``
+  (``opaque.py``; its skeleton in ``_skeleton.py``); :func:`register_module_class`
+  lets files name a module class (``_recipes.py``, with the trust model); where
+  ``from_module`` stops converting is ``_boundary.py``;
 * :func:`fuse` folds eval-mode BatchNorm into the layer before it in a module (an fx
   graph), :func:`fold_batchnorm` does the same to ``(params, state)``, leaving a
   :class:`FoldedBatchNorm1d` after a Linear (``_fuse.py``).
@@ -29,9 +33,11 @@ from ._container import ResidualBlockModule
 from ._fuse import FoldedBatchNorm1d, FoldedBatchNorm1dModule, fold_batchnorm, fuse
 from ._linear_conv import BilinearModule
 from ._module import FunctionalModule, from_module, register_converter, to_module
+from ._recipes import register_module_class, unregister_module_class
 from ._reshape import RearrangeModule, ReduceModule
 from ._sequence import MultiheadAttentionModule
 from ._sparse import CompressedLinearModule, SparseLinearModule
+from .opaque import TorchModule
 
 __all__ = [
     "BilinearModule",
@@ -44,9 +50,12 @@ __all__ = [
     "ReduceModule",
     "ResidualBlockModule",
     "SparseLinearModule",
+    "TorchModule",
     "fold_batchnorm",
     "from_module",
     "fuse",
     "register_converter",
+    "register_module_class",
     "to_module",
+    "unregister_module_class",
 ]

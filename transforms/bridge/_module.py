@@ -13,12 +13,14 @@ files of this package, one per layer family; other spec types (a user's) may add
 with :func:`register_converter`. A spec without a converter still converts: it becomes a
 :class:`FunctionalModule`, which holds the spec's tensors as parameters and buffers
 under the spec's names and runs the functional forward. Hand-written converters remain
-where they give plainer fx graphs (torch's own layers).
+where they give plainer fx graphs (torch's own layers). In the other direction a module
+without a converter becomes a :class:`TorchModule` (``opaque.py``), which ``to_module``
+turns back into a module of its own type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +28,9 @@ from torch import nn
 
 import funcmodels as fm
 from funcmodels.extend import expected_entries, layer_name, unchecked
+
+from ._boundary import Opaque, broken_ties
+from .opaque import TorchModule
 
 Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
 Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
@@ -161,6 +166,8 @@ def _device(x: Any, params: fm.Params) -> torch.device:
 
 
 def _build(spec: fm.Spec, path: str) -> nn.Module:
+    if type(spec) is TorchModule:
+        return spec.empty_module()
     conv = _BY_SPEC.get(type(spec))
     if conv is None:
         return FunctionalModule(spec)
@@ -187,7 +194,8 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
     values of ``fm.to_state_dict(params, state)``, and ``torch.fx.symbolic_trace`` and
     ``torch.export.export`` work on the result. A layer type without a converter becomes
     a :class:`FunctionalModule` running its functional forward (exportable; not
-    symbolically traceable by fx). The tensors are copies: training the
+    symbolically traceable by fx); a :class:`TorchModule` becomes a module of its own
+    type, tied tensors tied again. The tensors are copies: training the
     module leaves ``params`` and ``state`` unchanged. Dtype and device are those of
     ``params``; torch's global random generator is not touched.
 
@@ -226,25 +234,26 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
     return module.eval()
 
 
-def _infer(module: nn.Module, path: str) -> fm.Spec:
+def _infer(module: nn.Module, path: str, opaque: Opaque | None = None) -> fm.Spec:
     where = f"module '{layer_name(path)}' ({type(module).__name__})"
+    opaque = Opaque(()) if opaque is None else opaque
     if type(module) is FunctionalModule:
         return module.spec
     conv = _BY_MODULE.get(type(module))
-    if conv is None:
-        raise TypeError(
-            f"transforms.from_module: {where} is not supported; supported: "
-            f"{sorted(c.__name__ for c in _BY_MODULE)}; add a converter with "
-            "transforms.register_converter"
-        )
-    children = dict(module.named_children())
+    if conv is None or opaque.holds(module, path):
+        try:
+            return TorchModule(module)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"transforms.from_module: {where}: {err}") from err
+    # _modules rather than named_children(): a module used twice is a child twice.
+    children = {n: m for n, m in module._modules.items() if m is not None}
 
     def child(name: str) -> fm.Spec:
         if name not in children:
             raise ValueError(
                 f"transforms.from_module: {where} has no child '{name}'; children: {list(children)}"
             )
-        return _infer(children[name], f"{path}{name}.")
+        return _infer(children[name], f"{path}{name}.", opaque)
 
     try:
         return conv.infer(module, child)
@@ -252,31 +261,50 @@ def _infer(module: nn.Module, path: str) -> fm.Spec:
         if str(err).startswith("transforms.from_module:"):
             raise  # a child's error, already named by its own path
         exc = TypeError if isinstance(err, TypeError) else ValueError
-        raise exc(f"transforms.from_module: {where}: {err}") from err
+        raise exc(
+            f"transforms.from_module: {where}: {err} (to keep it as it is, as a "
+            f"TorchModule: from_module(module, opaque=['{path[:-1]}']))"
+        ) from err
 
 
-def from_module(module: nn.Module) -> tuple[fm.Params, fm.State]:
-    """The ``(params, state)`` of a module built from supported ``torch.nn`` layers.
+def from_module(
+    module: nn.Module, *, opaque: Iterable[type[nn.Module] | str] = ()
+) -> tuple[fm.Params, fm.State]:
+    """The ``(params, state)`` of any module: known layers as their specs, the rest as
+    :class:`TorchModule` layers.
 
     The spec is inferred from the module tree (nested ``nn.Sequential`` included, and
-    everything :func:`to_module` makes); the tensors are detached copies of
+    everything :func:`to_module` makes). The first module on each path whose type has no
+    converter becomes a :class:`TorchModule` holding its whole subtree, and so does the
+    lowest module holding both ends of a tie (a weight shared by two layers); the rule and
+    why are in ``transforms/bridge/_boundary.py``. The tensors are detached copies of
     ``module.state_dict()``, so later changes to the module do not leak into them.
-    ``from_module(to_module(params, state))`` gives back the same spec and tensors.
+    ``from_module(to_module(params, state))`` gives back the same spec and tensors (a
+    TorchModule without a recipe, which equals only itself, comes back as a new one).
 
     Arguments:
         module: the module; its train/eval mode does not matter.
+        opaque: module classes (matched exactly) or dotted paths (``''`` for the root) to
+            keep whole as TorchModule layers even where a converter exists (exactly
+            torch's numerics; a module whose settings no spec expresses).
 
     Returns:
         ``(params, state)``; ``state`` is empty when the model keeps no buffers.
 
     Raises:
-        TypeError: a submodule of a type without converter, named by path and type.
-        ValueError: a submodule whose settings the spec cannot express (say
-            ``nn.MaxPool2d(return_indices=True)``), named likewise.
+        TypeError: ``module`` is not an ``nn.Module``, or ``opaque`` holds something else
+            than classes and paths.
+        ValueError: a known module whose settings the spec cannot express (say
+            ``nn.MaxPool2d(return_indices=True)``), named by path and type, with the way
+            to keep it whole.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"transforms.from_module: expected an nn.Module, got {type(module).__name__}"
         )
-    spec = _infer(module, "")
+    keep = Opaque(opaque)
+    spec = _infer(module, "", keep)
+    while ties := broken_ties(module, spec) - keep.paths:
+        keep.paths |= ties
+        spec = _infer(module, "", keep)
     return fm.from_state_dict(spec, module.state_dict())

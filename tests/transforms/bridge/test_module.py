@@ -236,10 +236,12 @@ class _Unknown(nn.Module):
         return x
 
 
-def test_unsupported_module_names_its_path_and_type():
+def test_unknown_module_becomes_an_opaque_layer_at_its_path():
     module = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), _Unknown()))
-    with pytest.raises(TypeError, match=r"module '1\.1' \(_Unknown\) is not supported"):
-        transforms.from_module(module)
+    params, _ = transforms.from_module(module)
+    inner = params.spec.child("1").child("1")
+    assert type(inner) is transforms.TorchModule and inner.module_type is _Unknown
+    assert type(params.spec.child("1").child("0")) is fm.nn.ReLU
 
 
 @dataclass(frozen=True)
