@@ -14,6 +14,7 @@ from torch._C._functorch import maybe_current_level
 
 from .._core import describe_mismatch
 from .._tree import Params, State
+from ._ops import Ops, multi_tensor_allowed
 
 #: a schedule: the value of a hyperparameter at a (0-dim int64 tensor) step count
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -114,12 +115,28 @@ def check_state(state: object, cls: type, where: str) -> None:
         )
 
 
-def scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
-    """Dtype for step-dependent scalars: float64 when any leaf is, else float32.
+def dtype_arg(where: str, name: str, value: object) -> torch.dtype | None:
+    """Check an optional dtype argument (``mu_dtype``, ``accumulator_dtype``): ``None``
+    or a floating ``torch.dtype``."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{where}: {name} must be None or a floating torch.dtype, got {value!r}")
+    return value
 
-    A 0-dim tensor does not promote the leaves it multiplies, so one dtype serves all.
-    """
-    return torch.float64 if any(t.dtype == torch.float64 for t in leaves) else torch.float32
+
+def as_transformation(where: str, what: str, value: object) -> GradientTransformation:
+    """``value`` as a GradientTransformation: one, or an object with ``init`` and
+    ``update`` methods (such as :class:`MultiSteps`)."""
+    if isinstance(value, GradientTransformation):
+        return value
+    init, update = getattr(value, "init", None), getattr(value, "update", None)
+    if callable(init) and callable(update):
+        return GradientTransformation(init, update)
+    raise TypeError(
+        f"{where}: {what} must be a GradientTransformation (such as "
+        f"fm.optim.scale_by_adam()), got {type(value).__name__}"
+    )
 
 
 # -- hyperparameters --------------------------------------------------------------------
@@ -171,7 +188,8 @@ def is_schedule(value: Scalar) -> bool:
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates``, leaf by leaf, as new tensors of the params' dtypes.
+    """``params + updates``, leaf by leaf, as new tensors of the params' dtypes (the sum
+    is formed in the promoted dtype, then cast, as optax's).
 
     Arguments:
         params: a pytree of tensors (:class:`funcmodels.Params` included).
@@ -182,8 +200,13 @@ def apply_updates(params: Any, updates: Any) -> Any:
     """
     leaves, spec = pytree.tree_flatten(params)
     ups = flatten_like(updates, spec, "updates")
-    new = [(p + u).to(p.dtype) for p, u in zip(leaves, ups, strict=True)]
-    return pytree.tree_unflatten(new, spec)
+    if not leaves:
+        return pytree.tree_unflatten([], spec)
+    new = Ops(multi_tensor_allowed(leaves, ups)).add(leaves, ups)
+    return pytree.tree_unflatten(
+        [n if n.dtype == p.dtype else n.to(p.dtype) for n, p in zip(new, leaves, strict=True)],
+        spec,
+    )
 
 
 def identity() -> GradientTransformation:
@@ -243,18 +266,15 @@ def _need_grad(*trees: Any) -> bool:
     )
 
 
-def chain(*transformations: GradientTransformation) -> GradientTransformation:
+def chain(*args: GradientTransformation) -> GradientTransformation:
     """Apply ``transformations`` in order; the state is the tuple of their states.
 
     ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale_by_learning_rate(1e-3))`` is
     Adam with clipped gradients.
     """
-    for i, t in enumerate(transformations):
-        if not isinstance(t, GradientTransformation):
-            raise TypeError(
-                f"fm.optim.chain: argument {i} must be a GradientTransformation (such as "
-                f"fm.optim.scale_by_adam()), got {type(t).__name__}"
-            )
+    transformations = tuple(
+        as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
+    )
 
     def init(params):
         return tuple(t.init(params) for t in transformations)

@@ -1,0 +1,448 @@
+"""The pieces that keep moving averages of the updates: Adam's, RMSprop's, Adagrad's,
+Lion's, momentum and the EMA, in optax's names, defaults and arithmetic.
+
+State leaves keep the dtype they were made with (the param's, or ``mu_dtype`` /
+``accumulator_dtype``); each step computes in the promotion of the update's dtype and the
+state's, as optax does, so float32 params with bfloat16 gradients give float32 updates and
+float32 moments. Hyperparameters are numbers or 0-dim tensors, cast to the computing dtype
+(a 0-dim float64 tensor never promotes a 0-dim float32 leaf).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.utils._pytree as pytree
+
+from ._base import (
+    GradientTransformation,
+    Scalar,
+    check_state,
+    count_like,
+    dtype_arg,
+    flatten_like,
+    number,
+    owning,
+)
+from ._ops import Ops, Tensors, cast, grouped, scalar
+
+
+class ScaleByAdamState(NamedTuple):
+    count: torch.Tensor
+    """updates done, a 0-dim int64 tensor"""
+    mu: Any
+    """first-moment estimates, a pytree like the params"""
+    nu: Any
+    """second-moment estimates, a pytree like the params"""
+
+
+class ScaleByRmsState(NamedTuple):
+    nu: Any
+    """running mean of squared updates"""
+
+
+class ScaleByRmsWithCountState(NamedTuple):
+    count: torch.Tensor
+    """updates done (``bias_correction=True``)"""
+    nu: Any
+    """running mean of squared updates"""
+
+
+class ScaleByRStdDevState(NamedTuple):
+    mu: Any
+    """running mean of updates"""
+    nu: Any
+    """running mean of squared updates"""
+
+
+class ScaleByRStdDevWithCountState(NamedTuple):
+    count: torch.Tensor
+    """updates done (``bias_correction=True``)"""
+    mu: Any
+    nu: Any
+
+
+class ScaleByRssState(NamedTuple):
+    sum_of_squares: Any
+    """accumulated squared updates"""
+
+
+class ScaleByLionState(NamedTuple):
+    count: torch.Tensor
+    """updates done, a 0-dim int64 tensor"""
+    mu: Any
+    """the momentum buffers"""
+
+
+class TraceState(NamedTuple):
+    trace: Any
+    """the momentum buffers"""
+
+
+class EmaState(NamedTuple):
+    count: torch.Tensor
+    """updates done, a 0-dim int64 tensor"""
+    ema: Any
+    """the moving average"""
+
+
+def _bias_correction(decay: Scalar, count: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``1 - decay**count`` as a 0-dim tensor of ``dtype``, computed as
+    ``-expm1(count * log(decay))`` with ``log`` in double precision: near 1 (``b2 =
+    0.99999``) a float32 ``1 - decay**count`` loses most of its digits."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    if isinstance(decay, torch.Tensor):
+        log = torch.log(decay.to(torch.float64))
+    else:
+        log = math.log(decay) if decay > 0 else -math.inf
+    return (-torch.expm1(count.to(work) * log)).to(dtype)
+
+
+def _zeros(params: Any, dtype: torch.dtype | None) -> Any:
+    return pytree.tree_map(lambda p: torch.zeros_like(p, dtype=dtype), params)
+
+
+def _full(params: Any, value: Scalar) -> Any:
+    if isinstance(value, torch.Tensor):
+        return pytree.tree_map(lambda p: torch.zeros_like(p) + value.to(p.dtype), params)
+    return pytree.tree_map(lambda p: torch.full_like(p, value), params)
+
+
+def _state_leaves(where: str, us: list, spec: Any, trees: Sequence[tuple[Any, str]]) -> list:
+    return [flatten_like(tree, spec, what, "the updates") for tree, what in trees]
+
+
+def _work_dtypes(us: Tensors, *states: Tensors) -> list[torch.dtype]:
+    """Per leaf, the promotion of the update's dtype and its state leaves' dtypes."""
+    out = []
+    for i, u in enumerate(us):
+        d = u.dtype
+        for s in states:
+            if s[i].dtype != d:
+                d = torch.promote_types(d, s[i].dtype)
+        out.append(d)
+    return out
+
+
+def _like(xs: Tensors, olds: Tensors) -> Tensors:
+    """``xs`` in the dtypes of ``olds`` (state leaves keep their dtype)."""
+    return cast(xs, [o.dtype for o in olds])
+
+
+def _unflatten(spec: Any, *lists: Tensors) -> list[Any]:
+    return [pytree.tree_unflatten(xs, spec) for xs in lists]
+
+
+def _adam_denominator(ops: Ops, nus: Tensors, bc2: torch.Tensor, eps: Scalar, root: Scalar):
+    """``sqrt(nu / bc2 + eps_root) + eps``; with ``eps_root`` 0, ``sqrt(nu) / sqrt(bc2) +
+    eps`` (torch.optim's grouping of the same value)."""
+    if isinstance(root, float) and root == 0.0:
+        d = ops.div_(ops.sqrt(nus), bc2.sqrt())
+    else:
+        d = ops.sqrt_(ops.add_scalar_(ops.div(nus, bc2), root))
+    return ops.add_scalar_(d, eps)
+
+
+def scale_by_adam(
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    *,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """Adam's scaling: ``m_hat / (sqrt(v_hat + eps_root) + eps)``, the moments' estimates
+    bias-corrected (``m_hat = b1 * m / (1 - b1**(t+1)) + (1 - b1) * g / (1 - b1**t)`` with
+    ``nesterov``, Dozat's NAdam).
+
+    Arguments:
+        b1, b2: decay rates of the first and second moments, in ``[0, 1)``.
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: dtype of the first moment (``None``: the param's).
+        nesterov: Nesterov momentum.
+    """
+    where = "fm.optim.scale_by_adam"
+    b1 = number(where, "b1", b1, below=1.0)
+    b2 = number(where, "b2", b2, below=1.0)
+    eps = number(where, "eps", eps)
+    eps_root = number(where, "eps_root", eps_root)
+    mu_dtype = dtype_arg(where, "mu_dtype", mu_dtype)
+    _flag(where, "nesterov", nesterov)
+
+    def init(params):
+        return ScaleByAdamState(count_like(params), _zeros(params, mu_dtype), _zeros(params, None))
+
+    def update(updates, state, params=None):
+        check_state(state, ScaleByAdamState, where)
+        us, spec = pytree.tree_flatten(updates)
+        mus, nus = _state_leaves(
+            where, us, spec, [(state.mu, "first moments"), (state.nu, "second moments")]
+        )
+        count = state.count + 1
+
+        def math(ops, dtype, device, us, mus, nus):
+            a, b, e, r = (scalar(v, dtype, device) for v in (b1, b2, eps, eps_root))
+            g = cast(us, [dtype] * len(us))
+            m = ops.lerp(cast(mus, [dtype] * len(us)), g, 1 - a)
+            v = ops.square_average(cast(nus, [dtype] * len(us)), g, b)
+            bc1 = _bias_correction(a, count, dtype)
+            d = _adam_denominator(ops, v, _bias_correction(b, count, dtype), e, r)
+            if nesterov:
+                bc1_next = _bias_correction(a, count + 1, dtype)
+                num = ops.add_(ops.mul(m, a / bc1_next), ops.mul(g, (1 - a) / bc1))
+                out = ops.div_into(num, d)
+            else:
+                out = ops.div_(ops.div_into(m, d), bc1)
+            return out, _like(m, mus), _like(v, nus)
+
+        dtypes = _work_dtypes(us, mus, nus)
+        out, mus, nus = grouped(math, dtypes, us, mus, nus, hyper=(b1, b2, eps, eps_root))
+        mu, nu = _unflatten(spec, mus, nus)
+        return pytree.tree_unflatten(out, spec), ScaleByAdamState(count, mu, nu)
+
+    return GradientTransformation(init, owning(update))
+
+
+def _flag(where: str, name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be a bool, got {value!r}")
+
+
+def scale_by_rms(
+    decay: Scalar = 0.9,
+    eps: Scalar = 1e-8,
+    initial_scale: Scalar = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """RMSprop's scaling: ``u / sqrt(nu + eps)`` (``u / (sqrt(nu) + eps)`` with
+    ``eps_in_sqrt=False``, as :class:`torch.optim.RMSprop`), ``nu = decay * nu + (1 -
+    decay) * u**2`` starting at ``initial_scale`` (bias-corrected with
+    ``bias_correction``)."""
+    return _rms(
+        "fm.optim.scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction
+    )
+
+
+def scale_by_stddev(
+    decay: Scalar = 0.9,
+    eps: Scalar = 1e-8,
+    initial_scale: Scalar = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """Centered RMSprop's scaling: :func:`scale_by_rms` with ``nu - mu**2`` for ``nu``,
+    ``mu`` the running mean of the updates (as :class:`torch.optim.RMSprop` with
+    ``centered=True`` and ``eps_in_sqrt=False``)."""
+    return _rms(
+        "fm.optim.scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction
+    )
+
+
+def _rms(where, centered, decay, eps, initial_scale, eps_in_sqrt, bias_correction):
+    decay = number(where, "decay", decay, below=1.0 + 1e-12)
+    eps = number(where, "eps", eps)
+    initial_scale = number(where, "initial_scale", initial_scale)
+    _flag(where, "eps_in_sqrt", eps_in_sqrt)
+    _flag(where, "bias_correction", bias_correction)
+    kinds = {
+        (False, False): ScaleByRmsState,
+        (False, True): ScaleByRmsWithCountState,
+        (True, False): ScaleByRStdDevState,
+        (True, True): ScaleByRStdDevWithCountState,
+    }
+    kind = kinds[centered, bias_correction]
+
+    def init(params):
+        fields = {"nu": _full(params, initial_scale)}
+        if centered:
+            fields["mu"] = _zeros(params, None)
+        if bias_correction:
+            fields["count"] = count_like(params)
+        return kind(**fields)
+
+    def update(updates, state, params=None):
+        check_state(state, kind, where)
+        us, spec = pytree.tree_flatten(updates)
+        trees = [(state.nu, "squared averages")] + ([(state.mu, "averages")] if centered else [])
+        olds = _state_leaves(where, us, spec, trees)
+        count = state.count + 1 if bias_correction else None
+
+        def math(ops, dtype, device, us, *olds):
+            k, e = scalar(decay, dtype, device), scalar(eps, dtype, device)
+            g = cast(us, [dtype] * len(us))
+            new = [ops.square_average(cast(olds[0], [dtype] * len(us)), g, k)]
+            if centered:
+                new.append(ops.lerp(cast(olds[1], [dtype] * len(us)), g, 1 - k))
+            hats = new
+            if bias_correction:
+                bc = _bias_correction(k, count, dtype)
+                hats = [ops.div(x, bc) for x in new]
+            base = ops.addcmul(hats[0], hats[1], hats[1], -1.0) if centered else hats[0]
+            d = _root(ops, base, e, eps_in_sqrt, fresh=centered or bias_correction)
+            return (ops.div(g, d), *(_like(x, o) for x, o in zip(new, olds, strict=True)))
+
+        out, *new = grouped(math, _work_dtypes(us, *olds), us, *olds, hyper=(decay, eps))
+        fields = dict(zip(("nu", "mu"), _unflatten(spec, *new), strict=False))
+        if bias_correction:
+            fields["count"] = count
+        return pytree.tree_unflatten(out, spec), kind(**fields)
+
+    return GradientTransformation(init, owning(update))
+
+
+def _root(ops: Ops, base: Tensors, eps: Scalar, eps_in_sqrt: bool, fresh: bool) -> Tensors:
+    """``sqrt(base + eps)``, or ``sqrt(base) + eps``; in place where ``base`` is ours."""
+    if eps_in_sqrt:
+        d = ops.add_scalar_(base, eps) if fresh else ops.add_scalar(base, eps)
+        return ops.sqrt_(d)
+    return ops.add_scalar_(ops.sqrt_(base) if fresh else ops.sqrt(base), eps)
+
+
+def scale_by_rss(
+    initial_accumulator_value: Scalar = 0.1, eps: Scalar = 1e-7
+) -> GradientTransformation:
+    """Adagrad's scaling: ``u / sqrt(s + eps)`` (0 where ``s`` is 0), ``s`` the sum of the
+    squared updates so far, starting at ``initial_accumulator_value``."""
+    where = "fm.optim.scale_by_rss"
+    initial = number(where, "initial_accumulator_value", initial_accumulator_value)
+    eps = number(where, "eps", eps)
+    # With a positive eps, s = 0 means u = 0 and u / sqrt(eps) is the 0 optax gives there.
+    guard = not (isinstance(eps, float) and eps > 0)
+
+    def init(params):
+        return ScaleByRssState(_full(params, initial))
+
+    def update(updates, state, params=None):
+        check_state(state, ScaleByRssState, where)
+        us, spec = pytree.tree_flatten(updates)
+        (sums,) = _state_leaves(where, us, spec, [(state.sum_of_squares, "accumulated squares")])
+
+        def math(ops, dtype, device, us, sums):
+            g = cast(us, [dtype] * len(us))
+            s = ops.addcmul(cast(sums, [dtype] * len(us)), g, g, 1.0)
+            out = ops.div(g, ops.sqrt_(ops.add_scalar(s, scalar(eps, dtype, device))))
+            if guard:
+                out = [
+                    torch.where(t > 0, o, torch.zeros_like(o)) for t, o in zip(s, out, strict=True)
+                ]
+            return out, _like(s, sums)
+
+        out, sums = grouped(math, _work_dtypes(us, sums), us, sums, hyper=(initial, eps))
+        return pytree.tree_unflatten(out, spec), ScaleByRssState(*_unflatten(spec, sums))
+
+    return GradientTransformation(init, owning(update))
+
+
+def scale_by_lion(
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    mu_dtype: torch.dtype | None = None,
+    *,
+    mode: str = "hard",
+    smooth_beta: float = 1.0,
+) -> GradientTransformation:
+    """Lion's direction (Chen et al., 2023): ``sign(b1 * mu + (1 - b1) * u)`` (``mode=
+    'smooth'``: ``tanh(smooth_beta * .)``; ``'refined'``: linear inside ``(-1, 1)``), then
+    ``mu = b2 * mu + (1 - b2) * u``."""
+    where = "fm.optim.scale_by_lion"
+    b1 = number(where, "b1", b1, below=1.0 + 1e-12)
+    b2 = number(where, "b2", b2, below=1.0 + 1e-12)
+    mu_dtype = dtype_arg(where, "mu_dtype", mu_dtype)
+    if mode not in ("hard", "smooth", "refined"):
+        raise ValueError(f"{where}: mode must be 'hard', 'smooth' or 'refined', got {mode!r}")
+    smooth_beta = number(where, "smooth_beta", smooth_beta)
+
+    def direction(ops: Ops, xs: Tensors) -> Tensors:
+        if mode == "hard":
+            return ops.sign(xs)
+        if mode == "smooth":
+            return [torch.tanh(smooth_beta * x) for x in xs]
+        return [torch.where(x.abs() < 1.0, x, x.sign()) for x in xs]
+
+    def init(params):
+        return ScaleByLionState(count_like(params), _zeros(params, mu_dtype))
+
+    def update(updates, state, params=None):
+        check_state(state, ScaleByLionState, where)
+        us, spec = pytree.tree_flatten(updates)
+        (mus,) = _state_leaves(where, us, spec, [(state.mu, "momentum buffers")])
+
+        def math(ops, dtype, device, us, mus):
+            a, b = scalar(b1, dtype, device), scalar(b2, dtype, device)
+            g, m = cast(us, [dtype] * len(us)), cast(mus, [dtype] * len(us))
+            out = direction(ops, ops.lerp(m, g, 1 - a))
+            return out, _like(ops.lerp(m, g, 1 - b), mus)
+
+        out, mus = grouped(math, _work_dtypes(us, mus), us, mus, hyper=(b1, b2))
+        (mu,) = _unflatten(spec, mus)
+        return pytree.tree_unflatten(out, spec), ScaleByLionState(state.count + 1, mu)
+
+    return GradientTransformation(init, owning(update))
+
+
+def trace(
+    decay: Scalar, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
+) -> GradientTransformation:
+    """Momentum: ``t = u + decay * t`` (``t`` starts at zero, so the first ``t`` is ``u``,
+    as torch's SGD), and the update is ``t``, or ``u + decay * t`` with ``nesterov``."""
+    where = "fm.optim.trace"
+    decay = number(where, "decay", decay)
+    _flag(where, "nesterov", nesterov)
+    accumulator_dtype = dtype_arg(where, "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return TraceState(_zeros(params, accumulator_dtype))
+
+    def update(updates, state, params=None):
+        check_state(state, TraceState, where)
+        us, spec = pytree.tree_flatten(updates)
+        (ts,) = _state_leaves(where, us, spec, [(state.trace, "momentum buffers")])
+
+        def math(ops, dtype, device, us, ts):
+            k = scalar(decay, dtype, device)
+            g = cast(us, [dtype] * len(us))
+            t = ops.add_scaled(g, cast(ts, [dtype] * len(us)), k)
+            return (ops.add_scaled(g, t, k) if nesterov else t), _like(t, ts)
+
+        out, ts = grouped(math, _work_dtypes(us, ts), us, ts, hyper=(decay,))
+        return pytree.tree_unflatten(out, spec), TraceState(*_unflatten(spec, ts))
+
+    # not owning: without nesterov the update is the new trace itself
+    return GradientTransformation(init, update)
+
+
+def ema(
+    decay: Scalar, debias: bool = True, accumulator_dtype: torch.dtype | None = None
+) -> GradientTransformation:
+    """An exponential moving average of the updates: ``e = decay * e + (1 - decay) * u``
+    (``e`` starts at zero), the update ``e / (1 - decay**t)`` (``e`` itself without
+    ``debias``). For a moving average of the params, see :func:`incremental_update`."""
+    where = "fm.optim.ema"
+    decay = number(where, "decay", decay, below=1.0 + 1e-12)
+    _flag(where, "debias", debias)
+    accumulator_dtype = dtype_arg(where, "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return EmaState(count_like(params), _zeros(params, accumulator_dtype))
+
+    def update(updates, state, params=None):
+        check_state(state, EmaState, where)
+        us, spec = pytree.tree_flatten(updates)
+        (es,) = _state_leaves(where, us, spec, [(state.ema, "moving averages")])
+        count = state.count + 1
+
+        def math(ops, dtype, device, us, es):
+            k = scalar(decay, dtype, device)
+            e = ops.lerp(cast(es, [dtype] * len(us)), cast(us, [dtype] * len(us)), 1 - k)
+            return (ops.div(e, _bias_correction(k, count, dtype)) if debias else e), _like(e, es)
+
+        out, es = grouped(math, _work_dtypes(us, es), us, es, hyper=(decay,))
+        return pytree.tree_unflatten(out, spec), EmaState(count, *_unflatten(spec, es))
+
+    return GradientTransformation(init, update)
