@@ -23,11 +23,12 @@ from ._base import (
     check_state,
     count_like,
     dtype_arg,
+    flat_transformation,
     flatten_like,
     number,
-    owning,
+    unflatten,
 )
-from ._ops import Ops, Tensors, cast, grouped, scalar
+from ._ops import Ops, Tensors, cast, eager, grouped, promoted, scalar
 
 
 class ScaleByAdamState(NamedTuple):
@@ -89,16 +90,27 @@ class EmaState(NamedTuple):
     """the moving average"""
 
 
-def _bias_correction(decay: Scalar, count: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``1 - decay**count`` as a 0-dim tensor of ``dtype``, computed as
-    ``-expm1(count * log(decay))`` with ``log`` in double precision: near 1 (``b2 =
-    0.99999``) a float32 ``1 - decay**count`` loses most of its digits."""
+def _bias_correction(decay: Scalar, count: torch.Tensor, dtype: torch.dtype) -> Scalar:
+    """``1 - decay**count``, computed as ``-expm1(count * log(decay))`` with ``log`` in
+    double precision: near 1 (``b2 = 0.99999``) a float32 ``1 - decay**count`` loses most
+    of its digits.
+
+    A number where the count can be read for free (an eager CPU count, a number decay, as
+    torch.optim reads its step); elsewhere (a count on an accelerator, ``vmap``,
+    ``torch.compile``, a tensor decay) a 0-dim tensor of ``dtype``, with no host sync.
+    """
+    if isinstance(decay, float) and count.device.type == "cpu" and eager():
+        return -math.expm1(int(count) * math.log(decay)) if decay > 0 else 1.0
     work = torch.float64 if dtype == torch.float64 else torch.float32
     if isinstance(decay, torch.Tensor):
         log = torch.log(decay.to(torch.float64))
     else:
         log = math.log(decay) if decay > 0 else -math.inf
     return (-torch.expm1(count.to(work) * log)).to(dtype)
+
+
+def _sqrt(x: Scalar) -> Scalar:
+    return x.sqrt() if isinstance(x, torch.Tensor) else math.sqrt(x)
 
 
 def _zeros(params: Any, dtype: torch.dtype | None) -> Any:
@@ -115,35 +127,26 @@ def _state_leaves(where: str, us: list, spec: Any, trees: Sequence[tuple[Any, st
     return [flatten_like(tree, spec, what, "the updates") for tree, what in trees]
 
 
-def _work_dtypes(us: Tensors, *states: Tensors) -> list[torch.dtype]:
-    """Per leaf, the promotion of the update's dtype and its state leaves' dtypes."""
-    out = []
-    for i, u in enumerate(us):
-        d = u.dtype
-        for s in states:
-            if s[i].dtype != d:
-                d = torch.promote_types(d, s[i].dtype)
-        out.append(d)
-    return out
-
-
 def _like(xs: Tensors, olds: Tensors) -> Tensors:
     """``xs`` in the dtypes of ``olds`` (state leaves keep their dtype)."""
     return cast(xs, [o.dtype for o in olds])
 
 
 def _unflatten(spec: Any, *lists: Tensors) -> list[Any]:
-    return [pytree.tree_unflatten(xs, spec) for xs in lists]
+    return [unflatten(xs, spec) for xs in lists]
 
 
-def _adam_denominator(ops: Ops, nus: Tensors, bc2: torch.Tensor, eps: Scalar, root: Scalar):
-    """``sqrt(nu / bc2 + eps_root) + eps``; with ``eps_root`` 0, ``sqrt(nu) / sqrt(bc2) +
-    eps`` (torch.optim's grouping of the same value)."""
+def _adam_denominator(
+    ops: Ops, nus: Tensors, bc2: Scalar, eps: Scalar, root: Scalar, scale: Scalar
+) -> Tensors:
+    """``scale * (sqrt(nu / bc2 + eps_root) + eps)`` (new tensors), as ``sqrt(nu) *
+    (scale / sqrt(bc2)) + scale * eps`` where ``eps_root`` is 0 (``scale``, Adam's first
+    bias correction, folded in saves a pass over the leaves)."""
     if isinstance(root, float) and root == 0.0:
-        d = ops.div_(ops.sqrt(nus), bc2.sqrt())
+        d = ops.mul_(ops.sqrt(nus), scale / _sqrt(bc2))
     else:
-        d = ops.sqrt_(ops.add_scalar_(ops.div(nus, bc2), root))
-    return ops.add_scalar_(d, eps)
+        d = ops.sqrt_(ops.add_scalar_(ops.mul(nus, scale * scale / bc2), scale * scale * root))
+    return ops.add_scalar_(d, scale * eps)
 
 
 def scale_by_adam(
@@ -177,9 +180,8 @@ def scale_by_adam(
     def init(params):
         return ScaleByAdamState(count_like(params), _zeros(params, mu_dtype), _zeros(params, None))
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, ScaleByAdamState, where)
-        us, spec = pytree.tree_flatten(updates)
         mus, nus = _state_leaves(
             where, us, spec, [(state.mu, "first moments"), (state.nu, "second moments")]
         )
@@ -190,22 +192,21 @@ def scale_by_adam(
             g = cast(us, [dtype] * len(us))
             m = ops.lerp(cast(mus, [dtype] * len(us)), g, 1 - a)
             v = ops.square_average(cast(nus, [dtype] * len(us)), g, b)
-            bc1 = _bias_correction(a, count, dtype)
-            d = _adam_denominator(ops, v, _bias_correction(b, count, dtype), e, r)
+            bc1, bc2 = _bias_correction(a, count, dtype), _bias_correction(b, count, dtype)
             if nesterov:
                 bc1_next = _bias_correction(a, count + 1, dtype)
                 num = ops.add_(ops.mul(m, a / bc1_next), ops.mul(g, (1 - a) / bc1))
-                out = ops.div_into(num, d)
-            else:
-                out = ops.div_(ops.div_into(m, d), bc1)
+                out = ops.div_into(num, _adam_denominator(ops, v, bc2, e, r, 1.0))
+            else:  # m / bc1 / (...) as m / (bc1 * (...))
+                out = ops.div_into(m, _adam_denominator(ops, v, bc2, e, r, bc1))
             return out, _like(m, mus), _like(v, nus)
 
-        dtypes = _work_dtypes(us, mus, nus)
+        dtypes = promoted(us, mus, nus)
         out, mus, nus = grouped(math, dtypes, us, mus, nus, hyper=(b1, b2, eps, eps_root))
         mu, nu = _unflatten(spec, mus, nus)
-        return pytree.tree_unflatten(out, spec), ScaleByAdamState(count, mu, nu)
+        return out, ScaleByAdamState(count, mu, nu), True
 
-    return GradientTransformation(init, owning(update))
+    return flat_transformation(where, init, fn)
 
 
 def _flag(where: str, name: str, value: object) -> None:
@@ -266,9 +267,8 @@ def _rms(where, centered, decay, eps, initial_scale, eps_in_sqrt, bias_correctio
             fields["count"] = count_like(params)
         return kind(**fields)
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, kind, where)
-        us, spec = pytree.tree_flatten(updates)
         trees = [(state.nu, "squared averages")] + ([(state.mu, "averages")] if centered else [])
         olds = _state_leaves(where, us, spec, trees)
         count = state.count + 1 if bias_correction else None
@@ -287,13 +287,13 @@ def _rms(where, centered, decay, eps, initial_scale, eps_in_sqrt, bias_correctio
             d = _root(ops, base, e, eps_in_sqrt, fresh=centered or bias_correction)
             return (ops.div(g, d), *(_like(x, o) for x, o in zip(new, olds, strict=True)))
 
-        out, *new = grouped(math, _work_dtypes(us, *olds), us, *olds, hyper=(decay, eps))
+        out, *new = grouped(math, promoted(us, *olds), us, *olds, hyper=(decay, eps))
         fields = dict(zip(("nu", "mu"), _unflatten(spec, *new), strict=False))
         if bias_correction:
             fields["count"] = count
-        return pytree.tree_unflatten(out, spec), kind(**fields)
+        return out, kind(**fields), True
 
-    return GradientTransformation(init, owning(update))
+    return flat_transformation(where, init, fn)
 
 
 def _root(ops: Ops, base: Tensors, eps: Scalar, eps_in_sqrt: bool, fresh: bool) -> Tensors:
@@ -318,9 +318,8 @@ def scale_by_rss(
     def init(params):
         return ScaleByRssState(_full(params, initial))
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, ScaleByRssState, where)
-        us, spec = pytree.tree_flatten(updates)
         (sums,) = _state_leaves(where, us, spec, [(state.sum_of_squares, "accumulated squares")])
 
         def math(ops, dtype, device, us, sums):
@@ -333,10 +332,10 @@ def scale_by_rss(
                 ]
             return out, _like(s, sums)
 
-        out, sums = grouped(math, _work_dtypes(us, sums), us, sums, hyper=(initial, eps))
-        return pytree.tree_unflatten(out, spec), ScaleByRssState(*_unflatten(spec, sums))
+        out, sums = grouped(math, promoted(us, sums), us, sums, hyper=(initial, eps))
+        return out, ScaleByRssState(*_unflatten(spec, sums)), True
 
-    return GradientTransformation(init, owning(update))
+    return flat_transformation(where, init, fn)
 
 
 def scale_by_lion(
@@ -368,9 +367,8 @@ def scale_by_lion(
     def init(params):
         return ScaleByLionState(count_like(params), _zeros(params, mu_dtype))
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, ScaleByLionState, where)
-        us, spec = pytree.tree_flatten(updates)
         (mus,) = _state_leaves(where, us, spec, [(state.mu, "momentum buffers")])
 
         def math(ops, dtype, device, us, mus):
@@ -379,11 +377,11 @@ def scale_by_lion(
             out = direction(ops, ops.lerp(m, g, 1 - a))
             return out, _like(ops.lerp(m, g, 1 - b), mus)
 
-        out, mus = grouped(math, _work_dtypes(us, mus), us, mus, hyper=(b1, b2))
+        out, mus = grouped(math, promoted(us, mus), us, mus, hyper=(b1, b2))
         (mu,) = _unflatten(spec, mus)
-        return pytree.tree_unflatten(out, spec), ScaleByLionState(state.count + 1, mu)
+        return out, ScaleByLionState(state.count + 1, mu), True
 
-    return GradientTransformation(init, owning(update))
+    return flat_transformation(where, init, fn)
 
 
 def trace(
@@ -399,9 +397,8 @@ def trace(
     def init(params):
         return TraceState(_zeros(params, accumulator_dtype))
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, TraceState, where)
-        us, spec = pytree.tree_flatten(updates)
         (ts,) = _state_leaves(where, us, spec, [(state.trace, "momentum buffers")])
 
         def math(ops, dtype, device, us, ts):
@@ -410,11 +407,11 @@ def trace(
             t = ops.add_scaled(g, cast(ts, [dtype] * len(us)), k)
             return (ops.add_scaled(g, t, k) if nesterov else t), _like(t, ts)
 
-        out, ts = grouped(math, _work_dtypes(us, ts), us, ts, hyper=(decay,))
-        return pytree.tree_unflatten(out, spec), TraceState(*_unflatten(spec, ts))
+        out, ts = grouped(math, promoted(us, ts), us, ts, hyper=(decay,))
+        # without nesterov the update is the new trace itself: not the chain's to write
+        return out, TraceState(*_unflatten(spec, ts)), nesterov
 
-    # not owning: without nesterov the update is the new trace itself
-    return GradientTransformation(init, update)
+    return flat_transformation(where, init, fn)
 
 
 def ema(
@@ -431,9 +428,8 @@ def ema(
     def init(params):
         return EmaState(count_like(params), _zeros(params, accumulator_dtype))
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         check_state(state, EmaState, where)
-        us, spec = pytree.tree_flatten(updates)
         (es,) = _state_leaves(where, us, spec, [(state.ema, "moving averages")])
         count = state.count + 1
 
@@ -442,7 +438,8 @@ def ema(
             e = ops.lerp(cast(es, [dtype] * len(us)), cast(us, [dtype] * len(us)), 1 - k)
             return (ops.div(e, _bias_correction(k, count, dtype)) if debias else e), _like(e, es)
 
-        out, es = grouped(math, _work_dtypes(us, es), us, es, hyper=(decay,))
-        return pytree.tree_unflatten(out, spec), EmaState(count, *_unflatten(spec, es))
+        out, es = grouped(math, promoted(us, es), us, es, hyper=(decay,))
+        # without debias the update is the new average itself: not the chain's to write
+        return out, EmaState(count, *_unflatten(spec, es)), debias
 
-    return GradientTransformation(init, update)
+    return flat_transformation(where, init, fn)

@@ -17,16 +17,15 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
-    _need_grad,
+    _empty,
     check_state,
     count_like,
+    flat_transformation,
     identity,
     is_schedule,
-    leaves_of,
     number,
-    owning,
 )
-from ._ops import cast, grouped, multi_tensor_allowed, scalar
+from ._ops import Tensors, cast, grouped, multi_tensor_allowed, promoted, scalar
 from ._wrappers import masked
 
 
@@ -40,51 +39,43 @@ class WeightDecayScheduleState(NamedTuple):
     """updates done, a 0-dim int64 tensor (the weight decay is a schedule of it)"""
 
 
-def _scaled(updates: Any, factor: Any, in_place: bool) -> Any:
-    """``updates * factor`` (a number or 0-dim tensor, cast to each leaf's dtype as optax
-    casts it); written into ``updates`` with ``in_place``."""
-    us, spec = pytree.tree_flatten(updates)
+def _scaled(us: Tensors, factor: Any, own: bool) -> Tensors:
+    """``us * factor`` (a number or 0-dim tensor, cast to each leaf's dtype as optax casts
+    it); written into ``us`` where they are ``own``ed (unless autograd records)."""
 
     def math(ops, dtype, device, us):
         s = scalar(factor, dtype, device)
-        return (ops.mul_(us, s) if in_place else ops.mul(us, s),)
+        return (ops.mul_(us, s) if own else ops.mul(us, s),)
 
-    (out,) = grouped(math, [u.dtype for u in us], us)
-    return pytree.tree_unflatten(out, spec)
+    return grouped(math, [u.dtype for u in us], us, hyper=(factor,))[0]
 
 
 def scale(step_size: Scalar) -> GradientTransformation:
     """Multiply the updates by ``step_size`` (any sign; a number or a 0-dim tensor)."""
     step_size = number("fm.optim.scale", "step_size", step_size, lo=-float("inf"))
 
-    def update(updates, state, params=None):
-        return _scaled(updates, step_size, False), state
+    def fn(us, state, ps, spec, own):
+        return _scaled(us, step_size, own), state, True
 
-    def in_place(updates, state, params=None):
-        return _scaled(updates, step_size, not _need_grad(step_size)), state
-
-    return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
+    return flat_transformation("fm.optim.scale", _empty, fn)
 
 
 def scale_by_schedule(step_size_fn) -> GradientTransformation:
     """Multiply the updates by ``step_size_fn(count)``, ``count`` the updates done before
     (a 0-dim int64 tensor); the value is cast to each leaf's dtype."""
+    where = "fm.optim.scale_by_schedule"
     if not callable(step_size_fn):
-        raise TypeError(f"fm.optim.scale_by_schedule: expected a schedule, got {step_size_fn!r}")
+        raise TypeError(f"{where}: expected a schedule, got {step_size_fn!r}")
 
     def init(params):
         return ScaleByScheduleState(count_like(params))
 
-    def update(updates, state, params=None, in_place=False):
-        check_state(state, ScaleByScheduleState, "fm.optim.scale_by_schedule")
+    def fn(us, state, ps, spec, own):
+        check_state(state, ScaleByScheduleState, where)
         factor = step_size_fn(state.count)
-        scaled = _scaled(updates, factor, in_place and not _need_grad(factor))
-        return scaled, ScaleByScheduleState(state.count + 1)
+        return _scaled(us, factor, own), ScaleByScheduleState(state.count + 1), True
 
-    def update_in_place(updates, state, params=None):
-        return update(updates, state, params, in_place=True)
-
-    return GradientTransformation(init, owning(update, update_in_place))
+    return flat_transformation(where, init, fn)
 
 
 def scale_by_learning_rate(
@@ -120,60 +111,54 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
     if mask is not None:
         return masked(add_decayed_weights(wd), mask)
     scheduled = is_schedule(wd)
+    zero = isinstance(wd, float) and wd == 0.0
 
     def init(params):
         return WeightDecayScheduleState(count_like(params)) if scheduled else EmptyState()
 
-    def update(updates, state, params=None, in_place=False):
-        us, ps, spec = leaves_of(updates, params, where, need_params=True)
+    def fn(us, state, ps, spec, own):
         if scheduled:
             check_state(state, WeightDecayScheduleState, where)
             value, state = wd(state.count), WeightDecayScheduleState(state.count + 1)
         else:
             value = wd
-        if isinstance(value, float) and value == 0.0:
-            return updates, state
-        in_place = in_place and not _need_grad(value)
-        dtypes = [torch.promote_types(u.dtype, p.dtype) for u, p in zip(us, ps, strict=True)]
+        if zero:  # optax skips the arithmetic (the updates pass as they came)
+            return us, state, own
 
         def math(ops, dtype, device, us, ps):
             s = scalar(value, dtype, device)
             fresh = [u.dtype != dtype for u in us]  # a cast below makes a tensor of ours
             us, ps = cast(us, [dtype] * len(us)), cast(ps, [dtype] * len(ps))
-            if in_place or (us and all(fresh)):
+            if own or (us and all(fresh)):
                 return (ops.add_scaled_(us, ps, s),)
             return (ops.add_scaled(us, ps, s),)
 
-        (out,) = grouped(math, dtypes, us, ps)
-        return pytree.tree_unflatten(out, spec), state
+        return grouped(math, promoted(us, ps), us, ps, hyper=(value,))[0], state, True
 
-    def update_in_place(updates, state, params=None):
-        return update(updates, state, params, in_place=True)
-
-    return GradientTransformation(init, owning(update, update_in_place))
+    return flat_transformation(where, init, fn, needs_params=True)
 
 
 def clip(max_delta: Scalar) -> GradientTransformation:
     """Clamp every update element to ``[-max_delta, max_delta]``."""
     bound = number("fm.optim.clip", "max_delta", max_delta)
 
-    def update(updates, state, params=None):
-        us, spec = pytree.tree_flatten(updates)
-
+    def fn(us, state, ps, spec, own):
         def math(ops, dtype, device, us):
             b = scalar(bound, dtype, device)
             return (ops.clamp(us, -b, b),)
 
-        (out,) = grouped(math, [u.dtype for u in us], us)
-        return pytree.tree_unflatten(out, spec), state
+        return grouped(math, [u.dtype for u in us], us, hyper=(bound,))[0], state, True
 
-    return GradientTransformation(lambda params: EmptyState(), owning(update))
+    return flat_transformation("fm.optim.clip", _empty, fn)
 
 
 def global_norm(updates: Any) -> torch.Tensor:
     """The 2-norm of all update elements together: the norm of the leaves' norms (as
     ``clip_grad_norm_`` computes it), a 0-dim tensor."""
-    leaves = pytree.tree_leaves(updates)
+    return _global_norm(pytree.tree_leaves(updates))
+
+
+def _global_norm(leaves: Tensors) -> torch.Tensor:
     if not leaves:
         return torch.zeros(())
     if multi_tensor_allowed(leaves):
@@ -189,18 +174,12 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
     a relative difference of ``1e-6 / norm``)."""
     bound = number("fm.optim.clip_by_global_norm", "max_norm", max_norm)
 
-    def factor(updates):
-        norm = global_norm(updates)
-        return torch.where(norm < bound, torch.ones_like(norm), bound / norm)
+    def fn(us, state, ps, spec, own):
+        norm = _global_norm(us)
+        factor = torch.where(norm < bound, torch.ones_like(norm), bound / norm)
+        return _scaled(us, factor, own), state, True
 
-    def update(updates, state, params=None):
-        return _scaled(updates, factor(updates), False), state
-
-    def in_place(updates, state, params=None):
-        f = factor(updates)
-        return _scaled(updates, f, not _need_grad(f)), state
-
-    return GradientTransformation(lambda params: EmptyState(), owning(update, in_place))
+    return flat_transformation("fm.optim.clip_by_global_norm", _empty, fn)
 
 
 def scale_by_trust_ratio(
@@ -217,10 +196,7 @@ def scale_by_trust_ratio(
     coefficient = number(where, "trust_coefficient", trust_coefficient)
     eps = number(where, "eps", eps)
 
-    def update(updates, state, params=None):
-        us, ps, spec = leaves_of(updates, params, where, need_params=True)
-        dtypes = [torch.promote_types(u.dtype, p.dtype) for u, p in zip(us, ps, strict=True)]
-
+    def fn(us, state, ps, spec, own):
         def math(ops, dtype, device, us, ps):
             floor = scalar(min_norm, dtype, device)
             pn = torch.stack(ops.norms(cast(ps, [dtype] * len(ps)))).clamp(min=floor)
@@ -230,18 +206,17 @@ def scale_by_trust_ratio(
             ratio = torch.where((pn == 0) | (un == 0), torch.ones_like(ratio), ratio)
             return (ops.mul(us, list(ratio.unbind())),)
 
-        (out,) = grouped(math, dtypes, us, ps)
-        return pytree.tree_unflatten(out, spec), state
+        hyper = (min_norm, coefficient, eps)
+        return grouped(math, promoted(us, ps), us, ps, hyper=hyper)[0], state, True
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return flat_transformation(where, _empty, fn, needs_params=True)
 
 
 def scale_by_sign() -> GradientTransformation:
     """Replace each update element by its sign (signSGD's direction)."""
 
-    def update(updates, state, params=None):
-        us, spec = pytree.tree_flatten(updates)
-        (out,) = grouped(lambda ops, d, dev, us: (ops.sign(us),), [u.dtype for u in us], us)
-        return pytree.tree_unflatten(out, spec), state
+    def fn(us, state, ps, spec, own):
+        signs = grouped(lambda ops, d, dev, us: (ops.sign(us),), [u.dtype for u in us], us)
+        return signs[0], state, True
 
-    return GradientTransformation(lambda params: EmptyState(), owning(update))
+    return flat_transformation("fm.optim.scale_by_sign", _empty, fn)

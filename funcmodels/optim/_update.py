@@ -9,7 +9,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ._base import Scalar, flatten_like, number
-from ._ops import grouped, scalar
+from ._ops import grouped, promoted, scalar
 
 
 def incremental_update(new_tensors: Any, old_tensors: Any, step_size: Scalar) -> Any:
@@ -32,7 +32,7 @@ def incremental_update(new_tensors: Any, old_tensors: Any, step_size: Scalar) ->
     step = number("fm.optim.incremental_update", "step_size", step_size, below=1.0 + 1e-12)
     news, spec = pytree.tree_flatten(new_tensors)
     olds = flatten_like(old_tensors, spec, "old_tensors", "new_tensors")
-    dtypes = [torch.promote_types(n.dtype, o.dtype) for n, o in zip(news, olds, strict=True)]
+    dtypes = promoted(news, olds)
 
     def math(ops, dtype, device, news, olds):
         s = scalar(step, dtype, device)
