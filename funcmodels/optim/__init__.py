@@ -60,6 +60,7 @@ from ._base import (
     identity,
     set_to_zero,
 )
+from ._donated import DonatedAdamW, DonatedAdamWState, donated_adamw
 from ._moments import (
     EmaState,
     ScaleByAdamState,
@@ -122,6 +123,8 @@ from ._wrappers import (
 __all__ = [
     "ApplyEveryState",
     "ApplyIfFiniteState",
+    "DonatedAdamW",
+    "DonatedAdamWState",
     "EmaState",
     "EmptyState",
     "GradientTransformation",
@@ -150,6 +153,7 @@ __all__ = [
     "chain",
     "clip",
     "clip_by_global_norm",
+    "donated_adamw",
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
