@@ -31,6 +31,7 @@ the table in ``fm.optim._alias``).
 """
 
 from ._accumulation import (
+    ApplyEvery,
     ApplyEveryState,
     MultiSteps,
     MultiStepsState,
@@ -38,6 +39,14 @@ from ._accumulation import (
     multi_steps,
     skip_large_updates,
     skip_not_finite,
+)
+from ._adam_variants import (
+    ScaleByAmsgradState,
+    adamax,
+    adamaxw,
+    amsgrad,
+    scale_by_adamax,
+    scale_by_amsgrad,
 )
 from ._alias import (
     adagrad,
@@ -58,6 +67,7 @@ from ._base import (
     apply_updates,
     chain,
     identity,
+    init_empty_state,
     set_to_zero,
 )
 from ._donated import DonatedAdamW, DonatedAdamWState, donated_adamw
@@ -120,9 +130,17 @@ from ._wrappers import (
     multi_transform,
 )
 
+# optax's names for the states of stateless pieces
+AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState
+ScaleState = ScaleByTrustRatioState = EmptyState
+
 __all__ = [
+    "AddDecayedWeightsState",
+    "ApplyEvery",
     "ApplyEveryState",
     "ApplyIfFiniteState",
+    "ClipByGlobalNormState",
+    "ClipState",
     "DonatedAdamW",
     "DonatedAdamWState",
     "EmaState",
@@ -134,6 +152,7 @@ __all__ = [
     "MultiStepsState",
     "MultiTransformState",
     "ScaleByAdamState",
+    "ScaleByAmsgradState",
     "ScaleByLionState",
     "ScaleByRStdDevState",
     "ScaleByRStdDevWithCountState",
@@ -141,27 +160,33 @@ __all__ = [
     "ScaleByRmsWithCountState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleByTrustRatioState",
+    "ScaleState",
     "TraceState",
     "WeightDecayScheduleState",
     "adagrad",
     "adam",
+    "adamax",
+    "adamaxw",
     "adamw",
     "add_decayed_weights",
+    "amsgrad",
     "apply_every",
     "apply_if_finite",
     "apply_updates",
     "chain",
     "clip",
     "clip_by_global_norm",
-    "donated_adamw",
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
+    "donated_adamw",
     "ema",
     "exponential_decay",
     "global_norm",
     "identity",
     "incremental_update",
+    "init_empty_state",
     "inject_hyperparams",
     "join_schedules",
     "lamb",
@@ -180,6 +205,8 @@ __all__ = [
     "rmsprop",
     "scale",
     "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_rms",

@@ -28,6 +28,10 @@ class ApplyEveryState(NamedTuple):
     """the updates summed since the last emitted one"""
 
 
+#: optax's name for it
+ApplyEvery = ApplyEveryState
+
+
 class MultiStepsState(NamedTuple):
     mini_step: torch.Tensor
     """micro-batches accumulated since the last update, a 0-dim int64 tensor"""

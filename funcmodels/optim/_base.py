@@ -42,6 +42,11 @@ class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
 
+def init_empty_state(params: Any) -> EmptyState:
+    """The ``init`` of a transformation that keeps no state."""
+    return EmptyState()
+
+
 # -- trees ---------------------------------------------------------------------------------
 
 #: (Params/State class, id of its spec, its keys) -> (the spec, the TreeSpec): a top-level
@@ -289,14 +294,10 @@ def flat_transformation(
     return GradientTransformation(init, update)
 
 
-def _empty(params: Any) -> EmptyState:
-    return EmptyState()
-
-
 def identity() -> GradientTransformation:
     """Passes the updates through unchanged."""
     return flat_transformation(
-        "fm.optim.identity", _empty, lambda us, s, ps, spec, own: (us, s, own)
+        "fm.optim.identity", init_empty_state, lambda us, s, ps, spec, own: (us, s, own)
     )
 
 
@@ -307,7 +308,7 @@ def set_to_zero() -> GradientTransformation:
     def fn(us, state, ps, spec, own):
         return [torch.zeros_like(u) for u in us], state, True
 
-    return flat_transformation("fm.optim.set_to_zero", _empty, fn)
+    return flat_transformation("fm.optim.set_to_zero", init_empty_state, fn)
 
 
 def _eager_in_place() -> bool:

@@ -306,6 +306,9 @@ class Ops:
             return out
         return [x.clamp(lo, hi) for x in xs]
 
+    def abs(self, xs: Tensors) -> Tensors:
+        return list(torch._foreach_abs(xs)) if self.fast else [x.abs() for x in xs]
+
     def sign(self, xs: Tensors) -> Tensors:
         return list(torch._foreach_sign(xs)) if self.fast else [x.sign() for x in xs]
 

@@ -17,11 +17,11 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
-    _empty,
     check_state,
     count_like,
     flat_transformation,
     identity,
+    init_empty_state,
     is_schedule,
     number,
 )
@@ -57,7 +57,7 @@ def scale(step_size: Scalar) -> GradientTransformation:
     def fn(us, state, ps, spec, own):
         return _scaled(us, step_size, own), state, True
 
-    return flat_transformation("fm.optim.scale", _empty, fn)
+    return flat_transformation("fm.optim.scale", init_empty_state, fn)
 
 
 def scale_by_schedule(step_size_fn) -> GradientTransformation:
@@ -149,7 +149,7 @@ def clip(max_delta: Scalar) -> GradientTransformation:
 
         return grouped(math, [u.dtype for u in us], us, hyper=(bound,))[0], state, True
 
-    return flat_transformation("fm.optim.clip", _empty, fn)
+    return flat_transformation("fm.optim.clip", init_empty_state, fn)
 
 
 def global_norm(updates: Any) -> torch.Tensor:
@@ -179,7 +179,7 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
         factor = torch.where(norm < bound, torch.ones_like(norm), bound / norm)
         return _scaled(us, factor, own), state, True
 
-    return flat_transformation("fm.optim.clip_by_global_norm", _empty, fn)
+    return flat_transformation("fm.optim.clip_by_global_norm", init_empty_state, fn)
 
 
 def scale_by_trust_ratio(
@@ -209,7 +209,7 @@ def scale_by_trust_ratio(
         hyper = (min_norm, coefficient, eps)
         return grouped(math, promoted(us, ps), us, ps, hyper=hyper)[0], state, True
 
-    return flat_transformation(where, _empty, fn, needs_params=True)
+    return flat_transformation(where, init_empty_state, fn, needs_params=True)
 
 
 def scale_by_sign() -> GradientTransformation:
@@ -219,4 +219,4 @@ def scale_by_sign() -> GradientTransformation:
         signs = grouped(lambda ops, d, dev, us: (ops.sign(us),), [u.dtype for u in us], us)
         return signs[0], state, True
 
-    return flat_transformation("fm.optim.scale_by_sign", _empty, fn)
+    return flat_transformation("fm.optim.scale_by_sign", init_empty_state, fn)

@@ -38,6 +38,8 @@ OPTIMISERS = {
     "nadamw": lambda: optim.nadamw(1e-2),
     "lamb": lambda: optim.lamb(1e-2, weight_decay=0.01),
     "lion": lambda: optim.lion(1e-3),
+    "amsgrad": lambda: optim.amsgrad(1e-2),
+    "adamaxw": lambda: optim.adamaxw(1e-2),
     "rmsprop": lambda: optim.rmsprop(1e-2, momentum=0.9),
     "rmsprop-centered": lambda: optim.rmsprop(1e-2, centered=True),
     "rmsprop-bias": lambda: optim.rmsprop(1e-2, eps_in_sqrt=False, bias_correction=True),

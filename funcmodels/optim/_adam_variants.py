@@ -1,0 +1,173 @@
+"""Adam's relatives: AMSGrad and Adamax, in optax's names, defaults and arithmetic."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from ._base import (
+    GradientTransformation,
+    Scalar,
+    chain,
+    check_state,
+    count_like,
+    dtype_arg,
+    flat_transformation,
+    number,
+)
+from ._moments import (
+    ScaleByAdamState,
+    _bias_correction,
+    _flag,
+    _like,
+    _state_leaves,
+    _unflatten,
+    _zeros,
+)
+from ._ops import cast, grouped, promoted, scalar
+from ._transforms import add_decayed_weights, scale_by_learning_rate
+
+
+class ScaleByAmsgradState(NamedTuple):
+    count: torch.Tensor
+    """updates done, a 0-dim int64 tensor"""
+    mu: Any
+    nu: Any
+    nu_max: Any
+    """the largest second-moment estimate so far"""
+
+
+def scale_by_amsgrad(
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad's scaling: Adam's, with the denominator from the largest (bias-corrected,
+    unless ``bias_correction_nu=False``) second-moment estimate so far:
+    ``m_hat / (sqrt(max(nu_hat) + eps_root) + eps)``."""
+    where = "fm.optim.scale_by_amsgrad"
+    b1 = number(where, "b1", b1, below=1.0)
+    b2 = number(where, "b2", b2, below=1.0)
+    eps, eps_root = number(where, "eps", eps), number(where, "eps_root", eps_root)
+    mu_dtype = dtype_arg(where, "mu_dtype", mu_dtype)
+    _flag(where, "bias_correction_mu", bias_correction_mu)
+    _flag(where, "bias_correction_nu", bias_correction_nu)
+
+    def init(params):
+        zeros = _zeros(params, None)
+        return ScaleByAmsgradState(
+            count_like(params), _zeros(params, mu_dtype), zeros, _zeros(params, None)
+        )
+
+    def fn(us, state, ps, spec, own):
+        check_state(state, ScaleByAmsgradState, where)
+        olds = _state_leaves(
+            where,
+            us,
+            spec,
+            [(state.mu, "first moments"), (state.nu, "second moments"), (state.nu_max, "maxima")],
+        )
+        count = state.count + 1
+
+        def math(ops, dtype, device, us, mus, nus, maxs):
+            a, b, e, r = (scalar(v, dtype, device) for v in (b1, b2, eps, eps_root))
+            n = len(us)
+            g = cast(us, [dtype] * n)
+            m = ops.lerp(cast(mus, [dtype] * n), g, 1 - a)
+            v = ops.square_average(cast(nus, [dtype] * n), g, b)
+            m_hat = ops.div(m, _bias_correction(a, count, dtype)) if bias_correction_mu else m
+            v_hat = ops.div(v, _bias_correction(b, count, dtype)) if bias_correction_nu else v
+            top = ops.maximum(cast(maxs, [dtype] * n), v_hat)
+            d = ops.add_scalar_(ops.sqrt_(ops.add_scalar(top, r)), e)
+            return ops.div_into(m_hat, d), _like(m, mus), _like(v, nus), _like(top, maxs)
+
+        hyper = (b1, b2, eps, eps_root)
+        out, *new = grouped(math, promoted(us, *olds), us, *olds, hyper=hyper)
+        return out, ScaleByAmsgradState(count, *_unflatten(spec, *new)), True
+
+    return flat_transformation(where, init, fn)
+
+
+def scale_by_adamax(
+    b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8
+) -> GradientTransformation:
+    """Adamax's scaling (Kingma and Ba, 2015): ``m_hat / nu``, ``nu = max(b2 * nu, |u| +
+    eps)`` the exponentially weighted infinity norm (as :class:`torch.optim.Adamax`)."""
+    where = "fm.optim.scale_by_adamax"
+    b1 = number(where, "b1", b1, below=1.0)
+    b2 = number(where, "b2", b2, below=1.0 + 1e-12)
+    eps = number(where, "eps", eps)
+
+    def init(params):
+        return ScaleByAdamState(count_like(params), _zeros(params, None), _zeros(params, None))
+
+    def fn(us, state, ps, spec, own):
+        check_state(state, ScaleByAdamState, where)
+        olds = _state_leaves(
+            where, us, spec, [(state.mu, "first moments"), (state.nu, "infinity norms")]
+        )
+        count = state.count + 1
+
+        def math(ops, dtype, device, us, mus, nus):
+            a, b, e = (scalar(v, dtype, device) for v in (b1, b2, eps))
+            n = len(us)
+            g = cast(us, [dtype] * n)
+            m = ops.lerp(cast(mus, [dtype] * n), g, 1 - a)
+            v = ops.maximum(ops.add_scalar_(ops.abs(g), e), ops.mul(cast(nus, [dtype] * n), b))
+            out = ops.div_(ops.div(m, v), _bias_correction(a, count, dtype))
+            return out, _like(m, mus), _like(v, nus)
+
+        out, *new = grouped(math, promoted(us, *olds), us, *olds, hyper=(b1, b2, eps))
+        return out, ScaleByAdamState(count, *_unflatten(spec, *new)), True
+
+    return flat_transformation(where, init, fn)
+
+
+def amsgrad(
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``."""
+    lr = number("fm.optim.amsgrad", "learning_rate", learning_rate, schedule=True)
+    return chain(
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu),
+        scale_by_learning_rate(lr),
+    )
+
+
+def adamax(
+    learning_rate: Scalar, b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8
+) -> GradientTransformation:
+    """Adamax: ``chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))``;
+    :class:`torch.optim.Adamax` (without weight decay) up to rounding."""
+    lr = number("fm.optim.adamax", "learning_rate", learning_rate, schedule=True)
+    return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(lr))
+
+
+def adamaxw(
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 1e-4,
+    mask: Any = None,
+) -> GradientTransformation:
+    """Adamax with decoupled weight decay: ``chain(scale_by_adamax(b1, b2, eps),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``."""
+    lr = number("fm.optim.adamaxw", "learning_rate", learning_rate, schedule=True)
+    return chain(
+        scale_by_adamax(b1, b2, eps),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(lr),
+    )
