@@ -49,6 +49,12 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     Put it last in a chain (after the learning rate) to apply the summed steps of ``k``
     micro-batches at once; :class:`MultiSteps` is the usual gradient accumulation.
+
+    Arguments:
+        k: the period, a positive int.
+
+    Returns:
+        A GradientTransformation; its state is an :class:`ApplyEveryState`.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"fm.optim.apply_every: k must be a positive int, got {k!r}")
@@ -74,6 +80,9 @@ def skip_not_finite(updates: Any, gradient_step: torch.Tensor, params: Any) -> t
     """A ``should_skip_update_fn`` for :class:`MultiSteps`: skip a micro-batch whose
     updates hold an inf or a NaN.
 
+    Arguments:
+        updates, gradient_step, params: what :class:`MultiSteps` passes.
+
     Returns:
         ``(should_skip, {"should_skip": ..., "num_not_finite": ...})``, 0-dim tensors.
     """
@@ -91,6 +100,10 @@ def skip_large_updates(
     """A ``should_skip_update_fn`` for :class:`MultiSteps` (bind ``max_squared_norm`` with
     ``functools.partial``): skip a micro-batch whose squared global norm is not below
     ``max_squared_norm`` (NaN included).
+
+    Arguments:
+        updates, gradient_step, params: what :class:`MultiSteps` passes.
+        max_squared_norm: the bound.
 
     Returns:
         ``(should_skip, {"should_skip": ..., "norm_squared": ...})``, 0-dim tensors.
@@ -221,7 +234,15 @@ def multi_steps(
     should_skip_update_fn: Callable[..., tuple] | None = None,
     accumulator_dtype: torch.dtype | None = torch.float32,
 ) -> GradientTransformation:
-    """:class:`MultiSteps` as a GradientTransformation (the same arguments)."""
+    """:class:`MultiSteps` as a GradientTransformation.
+
+    Arguments:
+        opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype:
+            as :class:`MultiSteps`'s.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`MultiStepsState`.
+    """
     return MultiSteps(
         opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype
     ).gradient_transformation()

@@ -49,7 +49,16 @@ def scale_by_amsgrad(
 ) -> GradientTransformation:
     """AMSGrad's scaling: Adam's, with the denominator from the largest (bias-corrected,
     unless ``bias_correction_nu=False``) second-moment estimate so far:
-    ``m_hat / (sqrt(max(nu_hat) + eps_root) + eps)``."""
+    ``m_hat / (sqrt(max(nu_hat) + eps_root) + eps)``.
+
+    Arguments:
+        b1, b2, eps, eps_root, mu_dtype: as :func:`scale_by_adam`'s.
+        bias_correction_mu, bias_correction_nu: correct the first moment; the second
+            before the maximum is taken.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByAmsgradState`.
+    """
     where = "fm.optim.scale_by_amsgrad"
     b1 = number(where, "b1", b1, below=1.0)
     b2 = number(where, "b2", b2, below=1.0)
@@ -97,7 +106,17 @@ def scale_by_adamax(
     b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8
 ) -> GradientTransformation:
     """Adamax's scaling (Kingma and Ba, 2015): ``m_hat / nu``, ``nu = max(b2 * nu, |u| +
-    eps)`` the exponentially weighted infinity norm (as :class:`torch.optim.Adamax`)."""
+    eps)`` the exponentially weighted infinity norm (as :class:`torch.optim.Adamax`).
+
+    Arguments:
+        b1: the first moment's decay.
+        b2: the infinity norm's decay.
+        eps: added to ``|u|``.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByAdamState` (``nu`` the
+        infinity norm).
+    """
     where = "fm.optim.scale_by_adamax"
     b1 = number(where, "b1", b1, below=1.0)
     b2 = number(where, "b2", b2, below=1.0 + 1e-12)
@@ -138,7 +157,15 @@ def amsgrad(
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
 ) -> GradientTransformation:
-    """AMSGrad: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``."""
+    """AMSGrad: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        others: as :func:`scale_by_amsgrad`'s.
+
+    Returns:
+        The chained GradientTransformation.
+    """
     lr = number("fm.optim.amsgrad", "learning_rate", learning_rate, schedule=True)
     return chain(
         scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu),
@@ -150,7 +177,15 @@ def adamax(
     learning_rate: Scalar, b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8
 ) -> GradientTransformation:
     """Adamax: ``chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))``;
-    :class:`torch.optim.Adamax` (without weight decay) up to rounding."""
+    :class:`torch.optim.Adamax` (without weight decay) up to rounding.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps: as :func:`scale_by_adamax`'s.
+
+    Returns:
+        The chained GradientTransformation.
+    """
     lr = number("fm.optim.adamax", "learning_rate", learning_rate, schedule=True)
     return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(lr))
 
@@ -164,7 +199,16 @@ def adamaxw(
     mask: Any = None,
 ) -> GradientTransformation:
     """Adamax with decoupled weight decay: ``chain(scale_by_adamax(b1, b2, eps),
-    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``."""
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps: as :func:`scale_by_adamax`'s.
+        weight_decay, mask: as :func:`add_decayed_weights`'s.
+
+    Returns:
+        The chained GradientTransformation.
+    """
     lr = number("fm.optim.adamaxw", "learning_rate", learning_rate, schedule=True)
     return chain(
         scale_by_adamax(b1, b2, eps),

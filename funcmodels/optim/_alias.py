@@ -65,6 +65,9 @@ def sgd(
         momentum: the trace's decay, ``>= 0``, or ``None`` for none.
         nesterov: Nesterov momentum.
         accumulator_dtype: the dtype of the momentum buffers (``None``: the param's).
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
     """
     where = "fm.optim.sgd"
     lr = _lr(where, learning_rate)
@@ -88,7 +91,15 @@ def adam(
 ) -> GradientTransformation:
     """Adam: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
     scale_by_learning_rate(learning_rate))``; :class:`torch.optim.Adam` (without weight
-    decay) up to rounding."""
+    decay) up to rounding.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     lr = _lr("fm.optim.adam", learning_rate)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
@@ -119,6 +130,9 @@ def adamw(
         mask: the params that decay (a pytree of bools, or a function of the params
             returning one, as :func:`add_decayed_weights`); the others get plain Adam, as
             a torch param group with ``weight_decay=0``.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
     """
     lr = _lr("fm.optim.adamw", learning_rate)
     return chain(
@@ -138,7 +152,11 @@ def nadam(
     *,
     nesterov: bool = True,
 ) -> GradientTransformation:
-    """NAdam: :func:`adam` with ``nesterov=True``."""
+    """NAdam: :func:`adam` with ``nesterov=True`` (the same arguments).
+
+    Returns:
+        The chained GradientTransformation.
+    """
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
@@ -154,7 +172,11 @@ def nadamw(
     *,
     nesterov: bool = True,
 ) -> GradientTransformation:
-    """NAdamW: :func:`adamw` with ``nesterov=True``."""
+    """NAdamW: :func:`adamw` with ``nesterov=True`` (the same arguments).
+
+    Returns:
+        The chained GradientTransformation.
+    """
     return adamw(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov
     )
@@ -171,7 +193,16 @@ def lamb(
 ) -> GradientTransformation:
     """LAMB (You et al., 2020): ``chain(scale_by_adam(b1, b2, eps, eps_root),
     add_decayed_weights(weight_decay, mask), scale_by_trust_ratio(),
-    scale_by_learning_rate(learning_rate))``."""
+    scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps, eps_root: as :func:`scale_by_adam`'s.
+        weight_decay, mask: as :func:`add_decayed_weights`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     lr = _lr("fm.optim.lamb", learning_rate)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root),
@@ -190,7 +221,16 @@ def lion(
     mask: Any = None,
 ) -> GradientTransformation:
     """Lion (Chen et al., 2023): ``chain(scale_by_lion(b1, b2, mu_dtype),
-    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``."""
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, mu_dtype: as :func:`scale_by_lion`'s.
+        weight_decay, mask: as :func:`add_decayed_weights`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     lr = _lr("fm.optim.lion", learning_rate)
     return chain(
         scale_by_lion(b1, b2, mu_dtype),
@@ -216,6 +256,15 @@ def rmsprop(
     With ``eps_in_sqrt=False`` this is :class:`torch.optim.RMSprop` (whose ``alpha`` is
     ``decay``; with a momentum and a schedule, torch scales by the rate after the trace:
     ``chain(scale_by_rms(...), trace(momentum), scale_by_learning_rate(schedule))``).
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction: as :func:`scale_by_rms`'s.
+        centered: :func:`scale_by_stddev` instead of :func:`scale_by_rms`.
+        momentum, nesterov: a :func:`trace` after the scaling (``None``: none).
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
     """
     where = "fm.optim.rmsprop"
     lr = _lr(where, learning_rate)
@@ -236,13 +285,29 @@ def adagrad(
 ) -> GradientTransformation:
     """Adagrad: ``chain(scale_by_rss(initial_accumulator_value, eps),
     scale_by_learning_rate(learning_rate))``. torch's ``lr_decay`` is the schedule
-    ``lambda t: lr / (1 + t * lr_decay)``."""
+    ``lambda t: lr / (1 + t.double() * lr_decay)`` (a schedule's count is an int64
+    tensor: ``t * lr_decay`` alone would be float32, torch's default dtype).
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        initial_accumulator_value, eps: as :func:`scale_by_rss`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     lr = _lr("fm.optim.adagrad", learning_rate)
     return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(lr))
 
 
 def sign_sgd(learning_rate: Scalar) -> GradientTransformation:
-    """signSGD: ``chain(scale_by_sign(), scale_by_learning_rate(learning_rate))``."""
+    """signSGD: ``chain(scale_by_sign(), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     return chain(scale_by_sign(), scale_by_learning_rate(_lr("fm.optim.sign_sgd", learning_rate)))
 
 
@@ -250,7 +315,16 @@ def signum(
     learning_rate: Scalar, beta: Scalar = 0.9, accumulator_dtype: torch.dtype | None = None
 ) -> GradientTransformation:
     """Signum, signSGD with momentum: ``chain(ema(beta, debias=False), scale_by_sign(),
-    scale_by_learning_rate(learning_rate))``."""
+    scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        beta: the moving average's decay.
+        accumulator_dtype: as :func:`ema`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     lr = _lr("fm.optim.signum", learning_rate)
     return chain(
         ema(beta, debias=False, accumulator_dtype=accumulator_dtype),

@@ -168,6 +168,9 @@ def scale_by_adam(
         eps_root: added inside the square root (to differentiate through the update).
         mu_dtype: dtype of the first moment (``None``: the param's).
         nesterov: Nesterov momentum.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByAdamState`.
     """
     where = "fm.optim.scale_by_adam"
     b1 = number(where, "b1", b1, below=1.0)
@@ -224,7 +227,19 @@ def scale_by_rms(
     """RMSprop's scaling: ``u / sqrt(nu + eps)`` (``u / (sqrt(nu) + eps)`` with
     ``eps_in_sqrt=False``, as :class:`torch.optim.RMSprop`), ``nu = decay * nu + (1 -
     decay) * u**2`` starting at ``initial_scale`` (bias-corrected with
-    ``bias_correction``)."""
+    ``bias_correction``).
+
+    Arguments:
+        decay: the moving average's decay, in ``[0, 1]``.
+        eps: added inside (``eps_in_sqrt``) or outside the square root.
+        initial_scale: the average's start.
+        eps_in_sqrt: where ``eps`` goes.
+        bias_correction: divide the average by ``1 - decay**t``.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByRmsState` (with
+        ``bias_correction``: :class:`ScaleByRmsWithCountState`).
+    """
     return _rms(
         "fm.optim.scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction
     )
@@ -239,7 +254,15 @@ def scale_by_stddev(
 ) -> GradientTransformation:
     """Centered RMSprop's scaling: :func:`scale_by_rms` with ``nu - mu**2`` for ``nu``,
     ``mu`` the running mean of the updates (as :class:`torch.optim.RMSprop` with
-    ``centered=True`` and ``eps_in_sqrt=False``)."""
+    ``centered=True`` and ``eps_in_sqrt=False``).
+
+    Arguments:
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction: as :func:`scale_by_rms`'s.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByRStdDevState` (with
+        ``bias_correction``: :class:`ScaleByRStdDevWithCountState`).
+    """
     return _rms(
         "fm.optim.scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction
     )
@@ -308,7 +331,15 @@ def scale_by_rss(
     initial_accumulator_value: Scalar = 0.1, eps: Scalar = 1e-7
 ) -> GradientTransformation:
     """Adagrad's scaling: ``u / sqrt(s + eps)`` (0 where ``s`` is 0), ``s`` the sum of the
-    squared updates so far, starting at ``initial_accumulator_value``."""
+    squared updates so far, starting at ``initial_accumulator_value``.
+
+    Arguments:
+        initial_accumulator_value: the sum's start, ``>= 0``.
+        eps: added inside the square root.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByRssState`.
+    """
     where = "fm.optim.scale_by_rss"
     initial = number(where, "initial_accumulator_value", initial_accumulator_value)
     eps = number(where, "eps", eps)
@@ -348,7 +379,18 @@ def scale_by_lion(
 ) -> GradientTransformation:
     """Lion's direction (Chen et al., 2023): ``sign(b1 * mu + (1 - b1) * u)`` (``mode=
     'smooth'``: ``tanh(smooth_beta * .)``; ``'refined'``: linear inside ``(-1, 1)``), then
-    ``mu = b2 * mu + (1 - b2) * u``."""
+    ``mu = b2 * mu + (1 - b2) * u``.
+
+    Arguments:
+        b1: the weight of the momentum in the direction.
+        b2: the momentum's decay.
+        mu_dtype: the momentum's dtype (``None``: the param's).
+        mode: ``'hard'``, ``'smooth'`` or ``'refined'``.
+        smooth_beta: the slope of ``'smooth'``.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByLionState`.
+    """
     where = "fm.optim.scale_by_lion"
     b1 = number(where, "b1", b1, below=1.0 + 1e-12)
     b2 = number(where, "b2", b2, below=1.0 + 1e-12)
@@ -388,7 +430,16 @@ def trace(
     decay: Scalar, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
 ) -> GradientTransformation:
     """Momentum: ``t = u + decay * t`` (``t`` starts at zero, so the first ``t`` is ``u``,
-    as torch's SGD), and the update is ``t``, or ``u + decay * t`` with ``nesterov``."""
+    as torch's SGD), and the update is ``t``, or ``u + decay * t`` with ``nesterov``.
+
+    Arguments:
+        decay: the momentum, ``>= 0``.
+        nesterov: Nesterov momentum.
+        accumulator_dtype: the buffers' dtype (``None``: the param's).
+
+    Returns:
+        A GradientTransformation; its state is a :class:`TraceState`.
+    """
     where = "fm.optim.trace"
     decay = number(where, "decay", decay)
     _flag(where, "nesterov", nesterov)
@@ -419,7 +470,16 @@ def ema(
 ) -> GradientTransformation:
     """An exponential moving average of the updates: ``e = decay * e + (1 - decay) * u``
     (``e`` starts at zero), the update ``e / (1 - decay**t)`` (``e`` itself without
-    ``debias``). For a moving average of the params, see :func:`incremental_update`."""
+    ``debias``). For a moving average of the params, see :func:`incremental_update`.
+
+    Arguments:
+        decay: the average's decay, in ``[0, 1]``.
+        debias: divide by ``1 - decay**t``.
+        accumulator_dtype: the average's dtype (``None``: the param's).
+
+    Returns:
+        A GradientTransformation; its state is an :class:`EmaState`.
+    """
     where = "fm.optim.ema"
     decay = number(where, "decay", decay, below=1.0 + 1e-12)
     _flag(where, "debias", debias)

@@ -47,7 +47,14 @@ def _steps(where: str, name: str, value: object, *, positive: bool = True) -> in
 
 
 def constant_schedule(value: float) -> Schedule:
-    """``value`` at every step."""
+    """``value`` at every step.
+
+    Arguments:
+        value: a finite number.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     value = _real("fm.optim.constant_schedule", "value", value)
     return lambda count: torch.full_like(_count(count), value)
 
@@ -62,7 +69,16 @@ def polynomial_schedule(
     """``(init - end) * (1 - t / steps) ** power + end``, ``t`` the count after
     ``transition_begin`` clipped to ``[0, transition_steps]``; ``init_value`` throughout
     when ``transition_steps <= 0`` (a negative ``transition_begin`` counts as 0), as
-    optax's."""
+    optax's.
+
+    Arguments:
+        init_value, end_value: the values before and after the transition.
+        power: the exponent of the decay.
+        transition_steps, transition_begin: its length and start, in steps.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     where = "fm.optim.polynomial_schedule"
     a, b = _real(where, "init_value", init_value), _real(where, "end_value", end_value)
     power = _real(where, "power", power)
@@ -83,7 +99,15 @@ def linear_schedule(
 ) -> Schedule:
     """From ``init_value`` to ``end_value`` linearly over ``transition_steps`` steps,
     starting after ``transition_begin`` steps; constant before and after
-    (:func:`polynomial_schedule` with ``power=1``)."""
+    (:func:`polynomial_schedule` with ``power=1``).
+
+    Arguments:
+        init_value, end_value: the values before and after the transition.
+        transition_steps, transition_begin: its length and start, in steps.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     return polynomial_schedule(init_value, end_value, 1.0, transition_steps, transition_begin)
 
 
@@ -92,7 +116,20 @@ def cosine_decay_schedule(
 ) -> Schedule:
     """``init * ((1 - alpha) * c ** exponent + alpha)``, ``c = (1 + cos(pi * t / steps)) / 2``,
     ``t`` the count clipped to ``decay_steps`` (as torch's ``CosineAnnealingLR`` with
-    ``eta_min = alpha * init``, for ``exponent = 1``)."""
+    ``eta_min = alpha * init``, for ``exponent = 1``).
+
+    Arguments:
+        init_value: the value at step 0.
+        decay_steps: the length of the decay, positive.
+        alpha: the final value as a fraction of ``init_value``.
+        exponent: the power of the cosine factor.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+
+    Raises:
+        ValueError: ``decay_steps`` not positive.
+    """
     where = "fm.optim.cosine_decay_schedule"
     init = _real(where, "init_value", init_value)
     steps = _steps(where, "decay_steps", decay_steps)
@@ -109,7 +146,15 @@ def cosine_decay_schedule(
 
 def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then
-    ``peak_value``."""
+    ``peak_value``.
+
+    Arguments:
+        init_value, peak_value: the values at step 0 and after the warmup.
+        warmup_steps: the length of the warmup.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
@@ -123,7 +168,20 @@ def warmup_cosine_decay_schedule(
 ) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then
     cosine decay to ``end_value`` at step ``decay_steps`` (which counts the warmup, as
-    optax's)."""
+    optax's).
+
+    Arguments:
+        init_value, peak_value, end_value: the values at step 0, after the warmup and at
+            ``decay_steps``.
+        warmup_steps, decay_steps: the warmup's length; the whole schedule's.
+        exponent: the power of the cosine factor.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+
+    Raises:
+        ValueError: ``decay_steps <= warmup_steps``.
+    """
     where = "fm.optim.warmup_cosine_decay_schedule"
     peak = _real(where, "peak_value", peak_value)
     warmup = _int(where, "warmup_steps", warmup_steps)
@@ -152,7 +210,19 @@ def exponential_decay(
     """``init * decay_rate ** (t / transition_steps)`` (``floor`` of the exponent with
     ``staircase``, as torch's ``StepLR``), ``t`` the count after ``transition_begin``,
     bounded by ``end_value`` when given; ``init_value`` throughout when
-    ``transition_steps <= 0`` or ``decay_rate == 0``, as optax's."""
+    ``transition_steps <= 0`` or ``decay_rate == 0``, as optax's.
+
+    Arguments:
+        init_value: the value before the decay starts.
+        transition_steps: the steps over which the value is multiplied by ``decay_rate``.
+        decay_rate: the factor, ``>= 0``.
+        transition_begin: the step the decay starts at.
+        staircase: decay in whole steps of ``transition_steps``.
+        end_value: a bound the value does not pass (or ``None``).
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     where = "fm.optim.exponential_decay"
     init = _real(where, "init_value", init_value)
     steps = _int(where, "transition_steps", transition_steps)
@@ -190,7 +260,16 @@ def warmup_exponential_decay_schedule(
 ) -> Schedule:
     """Linear warmup to ``peak_value`` over ``warmup_steps``, then
     :func:`exponential_decay` from ``peak_value`` (its count starting at the warmup's
-    end)."""
+    end).
+
+    Arguments:
+        init_value, peak_value, warmup_steps: the warmup's.
+        transition_steps, decay_rate, transition_begin, staircase, end_value: the
+            decay's, as :func:`exponential_decay`'s.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     warmup = _int("fm.optim.warmup_exponential_decay_schedule", "warmup_steps", warmup_steps)
     decay = exponential_decay(
         peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value
@@ -202,7 +281,15 @@ def piecewise_constant_schedule(
     init_value: float, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> Schedule:
     """``init_value``, multiplied by ``scale`` from step ``boundary`` on, for each entry
-    (as torch's ``MultiStepLR`` with per-milestone factors)."""
+    (as torch's ``MultiStepLR`` with per-milestone factors).
+
+    Arguments:
+        init_value: the value at step 0.
+        boundaries_and_scales: ``{boundary step: scale >= 0}``.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     where = "fm.optim.piecewise_constant_schedule"
     init = _real(where, "init_value", init_value)
     items = _boundaries(where, boundaries_and_scales)
@@ -223,7 +310,16 @@ def piecewise_interpolate_schedule(
     boundaries_and_scales: Mapping[int, float] | None = None,
 ) -> Schedule:
     """Values at the boundaries as :func:`piecewise_constant_schedule`'s, joined by
-    ``'linear'`` or ``'cosine'`` interpolation between them."""
+    ``'linear'`` or ``'cosine'`` interpolation between them.
+
+    Arguments:
+        interpolate_type: ``'linear'`` or ``'cosine'``.
+        init_value: the value at step 0.
+        boundaries_and_scales: ``{boundary step: scale >= 0}``.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     where = "fm.optim.piecewise_interpolate_schedule"
     if interpolate_type not in ("linear", "cosine"):
         raise ValueError(f"{where}: interpolate_type must be 'linear' or 'cosine'")
@@ -259,9 +355,19 @@ def linear_onecycle_schedule(
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
 ) -> Schedule:
-    """The one-cycle policy, linear: up from ``peak / div_factor`` to ``peak`` over
-    ``pct_start`` of the steps, down again by ``pct_final``, then to ``peak /
-    final_div_factor``... as optax's (Smith and Topin, 2018)."""
+    """The one-cycle policy, linear (Smith and Topin, 2018): up from ``peak /
+    div_factor`` to ``peak`` over ``pct_start`` of the steps, back down by ``pct_final``,
+    then to ``peak / (div_factor * final_div_factor)``, as optax's.
+
+    Arguments:
+        transition_steps: the length of the cycle, positive.
+        peak_value: the highest value.
+        pct_start, pct_final: the fractions of the cycle where the rise and the fall end.
+        div_factor, final_div_factor: the start's and the end's divisors.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     steps = _steps("fm.optim.linear_onecycle_schedule", "transition_steps", transition_steps)
     return piecewise_interpolate_schedule(
         "linear",
@@ -283,7 +389,17 @@ def cosine_onecycle_schedule(
 ) -> Schedule:
     """The one-cycle policy with cosine steps: up from ``peak / div_factor`` to ``peak``
     over ``pct_start`` of the steps, then down to ``peak / (div_factor *
-    final_div_factor)``, as optax's."""
+    final_div_factor)``, as optax's.
+
+    Arguments:
+        transition_steps: the length of the cycle, positive.
+        peak_value: the highest value.
+        pct_start: the fraction of the cycle where the rise ends.
+        div_factor, final_div_factor: the start's and the end's divisors.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     steps = _steps("fm.optim.cosine_onecycle_schedule", "transition_steps", transition_steps)
     return piecewise_interpolate_schedule(
         "cosine",
@@ -295,7 +411,14 @@ def cosine_onecycle_schedule(
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, float]]) -> Schedule:
     """Warm restarts (Loshchilov and Hutter, 2017): one
     :func:`warmup_cosine_decay_schedule` per entry of keyword arguments, each starting
-    when the previous one's ``decay_steps`` are over."""
+    when the previous one's ``decay_steps`` are over.
+
+    Arguments:
+        cosine_kwargs: the keyword arguments of each cycle's warmup-cosine schedule.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+    """
     schedules, boundaries, step = [], [], 0
     for kwargs in cosine_kwargs:
         schedules.append(warmup_cosine_decay_schedule(**kwargs))
@@ -306,7 +429,18 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, float]]) -> Schedule:
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """``schedules[0]`` until ``boundaries[0]``, then ``schedules[1]`` (its count starting
-    again at 0), and so on; ``len(boundaries) == len(schedules) - 1``."""
+    again at 0), and so on.
+
+    Arguments:
+        schedules: the schedules, in order.
+        boundaries: increasing steps, ``len(schedules) - 1`` of them.
+
+    Returns:
+        A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+
+    Raises:
+        TypeError, ValueError: not schedules; boundaries of the wrong number or order.
+    """
     where = "fm.optim.join_schedules"
     if not schedules or not all(callable(s) for s in schedules):
         raise TypeError(f"{where}: schedules must be a non-empty list of schedules")

@@ -51,7 +51,14 @@ def _scaled(us: Tensors, factor: Any, own: bool) -> Tensors:
 
 
 def scale(step_size: Scalar) -> GradientTransformation:
-    """Multiply the updates by ``step_size`` (any sign; a number or a 0-dim tensor)."""
+    """Multiply the updates by ``step_size``.
+
+    Arguments:
+        step_size: any sign; a number or a 0-dim tensor.
+
+    Returns:
+        A GradientTransformation keeping no state.
+    """
     step_size = number("fm.optim.scale", "step_size", step_size, lo=-float("inf"))
 
     def fn(us, state, ps, spec, own):
@@ -62,7 +69,14 @@ def scale(step_size: Scalar) -> GradientTransformation:
 
 def scale_by_schedule(step_size_fn) -> GradientTransformation:
     """Multiply the updates by ``step_size_fn(count)``, ``count`` the updates done before
-    (a 0-dim int64 tensor); the value is cast to each leaf's dtype."""
+    (a 0-dim int64 tensor); the value is cast to each leaf's dtype.
+
+    Arguments:
+        step_size_fn: a schedule.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ScaleByScheduleState`.
+    """
     where = "fm.optim.scale_by_schedule"
     if not callable(step_size_fn):
         raise TypeError(f"{where}: expected a schedule, got {step_size_fn!r}")
@@ -83,8 +97,14 @@ def scale_by_learning_rate(
 ) -> GradientTransformation:
     """Multiply the updates by ``-learning_rate`` (``+`` with ``flip_sign=False``).
 
-    ``learning_rate``: a number, a 0-dim tensor, a schedule of the step count, or ``None``
-    (no scaling).
+    Arguments:
+        learning_rate: a number, a 0-dim tensor, a schedule of the step count, or
+            ``None`` (no scaling).
+        flip_sign: scale by ``-learning_rate`` (descent).
+
+    Returns:
+        A GradientTransformation (:func:`scale`, :func:`scale_by_schedule` or
+        :func:`identity`).
     """
     if learning_rate is None:
         return identity()
@@ -105,6 +125,11 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
         mask: which params decay: a pytree of bools like the params (or a prefix of it),
             or a function of the params returning one (``fm.tree.map_with_path`` builds it
             from names); ``None`` decays all.
+
+    Returns:
+        A GradientTransformation needing the params; its state is empty, or a
+        :class:`WeightDecayScheduleState` for a schedule (a :class:`MaskedState` around
+        it with a mask).
     """
     where = "fm.optim.add_decayed_weights"
     wd = number(where, "weight_decay", weight_decay, schedule=True)
@@ -139,7 +164,14 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
 
 
 def clip(max_delta: Scalar) -> GradientTransformation:
-    """Clamp every update element to ``[-max_delta, max_delta]``."""
+    """Clamp every update element to ``[-max_delta, max_delta]``.
+
+    Arguments:
+        max_delta: the bound, ``>= 0`` (a number or a 0-dim tensor).
+
+    Returns:
+        A GradientTransformation keeping no state.
+    """
     bound = number("fm.optim.clip", "max_delta", max_delta)
 
     def fn(us, state, ps, spec, own):
@@ -154,7 +186,14 @@ def clip(max_delta: Scalar) -> GradientTransformation:
 
 def global_norm(updates: Any) -> torch.Tensor:
     """The 2-norm of all update elements together: the norm of the leaves' norms (as
-    ``clip_grad_norm_`` computes it), a 0-dim tensor."""
+    ``clip_grad_norm_`` computes it).
+
+    Arguments:
+        updates: a pytree of tensors.
+
+    Returns:
+        A 0-dim tensor.
+    """
     return _global_norm(pytree.tree_leaves(updates))
 
 
@@ -171,7 +210,14 @@ def _global_norm(leaves: Tensors) -> torch.Tensor:
 def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
     """Scale all updates by ``max_norm / norm`` where their global 2-norm ``norm`` is at
     least ``max_norm`` (optax's rule; ``clip_grad_norm_`` uses ``max_norm / (norm + 1e-6)``,
-    a relative difference of ``1e-6 / norm``)."""
+    a relative difference of ``1e-6 / norm``).
+
+    Arguments:
+        max_norm: the largest global norm let through, ``>= 0``.
+
+    Returns:
+        A GradientTransformation keeping no state.
+    """
     bound = number("fm.optim.clip_by_global_norm", "max_norm", max_norm)
 
     def fn(us, state, ps, spec, own):
@@ -187,6 +233,14 @@ def scale_by_trust_ratio(
 ) -> GradientTransformation:
     """LAMB's layer-wise scaling: each update times ``trust_coefficient * |param| /
     (|update| + eps)``, both norms floored at ``min_norm``; 1 where either norm is 0.
+
+    Arguments:
+        min_norm: the floor of both norms.
+        trust_coefficient: a factor on the ratio.
+        eps: added to the update's norm.
+
+    Returns:
+        A GradientTransformation needing the params, keeping no state.
 
     Raises:
         ValueError: from ``update`` without the params.
@@ -213,7 +267,11 @@ def scale_by_trust_ratio(
 
 
 def scale_by_sign() -> GradientTransformation:
-    """Replace each update element by its sign (signSGD's direction)."""
+    """Replace each update element by its sign (signSGD's direction).
+
+    Returns:
+        A GradientTransformation keeping no state.
+    """
 
     def fn(us, state, ps, spec, own):
         signs = grouped(lambda ops, d, dev, us: (ops.sign(us),), [u.dtype for u in us], us)

@@ -50,6 +50,15 @@ def periodic_update(
 
     With a tensor ``steps`` the choice is a ``torch.where`` per leaf (no host sync, so it
     traces under ``torch.compile`` and maps under ``vmap``).
+
+    Arguments:
+        new_tensors, old_tensors: two pytrees of the same structure.
+        steps: the online network's step count (an int or an integer tensor).
+        update_period: a positive int.
+
+    Returns:
+        ``new_tensors`` or ``old_tensors`` (with a tensor ``steps``: a new tree whose
+        leaves come from one or the other).
     """
     news, spec = pytree.tree_flatten(new_tensors)
     olds = flatten_like(old_tensors, spec, "old_tensors", "new_tensors")

@@ -132,6 +132,9 @@ def multi_transform(
             returning one (``fm.tree.map_with_path`` builds it from layer paths); a
             prefix of the params' structure labels whole subtrees.
         mask_compatible_extra_args: as :func:`masked`'s (nothing to mask here).
+
+    Returns:
+        A GradientTransformation; its state is a :class:`MultiTransformState`.
     """
     where = "fm.optim.multi_transform"
     if not isinstance(transforms, Mapping) or not transforms:
