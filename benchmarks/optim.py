@@ -20,15 +20,26 @@ Trees: an MLP 64-128-128-10 (6 tensors, 26,122 values) and ResNet-18 (62 tensors
 Every contender first runs the same steps from the same values as its torch counterpart
 and must agree (``rtol=1e-4``; ``donated_adamw`` and ``AdamW(fused=True)`` bitwise).
 
-Run: ``python benchmarks/optim.py [--quick] [--threads 2] [--skip-compiled]``.
+``--cpu-time 1`` times each contender by the CPU time of the process rather than the wall
+clock (interleaved the same way): on a machine shared with other jobs the wall clock of a
+memory-bound step moves by tens of percent between rounds, the CPU time much less.
+
+``--compiled-paths 1`` instead compares the compiled full step leaf by leaf (what fm.optim
+does under ``torch.compile``) with the same step forced onto the multi-tensor kernels,
+with each one's compile time.
+
+Run: ``python benchmarks/optim.py [--quick] [--threads 2] [--skip-compiled 1]
+[--cpu-time 1] [--compiled-paths 1]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 
 import torch
-from common import parse_args, report, row, time_interleaved
+from common import Timing, parse_args, report, row, time_interleaved
 from init_resnet18 import resnet18_spec
 
 import funcmodels as fm
@@ -53,17 +64,23 @@ def make(spec):
 
 
 @contextlib.contextmanager
-def leaf_by_leaf():
-    """Measurement only: the multi-tensor kernels off, as inside torch.func transforms."""
+def kernels(multi_tensor: bool):
+    """Measurement only: the multi-tensor kernels off (as inside torch.func transforms),
+    or on even under torch.compile (where fm.optim runs leaf by leaf)."""
     scan = _ops._scan
-    _ops._scan = lambda lists, hyper: (scan(lists, hyper)[0], False)
+
+    def forced(lists, hyper):
+        records = scan(lists, hyper)[0]
+        return records, multi_tensor and not records
+
+    _ops._scan = forced
     try:
         yield
     finally:
         _ops._scan = scan
 
 
-def ours(params, grads, opt, compiled: bool = False, slow: bool = False):
+def ours(params, grads, opt, compiled: bool = False, slow: bool = False, multi: bool = False):
     def step(p, s):
         updates, s = opt.update(grads, s, p)
         return optim.apply_updates(p, updates), s
@@ -72,7 +89,8 @@ def ours(params, grads, opt, compiled: bool = False, slow: bool = False):
     box = {"p": params, "s": opt.init(params)}
 
     def once():
-        with leaf_by_leaf() if slow else contextlib.nullcontext():
+        forced = kernels(multi) if slow or multi else contextlib.nullcontext()
+        with forced:
             box["p"], box["s"] = fn(box["p"], box["s"])
 
     return once, box
@@ -125,9 +143,35 @@ def adamw_contenders(params, grads) -> dict:
     return {name: fn for name, (fn, _) in fns.items()}
 
 
-def adamw_rows(name: str, fns: dict, repeats: int, threads: int) -> list[str]:
-    timings = time_interleaved(fns, repeats=repeats, warmup=3, min_sample_s=0.2)
-    what = f"AdamW step, {name} tree, eager, CPU, {threads} threads"
+def time_cpu(fns: dict, repeats: int, calls: int = 5) -> dict[str, Timing]:
+    """As ``time_interleaved`` (a new random order each round, one untimed call before
+    each sample), timed by the process's CPU time."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = random.Random(0)
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        names = list(fns)
+        order.shuffle(names)
+        for name in names:
+            fns[name]()
+            start = time.process_time()
+            for _ in range(calls):
+                fns[name]()
+            samples[name].append((time.process_time() - start) / calls)
+    return {name: Timing(name, tuple(s)) for name, s in samples.items()}
+
+
+def timed(fns: dict, repeats: int, cpu: bool) -> dict[str, Timing]:
+    if cpu:
+        return time_cpu(fns, repeats)
+    return time_interleaved(fns, repeats=repeats, warmup=3, min_sample_s=0.2)
+
+
+def adamw_rows(name: str, fns: dict, repeats: int, threads: int, cpu: bool) -> list[str]:
+    timings = timed(fns, repeats, cpu)
+    clock = "CPU time" if cpu else "wall clock"
+    what = f"AdamW step, {name} tree, eager, CPU, {threads} threads, {clock}"
     base, fused = "torch AdamW(foreach)", "torch AdamW(fused)"
     return [
         row(what, timings, base),
@@ -148,10 +192,10 @@ def adamw_rows(name: str, fns: dict, repeats: int, threads: int) -> list[str]:
     ]
 
 
-def full_step(params, grads, compiled: bool):
+def full_step(params, grads, compiled: bool, multi: bool = False):
     schedule = optim.warmup_cosine_decay_schedule(0.0, LR, WARMUP, TOTAL)
     opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(schedule, weight_decay=WD))
-    return ours(params, grads, opt, compiled=compiled)
+    return ours(params, grads, opt, compiled=compiled, multi=multi)
 
 
 def torch_full_step(params, grads):
@@ -175,7 +219,9 @@ def torch_full_step(params, grads):
     return once, leaves
 
 
-def full_step_rows(params, grads, repeats: int, threads: int, compiled: bool) -> list[str]:
+def full_step_rows(
+    params, grads, repeats: int, threads: int, compiled: bool, cpu: bool
+) -> list[str]:
     a, box = full_step(params, grads, compiled=False)
     b, leaves = torch_full_step(params, grads)
     for _ in range(3):
@@ -185,8 +231,9 @@ def full_step_rows(params, grads, repeats: int, threads: int, compiled: bool) ->
     fns = {"funcmodels eager": a, "torch (foreach)": b}
     if compiled:
         fns["funcmodels compiled"] = full_step(params, grads, compiled=True)[0]
-    timings = time_interleaved(fns, repeats=repeats, warmup=3, min_sample_s=0.2)
-    what = f"clip + AdamW + warmup-cosine step, ResNet-18 tree (11.7M), CPU, {threads} threads"
+    timings = timed(fns, repeats, cpu)
+    clock = "CPU time" if cpu else "wall clock"
+    what = f"clip + AdamW + warmup-cosine step, ResNet-18 (11.7M), CPU, {threads} threads, {clock}"
     base = "torch (foreach)"
     rows = [
         row(what, timings, base),
@@ -207,21 +254,48 @@ def full_step_rows(params, grads, repeats: int, threads: int, compiled: bool) ->
     return rows
 
 
+def compiled_paths_rows(spec_name: str, spec, repeats: int, threads: int) -> list[str]:
+    """The compiled full step leaf by leaf (fm.optim's choice) against the same step on
+    the multi-tensor kernels, with each one's compile time (the first call)."""
+    params, grads = make(spec)
+    fns, compile_s = {}, {}
+    for name, multi in (("compiled, leaf by leaf", False), ("compiled, multi-tensor", True)):
+        torch._dynamo.reset()
+        fn = full_step(params, grads, compiled=True, multi=multi)[0]
+        start = time.perf_counter()
+        fn()
+        compile_s[name] = time.perf_counter() - start
+        fns[name] = fn
+    timings = time_interleaved(fns, repeats=repeats, warmup=3, min_sample_s=0.2)
+    what = f"clip + AdamW + warmup-cosine step, {spec_name}, CPU, {threads} threads"
+    a, b = "compiled, multi-tensor", "compiled, leaf by leaf"
+    print({name: f"{t:.1f} s to compile" for name, t in compile_s.items()})
+    return [row(what, timings, b), row(what, timings, a, ratio_of=(a, b))]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(
         __doc__.splitlines()[0],
         argv,
         skip_compiled=(int, 0, "1: leave out the compiled step (minutes of compile time)"),
+        cpu_time=(int, 0, "1: time by the process's CPU time instead of the wall clock"),
+        compiled_paths=(int, 0, "1: only compare the compiled step leaf by leaf / multi-tensor"),
     )
     repeats = args.repeats or (5 if args.quick else 15)
+    if args.compiled_paths:
+        rows = compiled_paths_rows("MLP 64-128-128-10", mlp_spec(), repeats, args.threads)
+        rows += compiled_paths_rows("ResNet-18", resnet18_spec(), repeats, args.threads)
+        report(rows, args.threads)
+        return
     rows = []
     for name, spec in (("MLP 64-128-128-10", mlp_spec()), ("ResNet-18", resnet18_spec())):
         params, grads = make(spec)
         fns = adamw_contenders(params, grads)
         print(f"{name}: fm.optim and torch agree after 3 AdamW steps")
-        rows += adamw_rows(name, fns, repeats, args.threads)
+        rows += adamw_rows(name, fns, repeats, args.threads, bool(args.cpu_time))
     params, grads = make(resnet18_spec())
-    rows += full_step_rows(params, grads, repeats, args.threads, not args.skip_compiled)
+    compiled, cpu = not args.skip_compiled, bool(args.cpu_time)
+    rows += full_step_rows(params, grads, repeats, args.threads, compiled, cpu)
     report(rows, args.threads)
 
 

@@ -216,11 +216,6 @@ def number(
     return value
 
 
-def at(value: Scalar, count: torch.Tensor) -> float | torch.Tensor:
-    """A hyperparameter's value at step ``count`` (a schedule is called, others returned)."""
-    return value(count) if callable(value) and not isinstance(value, torch.Tensor) else value
-
-
 def is_schedule(value: Scalar) -> bool:
     return callable(value) and not isinstance(value, torch.Tensor)
 

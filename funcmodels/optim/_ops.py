@@ -25,13 +25,6 @@ Tensors = list[torch.Tensor]
 Scalar = float | torch.Tensor
 
 
-def records(*trees: Any) -> bool:
-    """Whether autograd (or forward-mode AD) records through a tensor of ``trees`` (lists
-    of tensors, tensors, numbers); then every op makes a new tensor (an in-place op would
-    overwrite what backward needs)."""
-    return _scan([t if isinstance(t, (list, tuple)) else [t] for t in trees], ())[0]
-
-
 def multi_tensor_allowed(*lists: Sequence[torch.Tensor]) -> bool:
     """Whether the multi-tensor kernels may run on ``lists``: eager mode, outside
     ``torch.func`` transforms (no batching rule) and forward-mode AD, plain tensors that
