@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import weakref
@@ -63,7 +64,7 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     cls = type(tree)
     if (cls is Params or cls is State) and not torch.compiler.is_compiling():
         leaves = list(tree._flat.values())
-        if all(isinstance(t, torch.Tensor) for t in leaves):
+        if all(map(isinstance, leaves, itertools.repeat(torch.Tensor))):
             key = (cls, id(tree.spec), tuple(tree._flat))
             hit = _STRUCTURES.get(key)
             if hit is None or hit[0] is not tree.spec:

@@ -14,6 +14,7 @@ promotes a leaf (a 0-dim float64 tensor would promote a 0-dim float32 leaf).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,25 +38,24 @@ def eager() -> bool:
     return not torch.compiler.is_compiling() and maybe_current_level() is None
 
 
-def _scan(lists: Sequence[Sequence[Any]], hyper: Sequence[Any]) -> tuple[bool, bool]:
-    """``(records, multi-tensor allowed)`` in one pass over ``lists`` (of tensors) and
-    ``hyper`` (numbers and tensors)."""
+def _scan(lists: Sequence[Sequence[torch.Tensor]], hyper: Sequence[Any]) -> tuple[bool, bool]:
+    """``(records, multi-tensor allowed)`` for ``lists`` (of tensors) and ``hyper``
+    (numbers and tensors), in loops that run in C (this is paid on every piece's step)."""
     if torch.autograd.forward_ad._current_level >= 0:
         return True, False
     grad = torch.is_grad_enabled()
+    if grad and any(isinstance(h, torch.Tensor) and h.requires_grad for h in hyper):
+        return True, False
     plain = eager()
-    for h in hyper:
-        if grad and isinstance(h, torch.Tensor) and h.requires_grad:
-            return True, False
     for xs in lists:
-        for x in xs:
-            if not isinstance(x, torch.Tensor):
-                continue
-            if grad and x.requires_grad:
-                return True, False
-            if plain and type(x) is not torch.Tensor:
-                plain = False
+        if grad and any(map(_REQUIRES_GRAD, xs)):
+            return True, False
+        plain = plain and set(map(type, xs)) <= _PLAIN
     return False, plain
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_PLAIN = {torch.Tensor}
 
 
 def scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Scalar:
