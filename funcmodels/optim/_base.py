@@ -263,6 +263,8 @@ class Flat(NamedTuple):
     fn: Callable[..., tuple[list, Any, bool]]
     needs_params: bool
     where: str
+    fuse: tuple[str, Callable] | None = None
+    """the piece's part in a fused Adam step (see :func:`_fusion`)"""
 
 
 #: update functions -> their list form. A registry, not attributes: ``functools.wraps``
@@ -277,6 +279,7 @@ def flat_transformation(
     fn: Callable[..., tuple[list, Any, bool]],
     *,
     needs_params: bool = False,
+    fuse: tuple[str, Callable] | None = None,
 ) -> GradientTransformation:
     """A GradientTransformation from its list form ``fn`` (see :class:`Flat`)."""
 
@@ -286,7 +289,7 @@ def flat_transformation(
         return unflatten(out, spec), state
 
     if not torch.compiler.is_compiling():  # made inside a compiled step: never read there
-        _FLAT[update] = Flat(fn, needs_params, where)
+        _FLAT[update] = Flat(fn, needs_params, where, fuse)
     return GradientTransformation(init, update)
 
 
@@ -305,6 +308,37 @@ def set_to_zero() -> GradientTransformation:
         return [torch.zeros_like(u) for u in us], state, True
 
     return flat_transformation("fm.optim.set_to_zero", init_empty_state, fn)
+
+
+_NO_PARAMS = "needs the params; call update(updates, state, params)"
+
+
+def _fusion(flats: list[Flat | None], i: int) -> int:
+    """How many pieces from ``i`` run as one Adam step: ``scale_by_adam`` then a scale (the
+    learning rate), with an unmasked ``add_decayed_weights`` between them or not (0: no
+    such run). The step folds the scale into Adam's denominator and adds the decay with
+    it: two passes over the leaves fewer, the same values up to rounding."""
+    kinds = [f.fuse[0] if f is not None and f.fuse is not None else None for f in flats[i : i + 3]]
+    if kinds[:1] != ["adam"]:
+        return 0
+    if kinds[1:2] == ["scale"]:
+        return 2
+    return 3 if kinds[1:3] == ["decay", "scale"] else 0
+
+
+def _fused(flats: list[Flat], us, states, ps, spec) -> tuple[list, list]:
+    """Run the pieces :func:`_fusion` found as one step: ``(updates, their states)``."""
+    decay = None
+    out_states = [None] * len(flats)
+    if len(flats) == 3:
+        if ps is None:
+            raise ValueError(f"{flats[1].where}: {_NO_PARAMS}")
+        decay, out_states[1] = flats[1].fuse[1](states[1])
+        if isinstance(decay, float) and decay == 0.0:  # optax adds nothing then
+            decay = None
+    factor, out_states[-1] = flats[-1].fuse[1](states[-1])
+    us, out_states[0] = flats[0].fuse[1](us, states[0], ps, spec, factor, decay)
+    return us, out_states
 
 
 def _eager_in_place() -> bool:
@@ -345,21 +379,26 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
             )
         # (the registry is read in eager mode only: dynamo does not trace weakrefs)
         reading, eager = not torch.compiler.is_compiling(), _eager_in_place()
-        owned, new_state = own and eager, []
-        for t, s in zip(transformations, state, strict=True):
-            flat = _FLAT.get(t.update) if reading else None
+        flats = [_FLAT.get(t.update) if reading else None for t in transformations]
+        owned, new_state, i = own and eager, [], 0
+        while i < len(transformations):
+            flat, n = flats[i], _fusion(flats, i)
+            if n:
+                us, states = _fused(flats[i : i + n], us, state[i : i + n], ps, spec)
+                new_state.extend(states)
+                owned, i = eager, i + n
+                continue
             if flat is not None:
                 if flat.needs_params and ps is None:
-                    raise ValueError(
-                        f"{flat.where}: needs the params; call update(updates, state, params)"
-                    )
-                us, s, owned = flat.fn(us, s, ps, spec, owned)
+                    raise ValueError(f"{flat.where}: {_NO_PARAMS}")
+                us, s, owned = flat.fn(us, state[i], ps, spec, owned)
                 owned = owned and eager
             else:
                 params = None if ps is None else unflatten(ps, spec)
-                tree, s = t.update(unflatten(us, spec), s, params)
+                tree, s = transformations[i].update(unflatten(us, spec), state[i], params)
                 us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
+            i += 1
         return us, tuple(new_state), owned
 
     def update(updates, state, params=None):

@@ -145,7 +145,9 @@ def _adam_denominator(
     if isinstance(root, float) and root == 0.0:
         d = ops.mul_(ops.sqrt(nus), scale / _sqrt(bc2))
     else:
-        d = ops.sqrt_(ops.add_scalar_(ops.mul(nus, scale * scale / bc2), scale * scale * root))
+        d = ops.sqrt_(ops.add_scalar_(ops.div(nus, bc2), root))
+        if not (isinstance(scale, float) and scale == 1.0):
+            d = ops.mul_(d, scale)
     return ops.add_scalar_(d, scale * eps)
 
 
@@ -183,33 +185,53 @@ def scale_by_adam(
     def init(params):
         return ScaleByAdamState(count_like(params), _zeros(params, mu_dtype), _zeros(params, None))
 
-    def fn(us, state, ps, spec, own):
+    def fused(us, state, ps, spec, factor=1.0, decay=None):
+        """The update times ``factor``, plus ``factor * decay * param`` with a ``decay``
+        (what a chain's weight decay and learning rate after it would make, in fewer
+        passes: ``factor`` goes into the denominator)."""
         check_state(state, ScaleByAdamState, where)
         mus, nus = _state_leaves(
             where, us, spec, [(state.mu, "first moments"), (state.nu, "second moments")]
         )
         count = state.count + 1
+        extra = [ps] if decay is not None else []
 
-        def math(ops, dtype, device, us, mus, nus):
-            a, b, e, r = (scalar(v, dtype, device) for v in (b1, b2, eps, eps_root))
+        def math(ops, dtype, device, us, mus, nus, *ps):
+            a, b, e, r, c = (scalar(v, dtype, device) for v in (b1, b2, eps, eps_root, factor))
             g = cast(us, [dtype] * len(us))
             m = ops.lerp(cast(mus, [dtype] * len(us)), g, 1 - a)
             v = ops.square_average(cast(nus, [dtype] * len(us)), g, b)
             bc1, bc2 = _bias_correction(a, count, dtype), _bias_correction(b, count, dtype)
+            # a nonzero number goes into the denominator (c * m / bc1 / (...) as
+            # m / (bc1 / c * (...))); a tensor (a schedule's value, maybe 0) multiplies
+            fold = isinstance(c, float) and c != 0.0
             if nesterov:
                 bc1_next = _bias_correction(a, count + 1, dtype)
                 num = ops.add_(ops.mul(m, a / bc1_next), ops.mul(g, (1 - a) / bc1))
-                out = ops.div_into(num, _adam_denominator(ops, v, bc2, e, r, 1.0))
-            else:  # m / bc1 / (...) as m / (bc1 * (...))
-                out = ops.div_into(m, _adam_denominator(ops, v, bc2, e, r, bc1))
+                out = ops.div_into(
+                    num, _adam_denominator(ops, v, bc2, e, r, 1.0 / c if fold else 1.0)
+                )
+            else:
+                out = ops.div_into(
+                    m, _adam_denominator(ops, v, bc2, e, r, bc1 / c if fold else bc1)
+                )
+            if not fold:
+                out = ops.mul_(out, c)
+            if ps:
+                wd = scalar(decay, dtype, device)
+                out = ops.add_scaled_(out, cast(ps[0], [dtype] * len(us)), c * wd)
             return out, _like(m, mus), _like(v, nus)
 
-        dtypes = promoted(us, mus, nus)
-        out, mus, nus = grouped(math, dtypes, us, mus, nus, hyper=(b1, b2, eps, eps_root))
+        dtypes = promoted(us, mus, nus, *extra)
+        hyper = (b1, b2, eps, eps_root, factor, decay)
+        out, mus, nus = grouped(math, dtypes, us, mus, nus, *extra, hyper=hyper)
         mu, nu = _unflatten(spec, mus, nus)
-        return out, ScaleByAdamState(count, mu, nu), True
+        return out, ScaleByAdamState(count, mu, nu)
 
-    return flat_transformation(where, init, fn)
+    def fn(us, state, ps, spec, own):
+        return (*fused(us, state, ps, spec), True)
+
+    return flat_transformation(where, init, fn, fuse=("adam", fused))
 
 
 def _flag(where: str, name: str, value: object) -> None:

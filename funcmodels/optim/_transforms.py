@@ -64,7 +64,8 @@ def scale(step_size: Scalar) -> GradientTransformation:
     def fn(us, state, ps, spec, own):
         return _scaled(us, step_size, own), state, True
 
-    return flat_transformation("fm.optim.scale", init_empty_state, fn)
+    fuse = ("scale", lambda state: (step_size, state))
+    return flat_transformation("fm.optim.scale", init_empty_state, fn, fuse=fuse)
 
 
 def scale_by_schedule(step_size_fn) -> GradientTransformation:
@@ -84,12 +85,15 @@ def scale_by_schedule(step_size_fn) -> GradientTransformation:
     def init(params):
         return ScaleByScheduleState(count_like(params))
 
-    def fn(us, state, ps, spec, own):
+    def value(state):
         check_state(state, ScaleByScheduleState, where)
-        factor = step_size_fn(state.count)
-        return _scaled(us, factor, own), ScaleByScheduleState(state.count + 1), True
+        return step_size_fn(state.count), ScaleByScheduleState(state.count + 1)
 
-    return flat_transformation(where, init, fn)
+    def fn(us, state, ps, spec, own):
+        factor, state = value(state)
+        return _scaled(us, factor, own), state, True
+
+    return flat_transformation(where, init, fn, fuse=("scale", value))
 
 
 def scale_by_learning_rate(
@@ -141,12 +145,14 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
     def init(params):
         return WeightDecayScheduleState(count_like(params)) if scheduled else EmptyState()
 
-    def fn(us, state, ps, spec, own):
+    def decay(state):
         if scheduled:
             check_state(state, WeightDecayScheduleState, where)
-            value, state = wd(state.count), WeightDecayScheduleState(state.count + 1)
-        else:
-            value = wd
+            return wd(state.count), WeightDecayScheduleState(state.count + 1)
+        return wd, state
+
+    def fn(us, state, ps, spec, own):
+        value, state = decay(state)
         if zero:  # optax skips the arithmetic (the updates pass as they came)
             return us, state, own
 
@@ -160,7 +166,7 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
 
         return grouped(math, promoted(us, ps), us, ps, hyper=(value,))[0], state, True
 
-    return flat_transformation(where, init, fn, needs_params=True)
+    return flat_transformation(where, init, fn, needs_params=True, fuse=("decay", decay))
 
 
 def clip(max_delta: Scalar) -> GradientTransformation:

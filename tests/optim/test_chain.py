@@ -71,3 +71,32 @@ def test_a_piece_that_needs_the_params_says_so_inside_a_chain():
     opt = optim.chain(optim.scale(1.0), optim.add_decayed_weights(0.1))
     with pytest.raises(ValueError, match=r"add_decayed_weights: needs the params"):
         opt.update(tree(1), opt.init(tree()))
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        lambda: [optim.scale(-0.01)],
+        lambda: [optim.add_decayed_weights(0.1), optim.scale(-0.01)],
+        lambda: [optim.add_decayed_weights(optim.linear_schedule(0.1, 0.0, 3)), optim.scale(0.3)],
+        lambda: [optim.scale_by_learning_rate(optim.warmup_cosine_decay_schedule(0.0, 0.1, 2, 5))],
+        lambda: [optim.add_decayed_weights(0.0), optim.scale(-1e-3)],
+    ],
+    ids=["lr", "decay-lr", "decay-schedule", "lr-schedule", "zero-decay"],
+)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adam_then_decay_then_scale_runs_as_one_step_with_the_same_values(tail, nesterov):
+    # scale_by_adam, [add_decayed_weights,] scale run as one step (the scale folded into
+    # Adam's denominator); an identity in between keeps them apart: same values, rounding
+    params = tree()
+    fused = optim.chain(optim.scale_by_adam(nesterov=nesterov), *tail())
+    apart = optim.chain(optim.scale_by_adam(nesterov=nesterov), optim.identity(), *tail())
+    a, b = fused.init(params), apart.init(params)
+    for seed in range(1, 6):
+        g = tree(seed)
+        g["b"][0] = 0.0  # a coordinate whose second moment stays 0 (with a zero rate: 0 / 0)
+        u, a = fused.update(g, a, params)
+        w, b = apart.update(g, b, params)
+        for k in g:
+            assert torch.isfinite(u[k]).all()
+            torch.testing.assert_close(u[k], w[k], rtol=1e-13, atol=1e-16)
