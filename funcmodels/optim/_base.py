@@ -337,6 +337,16 @@ def _fused(flats: list[Flat], us, states, ps, spec) -> tuple[list, list]:
         if isinstance(decay, float) and decay == 0.0:  # optax adds nothing then
             decay = None
     factor, out_states[-1] = flats[-1].fuse[1](states[-1])
+    if (
+        isinstance(factor, torch.Tensor)
+        and factor.device.type == "cpu"
+        and factor.dim() == 0
+        and not factor.requires_grad
+        and maybe_current_level() is None
+    ):
+        # a schedule's value, read for free on the CPU (as the bias corrections): as a
+        # number it folds into Adam's denominator
+        factor = float(factor)
     us, out_states[0] = flats[0].fuse[1](us, states[0], ps, spec, factor, decay)
     return us, out_states
 
