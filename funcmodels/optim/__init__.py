@@ -40,11 +40,13 @@ from ._accumulation import (
     skip_large_updates,
     skip_not_finite,
 )
-from ._adam_variants import (
+from ._adam import (
+    ScaleByAdamState,
     ScaleByAmsgradState,
     adamax,
     adamaxw,
     amsgrad,
+    scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
 )
@@ -73,7 +75,6 @@ from ._base import (
 from ._donated import DonatedAdamW, DonatedAdamWState, donated_adamw
 from ._moments import (
     EmaState,
-    ScaleByAdamState,
     ScaleByLionState,
     ScaleByRmsState,
     ScaleByRmsWithCountState,
@@ -82,7 +83,6 @@ from ._moments import (
     ScaleByRStdDevWithCountState,
     TraceState,
     ema,
-    scale_by_adam,
     scale_by_lion,
     scale_by_rms,
     scale_by_rss,

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from ._adam import scale_by_adam
 from ._base import GradientTransformation, Scalar, chain, identity, number
 from ._moments import (
     ema,
-    scale_by_adam,
     scale_by_lion,
     scale_by_rms,
     scale_by_rss,
