@@ -46,6 +46,8 @@ def _scan(lists: Sequence[Sequence[torch.Tensor]], hyper: Sequence[Any]) -> tupl
     grad = torch.is_grad_enabled()
     if grad and any(isinstance(h, torch.Tensor) and h.requires_grad for h in hyper):
         return True, False
+    if torch.compiler.is_compiling():  # (dynamo traces no attrgetter; plain loops here)
+        return grad and any(x.requires_grad for xs in lists for x in xs), False
     plain = eager()
     for xs in lists:
         if grad and any(map(_REQUIRES_GRAD, xs)):
