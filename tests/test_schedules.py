@@ -112,9 +112,9 @@ def test_schedules_take_tensor_counts_under_vmap_and_ints():
     "call, exc, pattern",
     [
         (
-            lambda: optim.linear_schedule(1.0, 0.0, 0),
+            lambda: optim.cosine_decay_schedule(1.0, 0),
             ValueError,
-            "transition_steps must be positive",
+            "decay_steps must be positive",
         ),
         (
             lambda: optim.cosine_decay_schedule("1", 10),
@@ -131,9 +131,17 @@ def test_schedules_take_tensor_counts_under_vmap_and_ints():
             ValueError,
             "need 0 boundaries",
         ),
-        (lambda: optim.exponential_decay(1.0, 1, -0.5), ValueError, "decay_rate must be positive"),
+        (lambda: optim.exponential_decay(1.0, 1, -0.5), ValueError, "decay_rate must be >= 0"),
     ],
 )
 def test_bad_arguments(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_degenerate_lengths_give_a_constant_as_optax():
+    # optax holds init_value where there is no transition (and counts a negative begin as 0)
+    assert values(optim.linear_schedule(1.0, 0.0, 0), 3) == [1.0] * 3
+    assert values(optim.exponential_decay(0.5, 0, 0.1), 3) == [0.5] * 3
+    assert values(optim.exponential_decay(0.5, 2, 0.0), 3) == [0.5] * 3
+    assert values(optim.linear_schedule(1.0, 0.0, 2, transition_begin=-5), 3) == [1.0, 0.5, 0.0]

@@ -1,10 +1,25 @@
-"""The usual optimisers as chains of the pieces in :mod:`._transforms`.
+"""The usual optimisers as chains of the pieces, with optax's arguments, defaults and
+arithmetic: code written for optax runs with ``optax`` replaced by ``fm.optim``.
 
-Arguments follow :mod:`torch.optim` (``lr`` first, ``betas`` pairs, ``weight_decay``), and
-the arithmetic too: fed the same gradients, these agree with torch's optimisers up to
-rounding (tested). ``lr`` may be a number, a 0-dim tensor or a schedule of the step count;
-the other hyperparameters numbers or 0-dim tensors (see :func:`inject_hyperparams` to
-change them between compiled steps).
+``learning_rate`` may be a number, a 0-dim tensor or a schedule of the step count; the
+other numeric hyperparameters numbers or 0-dim tensors (see :func:`inject_hyperparams` to
+change them between compiled steps). torch.optim's arithmetic is reached through optax's
+own flags and pieces:
+
+==========================================  ============================================
+``torch.optim``                             ``fm.optim``
+==========================================  ============================================
+``SGD(lr, momentum, nesterov=...)``         ``sgd(lr, momentum, nesterov)``
+``SGD(..., weight_decay=wd)``               ``chain(add_decayed_weights(wd), sgd(...))``
+``Adam(lr, betas=(b1, b2), eps)``           ``adam(lr, b1, b2, eps)``
+``Adam(..., weight_decay=wd)``              ``chain(add_decayed_weights(wd), adam(...))``
+``AdamW(lr, betas, eps, weight_decay)``     ``adamw(lr, b1, b2, eps, weight_decay=wd)``
+``RMSprop(lr, alpha, eps, momentum=m)``     ``rmsprop(lr, alpha, eps, eps_in_sqrt=False,
+                                            momentum=m)`` (``centered`` as torch's)
+``Adagrad(lr, lr_decay, eps=0, iav)``       ``adagrad(lambda t: lr / (1 + t * lr_decay),
+                                            iav, eps=0)`` (torch adds ``eps`` outside
+                                            the root)
+==========================================  ============================================
 """
 
 from __future__ import annotations
@@ -13,129 +28,184 @@ from typing import Any
 
 import torch
 
-from ._base import GradientTransformation, Scalar, chain, is_schedule, number
-from ._transforms import (
-    add_decayed_weights,
-    scale_by_adam,
-    scale_by_learning_rate,
+from ._adam import scale_by_adam
+from ._base import GradientTransformation, Scalar, chain, identity, number
+from ._moments import (
+    ema,
     scale_by_lion,
     scale_by_rms,
     scale_by_rss,
-    scale_by_trust_ratio,
+    scale_by_stddev,
     trace,
+)
+from ._transforms import (
+    add_decayed_weights,
+    scale_by_learning_rate,
+    scale_by_sign,
+    scale_by_trust_ratio,
 )
 
 
-def _betas(where: str, betas: object) -> tuple[Any, Any]:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
-    return (
-        number(where, "betas[0]", betas[0], below=1.0),
-        number(where, "betas[1]", betas[1], below=1.0),
-    )
-
-
-def _is_zero(value: Any) -> bool:
-    return not isinstance(value, torch.Tensor) and value == 0
+def _lr(where: str, learning_rate: Any) -> Any:
+    return number(where, "learning_rate", learning_rate, schedule=True)
 
 
 def sgd(
-    lr: Scalar,
-    momentum: float | torch.Tensor = 0.0,
+    learning_rate: Scalar,
+    momentum: Scalar | None = None,
     nesterov: bool = False,
-    weight_decay: float | torch.Tensor = 0.0,
+    accumulator_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
-    """Stochastic gradient descent, as :class:`torch.optim.SGD` (no dampening):
-    ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov),
-    scale_by_learning_rate(lr))``.
+    """Stochastic gradient descent: ``chain(trace(momentum, nesterov), scale_by_learning_rate(
+    learning_rate))`` (no trace when ``momentum`` is ``None``). With a momentum this is
+    :class:`torch.optim.SGD` (no dampening), schedules included.
 
     Arguments:
-        lr: learning rate (number, tensor or schedule), ``>= 0``.
-        momentum: momentum factor, ``>= 0``.
-        nesterov: Nesterov momentum (needs ``momentum > 0``).
-        weight_decay: L2 penalty coefficient, ``>= 0``, added to the gradient.
+        learning_rate: a number, a 0-dim tensor or a schedule, ``>= 0``.
+        momentum: the trace's decay, ``>= 0``, or ``None`` for none.
+        nesterov: Nesterov momentum.
+        accumulator_dtype: the dtype of the momentum buffers (``None``: the param's).
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
     """
     where = "fm.optim.sgd"
-    lr = number(where, "lr", lr, schedule=True)
-    momentum = number(where, "momentum", momentum)
-    weight_decay = number(where, "weight_decay", weight_decay)
+    lr = _lr(where, learning_rate)
     if not isinstance(nesterov, bool):
         raise TypeError(f"{where}: nesterov must be a bool, got {nesterov!r}")
-    if nesterov and _is_zero(momentum):
-        raise ValueError(f"{where}: nesterov=True needs momentum > 0, got momentum={momentum}")
-    parts = []
-    if not _is_zero(weight_decay):
-        parts.append(add_decayed_weights(weight_decay))
-    if not _is_zero(momentum):
-        parts.append(trace(momentum, nesterov))
-    parts.append(scale_by_learning_rate(lr))
-    return chain(*parts)
+    if momentum is None:  # (nesterov then means nothing, as in optax)
+        return chain(identity(), scale_by_learning_rate(lr))
+    momentum = number(where, "momentum", momentum)
+    return chain(trace(momentum, nesterov, accumulator_dtype), scale_by_learning_rate(lr))
 
 
 def adam(
-    lr: Scalar = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float | torch.Tensor = 1e-8,
-    weight_decay: float | torch.Tensor = 0.0,
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    *,
+    nesterov: bool = False,
 ) -> GradientTransformation:
-    """Adam, as :class:`torch.optim.Adam` (``weight_decay`` is an L2 term added to the
-    gradient): ``chain(add_decayed_weights(weight_decay), scale_by_adam(*betas, eps),
-    scale_by_learning_rate(lr))``."""
-    where = "fm.optim.adam"
-    lr = number(where, "lr", lr, schedule=True)
-    b1, b2 = _betas(where, betas)
-    weight_decay = number(where, "weight_decay", weight_decay)
-    parts = [] if _is_zero(weight_decay) else [add_decayed_weights(weight_decay)]
-    return chain(*parts, scale_by_adam(b1, b2, eps), scale_by_learning_rate(lr))
+    """Adam: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    scale_by_learning_rate(learning_rate))``; :class:`torch.optim.Adam` (without weight
+    decay) up to rounding.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    lr = _lr("fm.optim.adam", learning_rate)
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        scale_by_learning_rate(lr),
+    )
 
 
 def adamw(
-    lr: Scalar = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float | torch.Tensor = 1e-8,
-    weight_decay: float | torch.Tensor = 1e-2,
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    weight_decay: Scalar = 1e-4,
     mask: Any = None,
+    *,
+    nesterov: bool = False,
 ) -> GradientTransformation:
-    """AdamW, as :class:`torch.optim.AdamW`: Adam with decoupled weight decay,
-    ``chain(scale_by_adam(*betas, eps), add_decayed_weights(weight_decay, mask),
-    scale_by_learning_rate(lr))``.
+    """AdamW, Adam with decoupled weight decay: ``chain(scale_by_adam(...),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``;
+    :class:`torch.optim.AdamW` up to rounding (whose default ``weight_decay`` is 0.01).
 
     Arguments:
-        lr: learning rate (number, tensor or schedule).
-        betas: decay rates of the moment estimates, each in ``[0, 1)``.
-        eps: added to the denominator.
-        weight_decay: decoupled decay coefficient.
-        mask: the params that decay (a pytree of bools or a function of the params, as
-            :func:`add_decayed_weights`); the others get plain Adam, as a torch param
-            group with ``weight_decay=0``.
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`.
+        weight_decay: the decay coefficient (a number, tensor or schedule).
+        mask: the params that decay (a pytree of bools, or a function of the params
+            returning one, as :func:`add_decayed_weights`); the others get plain Adam, as
+            a torch param group with ``weight_decay=0``.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
     """
-    where = "fm.optim.adamw"
-    lr = number(where, "lr", lr, schedule=True)
-    b1, b2 = _betas(where, betas)
-    weight_decay = number(where, "weight_decay", weight_decay)
+    lr = _lr("fm.optim.adamw", learning_rate)
     return chain(
-        scale_by_adam(b1, b2, eps),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(lr),
     )
 
 
+def nadam(
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    *,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    """NAdam: :func:`adam` with ``nesterov=True`` (the same arguments).
+
+    Returns:
+        The chained GradientTransformation.
+    """
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+
+
+def nadamw(
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    weight_decay: Scalar = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    """NAdamW: :func:`adamw` with ``nesterov=True`` (the same arguments).
+
+    Returns:
+        The chained GradientTransformation.
+    """
+    return adamw(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov
+    )
+
+
 def lamb(
-    lr: Scalar = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float | torch.Tensor = 1e-6,
-    weight_decay: float | torch.Tensor = 0.0,
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-6,
+    eps_root: Scalar = 0.0,
+    weight_decay: Scalar = 0.0,
     mask: Any = None,
 ) -> GradientTransformation:
-    """LAMB (You et al., 2020), as optax's: ``chain(scale_by_adam(*betas, eps),
+    """LAMB (You et al., 2020): ``chain(scale_by_adam(b1, b2, eps, eps_root),
     add_decayed_weights(weight_decay, mask), scale_by_trust_ratio(),
-    scale_by_learning_rate(lr))``."""
-    where = "fm.optim.lamb"
-    lr = number(where, "lr", lr, schedule=True)
-    b1, b2 = _betas(where, betas)
-    weight_decay = number(where, "weight_decay", weight_decay)
+    scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, eps, eps_root: as :func:`scale_by_adam`'s.
+        weight_decay, mask: as :func:`add_decayed_weights`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    lr = _lr("fm.optim.lamb", learning_rate)
     return chain(
-        scale_by_adam(b1, b2, eps),
+        scale_by_adam(b1, b2, eps, eps_root),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(lr),
@@ -143,70 +213,121 @@ def lamb(
 
 
 def lion(
-    lr: Scalar = 1e-4,
-    betas: tuple[float, float] = (0.9, 0.99),
-    weight_decay: float | torch.Tensor = 0.0,
+    learning_rate: Scalar,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    mu_dtype: torch.dtype | None = None,
+    weight_decay: Scalar = 1e-3,
     mask: Any = None,
 ) -> GradientTransformation:
-    """Lion (Chen et al., 2023): ``chain(scale_by_lion(*betas), add_decayed_weights(
-    weight_decay, mask), scale_by_learning_rate(lr))``."""
-    where = "fm.optim.lion"
-    lr = number(where, "lr", lr, schedule=True)
-    weight_decay = number(where, "weight_decay", weight_decay)
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+    """Lion (Chen et al., 2023): ``chain(scale_by_lion(b1, b2, mu_dtype),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1, b2, mu_dtype: as :func:`scale_by_lion`'s.
+        weight_decay, mask: as :func:`add_decayed_weights`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    lr = _lr("fm.optim.lion", learning_rate)
     return chain(
-        scale_by_lion(*betas),
+        scale_by_lion(b1, b2, mu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(lr),
     )
 
 
 def rmsprop(
-    lr: Scalar = 1e-2,
-    alpha: float | torch.Tensor = 0.99,
-    eps: float | torch.Tensor = 1e-8,
-    weight_decay: float | torch.Tensor = 0.0,
-    momentum: float | torch.Tensor = 0.0,
+    learning_rate: Scalar,
+    decay: Scalar = 0.9,
+    eps: Scalar = 1e-8,
+    initial_scale: Scalar = 0.0,
+    eps_in_sqrt: bool = True,
     centered: bool = False,
+    momentum: Scalar | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
 ) -> GradientTransformation:
-    """RMSprop, as :class:`torch.optim.RMSprop`: ``chain(add_decayed_weights(
-    weight_decay), scale_by_rms(alpha, eps, centered=centered), trace(momentum),
-    scale_by_learning_rate(lr))``."""
+    """RMSprop: ``chain(scale_by_rms(...) (scale_by_stddev with centered),
+    scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``.
+
+    With ``eps_in_sqrt=False`` this is :class:`torch.optim.RMSprop` (whose ``alpha`` is
+    ``decay``; with a momentum and a schedule, torch scales by the rate after the trace:
+    ``chain(scale_by_rms(...), trace(momentum), scale_by_learning_rate(schedule))``).
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction: as :func:`scale_by_rms`'s.
+        centered: :func:`scale_by_stddev` instead of :func:`scale_by_rms`.
+        momentum, nesterov: a :func:`trace` after the scaling (``None``: none).
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
     where = "fm.optim.rmsprop"
-    lr = number(where, "lr", lr, schedule=True)
-    weight_decay = number(where, "weight_decay", weight_decay)
-    momentum = number(where, "momentum", momentum)
-    parts = [] if _is_zero(weight_decay) else [add_decayed_weights(weight_decay)]
-    parts.append(scale_by_rms(alpha, eps, centered=centered))
-    if not _is_zero(momentum):
-        parts.append(trace(momentum))
-    return chain(*parts, scale_by_learning_rate(lr))
+    lr = _lr(where, learning_rate)
+    if not isinstance(centered, bool):
+        raise TypeError(f"{where}: centered must be a bool, got {centered!r}")
+    scaling = scale_by_stddev if centered else scale_by_rms
+    if momentum is not None:
+        momentum = number(where, "momentum", momentum)
+    return chain(
+        scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        scale_by_learning_rate(lr),
+        identity() if momentum is None else trace(momentum, nesterov),
+    )
 
 
 def adagrad(
-    lr: float = 1e-2,
-    lr_decay: float = 0.0,
-    weight_decay: float | torch.Tensor = 0.0,
-    initial_accumulator_value: float = 0.0,
-    eps: float = 1e-10,
+    learning_rate: Scalar, initial_accumulator_value: Scalar = 0.1, eps: Scalar = 1e-7
 ) -> GradientTransformation:
-    """Adagrad, as :class:`torch.optim.Adagrad`: ``chain(add_decayed_weights(
-    weight_decay), scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(
-    lr / (1 + count * lr_decay)))``; ``lr`` may be a schedule of the step count too."""
-    where = "fm.optim.adagrad"
-    lr = number(where, "lr", lr, schedule=True)
-    lr_decay = number(where, "lr_decay", lr_decay)
-    weight_decay = number(where, "weight_decay", weight_decay)
-    parts = [] if _is_zero(weight_decay) else [add_decayed_weights(weight_decay)]
-    parts.append(scale_by_rss(initial_accumulator_value, eps))
-    if _is_zero(lr_decay):
-        parts.append(scale_by_learning_rate(lr))
-    else:
-        rate = lr if is_schedule(lr) else (lambda count: lr)
-        parts.append(
-            scale_by_learning_rate(
-                lambda count: rate(count) / (1 + count.to(torch.float64) * lr_decay)
-            )
-        )
-    return chain(*parts)
+    """Adagrad: ``chain(scale_by_rss(initial_accumulator_value, eps),
+    scale_by_learning_rate(learning_rate))``. torch's ``lr_decay`` is the schedule
+    ``lambda t: lr / (1 + t.double() * lr_decay)`` (a schedule's count is an int64
+    tensor: ``t * lr_decay`` alone would be float32, torch's default dtype).
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        initial_accumulator_value, eps: as :func:`scale_by_rss`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    lr = _lr("fm.optim.adagrad", learning_rate)
+    return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(lr))
+
+
+def sign_sgd(learning_rate: Scalar) -> GradientTransformation:
+    """signSGD: ``chain(scale_by_sign(), scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    return chain(scale_by_sign(), scale_by_learning_rate(_lr("fm.optim.sign_sgd", learning_rate)))
+
+
+def signum(
+    learning_rate: Scalar, beta: Scalar = 0.9, accumulator_dtype: torch.dtype | None = None
+) -> GradientTransformation:
+    """Signum, signSGD with momentum: ``chain(ema(beta, debias=False), scale_by_sign(),
+    scale_by_learning_rate(learning_rate))``.
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        beta: the moving average's decay.
+        accumulator_dtype: as :func:`ema`'s.
+
+    Returns:
+        The chained GradientTransformation (its state: the tuple of the pieces' states).
+    """
+    lr = _lr("fm.optim.signum", learning_rate)
+    return chain(
+        ema(beta, debias=False, accumulator_dtype=accumulator_dtype),
+        scale_by_sign(),
+        scale_by_learning_rate(lr),
+    )

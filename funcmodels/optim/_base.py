@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import weakref
@@ -14,6 +15,7 @@ from torch._C._functorch import maybe_current_level
 
 from .._core import describe_mismatch
 from .._tree import Params, State
+from ._ops import Ops, multi_tensor_allowed
 
 #: a schedule: the value of a hyperparameter at a (0-dim int64 tensor) step count
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -41,14 +43,55 @@ class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
 
+def init_empty_state(params: Any) -> EmptyState:
+    """The ``init`` of a transformation that keeps no state."""
+    return EmptyState()
+
+
 # -- trees ---------------------------------------------------------------------------------
+
+#: (Params/State class, id of its spec, its keys) -> (the spec, the TreeSpec): a top-level
+#: Params holding tensors flattens to its values without walking torch's pytree, which costs
+#: as much as the arithmetic of a small model's optimiser step.
+_STRUCTURES: dict[tuple, tuple[Any, pytree.TreeSpec]] = {}
+#: id of a TreeSpec from ``_STRUCTURES`` -> (the TreeSpec, its class, its context)
+_FAST_SPECS: dict[int, tuple[pytree.TreeSpec, type, Any]] = {}
+
+
+def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
+    """``torch.utils._pytree.tree_flatten``, with a shortcut for a Params or State of
+    tensors (same leaves, same TreeSpec)."""
+    cls = type(tree)
+    if (cls is Params or cls is State) and not torch.compiler.is_compiling():
+        leaves = list(tree._flat.values())
+        if all(map(isinstance, leaves, itertools.repeat(torch.Tensor))):
+            key = (cls, id(tree.spec), tuple(tree._flat))
+            hit = _STRUCTURES.get(key)
+            if hit is None or hit[0] is not tree.spec:
+                if len(_STRUCTURES) > 256:  # many models in one process: start again
+                    _STRUCTURES.clear()
+                    _FAST_SPECS.clear()
+                hit = (tree.spec, pytree.tree_structure(tree))
+                _STRUCTURES[key] = hit
+                _FAST_SPECS[id(hit[1])] = (hit[1], cls, (tree.spec, key[2]))
+            return leaves, hit[1]
+    return pytree.tree_flatten(tree)
+
+
+def unflatten(leaves: list[Any], spec: pytree.TreeSpec) -> Any:
+    """``torch.utils._pytree.tree_unflatten``, with the shortcut of :func:`flatten`."""
+    fast = _FAST_SPECS.get(id(spec))
+    if fast is not None and fast[0] is spec and not torch.compiler.is_compiling():
+        cls, (layer_spec, keys) = fast[1], fast[2]
+        return cls._make(layer_spec, dict(zip(keys, leaves, strict=True)))
+    return pytree.tree_unflatten(leaves, spec)
 
 
 def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the params") -> list[Any]:
     """The leaves of ``tree``, which must have the structure ``spec`` (that ``of`` names;
     ``what`` names ``tree``)."""
-    leaves, got = pytree.tree_flatten(tree)
-    if got != spec:
+    leaves, got = flatten(tree)
+    if got is not spec and got != spec:
         models = _model_difference(spec, got)
         detail = (
             f"they were made for a different model: {models}"
@@ -87,7 +130,7 @@ def leaves_of(
     updates: Any, params: Any, what: str, *, need_params: bool = False
 ) -> tuple[list[Any], list[Any] | None, pytree.TreeSpec]:
     """``(update leaves, param leaves or None, structure)``; ``what`` names the caller."""
-    us, spec = pytree.tree_flatten(updates)
+    us, spec = flatten(updates)
     if params is None:
         if need_params:
             raise ValueError(f"{what}: needs the params; call update(updates, state, params)")
@@ -114,12 +157,28 @@ def check_state(state: object, cls: type, where: str) -> None:
         )
 
 
-def scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
-    """Dtype for step-dependent scalars: float64 when any leaf is, else float32.
+def dtype_arg(where: str, name: str, value: object) -> torch.dtype | None:
+    """Check an optional dtype argument (``mu_dtype``, ``accumulator_dtype``): ``None``
+    or a floating ``torch.dtype``."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{where}: {name} must be None or a floating torch.dtype, got {value!r}")
+    return value
 
-    A 0-dim tensor does not promote the leaves it multiplies, so one dtype serves all.
-    """
-    return torch.float64 if any(t.dtype == torch.float64 for t in leaves) else torch.float32
+
+def as_transformation(where: str, what: str, value: object) -> GradientTransformation:
+    """``value`` as a GradientTransformation: one, or an object with ``init`` and
+    ``update`` methods (such as :class:`MultiSteps`)."""
+    if isinstance(value, GradientTransformation):
+        return value
+    init, update = getattr(value, "init", None), getattr(value, "update", None)
+    if callable(init) and callable(update):
+        return GradientTransformation(init, update)
+    raise TypeError(
+        f"{where}: {what} must be a GradientTransformation (such as "
+        f"fm.optim.scale_by_adam()), got {type(value).__name__}"
+    )
 
 
 # -- hyperparameters --------------------------------------------------------------------
@@ -158,11 +217,6 @@ def number(
     return value
 
 
-def at(value: Scalar, count: torch.Tensor) -> float | torch.Tensor:
-    """A hyperparameter's value at step ``count`` (a schedule is called, others returned)."""
-    return value(count) if callable(value) and not isinstance(value, torch.Tensor) else value
-
-
 def is_schedule(value: Scalar) -> bool:
     return callable(value) and not isinstance(value, torch.Tensor)
 
@@ -171,7 +225,8 @@ def is_schedule(value: Scalar) -> bool:
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates``, leaf by leaf, as new tensors of the params' dtypes.
+    """``params + updates``, leaf by leaf, as new tensors of the params' dtypes (the sum
+    is formed in the promoted dtype, then cast, as optax's).
 
     Arguments:
         params: a pytree of tensors (:class:`funcmodels.Params` included).
@@ -180,44 +235,120 @@ def apply_updates(params: Any, updates: Any) -> Any:
     Returns:
         A new pytree of the type of ``params`` (for Params: the same spec).
     """
-    leaves, spec = pytree.tree_flatten(params)
+    leaves, spec = flatten(params)
     ups = flatten_like(updates, spec, "updates")
-    new = [(p + u).to(p.dtype) for p, u in zip(leaves, ups, strict=True)]
-    return pytree.tree_unflatten(new, spec)
+    if not leaves:
+        return unflatten([], spec)
+    new = Ops(multi_tensor_allowed(leaves, ups)).add(leaves, ups)
+    return unflatten(
+        [n if n.dtype == p.dtype else n.to(p.dtype) for n, p in zip(new, leaves, strict=True)],
+        spec,
+    )
+
+
+# -- pieces defined on lists of leaves ----------------------------------------------------
+#
+# A library piece is written as ``fn(us, state, ps, spec, own) -> (out, state, owned)`` on
+# the leaves of the updates (``us``) and params (``ps`` or None): ``spec`` is their
+# structure (to flatten and rebuild state trees like the params), ``own`` says the caller
+# owns ``us`` (tensors an earlier piece of the same chain made, eager mode only: the piece
+# may write into them), and ``owned`` that ``out`` holds only tensors that are the chain's
+# to write into. :func:`chain` flattens the updates once and calls the pieces' list forms
+# in turn, which saves a flatten and an unflatten of every tree per piece.
+
+
+class Flat(NamedTuple):
+    """A piece's list form (see the comment above)."""
+
+    fn: Callable[..., tuple[list, Any, bool]]
+    needs_params: bool
+    where: str
+    fuse: tuple[str, Callable] | None = None
+    """the piece's part in a fused Adam step (see :func:`_fusion`)"""
+
+
+#: update functions -> their list form. A registry, not attributes: ``functools.wraps``
+#: copies attributes onto a user's wrapper, which may return its input or never call the
+#: marked function.
+_FLAT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def flat_transformation(
+    where: str,
+    init: Callable[[Any], Any],
+    fn: Callable[..., tuple[list, Any, bool]],
+    *,
+    needs_params: bool = False,
+    fuse: tuple[str, Callable] | None = None,
+) -> GradientTransformation:
+    """A GradientTransformation from its list form ``fn`` (see :class:`Flat`)."""
+
+    def update(updates, state, params=None):
+        us, ps, spec = leaves_of(updates, params, where, need_params=needs_params)
+        out, state, _ = fn(us, state, ps, spec, False)
+        return unflatten(out, spec), state
+
+    if not torch.compiler.is_compiling():  # made inside a compiled step: never read there
+        _FLAT[update] = Flat(fn, needs_params, where, fuse)
+    return GradientTransformation(init, update)
 
 
 def identity() -> GradientTransformation:
     """Passes the updates through unchanged."""
-
-    def update(updates, state, params=None):
-        return updates, state
-
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return flat_transformation(
+        "fm.optim.identity", init_empty_state, lambda us, s, ps, spec, own: (us, s, own)
+    )
 
 
 def set_to_zero() -> GradientTransformation:
     """Makes every update zero: the transformation for frozen parameters (see
     :func:`multi_transform`)."""
 
-    def update(updates, state, params=None):
-        return zeros_like_tree(updates), state
+    def fn(us, state, ps, spec, own):
+        return [torch.zeros_like(u) for u in us], state, True
 
-    return GradientTransformation(lambda params: EmptyState(), update)
-
-
-#: update functions that return only tensors they made -> their in-place variant (or None).
-#: A registry, not attributes: ``functools.wraps`` copies attributes onto a user's
-#: wrapper, which may return its input or never call the marked function.
-_OWNING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    return flat_transformation("fm.optim.set_to_zero", init_empty_state, fn)
 
 
-def owning(update: Callable, in_place: Callable | None = None) -> Callable:
-    """Mark ``update`` as returning only tensors it made (never one of its inputs), and
-    record ``in_place``, the same update writing into ``updates`` (for :func:`chain`,
-    which calls it only on updates it owns)."""
-    if not torch.compiler.is_compiling():  # made inside a compiled step: never read there
-        _OWNING[update] = in_place
-    return update
+_NO_PARAMS = "needs the params; call update(updates, state, params)"
+
+
+def _fusion(flats: list[Flat | None], i: int) -> int:
+    """How many pieces from ``i`` run as one Adam step: ``scale_by_adam`` then a scale (the
+    learning rate), with an unmasked ``add_decayed_weights`` between them or not (0: no
+    such run). The step folds the scale into Adam's denominator and adds the decay with
+    it: two passes over the leaves fewer, the same values up to rounding."""
+    kinds = [f.fuse[0] if f is not None and f.fuse is not None else None for f in flats[i : i + 3]]
+    if kinds[:1] != ["adam"]:
+        return 0
+    if kinds[1:2] == ["scale"]:
+        return 2
+    return 3 if kinds[1:3] == ["decay", "scale"] else 0
+
+
+def _fused(flats: list[Flat], us, states, ps, spec) -> tuple[list, list]:
+    """Run the pieces :func:`_fusion` found as one step: ``(updates, their states)``."""
+    decay = None
+    out_states = [None] * len(flats)
+    if len(flats) == 3:
+        if ps is None:
+            raise ValueError(f"{flats[1].where}: {_NO_PARAMS}")
+        decay, out_states[1] = flats[1].fuse[1](states[1])
+        if isinstance(decay, float) and decay == 0.0:  # optax adds nothing then
+            decay = None
+    factor, out_states[-1] = flats[-1].fuse[1](states[-1])
+    if (
+        isinstance(factor, torch.Tensor)
+        and factor.device.type == "cpu"
+        and factor.dim() == 0
+        and not factor.requires_grad
+        and maybe_current_level() is None
+    ):
+        # a schedule's value, read for free on the CPU (as the bias corrections): as a
+        # number it folds into Adam's denominator
+        factor = float(factor)
+    us, out_states[0] = flats[0].fuse[1](us, states[0], ps, spec, factor, decay)
+    return us, out_states
 
 
 def _eager_in_place() -> bool:
@@ -229,58 +360,66 @@ def _eager_in_place() -> bool:
     return maybe_current_level() is None and torch.autograd.forward_ad._current_level < 0
 
 
-def _fits(u: torch.Tensor, other: Any) -> bool:
-    """Whether ``u op= other`` gives what ``u op other`` does: same dtype, same shape."""
-    if isinstance(other, torch.Tensor) and torch.broadcast_shapes(u.shape, other.shape) != u.shape:
-        return False
-    return torch.result_type(u, other) == u.dtype
-
-
-def _need_grad(*trees: Any) -> bool:
-    """Whether autograd records through any tensor of ``trees`` (then nothing in place)."""
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in pytree.tree_leaves(trees)
-    )
-
-
-def chain(*transformations: GradientTransformation) -> GradientTransformation:
-    """Apply ``transformations`` in order; the state is the tuple of their states.
+def chain(*args: GradientTransformation) -> GradientTransformation:
+    """Apply the transformations in order; the state is the tuple of their states.
 
     ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale_by_learning_rate(1e-3))`` is
-    Adam with clipped gradients.
+    Adam with clipped gradients. In eager mode a piece may write into the updates an
+    earlier piece made (never into the caller's gradients, params or state), which saves a
+    full-size allocation per piece.
+
+    Arguments:
+        *args: GradientTransformations (or objects with ``init`` and ``update``).
+
+    Returns:
+        The chained transformation.
     """
-    for i, t in enumerate(transformations):
-        if not isinstance(t, GradientTransformation):
-            raise TypeError(
-                f"fm.optim.chain: argument {i} must be a GradientTransformation (such as "
-                f"fm.optim.scale_by_adam()), got {type(t).__name__}"
-            )
+    transformations = tuple(
+        as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
+    )
 
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
-    def update(updates, state, params=None):
+    def fn(us, state, ps, spec, own):
         if not isinstance(state, tuple) or len(state) != len(transformations):
             raise TypeError(
                 f"fm.optim.chain: expected the tuple of {len(transformations)} states made by "
                 f"this chain's init, got {type(state).__name__}"
             )
-        if params is not None:
-            flatten_like(updates, pytree.tree_structure(params), "grads")
-        # Updates a piece of this chain made are this chain's own: the next pieces may
-        # write into them (eager only), which saves a full-size allocation per piece.
-        # The caller's gradients are never written.
-        fresh, eager = False, _eager_in_place()
-        new_state = []
-        for t, s in zip(transformations, state, strict=True):
-            # (the registry is read in eager mode only: dynamo does not trace weakrefs)
-            in_place = _OWNING.get(t.update) if eager and fresh else None
-            if in_place is not None and not _need_grad(updates, params):
-                updates, s = in_place(updates, s, params)
+        # (the registry is read in eager mode only: dynamo does not trace weakrefs)
+        reading, eager = not torch.compiler.is_compiling(), _eager_in_place()
+        flats = [_FLAT.get(t.update) if reading else None for t in transformations]
+        owned, new_state, i = own and eager, [], 0
+        while i < len(transformations):
+            flat, n = flats[i], _fusion(flats, i)
+            if n:
+                us, states = _fused(flats[i : i + n], us, state[i : i + n], ps, spec)
+                new_state.extend(states)
+                owned, i = eager, i + n
+                continue
+            if flat is not None:
+                if flat.needs_params and ps is None:
+                    raise ValueError(f"{flat.where}: {_NO_PARAMS}")
+                us, s, owned = flat.fn(us, state[i], ps, spec, owned)
+                owned = owned and eager
             else:
-                updates, s = t.update(updates, s, params)
-                fresh = eager and t.update in _OWNING
+                params = None if ps is None else unflatten(ps, spec)
+                tree, s = transformations[i].update(unflatten(us, spec), state[i], params)
+                us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
-        return updates, tuple(new_state)
+            i += 1
+        return us, tuple(new_state), owned
 
+    def update(updates, state, params=None):
+        if params is not None:
+            ps, spec = flatten(params)
+            us = flatten_like(updates, spec, "grads")
+        else:
+            ps, (us, spec) = None, flatten(updates)
+        out, state, _ = fn(us, state, ps, spec, False)
+        return unflatten(out, spec), state
+
+    if not torch.compiler.is_compiling():
+        _FLAT[update] = Flat(fn, False, "fm.optim.chain")
     return GradientTransformation(init, update)

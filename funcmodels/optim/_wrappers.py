@@ -1,10 +1,11 @@
 """Transformations of transformations: masking, per-label optimisers, hyperparameters as
-state, and gradient accumulation."""
+state, and skipping non-finite steps."""
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable, Mapping
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -12,11 +13,11 @@ import torch.utils._pytree as pytree
 
 from ._base import (
     GradientTransformation,
+    as_transformation,
     check_state,
     count_like,
     flatten_like,
     is_schedule,
-    zeros_like_tree,
 )
 
 
@@ -38,17 +39,14 @@ class InjectHyperparamsState(NamedTuple):
     inner_state: Any
 
 
-class ApplyEveryState(NamedTuple):
-    count: torch.Tensor
-    grad_acc: Any
-
-
-class MultiStepsState(NamedTuple):
-    mini_step: torch.Tensor
-    """micro-batches accumulated since the last update, a 0-dim int64 tensor"""
+class ApplyIfFiniteState(NamedTuple):
+    notfinite_count: torch.Tensor
+    """consecutive steps with a non-finite update (reset by a finite one), int64"""
+    last_finite: torch.Tensor
+    """whether the last step's updates were all finite, a bool tensor"""
+    total_notfinite: torch.Tensor
+    """steps with a non-finite update since init, int64"""
     inner_state: Any
-    acc_grads: Any
-    """the sum of the gradients accumulated so far"""
 
 
 def _resolve(tree_or_fn: Any, params: Any) -> Any:
@@ -56,31 +54,37 @@ def _resolve(tree_or_fn: Any, params: Any) -> Any:
 
 
 def _labels(where: str, labels: Any, params: Any) -> list[Any]:
-    """The leaves of ``labels`` (a tree or a function of the params), one per param leaf."""
-    ps, spec = pytree.tree_flatten(params)
+    """The leaves of ``labels`` (a tree like the params or a prefix of it, or a function
+    of the params returning one), one per param leaf."""
+    spec = pytree.tree_structure(params)
     tree = _resolve(labels, params)
-    # Labels (bools, strings) may sit in a Params/State or plain container: flatten with
-    # the params' structure, treating each label as a leaf.
-    got = pytree.tree_flatten(tree)[0] if pytree.tree_structure(tree) == spec else None
+    got = pytree._broadcast_to_and_flatten(tree, spec)
     if got is None:
         raise ValueError(
-            f"{where}: the mask or labels must have the structure of the params "
-            f"({spec.num_leaves} leaves), got {type(tree).__name__}"
+            f"{where}: the mask or labels must have the structure of the params or of a "
+            f"prefix of it ({spec.num_leaves} leaves), got {type(tree).__name__}"
         )
     return got
 
 
-def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+def masked(
+    inner: GradientTransformation, mask: Any, *, mask_compatible_extra_args: bool = False
+) -> GradientTransformation:
     """Apply ``inner`` to the selected leaves only; the others' updates pass unchanged.
 
     Arguments:
         inner: the transformation for the selected leaves.
-        mask: a pytree of bools like the params, or a function of the params returning
-            one (see ``fm.tree.map_with_path``).
+        mask: a pytree of bools like the params or a prefix of it (``{"encoder": True,
+            "head": False}``), or a function of the params returning one (see
+            ``fm.tree.map_with_path``).
+        mask_compatible_extra_args: optax's flag for masking extra update arguments;
+            fm.optim's ``update`` takes none, so there is nothing to mask.
+
+    Returns:
+        The transformation; its state holds ``inner``'s state over the selected leaves.
     """
     where = "fm.optim.masked"
-    if not isinstance(inner, GradientTransformation):
-        raise TypeError(f"{where}: inner must be a GradientTransformation, got {inner!r}")
+    inner = as_transformation(where, "inner", inner)
 
     def selection(params: Any) -> list[bool]:
         flags = _labels(where, mask, params)
@@ -111,7 +115,10 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
 
 
 def multi_transform(
-    transforms: Mapping[str, GradientTransformation], param_labels: Any
+    transforms: Mapping[str, GradientTransformation],
+    param_labels: Any,
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformation:
     """A transformation per label: ``param_labels`` gives each param leaf a label, and
     the leaves of label ``l`` are updated by ``transforms[l]``.
@@ -122,14 +129,20 @@ def multi_transform(
     Arguments:
         transforms: label -> transformation.
         param_labels: a pytree of labels like the params, or a function of the params
-            returning one (``fm.tree.map_with_path`` builds it from layer paths).
+            returning one (``fm.tree.map_with_path`` builds it from layer paths); a
+            prefix of the params' structure labels whole subtrees.
+        mask_compatible_extra_args: as :func:`masked`'s (nothing to mask here).
+
+    Returns:
+        A GradientTransformation; its state is a :class:`MultiTransformState`.
     """
     where = "fm.optim.multi_transform"
     if not isinstance(transforms, Mapping) or not transforms:
         raise TypeError(f"{where}: transforms must be a non-empty dict of label -> transformation")
-    for label, t in transforms.items():
-        if not isinstance(t, GradientTransformation):
-            raise TypeError(f"{where}: transforms[{label!r}] must be a GradientTransformation")
+    transforms = {
+        label: as_transformation(where, f"transforms[{label!r}]", t)
+        for label, t in transforms.items()
+    }
 
     def masks(params: Any) -> dict[str, list[bool]]:
         labels = _labels(where, param_labels, params)
@@ -165,139 +178,168 @@ def multi_transform(
 
 
 def inject_hyperparams(
-    factory: Callable[..., GradientTransformation],
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: torch.dtype | None = None,
 ) -> Callable[..., GradientTransformation]:
-    """Make an optimiser's numeric hyperparameters part of its state.
+    """Make an optimiser's numeric hyperparameters part of its state, as optax's.
 
-    ``opt = inject_hyperparams(adamw)(lr=schedule, weight_decay=0.01)``: numbers and
-    tensors become 0-dim tensors in ``state.hyperparams``, schedules are evaluated at each
-    step and their values stored there too, other arguments (``betas`` pairs, flags) are
-    passed as they are. A compiled training step then never recompiles when a value
-    changes: replace it with ``state._replace(hyperparams={**state.hyperparams, 'lr':
-    torch.tensor(1e-4)})``, or let a schedule change it.
+    ``opt = inject_hyperparams(adamw)(learning_rate=schedule, weight_decay=0.01)``: every
+    numeric argument (defaults included) becomes a 0-dim tensor in ``state.hyperparams``,
+    every callable is a schedule evaluated at each step and its value stored there too;
+    bools, ``None``, dtypes, masks and the arguments named in ``static_args`` are passed as
+    they are. A compiled training step then never recompiles when a value changes: put a
+    new one in ``state.hyperparams`` (a number or a 0-dim tensor), or let a schedule
+    change it. Numbers (ints too) and schedule values are held in ``hyperparam_dtype``
+    (default: the widest floating dtype of the params); tensors are kept as given and cast
+    to each leaf's dtype where used.
 
     Arguments:
-        factory: a function returning a GradientTransformation, such as ``fm.optim.adam``.
+        inner_factory: a function returning a GradientTransformation, such as
+            ``fm.optim.adam``.
+        static_args: names of arguments that are callables but not schedules (``mask``).
+        hyperparam_dtype: the dtype of the hyperparameters held as tensors.
 
     Returns:
-        a function taking the factory's arguments and returning the transformation.
+        A function taking ``inner_factory``'s arguments and returning the transformation.
+
+    Raises:
+        TypeError: a non-callable factory; ValueError: ``static_args`` not among its
+            arguments.
     """
-    if not callable(factory):
-        raise TypeError(
-            f"fm.optim.inject_hyperparams: expected an optimiser factory, got {factory!r}"
+    where = "fm.optim.inject_hyperparams"
+    if not callable(inner_factory):
+        raise TypeError(f"{where}: expected an optimiser factory, got {inner_factory!r}")
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+    if not static <= set(signature.parameters):
+        raise ValueError(
+            f"{where}: static_args {sorted(static)} must name arguments of the factory, "
+            f"which takes {list(signature.parameters)}"
         )
 
+    @functools.wraps(inner_factory)
     def make(*args: Any, **kwargs: Any) -> GradientTransformation:
-        if args:
-            raise TypeError("fm.optim.inject_hyperparams: pass the hyperparameters by name")
-        numeric = {
-            k: v
-            for k, v in kwargs.items()
-            if is_schedule(v)
-            or isinstance(v, torch.Tensor)
-            or (isinstance(v, numbers.Real) and not isinstance(v, bool))
-        }
-        static = {k: v for k, v in kwargs.items() if k not in numeric}
-        factory(**kwargs)  # check every argument once, here, where errors belong
-
-        def values(
-            count: torch.Tensor, current: dict[str, torch.Tensor]
-        ) -> dict[str, torch.Tensor]:
-            return {
-                k: torch.as_tensor(v(count), dtype=torch.float64, device=count.device)
-                if is_schedule(v)
-                else current[k]
-                for k, v in numeric.items()
-            }
-
-        def init(params):
-            count = count_like(params)
-            start = {
-                k: torch.as_tensor(
-                    v(count) if is_schedule(v) else v, dtype=torch.float64, device=count.device
-                )
-                for k, v in numeric.items()
-            }
-            return InjectHyperparamsState(count, start, factory(**start, **static).init(params))
-
-        def update(updates, state, params=None):
-            check_state(state, InjectHyperparamsState, "fm.optim.inject_hyperparams")
-            hp = values(state.count, state.hyperparams)
-            inner = factory(**hp, **static)
-            updates, inner_state = inner.update(updates, state.inner_state, params)
-            return updates, InjectHyperparamsState(state.count + 1, hp, inner_state)
-
-        return GradientTransformation(init, update)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        scheduled, numeric, other = _classify(bound.arguments, static)
+        zero = torch.zeros((), dtype=torch.int64)
+        # check every argument once, here, where errors belong
+        inner_factory(**other, **numeric, **{k: f(zero) for k, f in scheduled.items()})
+        return _injected(inner_factory, scheduled, numeric, other, hyperparam_dtype)
 
     return make
 
 
-def apply_every(k: int = 1) -> GradientTransformation:
-    """Accumulate updates and emit their sum every ``k`` steps (zeros in between).
+def _classify(arguments: Mapping[str, Any], static: set[str]):
+    """Split bound arguments into (schedules, numbers and tensors, the rest)."""
+    scheduled, numeric, other = {}, {}, {}
+    for name, value in arguments.items():
+        if name in static or isinstance(value, bool):
+            other[name] = value
+        elif is_schedule(value):
+            scheduled[name] = value
+        elif isinstance(value, (int, float, torch.Tensor)):
+            numeric[name] = value
+        else:
+            other[name] = value
+    return scheduled, numeric, other
 
-    Put it last in a chain (after the learning rate) to apply the summed steps of ``k``
-    micro-batches at once; :func:`multi_steps` is the usual gradient accumulation.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"fm.optim.apply_every: k must be a positive int, got {k!r}")
+
+def _hyper_dtype(given: torch.dtype | None, *trees: Any) -> torch.dtype:
+    if given is not None:
+        return given
+    dtypes = [t.dtype for t in pytree.tree_leaves(trees) if t.dtype.is_floating_point]
+    return functools.reduce(torch.promote_types, dtypes, dtypes[0]) if dtypes else torch.float32
+
+
+def _as_hyper(value: Any, dtype: torch.dtype, device: Any) -> Any:
+    """Numbers (and a schedule's values) as 0-dim tensors of ``dtype``; a tensor a user
+    gave stays as it is (it is cast to each leaf's dtype where it is used)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(float(value), dtype=dtype, device=device)
+
+
+def _injected(factory, scheduled, numeric, other, hyperparam_dtype) -> GradientTransformation:
+    where = "fm.optim.inject_hyperparams"
+
+    def values(count, current, dtype):
+        hp = {k: _as_hyper(current[k], dtype, count.device) for k in numeric}
+        for k, f in scheduled.items():
+            value = f(count)
+            if isinstance(value, torch.Tensor):
+                value = value.to(dtype)
+            hp[k] = _as_hyper(value, dtype, count.device)
+        return hp
 
     def init(params):
-        return ApplyEveryState(count_like(params), zeros_like_tree(params))
+        count = count_like(params)
+        hp = values(count, numeric, _hyper_dtype(hyperparam_dtype, params))
+        return InjectHyperparamsState(count, hp, factory(**other, **hp).init(params))
 
     def update(updates, state, params=None):
-        check_state(state, ApplyEveryState, "fm.optim.apply_every")
-        us, spec = pytree.tree_flatten(updates)
-        acc = flatten_like(state.grad_acc, spec, "accumulated updates", "the updates")
-        fresh = state.count % k == 0
-        acc = [torch.where(fresh, u, a + u) for a, u in zip(acc, us, strict=True)]
-        emit = state.count % k == k - 1
-        out = [torch.where(emit, a, torch.zeros_like(a)) for a in acc]
-        new = ApplyEveryState(state.count + 1, pytree.tree_unflatten(acc, spec))
-        return pytree.tree_unflatten(out, spec), new
+        check_state(state, InjectHyperparamsState, where)
+        dtype = _hyper_dtype(hyperparam_dtype, params if params is not None else updates)
+        hp = values(state.count, state.hyperparams, dtype)
+        inner = as_transformation(where, "the factory's result", factory(**other, **hp))
+        updates, inner_state = inner.update(updates, state.inner_state, params)
+        return updates, InjectHyperparamsState(state.count + 1, hp, inner_state)
 
     return GradientTransformation(init, update)
 
 
-def multi_steps(inner: GradientTransformation, every_k: int) -> GradientTransformation:
-    """Gradient accumulation: average the gradients of ``every_k`` micro-batches, then
-    take one step of ``inner`` on the average (zero updates in between, ``inner``'s state
-    unchanged).
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int
+) -> GradientTransformation:
+    """Skip steps whose updates hold an inf or a NaN (zero updates, ``inner``'s state
+    kept), unless more than ``max_consecutive_errors`` came in a row; as optax's.
 
-    Every call computes ``inner``'s update and keeps it or not with ``torch.where``, so a
-    step has no data-dependent branch (``vmap`` and ``torch.compile`` need none); for
-    Adam-like optimisers that costs a few elementwise passes per micro-batch.
+    ``inner``'s update is computed every step and kept or not with ``torch.where`` (no
+    data-dependent branch, so it runs under ``vmap`` and ``torch.compile``).
+
+    Arguments:
+        inner: the transformation to guard.
+        max_consecutive_errors: how many non-finite steps in a row to skip.
+
+    Returns:
+        The transformation; its state is an :class:`ApplyIfFiniteState`.
     """
-    where = "fm.optim.multi_steps"
-    if not isinstance(inner, GradientTransformation):
-        raise TypeError(f"{where}: inner must be a GradientTransformation, got {inner!r}")
-    if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
-        raise ValueError(f"{where}: every_k must be a positive int, got {every_k!r}")
+    where = "fm.optim.apply_if_finite"
+    inner = as_transformation(where, "inner", inner)
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int):
+        raise TypeError(f"{where}: max_consecutive_errors must be an int")
 
     def init(params):
-        return MultiStepsState(count_like(params), inner.init(params), zeros_like_tree(params))
+        zero = count_like(params)
+        finite = torch.ones((), dtype=torch.bool, device=zero.device)
+        return ApplyIfFiniteState(zero, finite, zero.clone(), inner.init(params))
 
     def update(updates, state, params=None):
-        check_state(state, MultiStepsState, where)
-        us, spec = pytree.tree_flatten(updates)
-        acc = [
-            a + u
-            for a, u in zip(
-                flatten_like(state.acc_grads, spec, "accumulated gradients", "the updates"),
-                us,
-                strict=True,
-            )
-        ]
-        emit = state.mini_step + 1 == every_k
-        mean = pytree.tree_unflatten([a / every_k for a in acc], spec)
-        stepped, stepped_state = inner.update(mean, state.inner_state, params)
-
-        def pick(new, old):
-            return torch.where(emit, new, old) if isinstance(new, torch.Tensor) else new
-
-        out = pytree.tree_map(lambda u: torch.where(emit, u, torch.zeros_like(u)), stepped)
-        inner_state = pytree.tree_map(pick, stepped_state, state.inner_state)
-        acc = [torch.where(emit, torch.zeros_like(a), a) for a in acc]
-        mini = torch.where(emit, torch.zeros_like(state.mini_step), state.mini_step + 1)
-        return out, MultiStepsState(mini, inner_state, pytree.tree_unflatten(acc, spec))
+        check_state(state, ApplyIfFiniteState, where)
+        leaves = pytree.tree_leaves(updates)
+        finite = torch.ones((), dtype=torch.bool, device=state.notfinite_count.device)
+        for u in leaves:
+            finite = finite & torch.isfinite(u).all()
+        errors = torch.where(
+            finite, torch.zeros_like(state.notfinite_count), state.notfinite_count + 1
+        )
+        new, inner_state = inner.update(updates, state.inner_state, params)
+        keep = finite | (errors > max_consecutive_errors)
+        out = pytree.tree_map(lambda u: torch.where(keep, u, torch.zeros_like(u)), new)
+        inner_state = _select(keep, inner_state, state.inner_state)
+        total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
+        return out, ApplyIfFiniteState(errors, finite, total, inner_state)
 
     return GradientTransformation(init, update)
+
+
+def _select(keep: torch.Tensor, new: Any, old: Any) -> Any:
+    """``new`` where ``keep``, else ``old``, leaf by leaf (state leaves keep their dtype)."""
+
+    def pick(a, b):
+        if not isinstance(a, torch.Tensor):
+            return a
+        return torch.where(keep, a, b).to(b.dtype)
+
+    return pytree.tree_map(pick, new, old)
