@@ -80,11 +80,16 @@ def resolve(name: str) -> type | None:
 
 def _register_optimiser_states() -> None:
     # Every named tuple fm.optim exports, under its public name: state types added to
-    # fm.optim later are covered without a list kept here.
+    # fm.optim later are covered without a list kept here. A class exported under several
+    # names (optax's aliases, such as ApplyEvery for ApplyEveryState) is written under its
+    # own class name and read under each of them.
     for attr in optim.__all__:
         cls = getattr(optim, attr)
-        if _is_named_tuple(cls) and cls is not optim.GradientTransformation:
-            register(cls, f"funcmodels.optim.{attr}")
+        if not _is_named_tuple(cls) or cls is optim.GradientTransformation:
+            continue
+        own = cls.__name__ if getattr(optim, cls.__name__, None) is cls else attr
+        register(cls, f"funcmodels.optim.{own}")
+        _by_name.setdefault(f"funcmodels.optim.{attr}", cls)
 
 
 _register_optimiser_states()

@@ -157,7 +157,7 @@ def test_params_state_keys_and_optimiser_states_round_trip(tmp_path):
             {"a": fm.optim.sgd(0.1, momentum=0.9), "b": fm.optim.rmsprop(1e-2, centered=True)},
             lambda p: fm.tree.map_with_path(lambda path, _: "a" if path < "1" else "b", p),
         ),
-        fm.optim.multi_steps(fm.optim.adagrad(0.1), every_k=2),
+        fm.optim.multi_steps(fm.optim.adagrad(0.1), every_k_schedule=2),
     ]
     x = fm.random.normal(fm.key(1), (5, 3))
     loss = lambda p: fm.apply(p, x, state=state).square().sum()
