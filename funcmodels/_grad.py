@@ -14,6 +14,7 @@ functorch's per-op wrapping (about half of a small model's gradient time). Insid
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import types
 import warnings
@@ -231,16 +232,22 @@ def _frame(e: BaseException) -> str:
 
 def _break_message(name: str, e: BaseException) -> str:
     text = str(getattr(e, "msg", None) or e)
-    cause = getattr(e, "gb_type", None) or text.strip().splitlines()[0]
+    cause = getattr(e, "gb_type", None)
+    if cause is None:
+        found = re.search(r"Could not guard on data-dependent expression [^(]*", text)
+        cause = found.group(0).strip() if found else text.strip().splitlines()[0][:200]
     explanation = next(
         (s.strip() for s in text.splitlines() if s.strip().startswith("Explanation:")), ""
     )
-    return (
-        f"fm.jit({name}): cannot compile the function as one graph: {cause}, at "
-        f"{_frame(e)}. {explanation} fm.jit never runs part of a function eagerly: remove "
-        f"the cause (a print, .item(), a Python branch on a tensor's value, ...) or call "
-        f"{name} without fm.jit."
-    ).replace("  ", " ")
+    if explanation and not explanation.endswith("."):
+        explanation += "."
+    parts = [
+        f"fm.jit({name}): cannot compile the function as one graph: {cause}, at {_frame(e)}.",
+        explanation,
+        "fm.jit never runs part of a function eagerly: remove the cause (a print, .item(), "
+        f"a Python branch on a tensor's value, ...) or call {name} without fm.jit.",
+    ]
+    return " ".join(p for p in parts if p)
 
 
 def _shapes(args: tuple, kwargs: dict) -> str:
@@ -267,7 +274,7 @@ class _Jitted:
         self.calls = 0
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
-        from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported
+        from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported, UserError
         from torch._dynamo.utils import guard_failures
 
         seen = len(guard_failures.get(self.code, ()))
@@ -275,16 +282,10 @@ class _Jitted:
         _ACTIVE.state = self
         try:
             out = self.compiled(*args, **kwargs)
-        except (Unsupported, FailOnRecompileLimitHit) as e:
+        except (Unsupported, UserError, FailOnRecompileLimitHit) as e:
             raise ValueError(_break_message(self.name, e)) from e
         finally:
             _ACTIVE.state = previous
-        if self.calls == 0 and self.compiles == 0:
-            raise RuntimeError(
-                f"fm.jit({self.name}): torch.compile ran the function without compiling it "
-                "(dynamo is disabled: TORCHDYNAMO_DISABLE or torch._dynamo.config.disable); "
-                f"refusing a silent eager run. Call {self.name} without fm.jit to run eagerly."
-            )
         if self.calls and self.compiles > before:
             reasons = guard_failures.get(self.code, [])[seen:]
             warnings.warn(
@@ -331,8 +332,8 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
 
     Raises:
         TypeError: ``fn`` is not callable. ValueError: ``fullgraph=False`` or
-        ``disable=True`` (at once); a graph break (when called). RuntimeError: dynamo is
-        disabled, so nothing was compiled (at the first call).
+        ``disable=True`` (at once); a graph break (when called). torch's
+        ``RuntimeError`` when dynamo is disabled and nothing could be compiled.
     """
     if not callable(fn):
         raise TypeError(f"fm.jit: fn must be callable, got {type(fn).__name__}")
