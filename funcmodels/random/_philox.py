@@ -194,8 +194,12 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     """
     n_blocks = (n * group + 3) // 4
     device = k.device if device is None else torch.device(device)
-    if not is_plain(k) or n_blocks <= _SMALL or "meta" in (device.type, k.device.type):
-        # On the meta device only shapes are computed, so the functional path costs nothing.
+    if device.type == "meta" or (k.device.type == "meta" and is_plain(k)):
+        # Shapes only: nothing is sampled (the rounds would cost ~100 meta ops, each
+        # slower than on the CPU); ``convert`` of one CPU block tells the dtype.
+        probe = convert(torch.zeros(4, dtype=torch.int64))
+        return torch.empty(n, dtype=probe.dtype, device="meta")
+    if not is_plain(k) or n_blocks <= _SMALL:
         return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
     keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
@@ -250,6 +254,8 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(k, "fm.split")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"fm.split(key, num): num must be a positive int, got {num!r}")
+    if k.device.type == "meta" and is_plain(k):
+        return torch.empty(num, 2, dtype=torch.int64, device="meta")
     if is_plain(k) and k.device.type == "cpu" and num <= 64:
         k0, k1 = k.tolist()
         words = [w for i in range((num + 1) // 2) for w in _philox_py(k0, k1, i, _STREAM_SPLIT)]
@@ -284,5 +290,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             k0, k1 = k.tolist()
             return torch.tensor(_philox_py(k0, k1, data, _STREAM_FOLD)[:2], dtype=torch.int64)
         d = torch.tensor(data, dtype=torch.int64, device=k.device)
+    if k.device.type == "meta" and is_plain(k):
+        return torch.empty(2, dtype=torch.int64, device="meta")
     stream = torch.tensor(_STREAM_FOLD, dtype=torch.int64, device=k.device)
     return _philox_functional(k[0], k[1], d, stream)[..., :2]
