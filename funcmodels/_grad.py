@@ -26,21 +26,41 @@ import torch.utils._pytree as pytree
 from torch._C import _functorch
 from torch._functorch.eager_transforms import _slice_argnums, _validate_and_wrap_argnums
 
+from ._tree import Params, State
+
 _WHERE = "grad_and_value(f)(*args)"
 
 
-def _plain_path(args: tuple, kwargs: dict) -> bool:
-    """Whether plain autograd gives torch.func's answer: no transform or compile is
-    active, and no input takes part in an outer autograd graph (whose gradients would
-    have to flow through the result, as torch.func's do)."""
-    if _functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling():
-        return False
-    if torch.is_inference_mode_enabled():
-        return False
-    for t in pytree.tree_leaves((args, kwargs)):
-        if isinstance(t, torch.Tensor) and t.requires_grad:
-            return False
-    return True
+def _flatten(tree: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """``(leaves, rebuild)`` of one argument, as torch's pytree flattens it.
+
+    A tensor and a Params/State of tensors (what a training step passes) skip pytree's
+    generic walk, which costs tens of microseconds a call.
+    """
+    if isinstance(tree, torch.Tensor):
+        return [tree], lambda leaves: leaves[0]
+    if type(tree) in (Params, State):
+        flat = tree._flat
+        values = list(flat.values())
+        if all(isinstance(t, torch.Tensor) for t in values):
+            keys, spec, make = list(flat), tree.spec, type(tree)._make
+            return values, lambda leaves: make(spec, dict(zip(keys, leaves, strict=True)))
+    leaves, spec = pytree.tree_flatten(tree)
+    return leaves, lambda new: pytree.tree_unflatten(new, spec)
+
+
+def _transformed() -> bool:
+    """Whether a torch.func transform, compilation or inference mode is active: then
+    torch.func computes the gradients."""
+    return (
+        _functorch.peek_interpreter_stack() is not None
+        or torch.compiler.is_compiling()
+        or torch.is_inference_mode_enabled()
+    )
+
+
+def _in_outer_graph(tree: Any) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in _flatten(tree)[0])
 
 
 def _check_output(output: Any, has_aux: bool) -> tuple[Any, Any]:
@@ -75,27 +95,45 @@ def _leaf(x: Any) -> torch.Tensor:
     return x.detach().requires_grad_()
 
 
-def _plain(fn: Callable, argnums: int | tuple[int, ...], has_aux: bool, args, kwargs):
-    """torch.func.grad_and_value's ``(grads, value[, aux])`` by plain autograd."""
-    diff = _slice_argnums(args, argnums, as_tuple=False)
-    flat, spec = pytree.tree_flatten(diff)
-    leaves = [_leaf(t) for t in flat]
-    new = pytree.tree_unflatten(leaves, spec)
-    wrapped = _validate_and_wrap_argnums(argnums, len(args))
+def _plain(fn: Callable, nums: tuple[int, ...], has_aux: bool, args, kwargs):
+    """torch.func.grad_and_value's ``(grads, value, aux)`` by plain autograd, with the
+    grads of each argument in ``nums``; ``None`` when an argument takes part in an outer
+    autograd graph (whose gradients would have to flow through the result, as
+    torch.func's do)."""
     args = list(args)
-    if isinstance(wrapped, int):
-        args[wrapped] = new
-    else:
-        for i, d in zip(wrapped, new, strict=True):
-            args[i] = d
+    leaves: list[torch.Tensor] = []
+    rebuilds = []
+    for i in nums:
+        flat, rebuild = _flatten(args[i])
+        new = [_leaf(t) for t in flat]
+        args[i] = rebuild(new)
+        rebuilds.append((len(leaves), len(leaves) + len(new), rebuild))
+        leaves += new
+        if any(t.requires_grad for t in flat if isinstance(t, torch.Tensor)):
+            return None
+    others = (a for i, a in enumerate(args) if i not in nums)
+    if any(_in_outer_graph(a) for a in (*others, *kwargs.values())):
+        return None
     with torch.enable_grad():
         value, aux = _check_output(fn(*args, **kwargs), has_aux)
         grads: tuple = (None,) * len(leaves)
         if value.requires_grad and leaves:
             grads = torch.autograd.grad(value, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
+    out = tuple(rebuild(grads[a:b]) for a, b, rebuild in rebuilds)
     aux = pytree.tree_map(_detach_aux, aux) if has_aux else None
-    return pytree.tree_unflatten(grads, spec), value.detach(), aux
+    return out, value.detach(), aux
+
+
+def _argnums(argnums: int | tuple[int, ...], n_args: int, cache: dict) -> tuple[int, ...]:
+    """The differentiated positions for ``n_args`` arguments (torch.func's checks and
+    errors), computed once per argument count."""
+    nums = cache.get(n_args)
+    if nums is None:
+        _slice_argnums((None,) * n_args, argnums)
+        wrapped = _validate_and_wrap_argnums(argnums, n_args)
+        nums = cache[n_args] = (wrapped,) if isinstance(wrapped, int) else wrapped
+    return nums
 
 
 def _check_args(fn: object, argnums: object, has_aux: object, where: str) -> None:
@@ -143,11 +181,16 @@ def value_and_grad(
     """
     _check_args(fn, argnums, has_aux, "fm.value_and_grad")
 
+    cache: dict[int, tuple[int, ...]] = {}
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        if _plain_path(args, kwargs):
-            grads, value, aux = _plain(fn, argnums, has_aux, args, kwargs)
-            return ((value, aux) if has_aux else value), grads
+        if not _transformed():
+            done = _plain(fn, _argnums(argnums, len(args), cache), has_aux, args, kwargs)
+            if done is not None:
+                grads, value, aux = done
+                grads = grads[0] if isinstance(argnums, int) else grads
+                return ((value, aux) if has_aux else value), grads
         grads, value = torch.func.grad_and_value(fn, argnums, has_aux)(*args, **kwargs)
         return value, grads
 
