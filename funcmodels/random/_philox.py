@@ -17,10 +17,12 @@ operations, so integer and ``[0, 1)`` uniform draws are bit-identical across dev
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
+from torch._C import _functorch
 
 _MASK = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
@@ -188,33 +190,56 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     """``n`` values, each made by ``convert`` from ``group`` (1 or 2) consecutive words.
 
     ``convert`` maps a flat ``int64`` tensor of words (a multiple of four long) to one value
-    per ``group`` words, elementwise. On plain eager tensors the words are made and
-    converted chunk by chunk while they are in cache; elsewhere all at once. Both give the
-    same values, since Philox and ``convert`` are the same functions of the counter.
+    per ``group`` words, elementwise. See :func:`generate`.
     """
-    n_blocks = (n * group + 3) // 4
+    return generate(k, n, 4 // group, lambda w: convert(w.reshape(-1)), device)
+
+
+def _scratch_mode():
+    """Inference mode for the generator's own buffers (a quarter fewer microseconds per
+    op on small draws: no version counters), outside torch.func transforms, whose
+    interaction with it is not ours to rely on."""
+    if _functorch.peek_interpreter_stack() is None:
+        return torch.inference_mode()
+    return contextlib.nullcontext()
+
+
+def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.Tensor:
+    """``n`` values, ``per_block`` (1, 2, 4 or 8) of them from each Philox block.
+
+    ``convert`` maps an ``(m, 4)`` ``int64`` tensor of words (block ``i``'s four words in
+    row ``i``, values in ``[0, 2**32)``) to ``m * per_block`` values, block by block. On
+    plain eager tensors the words are made and converted chunk by chunk while they are in
+    cache; elsewhere all at once. Both give the same values, since Philox and ``convert``
+    are the same functions of the counter.
+    """
+    n_blocks = -(-n // per_block)
     device = k.device if device is None else torch.device(device)
     if device.type == "meta" or (k.device.type == "meta" and is_plain(k)):
         # Shapes only: nothing is sampled (the rounds would cost ~100 meta ops, each
         # slower than on the CPU); ``convert`` of one CPU block tells the dtype.
-        probe = convert(torch.zeros(4, dtype=torch.int64))
+        probe = convert(torch.zeros(1, 4, dtype=torch.int64))
         return torch.empty(n, dtype=probe.dtype, device="meta")
     if not is_plain(k) or n_blocks <= _SMALL:
-        return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
+        return convert(_blocks(k, _STREAM_BITS, n_blocks, device))[:n]
     keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
-    # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
     m = min(chunk, n_blocks)
-    buf = torch.empty(10, m, dtype=torch.int64, device=device)
+    with _scratch_mode():
+        # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
+        buf = torch.empty(10, m, dtype=torch.int64, device=device)
     scratch = list(buf[:6])
     words = buf[6:].view(m, 4)
     out = None
-    per_block = 4 // group
     for start in range(0, n_blocks, chunk):
         stop = min(n_blocks, start + chunk)
         block = words[: stop - start]
-        _philox_inplace(keys, start, _STREAM_BITS, block, scratch)
-        values = convert(block.reshape(-1))
+        with _scratch_mode():
+            _philox_inplace(keys, start, _STREAM_BITS, block, scratch)
+        values = convert(block)
+        if m == n_blocks:
+            # One chunk: the values are the result (an ordinary tensor, never the buffer).
+            return (values.clone() if values.is_inference() else values)[:n]
         if out is None:
             out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
         out[start * per_block : stop * per_block] = values
