@@ -225,24 +225,22 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
     keys = _round_keys(*k.tolist())
     chunk = _CHUNK if device.type == "cpu" else n_blocks
     m = min(chunk, n_blocks)
+    out = None
     with _scratch_mode():
         # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
         buf = torch.empty(10, m, dtype=torch.int64, device=device)
-    scratch = list(buf[:6])
-    words = buf[6:].view(m, 4)
-    out = None
-    for start in range(0, n_blocks, chunk):
-        stop = min(n_blocks, start + chunk)
-        block = words[: stop - start]
-        with _scratch_mode():
+        scratch = list(buf[:6])
+        words = buf[6:].view(m, 4)
+        for start in range(0, n_blocks, chunk):
+            stop = min(n_blocks, start + chunk)
+            block = words[: stop - start]
             _philox_inplace(keys, start, _STREAM_BITS, block, scratch)
-        values = convert(block)
-        if m == n_blocks:
-            # One chunk: the values are the result (an ordinary tensor, never the buffer).
-            return (values.clone() if values.is_inference() else values)[:n]
-        if out is None:
-            out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
-        out[start * per_block : stop * per_block] = values
+            values = convert(block)
+            if out is None:
+                # The result is an ordinary tensor, whatever the scratch is.
+                with torch.inference_mode(False):
+                    out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
+            out[start * per_block : stop * per_block] = values
     return out[:n]
 
 

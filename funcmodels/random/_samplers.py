@@ -33,7 +33,8 @@ def _lattice(p: int):
             )
 
         return 2, convert
-    return 1, lambda w: w >> (32 - p)
+    # In place: the words are the generator's own fresh buffer, used once.
+    return 1, lambda w: w.bitwise_right_shift_(32 - p)
 
 
 def _work(dtype: torch.dtype) -> torch.dtype:
@@ -97,7 +98,7 @@ def uniform(
         scale = (maxval - minval) * 2.0**-p
         # Rounding (in the product or the cast) can land on maxval: clamp below it.
         top = _below(float(maxval), dtype)
-        convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp(max=top)
+        convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp_(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 
 
