@@ -43,16 +43,27 @@ def parse_args(description: str, argv: Sequence[str] | None = None, **extra) -> 
         **extra: ``name=(type, default, help)`` for script-specific options.
 
     Returns:
-        the parsed options: ``quick``, ``threads``, ``repeats`` (``None`` unless given) and
+        the parsed options: ``quick``, ``threads``, ``repeats`` (``None`` unless given),
+        ``clock`` (``time.perf_counter``, or ``time.thread_time`` with ``--cpu-time``) and
         the extras.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a fast smoke run (few rounds)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per contender")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time samples by the thread's CPU time (with --threads 1, on a shared machine)",
+    )
     for name, (typ, default, help_) in extra.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=default, help=help_)
     args = p.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time measures one thread's CPU time: use it with --threads 1")
+    # CPU time leaves out time spent descheduled, which a contender of many small ops
+    # suffers more than one of a few large ops on a machine shared with other work.
+    args.clock = time.thread_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     return args
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0))
     fns = contenders(x, P)
     print(f"fm.apply == bernoulli path bit for bit; both and F.dropout are dropouts of x (p={P})")
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1)
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1, clock=args.clock)
     what = f"dropout train, {args.size}x{args.size} float32, p={P}, CPU, {args.threads} threads"
     rows = [
         row(what, timings, "F.dropout"),

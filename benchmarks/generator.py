@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         "bits (functional)": functional_bits,
         "torch uniform_": lambda: torch.empty(n).uniform_(-0.1, 0.1),
     }
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1)
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1, clock=args.clock)
     what = f"{n:,} draws, CPU, {args.threads} threads"
     report(
         [

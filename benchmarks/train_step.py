@@ -27,7 +27,7 @@ eager step (the update alone, timed in the same run), and the compile time of th
 inductor's on-disk caches off so both compile from scratch).
 
 Run: ``python benchmarks/train_step.py [--quick] [--threads 1|2] [--models mlp,cnn_bn]
-[--no-compile 1] [--cpu-time 1]``. ``--cpu-time 1`` (with ``--threads 1``) times each
+[--no-compile 1] [--cpu-time]``. ``--cpu-time`` (with ``--threads 1``) times each
 sample by the thread's CPU time instead of the wall clock: on a machine shared with other
 work, time spent descheduled then counts for no contender (a step of many small ops is
 descheduled more often than one of a few large ops, which skews wall-clock ratios).
@@ -319,11 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         argv,
         models=(str, ",".join(MODELS), "comma-separated models"),
         no_compile=(int, 0, "1: eager contenders only"),
-        cpu_time=(int, 0, "1: time the thread's CPU time (1 thread, shared machine)"),
     )
-    if args.cpu_time and args.threads != 1:
-        raise SystemExit("--cpu-time 1 measures one thread: use it with --threads 1")
-    clock = time.thread_time if args.cpu_time else time.perf_counter
     repeats = args.repeats or (3 if args.quick else 15)
     rows = []
     for name in args.models.split(","):
@@ -331,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         check(problem)
         print(f"{name}: gradients equal torch's (rtol {RTOL}, atol {ATOL})", flush=True)
         fns, times = contenders(problem, compiled=not args.no_compile)
-        timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.05, clock=clock)
+        timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.05, clock=args.clock)
         rows += rows_for(problem, timings, times, args.threads)
         print("\n".join(rows[-(7 if times else 4) :]), flush=True)
     report(rows, args.threads)
