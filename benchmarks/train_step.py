@@ -19,6 +19,10 @@ blocks, max pool, two linears, 28 x 28 inputs, batch 64, BatchNorm state in trai
 (an 8-member ``fm.nn.Stack`` of the MLP, loss summed over members; torch side: a loop
 over 8 modules, one AdamW over all).
 
+Also timed alone: the gradient (``fm grad``: ``fm.value_and_grad``; ``torch.func grad``:
+``torch.func.grad_and_value`` of the same loss; ``torch grad``: the module's forward and
+``loss.backward()``).
+
 Before timing, each model's gradients are checked against torch's from the same weights
 (dropout off; train-mode BatchNorm on). Then the contenders run interleaved, several
 rounds, and ratios are per-round medians. Also reported: the optimiser's share of each
@@ -252,6 +256,10 @@ def contenders(problem: Problem, compiled: bool) -> tuple[dict[str, Callable], d
         return call
 
     fns = {"fm eager": advance("fm", step)}
+    loss = fm_loss(problem, True)
+    args = (problem.params, problem.state, x, y, base)
+    fns["fm grad"] = lambda: fm.value_and_grad(loss, has_aux=True)(*args)
+    fns["torch.func grad"] = lambda: torch.func.grad_and_value(loss, has_aux=True)(*args)
     grads = fm.grad(fm_loss(problem, True), has_aux=True)(
         problem.params, problem.state, x, y, base
     )[0]
@@ -273,6 +281,12 @@ def contenders(problem: Problem, compiled: bool) -> tuple[dict[str, Callable], d
         return call
 
     fns["torch eager"] = torch_step(module)
+
+    def torch_grad():
+        module.zero_grad(set_to_none=True)
+        problem.out_loss(module(x), y).backward()
+
+    fns["torch grad"] = torch_grad
     fns["torch eager"]()
     fns["torch optimiser"] = torch_opt.step
     times: dict[str, float] = {}
@@ -304,6 +318,9 @@ def rows_for(problem: Problem, timings, times: dict[str, float], threads: int) -
             target=f"<= {target}" if target else "",
         )
     )
+    rows.append(row(what, timings, "torch grad"))
+    rows.append(row(what, timings, "fm grad", ratio_of=("fm grad", "torch grad")))
+    rows.append(row(what, timings, "torch.func grad", ratio_of=("torch.func grad", "torch grad")))
     rows.append(row(what, timings, "fm optimiser", ratio_of=("fm optimiser", "fm eager")))
     rows.append(row(what, timings, "torch optimiser", ratio_of=("torch optimiser", "torch eager")))
     if times:
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         fns, times = contenders(problem, compiled=not args.no_compile)
         timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.05, clock=args.clock)
         rows += rows_for(problem, timings, times, args.threads)
-        print("\n".join(rows[-(7 if times else 4) :]), flush=True)
+        print("\n".join(rows[-(10 if times else 7) :]), flush=True)
     report(rows, args.threads)
 
 
