@@ -14,10 +14,10 @@ fnn = fm.nn
 
 @pytest.fixture
 def rounds(monkeypatch):
-    """Counts the calls of the tensor Philox paths (the eager in-place one and the
+    """Counts the calls of the array Philox paths (numpy's, torch's in-place one and the
     functional one); the Python-int path that derives CPU keys is not counted."""
     calls = []
-    for name in ("_philox_inplace", "_philox_functional"):
+    for name in ("_philox_numpy", "_philox_inplace", "_philox_functional"):
         real = getattr(R, name)
         monkeypatch.setattr(
             R, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
