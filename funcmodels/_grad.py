@@ -358,12 +358,15 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
 
     Called inside another compiled function, ``fn`` is traced into the caller's graph.
 
-    Compile time is paid at the first call and at each recompile: seconds to tens of
-    seconds on a CPU (an MLP step about 10 s on 2 cores, see NOTES.md), against a few
-    milliseconds per eager step. Eager is the better choice for short runs (fewer steps
-    than the compile time over the time saved per step), while shapes keep changing
-    (variable sequence lengths without padding to buckets), for data-dependent control
-    flow (``EarlyExit`` in eval, ``.item()``), and while debugging.
+    Compile time is paid at the first call and at each recompile: on a 2-core CPU about
+    10 s for a small MLP's step with AdamW (plus about 10 s once per process for
+    inductor itself), several times what ``torch.compile`` of the module alone takes,
+    since the whole step (the gradient transform and the optimiser too) is traced and
+    generated; see NOTES.md. The compiled step then runs at 0.2-0.5x the eager one.
+    Eager is the better choice when the run is short (the steps times the time saved per
+    step do not pay the compile), while shapes keep changing (variable sequence lengths
+    without padding to a few buckets), for data-dependent control flow (``EarlyExit`` in
+    eval, ``.item()``), and while debugging.
 
     Arguments:
         fn: the function to compile.
