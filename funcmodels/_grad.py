@@ -315,6 +315,7 @@ class _Jitted:
         self.compiled = torch.compile(traced, fullgraph=True, **compile_kwargs)
         self.compiles = 0
         self.calls = 0
+        self.shapes = ""
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported, UserError
@@ -329,16 +330,24 @@ class _Jitted:
             raise ValueError(_break_message(self.name, e)) from e
         finally:
             _ACTIVE.state = previous
+        shapes = _shapes(args, kwargs)
         if self.calls and self.compiles > before:
             reasons = guard_failures.get(self.code, [])[seen:]
+            same = (
+                " (the shapes of the previous call: a guard on strides, dtypes, aliasing or "
+                "a Python value failed)"
+                if shapes == self.shapes
+                else ""
+            )
             warnings.warn(
                 f"fm.jit({self.name}): recompiling (compile {self.compiles}) for inputs of "
-                f"shapes {_shapes(args, kwargs)}; the guard that failed: "
+                f"shapes {shapes}{same}; the guard that failed: "
                 f"{reasons[-1] if reasons else 'not recorded'}. Each new input shape or "
                 "constant costs a compile; after one recompile for a size, dynamo compiles a "
                 "kernel for any size.",
                 stacklevel=3,
             )
+        self.shapes = shapes
         self.calls += 1
         return out
 
