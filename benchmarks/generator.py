@@ -20,7 +20,7 @@ import torch
 from common import parse_args, report, row, time_interleaved
 
 import funcmodels as fm
-from funcmodels import random as R
+from funcmodels.random import _philox as R
 
 
 def main(argv: list[str] | None = None) -> None:
