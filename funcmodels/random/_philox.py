@@ -1,4 +1,9 @@
-"""The generator: keys and Philox4x32-10 in integer tensor ops (see the package docstring).
+"""The generator: keys and Philox4x32-10 in integer array ops (see the package docstring).
+
+Three implementations of the same rounds give the same bits: out of place in torch ops
+(under vmap, grad and compile, which need them traced or batched), in place in torch ops
+(eager draws off the CPU, and large ones on several threads) and in place in numpy's
+``uint64`` ufuncs (eager draws on the CPU: far less overhead per call).
 
 Counter-based pseudo-random numbers from explicit keys.
 
