@@ -43,16 +43,27 @@ def parse_args(description: str, argv: Sequence[str] | None = None, **extra) -> 
         **extra: ``name=(type, default, help)`` for script-specific options.
 
     Returns:
-        the parsed options: ``quick``, ``threads``, ``repeats`` (``None`` unless given) and
+        the parsed options: ``quick``, ``threads``, ``repeats`` (``None`` unless given),
+        ``clock`` (``time.perf_counter``, or ``time.thread_time`` with ``--cpu-time``) and
         the extras.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a fast smoke run (few rounds)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per contender")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time samples by the thread's CPU time (with --threads 1, on a shared machine)",
+    )
     for name, (typ, default, help_) in extra.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=default, help=help_)
     args = p.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time measures one thread's CPU time: use it with --threads 1")
+    # CPU time leaves out time spent descheduled, which a contender of many small ops
+    # suffers more than one of a few large ops on a machine shared with other work.
+    args.clock = time.thread_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     return args
 
@@ -69,13 +80,18 @@ def cuda_sync(device: str | torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _run(fn: Callable[[], object], number: int, sync: Callable[[], None]) -> float:
+def _run(
+    fn: Callable[[], object],
+    number: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         fn()
     sync()
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def time_interleaved(
@@ -85,6 +101,7 @@ def time_interleaved(
     warmup: int = 2,
     min_sample_s: float = 0.05,
     sync: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time each contender once per round, in a new random order each round (seeded, so runs
     repeat the same orders), for ``repeats`` rounds.
@@ -96,6 +113,9 @@ def time_interleaved(
         min_sample_s: each round times enough back-to-back calls of a contender to last
             about this long (calibrated after warm-up), so tiny calls are measurable.
         sync: called before and after each timed sample (``torch.cuda.synchronize`` on GPU).
+        clock: what a sample measures: wall time (default), or ``time.thread_time`` for
+            the CPU time of a single-threaded run on a machine shared with other work
+            (time spent descheduled is not counted).
 
     Returns:
         name -> :class:`Timing` with ``repeats`` per-call times.
@@ -104,7 +124,7 @@ def time_interleaved(
     for name, fn in contenders.items():
         for _ in range(warmup):
             fn()
-        once = _run(fn, 1, sync)
+        once = _run(fn, 1, sync, clock)
         numbers[name] = max(1, round(min_sample_s / max(once, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     gc_was_enabled = gc.isenabled()
@@ -125,7 +145,7 @@ def time_interleaved(
                 fn()
                 gc.collect()
                 gc.disable()
-                samples[name].append(_run(fn, numbers[name], sync))
+                samples[name].append(_run(fn, numbers[name], sync, clock))
                 if gc_was_enabled:
                     gc.enable()
     finally:

@@ -2,8 +2,9 @@
 
 Contenders, each drawing ``n`` values (default 11,689,512, ResNet-18's parameter count):
 
-* ``uniform``: ``fm.random.uniform(key, (n,), minval=-0.1, maxval=0.1)`` (the chunked,
-  in-place fast path that ``fm.init`` takes on plain tensors);
+* ``uniform``: ``fm.random.uniform(key, (n,), minval=-0.1, maxval=0.1)`` (the chunked
+  eager path that ``fm.init`` takes on plain tensors: numpy's rounds, or torch's in-place
+  ones for large chunks on several threads);
 * ``bits (fast)``: ``fm.random.bits(key, (n,))`` on the same path;
 * ``bits (functional)``: the out-of-place path that runs under vmap, grad and compile,
   called directly on the whole tensor;
@@ -20,7 +21,7 @@ import torch
 from common import parse_args, report, row, time_interleaved
 
 import funcmodels as fm
-from funcmodels import random as R
+from funcmodels.random import _philox as R
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         raise AssertionError("fast and functional paths disagree")
     print(f"fast and functional paths give the same {n} words")
     fns = {
-        "uniform": lambda: R.uniform(key, (n,), minval=-0.1, maxval=0.1),
+        "uniform": lambda: fm.random.uniform(key, (n,), minval=-0.1, maxval=0.1),
         "bits (fast)": lambda: R.bits(key, (n,)),
         "bits (functional)": functional_bits,
         "torch uniform_": lambda: torch.empty(n).uniform_(-0.1, 0.1),
     }
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1)
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1, clock=args.clock)
     what = f"{n:,} draws, CPU, {args.threads} threads"
     report(
         [

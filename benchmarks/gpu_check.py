@@ -3,7 +3,8 @@
 1. Per-sample gradients of the tutorial CNN at batch 512 on CUDA: the four contenders of
    ``per_sample_grads.py`` (funcmodels, torch.func, Opacus, a loop), checked equal first.
 2. ``fm.random.uniform`` (default ``[0, 1)``, every floating dtype),
-   ``fm.random.randint``, ``permutation`` and ``choice`` (with and without replacement)
+   ``fm.random.randint``, ``permutation``, ``choice`` (with and without replacement) and
+   dropout's 16-bit keep mask
    give the same bits on CPU and CUDA (``torch.equal`` after
    ``.cpu()``), for sizes on both the small and the chunked path of the generator, with the
    key on either device.
@@ -31,6 +32,7 @@ from common import parse_args, report
 from per_sample_grads import figure
 
 import funcmodels as fm
+from funcmodels.random._samplers import keep_mask
 
 # Sizes below and above the generator's switch to chunked in-place rounds (2**14 blocks).
 SIZES = ((3,), (257, 3), (1000, 1000), (4097, 1023))
@@ -74,6 +76,7 @@ def check_same_bits(device: str = "cuda") -> int:
                     "choice without replacement",
                     lambda k, dev, n=n: fm.random.choice(k, n + 3, (n,), replace=False, device=dev),
                 ),
+                ("dropout keep mask", lambda k, dev, n=n: keep_mask(k, 0.9, (n,), device=dev)),
             ]
             for what, draw in draws:
                 want = draw(k_cpu, None)

@@ -18,6 +18,9 @@ Run: ``python benchmarks/init_resnet18.py [--quick] [--threads 2] [--device cpu]
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 from common import cuda_sync, parse_args, report, row, time_interleaved
 from torch import nn
@@ -100,7 +103,9 @@ def check_twins(spec: fm.nn.Sequential) -> None:
     torch.testing.assert_close(fm.apply(params, x, state=state), want, rtol=1e-4, atol=1e-5)
 
 
-def figure(device: str, repeats: int, threads: int) -> list[str]:
+def figure(
+    device: str, repeats: int, threads: int, clock: Callable[[], float] = time.perf_counter
+) -> list[str]:
     """Time the three contenders on ``device``; return the table rows."""
     spec = resnet18_spec()
     check_twins(spec)
@@ -121,7 +126,9 @@ def figure(device: str, repeats: int, threads: int) -> list[str]:
         "fm.init_with_state": lambda: fm.init_with_state(key, spec),
         torch_name: build,
     }
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.2, sync=cuda_sync(device))
+    timings = time_interleaved(
+        fns, repeats=repeats, min_sample_s=0.2, sync=cuda_sync(device), clock=clock
+    )
     what = f"init ResNet-18 (11.7M params), float32, {device}, {threads} threads"
     return [
         row(what, timings, torch_name),
@@ -133,7 +140,7 @@ def figure(device: str, repeats: int, threads: int) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv, device=(str, "cpu", "cpu or cuda"))
     repeats = args.repeats or (3 if args.quick else 11)
-    report(figure(args.device, repeats, args.threads), args.threads)
+    report(figure(args.device, repeats, args.threads, args.clock), args.threads)
 
 
 if __name__ == "__main__":

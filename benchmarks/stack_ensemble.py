@@ -3,7 +3,8 @@
 The members are MLPs 64-256-256-10 (ReLU), the batch is 256 and every member sees it
 (``Stack(spec, 8)`` with ``in_axis=None``). Contenders, on the same weights:
 
-* ``funcmodels``: ``fm.apply`` of the Stack (one lifted ``vmap``: batched matmuls);
+* ``funcmodels``: ``fm.apply`` of the Stack (one lifted ``vmap``: batched matmuls); its
+  gradients by ``fm.grad`` (plain autograd outside transforms);
 * ``nn.Module loop``: ``torch.stack([m(x) for m in models])``, what a PyTorch user writes;
 * ``torch.func``: ``vmap`` of ``functional_call`` over ``stack_module_state``, the
   ensembling recipe of the torch.func tutorial (for reference).
@@ -19,6 +20,7 @@ Run: ``python benchmarks/stack_ensemble.py [--quick] [--threads 2] [--device cpu
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 
 import torch
@@ -83,7 +85,7 @@ def contenders(
         return ((fm.apply(p, x) - y) ** 2).mean(dim=(1, 2)).sum()
 
     def ours():
-        return grad(loss_ours)(params)
+        return fm.grad(loss_ours)(params)
 
     weights = [t for m in modules for t in m.parameters()]
 
@@ -106,7 +108,13 @@ def contenders(
 
 
 def figure(
-    device: str, repeats: int, threads: int, members: int = MEMBERS, widths=WIDTHS, batch=BATCH
+    device: str,
+    repeats: int,
+    threads: int,
+    members: int = MEMBERS,
+    widths=WIDTHS,
+    batch=BATCH,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[str]:
     """Time the contenders on ``device``, forward and gradients; return the table rows."""
     target = "<= 1.0" if device == "cpu" else "<= 0.5"
@@ -114,7 +122,9 @@ def figure(
     rows = []
     for train in (False, True):
         fns = contenders(device, train, members, widths, batch)
-        timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.05, sync=cuda_sync(device))
+        timings = time_interleaved(
+            fns, repeats=repeats, min_sample_s=0.05, sync=cuda_sync(device), clock=clock
+        )
         what = (
             f"{'gradients (forward + backward)' if train else 'forward, no_grad'}, "
             f"{members} MLPs {shape}, batch {batch}, {device}, {threads} threads"
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     repeats = args.repeats or (5 if args.quick else 21)
     widths = tuple(int(w) for w in args.widths.split(","))
-    rows = figure(args.device, repeats, args.threads, args.members, widths, args.batch)
+    rows = figure(args.device, repeats, args.threads, args.members, widths, args.batch, args.clock)
     report(rows, args.threads)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _digits import Digits, batches, load, num_batches
-from torch.func import grad_and_value
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -44,7 +43,7 @@ def train(
     params, state = fm.init_with_state(init_key, spec, input_shape=INPUT_SHAPE)
     opt = fm.optim.adam(lr)
     opt_state = opt.init(params)
-    step_fn = grad_and_value(loss_fn, has_aux=True)
+    step_fn = fm.value_and_grad(loss_fn, has_aux=True)
 
     step = 0
     n_steps = epochs * num_batches(len(data.y_train), batch_size)
@@ -54,7 +53,7 @@ def train(
             for xb, yb in batches(
                 fm.fold_in(shuffle_key, epoch), data.x_train, data.y_train, batch_size
             ):
-                grads, (loss, state) = step_fn(params, state, xb, yb, fm.fold_in(dropout_key, step))
+                (loss, state), grads = step_fn(params, state, xb, yb, fm.fold_in(dropout_key, step))
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 step += 1

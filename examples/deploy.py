@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from _digits import Digits, batches, load
 from torch import nn
-from torch.func import grad_and_value
 
 import funcmodels as fm
 import transforms
@@ -62,10 +61,10 @@ def train_float(data: Digits, epochs: int, key: torch.Tensor) -> tuple[fm.Params
         loss = F.cross_entropy(out.out, y)
         return loss, (loss, out.state)
 
-    step = grad_and_value(loss_fn, has_aux=True)
+    step = fm.value_and_grad(loss_fn, has_aux=True)
     for epoch in range(epochs):
         for x, y in batches(fm.fold_in(shuffle_key, epoch), data.x_train, data.y_train, BATCH):
-            grads, (_, (loss, state)) = step(params, state, x, y)
+            (_, (loss, state)), grads = step(params, state, x, y)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = fm.optim.apply_updates(params, updates)
         print(f"  float epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.4f}")

@@ -23,7 +23,6 @@ import os
 
 import torch
 from _digits import Digits, load, num_batches
-from torch.func import grad_and_value
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -54,7 +53,7 @@ def train(data: Digits, epochs: int, lr: float, key: torch.Tensor) -> fm.Params:
     params = fm.init(init_key, model())
     opt = fm.optim.adam(lr)
     opt_state = opt.init(params)
-    step = grad_and_value(loss_fn)
+    step = fm.value_and_grad(loss_fn)
     n = 0
     with tqdm(
         total=epochs * num_batches(len(data.y_train), BATCH), desc="train", unit="step"
@@ -63,7 +62,7 @@ def train(data: Digits, epochs: int, lr: float, key: torch.Tensor) -> fm.Params:
             for xb, yb in fm.random.batches(
                 fm.fold_in(shuffle_key, epoch), data.x_train, data.y_train, batch_size=BATCH
             ):
-                grads, loss = step(params, xb, yb, fm.fold_in(step_key, n))
+                loss, grads = step(params, xb, yb, fm.fold_in(step_key, n))
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 n += 1

@@ -20,7 +20,6 @@ import tempfile
 import torch
 import torch.nn.functional as F
 from _digits import Digits, batches, load, num_batches
-from torch.func import grad_and_value
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -51,7 +50,7 @@ def train(data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tens
     params = fm.init(init_key, SPEC)
     opt = fm.optim.adam(lr)
     opt_state = opt.init(params)
-    step_fn = grad_and_value(loss_fn)
+    step_fn = fm.value_and_grad(loss_fn)
     step = 0
     n_steps = epochs * num_batches(len(data.y_train), batch_size)
     with tqdm(total=n_steps, desc="train", unit="step") as bar:
@@ -60,7 +59,7 @@ def train(data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tens
             for xb, yb in batches(
                 fm.fold_in(shuffle_key, epoch), data.x_train, data.y_train, batch_size
             ):
-                grads, loss = step_fn(params, xb, yb, fm.fold_in(dropout_key, step))
+                loss, grads = step_fn(params, xb, yb, fm.fold_in(dropout_key, step))
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 step += 1

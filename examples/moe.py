@@ -25,7 +25,6 @@ import os
 import torch
 import torch.nn.functional as F
 from _digits import Digits, load, num_batches
-from torch.func import grad_and_value
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -70,7 +69,7 @@ def train(spec: fm.Spec, data: Digits, epochs: int, batch_size: int, lr: float, 
     params = fm.init(init_key, spec)
     opt = fm.optim.adam(lr)
     opt_state = opt.init(params)
-    step = grad_and_value(loss_fn, has_aux=True)
+    step = fm.value_and_grad(loss_fn, has_aux=True)
     shares = []
     x_train = data.x_train.squeeze(1)  # (N, 8 rows, 8 pixels)
     with tqdm(
@@ -81,7 +80,7 @@ def train(spec: fm.Spec, data: Digits, epochs: int, batch_size: int, lr: float, 
             for xb, yb in fm.random.batches(
                 fm.fold_in(shuffle_key, epoch), x_train, data.y_train, batch_size=batch_size
             ):
-                grads, (loss, aux) = step(params, xb, yb)
+                (loss, aux), grads = step(params, xb, yb)
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 if "block" in aux:

@@ -32,7 +32,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from _digits import Digits, load, num_batches
-from torch.func import grad_and_value
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -90,7 +89,7 @@ def train(
     params, state = fm.init(init_key, SPEC), None
     opt = fm.optim.adam(lr)
     opt_state = opt.init(params)
-    step_fn = grad_and_value(loss_fn)
+    step_fn = fm.value_and_grad(loss_fn)
     per_epoch = num_batches(len(data.y_train), batch_size)
     prune_steps = prune_epochs * per_epoch
     # Re-prune every `frequency` steps, reaching the final sparsity after 12 of them (3/4
@@ -122,7 +121,7 @@ def train(
                             curve.append((level, accuracy(params, state, data.x_test, data.y_test)))
                         params, state = transforms.sparsify(params, state, target)
                         level = target
-                grads, loss = step_fn(params, state, xb, yb)
+                loss, grads = step_fn(params, state, xb, yb)
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 step += 1

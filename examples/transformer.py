@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from _digits import Digits, batches, load, num_batches
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad, vmap
 from tqdm import tqdm
 
 import funcmodels as fm
@@ -99,7 +99,7 @@ def train(data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tens
     params = fm.init(init_key, SPEC)
     opt = fm.optim.adamw(lr, weight_decay=1e-4)
     opt_state = opt.init(params)
-    step_fn = grad_and_value(loss_fn)
+    step_fn = fm.value_and_grad(loss_fn)
     x_train = rows(data.x_train)
     step = 0
     n_steps = epochs * num_batches(len(data.y_train), batch_size)
@@ -108,7 +108,7 @@ def train(data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tens
             for xb, yb in batches(
                 fm.fold_in(shuffle_key, epoch), x_train, data.y_train, batch_size
             ):
-                grads, loss = step_fn(params, xb, yb, fm.fold_in(dropout_key, step))
+                loss, grads = step_fn(params, xb, yb, fm.fold_in(dropout_key, step))
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = fm.optim.apply_updates(params, updates)
                 step += 1

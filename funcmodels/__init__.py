@@ -17,6 +17,7 @@ from ._core import (
     run,
     to_state_dict,
 )
+from ._grad import grad, jit, value_and_grad
 from ._io import load, save
 from ._registry import register_layer
 from ._shapes import shapes
@@ -40,8 +41,10 @@ __all__ = [
     "fold_in",
     "from_config",
     "from_state_dict",
+    "grad",
     "init",
     "init_with_state",
+    "jit",
     "key",
     "load",
     "load_config",
@@ -56,4 +59,5 @@ __all__ = [
     "summary",
     "to_state_dict",
     "tree",
+    "value_and_grad",
 ]

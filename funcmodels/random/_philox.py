@@ -1,4 +1,9 @@
-"""The generator: keys and Philox4x32-10 in integer tensor ops (see the package docstring).
+"""The generator: keys and Philox4x32-10 in integer array ops (see the package docstring).
+
+Three implementations of the same rounds give the same bits: out of place in torch ops
+(under vmap, grad and compile, which need them traced or batched), in place in torch ops
+(eager draws off the CPU, and large ones on several threads) and in place in numpy's
+``uint64`` ufuncs (eager draws on the CPU: far less overhead per call).
 
 Counter-based pseudo-random numbers from explicit keys.
 
@@ -17,10 +22,13 @@ operations, so integer and ``[0, 1)`` uniform draws are bit-identical across dev
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from torch._C import _functorch
 
 _MASK = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
@@ -32,8 +40,10 @@ _STREAM_BITS, _STREAM_SPLIT, _STREAM_FOLD = 0, 1, 2
 # Chunk of counters processed at a time on the eager fast path: four int64 lanes of this
 # length stay in the L2 cache, which makes the generator several times faster.
 _CHUNK = 1 << 17
-# Below this many blocks the fixed cost of the fast path (scratch buffers) does not pay.
+# Below this many blocks (off the CPU) the fixed cost of the in-place path does not pay.
 _SMALL = 256
+# torch's intra-op parallel grain (elements per op): shorter lanes run on one thread.
+_PARALLEL = 32768
 
 Shape = int | Sequence[int] | torch.Size
 
@@ -171,6 +181,45 @@ def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -
         c3, p0 = p0, c3
 
 
+def _philox_numpy(keys, start: int, stream: int, m: int) -> np.ndarray:
+    """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` ``uint64``.
+
+    The CPU's eager path, with the savings of :func:`_philox_inplace`, in numpy's
+    ``uint64`` ufuncs: a ufunc call costs a fraction of a microsecond where a torch op
+    costs a few, which is most of a small draw's time (a dropout mask of 8,192 entries:
+    ~100 calls), and per element they are as fast. Every constant is a ``uint64`` scalar
+    (a Python int would promote the arrays to float64 under numpy 1).
+    """
+    u = np.uint64
+    mask, m0, m1, s32 = u(_MASK), u(_M0), u(_M1), u(32)
+    c0, c1, c2, c3, p0, p1 = np.empty((6, m), dtype=np.uint64)
+    out = np.empty((m, 4), dtype=np.uint64)
+    (k0, k1), (k0b, k1b) = keys[0], keys[1]
+    np.multiply(np.arange(start, start + m, dtype=np.uint64), m0, out=p0)
+    np.bitwise_xor(np.right_shift(p0, s32, out=c2), u(k1), out=c2)
+    q0 = (stream ^ k0) * _M0
+    np.multiply(c2, m1, out=p1)
+    np.bitwise_xor(np.right_shift(p1, s32, out=c0), u(k0b), out=c0)
+    np.bitwise_and(np.bitwise_xor(p0, u((q0 >> 32) ^ k1b), out=c2), mask, out=c2)
+    c1, p1 = p1, c1
+    c3.fill(q0 & _MASK)
+    for r, (k0, k1) in enumerate(keys[2:], start=2):
+        last = r == len(keys) - 1
+        np.multiply(c0, m0, out=p0)
+        np.multiply(c2, m1, out=p1)
+        n0, n2 = (out[:, 0], out[:, 2]) if last else (c0, c2)
+        np.bitwise_xor(np.right_shift(p1, s32, out=n0), c1, out=n0)
+        np.bitwise_and(np.bitwise_xor(n0, u(k0), out=n0), mask, out=n0)
+        np.bitwise_xor(np.right_shift(p0, s32, out=n2), c3, out=n2)
+        np.bitwise_and(np.bitwise_xor(n2, u(k1), out=n2), mask, out=n2)
+        if last:
+            np.bitwise_and(p1, mask, out=out[:, 1])
+            np.bitwise_and(p0, mask, out=out[:, 3])
+        c1, p1 = p1, c1
+        c3, p0 = p0, c3
+    return out
+
+
 def _blocks(k: torch.Tensor, stream: int, n_blocks: int, device=None) -> torch.Tensor:
     """``n_blocks`` Philox outputs of four 32-bit words for counters ``(i, stream)``.
 
@@ -188,33 +237,86 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     """``n`` values, each made by ``convert`` from ``group`` (1 or 2) consecutive words.
 
     ``convert`` maps a flat ``int64`` tensor of words (a multiple of four long) to one value
-    per ``group`` words, elementwise. On plain eager tensors the words are made and
-    converted chunk by chunk while they are in cache; elsewhere all at once. Both give the
-    same values, since Philox and ``convert`` are the same functions of the counter.
+    per ``group`` words, elementwise. See :func:`generate`.
     """
-    n_blocks = (n * group + 3) // 4
+    return generate(k, n, 4 // group, lambda w: convert(w.reshape(-1)), device)
+
+
+def _scratch_mode():
+    """Inference mode for the generator's own buffers (a quarter fewer microseconds per
+    op on small draws: no version counters), outside torch.func transforms, whose
+    interaction with it is not ours to rely on."""
+    if _functorch.peek_interpreter_stack() is None:
+        return torch.inference_mode()
+    return contextlib.nullcontext()
+
+
+def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.Tensor:
+    """``n`` values, ``per_block`` (1, 2, 4 or 8) of them from each Philox block.
+
+    ``convert`` maps an ``(m, 4)`` ``int64`` tensor of words (block ``i``'s four words in
+    row ``i``, values in ``[0, 2**32)``) to ``m * per_block`` values, block by block. For
+    a plain key (eager, outside vmap and compile) the words are made and converted chunk
+    by chunk while they are in cache, in numpy on the CPU (:func:`_philox_numpy`) and in
+    torch's in-place ops elsewhere (:func:`_philox_inplace`); otherwise out of place, all
+    at once (:func:`_philox_functional`). All give the same values, since Philox and
+    ``convert`` are the same functions of the counter.
+    """
+    n_blocks = -(-n // per_block)
     device = k.device if device is None else torch.device(device)
-    if not is_plain(k) or n_blocks <= _SMALL or "meta" in (device.type, k.device.type):
-        # On the meta device only shapes are computed, so the functional path costs nothing.
-        return convert(_blocks(k, _STREAM_BITS, n_blocks, device).reshape(-1))[:n]
-    keys = _round_keys(*k.tolist())
+    if device.type == "meta" or (k.device.type == "meta" and is_plain(k)):
+        # Shapes only: nothing is sampled (the rounds would cost ~100 meta ops, each
+        # slower than on the CPU); ``convert`` of one CPU block tells the dtype.
+        probe = convert(torch.zeros(1, 4, dtype=torch.int64))
+        return torch.empty(n, dtype=probe.dtype, device="meta")
     chunk = _CHUNK if device.type == "cpu" else n_blocks
-    # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
     m = min(chunk, n_blocks)
+    numpy = is_plain(k) and _numpy_path(device, m)
+    if n_blocks == 0 or not (numpy or (is_plain(k) and n_blocks > _SMALL)):
+        return convert(_blocks(k, _STREAM_BITS, n_blocks, device))[:n]
+    keys = _round_keys(*k.tolist())
+    out = None
+    with _scratch_mode():
+        rounds = _numpy_rounds(keys) if numpy else _torch_rounds(keys, m, device)
+        for start in range(0, n_blocks, chunk):
+            stop = min(n_blocks, start + chunk)
+            values = convert(rounds(start, stop - start))
+            if out is None:
+                # The result is an ordinary tensor, whatever the scratch is.
+                with torch.inference_mode(False):
+                    out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
+            out[start * per_block : stop * per_block] = values
+    return out[:n]
+
+
+def _numpy_path(device: torch.device, m: int) -> bool:
+    """Whether a plain draw makes its words in numpy: on the CPU, unless torch would run
+    the rounds on several threads (chunks of ``m`` blocks past its parallel grain). The
+    bits are the same either way."""
+    return device.type == "cpu" and (m <= _PARALLEL or torch.get_num_threads() == 1)
+
+
+def _numpy_rounds(keys):
+    """``(start, m) -> words``: the ``(m, 4)`` ``int64`` words of blocks ``start + i``."""
+
+    def rounds(start: int, m: int) -> torch.Tensor:
+        return torch.from_numpy(_philox_numpy(keys, start, _STREAM_BITS, m).view(np.int64))
+
+    return rounds
+
+
+def _torch_rounds(keys, m: int, device: torch.device):
+    """As :func:`_numpy_rounds`, in torch's in-place ops on buffers for ``m`` blocks."""
+    # One allocation for the six lanes and the (m, 4) words: fewer pages to fault in.
     buf = torch.empty(10, m, dtype=torch.int64, device=device)
     scratch = list(buf[:6])
     words = buf[6:].view(m, 4)
-    out = None
-    per_block = 4 // group
-    for start in range(0, n_blocks, chunk):
-        stop = min(n_blocks, start + chunk)
-        block = words[: stop - start]
-        _philox_inplace(keys, start, _STREAM_BITS, block, scratch)
-        values = convert(block.reshape(-1))
-        if out is None:
-            out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
-        out[start * per_block : stop * per_block] = values
-    return out[:n]
+
+    def rounds(start: int, m: int) -> torch.Tensor:
+        _philox_inplace(keys, start, _STREAM_BITS, words[:m], scratch)
+        return words[:m]
+
+    return rounds
 
 
 def _numel(shape: Shape, where: str) -> tuple[tuple[int, ...], int]:
@@ -250,6 +352,8 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(k, "fm.split")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"fm.split(key, num): num must be a positive int, got {num!r}")
+    if k.device.type == "meta" and is_plain(k):
+        return torch.empty(num, 2, dtype=torch.int64, device="meta")
     if is_plain(k) and k.device.type == "cpu" and num <= 64:
         k0, k1 = k.tolist()
         words = [w for i in range((num + 1) // 2) for w in _philox_py(k0, k1, i, _STREAM_SPLIT)]
@@ -284,5 +388,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             k0, k1 = k.tolist()
             return torch.tensor(_philox_py(k0, k1, data, _STREAM_FOLD)[:2], dtype=torch.int64)
         d = torch.tensor(data, dtype=torch.int64, device=k.device)
+    if k.device.type == "meta" and is_plain(k):
+        return torch.empty(2, dtype=torch.int64, device="meta")
     stream = torch.tensor(_STREAM_FOLD, dtype=torch.int64, device=k.device)
     return _philox_functional(k[0], k[1], d, stream)[..., :2]

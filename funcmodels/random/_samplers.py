@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
-from ._philox import Shape, _draw, _numel, check_key, is_plain
+from ._philox import Shape, _draw, _numel, check_key, generate, is_plain
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
@@ -32,7 +33,8 @@ def _lattice(p: int):
             )
 
         return 2, convert
-    return 1, lambda w: w >> (32 - p)
+    # In place: the words are the generator's own fresh buffer, used once.
+    return 1, lambda w: w.bitwise_right_shift_(32 - p)
 
 
 def _work(dtype: torch.dtype) -> torch.dtype:
@@ -96,7 +98,7 @@ def uniform(
         scale = (maxval - minval) * 2.0**-p
         # Rounding (in the product or the cast) can land on maxval: clamp below it.
         top = _below(float(maxval), dtype)
-        convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp(max=top)
+        convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp_(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 
 
@@ -250,3 +252,41 @@ def gumbel(
         work, lambda s: (-torch.log(-torch.log(((s + 1) * 0.5).clamp(max=top)))).to(dtype)
     )
     return _draw(k, n, group, convert, device).reshape(shape)
+
+
+def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """Dropout's mask: ``True`` with probability ``keep`` resolved to a multiple of
+    ``2**-16``, from 16 random bits per element (eight elements per Philox block, half
+    the generator's work of :func:`bernoulli`'s 32 bits).
+
+    Element ``e`` reads half ``e % 2`` (the low 16 bits first) of word ``(e % 8) // 2`` of
+    block ``e // 8``: ``h``, and is ``True`` when ``h ^ 0x8000 < round(keep * 2**16)``.
+    (The XOR makes the rule the signed comparison ``s < t - 2**15`` of ``h`` read as an
+    int16, which the eager path does on an ``int16`` view of the words.) The
+    probability is off by at most ``2**-17`` (7.6e-6), and exact for multiples of
+    ``2**-16`` such as 0.5, 0.75, 0.9375.
+
+    Arguments:
+        k: a key.
+        keep: the probability of ``True``, a float in ``[0, 1]``.
+        shape: the mask's shape.
+        device: where it goes (default the key's device).
+
+    Returns:
+        ``bool`` tensor of ``shape``.
+    """
+    shape, n = _numel(shape, "keep_mask")
+    threshold = round(keep * 65536.0)
+    if threshold >= 65536:
+        return torch.ones(shape, dtype=torch.bool, device=k.device if device is None else device)
+    signed = threshold - 32768
+
+    def convert(words: torch.Tensor) -> torch.Tensor:
+        if is_plain(words) and sys.byteorder == "little":
+            # As int32 (a wrapping cast keeps the 32 bits), each word's two int16 are its
+            # low and high halves, in element order: one contiguous compare.
+            return (words.to(torch.int32).view(torch.int16) < signed).reshape(-1)
+        halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1)
+        return ((halves ^ 0x8000) < threshold).reshape(-1)
+
+    return generate(k, n, 8, convert, device).reshape(shape)

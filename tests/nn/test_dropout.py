@@ -8,6 +8,7 @@ from torch.func import grad, vmap
 
 import funcmodels as fm
 from funcmodels._spec import name_hash
+from funcmodels.random._samplers import keep_mask
 
 
 def dropout(p, x, key, train=True):
@@ -74,8 +75,7 @@ def test_each_layer_draws_from_its_own_folded_key():
     x = fm.random.normal(fm.key(1), (4, 100))
     y = fm.apply(fm.init(fm.key(0), spec), x, key=fm.key(2), train=True)
     m0, m1 = (
-        fm.random.bernoulli(fm.fold_in(fm.key(2), name_hash(name)), 0.5, x.shape)
-        for name in ("0", "1")
+        keep_mask(fm.fold_in(fm.key(2), name_hash(name)), 0.5, x.shape) for name in ("0", "1")
     )
     assert not torch.equal(m0, m1)
     torch.testing.assert_close(y, x * m0 * 2 * m1 * 2, atol=0, rtol=1e-6)
@@ -149,7 +149,7 @@ def _at_path(path: str, p: float = 0.5) -> fm.Spec:
 def test_known_mask_at_depth_one():
     spec = fm.nn.Sequential(fm.nn.Identity(), fm.nn.Dropout(0.5))
     assert spec == _at_path("1")
-    assert _mask(spec) == [0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1, 1]
+    assert _mask(spec) == [1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1]
 
 
 def test_known_mask_at_depth_three():
@@ -157,7 +157,7 @@ def test_known_mask_at_depth_three():
         {"a": fm.nn.Sequential({"b": fm.nn.Sequential({"c": fm.nn.Dropout(0.5)})})}
     )
     assert spec == _at_path("a.b.c")
-    assert _mask(spec) == [1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0]
+    assert _mask(spec) == [0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0]
 
 
 def test_nested_dropouts_at_different_paths_draw_different_masks():
