@@ -9,7 +9,8 @@ The lifted vmap (:meth:`Context.vmap`) runs a spec under :func:`torch.func.vmap`
 stack of its params and state, with one key per member. Everything the members produce
 (output, new buffers, sown values) comes back as a vmap output; nothing is written into a
 shared object from inside the vmapped function, which is what lets BatchNorm and Dropout
-run there.
+run there. The lifted scan and remat (:meth:`Context.scan`, :meth:`Context.remat`) follow
+the same rule; how torch runs them is in :mod:`funcmodels._lifted`.
 
 Errors raised inside a layer (by the layer or by torch) reach the user prefixed with the
 path and type of the innermost layer that was running (see :func:`call`).
@@ -23,7 +24,9 @@ from typing import Any
 
 import torch
 from torch._C import _functorch
+from torch.utils.checkpoint import _StopRecomputationError
 
+from . import _lifted
 from . import random as _random
 
 #: ``Context.mode`` values
@@ -115,7 +118,9 @@ class Context:
       folded in); a clear error when the call has none;
     * ``ctx.sow(name, value)``: an auxiliary output, ``fm.run(...).aux[ctx.path][name]``;
     * ``ctx.vmap(spec, x, size=n, in_axis=...)``: the lifted vmap; ``ctx.map(spec, xs)``
-      its eager loop over members of different input sizes;
+      its eager loop over members of different input sizes; ``ctx.scan(spec, x,
+      size=n)``: the lifted scan (members in sequence); ``ctx.remat(spec, x)``: a spec
+      whose activations are recomputed in the backward pass;
     * ``ctx.train``, ``ctx.path``, ``ctx.mode`` (``'eager'``, ``'transform'`` inside a
       torch.func transform, ``'compile'`` under torch.compile: computed once per call;
       only ``'eager'`` allows data-dependent shapes).
@@ -276,13 +281,8 @@ class Context:
         """
         run = self._run
         pre = self._prefix
-        pnames, snames = self._own_names()
-        params = {pre + n: run.params[pre + n] for n in pnames}
-        state = (
-            {pre + n: self.buffer(n) for n in snames} if snames and run.state is not None else None
-        )
-        key = self.key() if run.key is not None else None
-        device = key.device if key is not None else _device_of(x, params)
+        params, state, key = self._own_inputs()
+        device = key.device if key is not None else _lifted.device_of(x, params)
         members = torch.arange(size, device=device)
         mode = run.mode if run.mode == COMPILE else TRANSFORM
         track = run.track
@@ -303,39 +303,115 @@ class Context:
         """Run ``spec`` once per member, in a Python loop: member ``i`` on ``xs[i]``.
 
         The eager form of :meth:`vmap` with ``in_axis=0`` for inputs of different sizes
-        (a mixture of experts' token groups): member ``i`` gets this layer's own tensors
-        indexed at ``i`` and, in train mode, this layer's key with ``i`` folded in. The
-        members' new buffers and sown values are stacked on dim 0, as :meth:`vmap` returns
-        them.
+        (a mixture of experts' token groups); tensors, keys, new buffers and sown values
+        as for :meth:`vmap`.
 
         Returns:
             the list of the members' outputs.
         """
+
+        def how(member, params, state, key):
+            return _lifted.each(member, xs, params, state, key)
+
+        return self._lift(spec, how, remat=False)
+
+    def scan(self, spec: Any, x: Any, *, size: int, remat: bool = False) -> Any:
+        """The lifted scan: run ``spec`` ``size`` times in sequence at this layer's path,
+        member ``i`` (this layer's own tensors indexed at ``i``, laid out as for
+        :meth:`vmap`; in train mode this layer's key with ``i`` folded in) on member
+        ``i - 1``'s output. Under ``torch.compile`` without a ``torch.func`` transform
+        inside it, torch's ``scan`` op runs the members, so one member is traced whatever
+        ``size``; elsewhere a Python loop does.
+
+        Arguments:
+            spec: the member spec; its output must have its input's structure, shapes
+                and dtypes.
+            x: the first member's input (any pytree of tensors).
+            size: the number of members.
+            remat: recompute each member's activations in the backward pass (as
+                :meth:`remat`); under compile the members then run as an unrolled loop.
+
+        Returns:
+            the last member's output; the members' new buffers and sown values join the
+            call's, stacked on dim 0. ``ValueError`` when a member's output does not fit
+            its input, or for ``remat`` under compile of a ``torch.func`` transform.
+        """
+
+        def fail(why: str) -> Exception:
+            return self._error(_lifted.not_a_chain(spec, why))
+
+        def how(member, params, state, key):
+            return _lifted.in_sequence(member, x, params, state, key, size, remat=remat, fail=fail)
+
+        return self._lift(spec, how, remat=remat)
+
+    def remat(self, spec: Any, x: Any) -> Any:
+        """Run ``spec`` at this layer's path, on this layer's own tensors and key, and
+        recompute its activations in the backward pass: the same values and gradients,
+        bit for bit, for less memory and one more forward of ``spec``. This layer's own
+        entries must be ``spec``'s (as :class:`~funcmodels.nn.Remat` declares them).
+
+        Returns:
+            ``spec``'s output; its new buffers and sown values (of the forward pass, not
+            the recomputation) join the call's.
+
+        Raises:
+            ValueError: under ``torch.compile`` of a ``torch.func`` transform, where
+                torch 2.13 cannot recompute (see :mod:`funcmodels._lifted`).
+        """
+
+        def how(member, params, state, key):
+            return _lifted.rematerialized(member, params, state, key, x)
+
+        return self._lift(spec, how, remat=True)
+
+    def _lift(self, spec: Any, how, *, remat: bool) -> Any:
+        """``how(member, params, state, key) -> (out, new_state, aux)`` over this layer's
+        own tensors and key, ``member(params, state, key, x)`` running ``spec`` here.
+
+        In eager mode the members report the running layer to this call's tracker during
+        the forward pass, so that errors name it; a recomputation in the backward pass,
+        or a member under compile (a subgraph of torch's ``scan`` or checkpoint op must
+        not write outside it), has a tracker of its own.
+        """
+        if remat and _lifted.remat_refused():
+            raise self._error(_lifted.REMAT_UNDER_COMPILED_FUNC)
+        run = self._run
+        pre = self._prefix
+        track = [None if run.mode == COMPILE else run.track]
+
+        def member(p, s, k, xi):
+            inner = Run(p, s, run.train, k, run.mode, track[0])
+            out = spec.forward(Context(inner, spec, pre), xi)
+            return out, inner.new_state, inner.aux
+
+        try:
+            out, new_state, aux = how(member, *self._own_inputs())
+        finally:
+            track[0] = None
+        run.track.ctx = self
+        self._merge(new_state, aux)
+        return out
+
+    def _error(self, message: str) -> ValueError:
+        """A ``ValueError`` naming this layer (plain under compile: dynamo cannot mark it)."""
+        if self._run.mode == COMPILE:
+            return ValueError(
+                f"layer '{layer_name(self._prefix)}' ({self.spec.type_name}): {message}"
+            )
+        return self.spec._error(self._prefix, message)
+
+    def _own_inputs(self) -> tuple[dict, dict | None, torch.Tensor | None]:
+        """This layer's own params and state (``None`` without any) by their full paths,
+        and its key (``None`` without one)."""
         run = self._run
         pre = self._prefix
         pnames, snames = self._own_names()
-        key = self.key() if run.key is not None else None
-        outs, states, auxes = [], [], []
-        for i, xi in enumerate(xs):
-            params = {pre + n: run.params[pre + n][i] for n in pnames}
-            state = None
-            if snames and run.state is not None:
-                state = {pre + n: self.buffer(n)[i] for n in snames}
-            k = None if key is None else _random.fold_in(key, i)
-            inner = Run(params, state, run.train, k, run.mode, run.track)
-            outs.append(spec.forward(Context(inner, spec, pre), xi))
-            states.append(inner.new_state)
-            auxes.append(inner.aux)
-        run.track.ctx = self
-        stacked_state = {
-            n: torch.stack([s[n] for s in states]) for n in (states[0] if states else {})
-        }
-        stacked_aux = {
-            path: {n: torch.stack([a[path][n] for a in auxes]) for n in values}
-            for path, values in (auxes[0] if auxes else {}).items()
-        }
-        self._merge(stacked_state, stacked_aux)
-        return outs
+        params = {pre + n: run.params[pre + n] for n in pnames}
+        state = None
+        if snames and run.state is not None:
+            state = {pre + n: self.buffer(n) for n in snames}
+        return params, state, self.key() if run.key is not None else None
 
     def _own_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         spec = self.spec
@@ -354,14 +430,6 @@ class Context:
                     where = layer_name(f"{path}." if path else "")
                     raise ValueError(f"layer '{where}' sowed {name!r} twice in one call")
                 own[name] = value
-
-
-def _device_of(x: Any, params: dict[str, torch.Tensor]) -> torch.device:
-    if isinstance(x, torch.Tensor):
-        return x.device
-    for t in params.values():
-        return t.device
-    return torch.device("cpu")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -415,7 +483,9 @@ def call(ctx: Context, x: Any) -> Any:
     try:
         out = ctx.spec.forward(ctx, x)
         return out if tap is None else tap(ctx, x, out)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, _StopRecomputationError):
+        # torch.utils.checkpoint stops a recomputation early by raising through the
+        # function it re-runs (an fm.apply, say): it must reach checkpoint untouched.
         raise
     except Exception as err:
         new = located(err, track.ctx)
