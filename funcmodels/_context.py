@@ -67,7 +67,10 @@ def cached(spec: Any, name: str, make) -> Any:
         return make()
     value = d.get(name)
     if value is None:
-        value = d[name] = make()
+        value = make()
+        # Not while compiling: a write would be a side effect inside torch's scan op.
+        if not torch.compiler.is_compiling():
+            d[name] = value
     return value
 
 

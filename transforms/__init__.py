@@ -34,6 +34,10 @@ from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_superv
 from .moe import MoE, moe_aux_loss
 from .sparse import CompressedLinear, SparseLinear
 
+# isort: split
+# Registers Repeat's converter through the public names above, so it comes after them.
+from . import _torch_repeat  # noqa: F401
+
 __all__ = [
     "Calibration",
     "CompressedLinear",
