@@ -295,6 +295,7 @@ def _ops_traced(gm: torch.fx.GraphModule, target) -> int:
     )
 
 
+@pytest.mark.slow
 def test_compiled_the_member_is_traced_once_whatever_the_depth():
     import torch._dynamo
 
