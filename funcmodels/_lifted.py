@@ -246,10 +246,18 @@ def rematerialized(fn: Callable[..., Any], *args: Any) -> Any:
         return checkpoint(fn, *args, use_reentrant=False)
     if torch.compiler.is_compiling():
         raise RuntimeError(REMAT_UNDER_COMPILED_FUNC)
+    if _RECOMPUTING[0]:
+        # Inside an outer recomputation (a Remat in a Remat): that backward pass keeps one
+        # outer call's activations anyway, and torch.func fails on a Function nested there.
+        return fn(*args)
     leaves, treedef = pytree.tree_flatten(args)
     box = _Box(fn, treedef, leaves)
     flat = _Recompute.apply(box, *(t for t in leaves if isinstance(t, torch.Tensor)))
     return box.unflatten(flat)
+
+
+#: how many :class:`_Recompute` backward passes are running (they nest)
+_RECOMPUTING = [0]
 
 
 class _Box:
@@ -315,9 +323,14 @@ class _Recompute(torch.autograd.Function):
                 ts[i] = p
             return tuple(o for o in box.call(ts) if _differentiable(o))
 
-        _, vjp = torch.func.vjp(again, *(tensors[i] for i in wrt))
         cotangents = tuple(g for g, d in zip(grads, ctx.differentiable, strict=True) if d)
+        _RECOMPUTING[0] += 1
+        try:
+            _, vjp = torch.func.vjp(again, *(tensors[i] for i in wrt))
+            grads_in = vjp(cotangents)
+        finally:
+            _RECOMPUTING[0] -= 1
         out: list[torch.Tensor | None] = [None] * len(tensors)
-        for i, g in zip(wrt, vjp(cotangents), strict=True):
+        for i, g in zip(wrt, grads_in, strict=True):
             out[i] = g
         return (None, *out)

@@ -207,6 +207,23 @@ def test_repeat_remat_equals_repeat_bitwise():
     assert_bitwise(per(remat, x).flat(), per(plain, x).flat())
 
 
+def test_nested_remat_equals_no_remat_bitwise():
+    def spec_of(remat):
+        inner = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        block = nn.Sequential(nn.Linear(6, 6), nn.Remat(inner) if remat else inner)
+        return nn.Remat(nn.Repeat(block, 3, remat=remat)) if remat else nn.Repeat(block, 3)
+
+    (plain, _), (remat, _) = with_and_without(spec_of)
+
+    def f(p, x=X):
+        return fm.apply(p, x).pow(2).sum()
+
+    assert_bitwise(autograd_grads(remat, f)[1], autograd_grads(plain, f)[1])
+    assert_bitwise(grad(f)(remat).flat(), grad(f)(plain).flat())
+    per = vmap(grad(f), in_dims=(None, 0))
+    assert_bitwise(per(remat, X).flat(), per(plain, X).flat())
+
+
 def test_a_checkpointed_fm_apply_stops_its_recomputation_early():
     # torch.utils.checkpoint stops a recomputation by raising through the function it
     # re-runs; fm.apply must let that through rather than name a layer in it.
