@@ -4,7 +4,7 @@ A model is a spec (immutable, hashable) plus a pytree of parameters; ``init`` an
 ``apply`` are pure functions, so every :mod:`torch.func` transform composes with them.
 """
 
-from . import nn, optim, random, tree
+from . import checkpoint, extend, nn, optim, random, tree
 from ._config import from_config, load_config
 from ._context import Context
 from ._core import (
@@ -35,6 +35,8 @@ __all__ = [
     "State",
     "apply",
     "check_params",
+    "checkpoint",
+    "extend",
     "fold_in",
     "from_config",
     "from_state_dict",

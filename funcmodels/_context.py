@@ -37,12 +37,31 @@ EAGER, TRANSFORM, COMPILE = "eager", "transform", "compile"
 # (zlib itself is opaque to dynamo and would break the graph).
 @torch.compiler.assume_constant_result
 def name_hash(name: str) -> int:
-    """Stable 32-bit hash of a child name (CRC32), used to fold names into keys."""
+    """Stable 32-bit hash of a name (CRC32), to fold a name into a PRNG key.
+
+    ``fm.fold_in(key, name_hash("weight"))`` gives a tensor its own key, independent of
+    its siblings' and the same in every process; per-layer keys fold each child's name
+    in the same way. A trace-time constant under ``torch.compile``.
+
+    Arguments:
+        name: any string (a tensor's or child's name).
+
+    Returns:
+        an int in ``[0, 2**32)``.
+    """
     return zlib.crc32(name.encode("utf-8"))
 
 
 def layer_name(prefix: str) -> str:
-    """Human-readable layer path for messages: ``'main_branch.0'`` or ``'<root>'``."""
+    """A layer's path as error messages print it: ``'main_branch.0'``, or ``'<root>'``.
+
+    Arguments:
+        prefix: the layer's prefix as :meth:`Spec.walk` yields it (``'main_branch.0.'``,
+            ``''`` for the root).
+
+    Returns:
+        the path without the trailing dot, ``'<root>'`` for the root.
+    """
     return prefix[:-1] if prefix else "<root>"
 
 
@@ -60,7 +79,19 @@ def cached(spec: Any, name: str, make) -> Any:
     """A value derived from a (frozen, immutable) spec, computed once per spec object.
 
     Kept in the instance ``__dict__``, which equality, hashing and the spec's fields
-    ignore; specs without a ``__dict__`` recompute it each time.
+    ignore; specs without a ``__dict__`` recompute it each time. For what a layer or a
+    transform would otherwise work out on every call (a table of its children, the names
+    of its rank-local params).
+
+    Arguments:
+        spec: the spec the value belongs to.
+        name: the attribute to keep it under; prefix it with your package's name so that
+            it clashes with no field and no other cache (``'_mylib_table'``).
+        make: ``make()`` computes the value; it must not return ``None`` (which reads as
+            not computed yet).
+
+    Returns:
+        the value, ``make()`` on the first call for this spec object.
     """
     d = getattr(spec, "__dict__", None)
     if d is None:
@@ -107,7 +138,7 @@ class Run:
         self.tap = tap
 
 
-class Context:
+class Context(_lifted.LiftedMethods):
     """A layer's view of one forward call.
 
     Attributes and methods (all a layer needs):
@@ -302,137 +333,11 @@ class Context:
         self._merge(new_state, aux)
         return out
 
-    def map(self, spec: Any, xs: Any) -> list[Any]:
-        """Run ``spec`` once per member, in a Python loop: member ``i`` on ``xs[i]``.
-
-        The eager form of :meth:`vmap` with ``in_axis=0`` for inputs of different sizes
-        (a mixture of experts' token groups); tensors, keys, new buffers and sown values
-        as for :meth:`vmap`.
-
-        Returns:
-            the list of the members' outputs.
-        """
-
-        def how(member, params, state, key):
-            return _lifted.each(member, xs, params, state, key)
-
-        return self._lift(spec, how, remat=False)
-
-    def scan(self, spec: Any, x: Any, *, size: int, remat: bool = False) -> Any:
-        """The lifted scan: run ``spec`` ``size`` times in sequence at this layer's path,
-        member ``i`` (this layer's own tensors indexed at ``i``, laid out as for
-        :meth:`vmap`; in train mode this layer's key with ``i`` folded in) on member
-        ``i - 1``'s output. Under ``torch.compile`` without a ``torch.func`` transform
-        inside it, torch's ``scan`` op runs the members, so one member is traced whatever
-        ``size``; elsewhere a Python loop does.
-
-        Arguments:
-            spec: the member spec; its output must have its input's structure, shapes
-                and dtypes.
-            x: the first member's input (any pytree of tensors).
-            size: the number of members.
-            remat: recompute each member's activations in the backward pass (as
-                :meth:`remat`); under compile the members then run as an unrolled loop.
-
-        Returns:
-            the last member's output; the members' new buffers and sown values join the
-            call's, stacked on dim 0. ``ValueError`` when a member's output does not fit
-            its input, or for ``remat`` under compile of a ``torch.func`` transform.
-        """
-
-        def fail(why: str) -> Exception:
-            return self._error(_lifted.not_a_chain(spec, why))
-
-        def how(member, params, state, key):
-            return _lifted.in_sequence(member, x, params, state, key, size, remat=remat, fail=fail)
-
-        return self._lift(spec, how, remat=remat)
-
-    def remat(self, spec: Any, x: Any) -> Any:
-        """Run ``spec`` at this layer's path, on this layer's own tensors and key, and
-        recompute its activations in the backward pass: the same values and gradients,
-        bit for bit, for less memory and one more forward of ``spec``. This layer's own
-        entries must be ``spec``'s (as :class:`~funcmodels.nn.Remat` declares them).
-
-        Returns:
-            ``spec``'s output; its new buffers and sown values (of the forward pass, not
-            the recomputation) join the call's.
-
-        Raises:
-            ValueError: under ``torch.compile`` of a ``torch.func`` transform, where
-                torch 2.13 cannot recompute (see :mod:`funcmodels._lifted`).
-        """
-
-        def how(member, params, state, key):
-            return _lifted.rematerialized(member, params, state, key, x)
-
-        return self._lift(spec, how, remat=True)
-
-    def _lift(self, spec: Any, how, *, remat: bool) -> Any:
-        """``how(member, params, state, key) -> (out, new_state, aux)`` over this layer's
-        own tensors and key, ``member(params, state, key, x)`` running ``spec`` here.
-
-        In eager mode the members report the running layer to this call's tracker during
-        the forward pass, so that errors name it; a recomputation in the backward pass,
-        or a member under compile (a subgraph of torch's ``scan`` or checkpoint op must
-        not write outside it), has a tracker of its own.
-        """
-        if remat and _lifted.remat_refused():
-            raise self._error(_lifted.REMAT_UNDER_COMPILED_FUNC)
-        run = self._run
-        pre = self._prefix
-        track = [None if run.mode == COMPILE else run.track]
-
-        def member(p, s, k, xi):
-            inner = Run(p, s, run.train, k, run.mode, track[0])
-            out = spec.forward(Context(inner, spec, pre), xi)
-            return out, inner.new_state, inner.aux
-
-        try:
-            out, new_state, aux = how(member, *self._own_inputs())
-        finally:
-            track[0] = None
-        run.track.ctx = self
-        self._merge(new_state, aux)
-        return out
-
-    def _error(self, message: str) -> ValueError:
-        """A ``ValueError`` naming this layer (plain under compile: dynamo cannot mark it)."""
-        if self._run.mode == COMPILE:
-            return ValueError(
-                f"layer '{layer_name(self._prefix)}' ({self.spec.type_name}): {message}"
-            )
-        return self.spec._error(self._prefix, message)
-
-    def _own_inputs(self) -> tuple[dict, dict | None, torch.Tensor | None]:
-        """This layer's own params and state (``None`` without any) by their full paths,
-        and its key (``None`` without one)."""
-        run = self._run
-        pre = self._prefix
-        pnames, snames = self._own_names()
-        params = {pre + n: run.params[pre + n] for n in pnames}
-        state = None
-        if snames and run.state is not None:
-            state = {pre + n: self.buffer(n) for n in snames}
-        return params, state, self.key() if run.key is not None else None
-
     def _own_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         spec = self.spec
         return cached(
             spec, "_fm_own_names", lambda: (tuple(spec.param_shapes()), tuple(spec.state_shapes()))
         )
-
-    def _merge(self, new_state: dict[str, Any], aux: dict[str, dict[str, Any]]) -> None:
-        """Add the members' stacked new buffers and sown values to this call's."""
-        run = self._run
-        run.new_state.update(new_state)
-        for path, values in aux.items():
-            own = run.aux.setdefault(path, {})
-            for name, value in values.items():
-                if name in own:
-                    where = layer_name(f"{path}." if path else "")
-                    raise ValueError(f"layer '{where}' sowed {name!r} twice in one call")
-                own[name] = value
 
 
 # -- errors ------------------------------------------------------------------------------

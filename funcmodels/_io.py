@@ -13,10 +13,8 @@ import os
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from . import nn
+from . import _safetensors, nn
 from ._core import adapted, as_device, describe_mismatch, to_state_dict, validate_entries
 from ._encode import MAX_DEPTH, decode
 from ._spec import Spec, depth, expected_entries
@@ -39,7 +37,9 @@ def save(
     Keys are the dotted ``state_dict`` paths; the metadata holds ``format``, ``version``
     and ``spec`` (the JSON of ``spec.to_config(defaults=True)``, the config format with
     every field written). Tensors are written as they are (dtype kept, moved to CPU); the
-    inputs are not modified.
+    inputs are not modified. The file is replaced atomically (written under a temporary
+    name, synced, renamed): a crash or a full disk leaves an older file whole. A new file
+    gets the mode the umask gives, a replaced one keeps its mode.
 
     Arguments:
         path: destination file; its directory must exist.
@@ -47,8 +47,10 @@ def save(
         state: the model's :class:`State`, if it has one to keep.
 
     Raises:
-        OSError: the directory is missing, or ``path`` is a directory (named in the message).
-        ValueError: tensors that do not fit the spec, or a spec nested more than 100 levels.
+        OSError: the directory is missing, ``path`` is a directory, or the write failed
+            (a full disk, no permission); the message names the path.
+        ValueError: tensors that do not fit the spec, tensors on the meta device (refused
+            before anything is allocated), or a spec nested more than 100 levels.
     """
     if not isinstance(params, Params):
         raise TypeError(f"fm.save: expected Params, got {type(params).__name__}")
@@ -72,31 +74,11 @@ def save(
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{where}: the directory {parent!r} does not exist")
+    tensors = {k: _safetensors.check_tensor(t, where, k) for k, t in sd.items()}
     try:
-        save_file(_packed(sd), path, metadata=metadata)
-    except SafetensorError as e:
-        raise OSError(f"{where}: could not write the file ({e})") from e
-
-
-def _packed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached tensors safetensors accepts: contiguous, each owning its whole storage.
-
-    Only tensors that are views (non-contiguous, a slice of a larger buffer, or sharing
-    memory with another entry) are copied; the rest are written without a copy.
-    """
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[torch.device, int]] = set()
-    for name, t in sd.items():
-        t = t.detach()
-        storage = t.untyped_storage()
-        ptr = (t.device, storage.data_ptr())
-        whole = t.is_contiguous() and storage.nbytes() == t.numel() * t.element_size()
-        if not whole or (ptr in seen and t.numel()):
-            t = t.clone(memory_format=torch.contiguous_format)
-            ptr = (t.device, t.untyped_storage().data_ptr())
-        seen.add(ptr)
-        out[name] = t
-    return out
+        _safetensors.write(path, tensors, metadata)
+    except OSError as e:
+        raise _safetensors.file_error(e, f"{where}: could not write the file: {e}") from e
 
 
 def load(
@@ -115,12 +97,15 @@ def load(
         device: where to put the tensors (``'meta'`` gives shapes without data).
 
     Returns:
-        ``(params, state)``. ``state`` is ``None`` when the spec has buffers but the file
-        holds none (saved without state); otherwise a :class:`State` (empty for models
-        without buffers). Names, shapes and dtypes are checked against the spec, every
-        problem listed. A stored spec nested more than 100 levels deep, or holding more
-        than 100,000 layers, is refused with a ``ValueError`` (see
-        :mod:`funcmodels._encode`), as is metadata too deeply nested for JSON to read.
+        ``(params, state)``, each tensor a fresh 64-byte-aligned allocation (not a view
+        into a file buffer), so outputs equal those before the save bitwise. ``state`` is
+        ``None`` when the spec has buffers but the file holds none (saved without state);
+        otherwise a :class:`State` (empty for models without buffers). Names, shapes and
+        dtypes are checked against the spec, every problem listed. A stored spec nested
+        more than 100 levels deep, or holding more than 100,000 layers, is refused with a
+        ``ValueError`` (see :mod:`funcmodels._encode`), as is metadata too deeply nested
+        for JSON to read, and a malformed or truncated file (before anything is
+        allocated).
     """
     if spec is not None and not isinstance(spec, Spec):
         raise TypeError(f"fm.load: spec must be a layer spec, got {type(spec).__name__}")
@@ -130,13 +115,11 @@ def load(
     if os.path.isdir(path):
         raise IsADirectoryError(f"{where}: is a directory, expected a safetensors file")
     device = as_device(device, where)
+    # Read on the CPU and move afterwards, every tensor a fresh aligned allocation.
     try:
-        # Read on the CPU and move afterwards: safetensors cannot read onto 'meta'.
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{where}: not a readable safetensors file ({e})") from e
+        tensors, metadata = _safetensors.read(os.fspath(path), where)
+    except OSError as e:
+        raise _safetensors.file_error(e, f"{where}: cannot read the file: {e}") from e
     if device.type != "cpu":
         tensors = {k: t.to(device) for k, t in tensors.items()}
     stored = _stored_spec(metadata, where, required=spec is None)

@@ -1,10 +1,12 @@
-"""Lifted transforms over depth: stacked members run in sequence, activations recomputed.
+"""The lifted transforms of the context: stacked members in a loop, in sequence, recomputed.
 
-:meth:`~funcmodels.Context.scan` and :meth:`~funcmodels.Context.remat` build a *member*
-function, ``member(params, state, key, x) -> (out, new_state, aux)``, that runs a spec on
-one member's tensors (the new buffers and sown values come back as outputs, never written
-into a shared object), and hand it here. This module knows nothing of contexts; it
-decides how torch runs the members:
+:class:`LiftedMethods` (a base class of :class:`funcmodels.Context`) gives ``ctx.map``,
+``ctx.scan`` and ``ctx.remat``: each builds a *member* function, ``member(params, state,
+key, x) -> (out, new_state, aux)``, that runs a spec on one member's tensors in a context
+and run of its own (the new buffers and sown values come back as outputs, never written
+into a shared object), and the functions below decide how torch runs the members. The
+module sits below ``_context.py``: it makes contexts and runs with the types of the
+context it serves.
 
 * **In sequence** (:func:`in_sequence`): under ``torch.compile`` with no ``torch.func``
   transform active, torch's ``scan`` higher-order op, so dynamo traces one member however
@@ -334,3 +336,143 @@ class _Recompute(torch.autograd.Function):
         for i, g in zip(wrt, grads_in, strict=True):
             out[i] = g
         return (None, *out)
+
+
+# -- the lifted transforms as methods of the context -------------------------------------
+
+
+class LiftedMethods:
+    """The lifted transforms of :class:`funcmodels.Context` (its base class): ``ctx.map``,
+    ``ctx.scan``, ``ctx.remat``, and what ``ctx.vmap`` shares with them.
+
+    They use the context's ``_run`` (the call's :class:`~funcmodels._context.Run`),
+    ``_prefix``, ``spec``, ``buffer``, ``key`` and ``_own_names``; members run in contexts
+    and runs of the context's own types, so this module needs neither.
+    """
+
+    __slots__ = ()
+
+    def map(self, spec: Any, xs: Any) -> list[Any]:
+        """Run ``spec`` once per member, in a Python loop: member ``i`` on ``xs[i]``.
+
+        The eager form of :meth:`vmap` with ``in_axis=0`` for inputs of different sizes
+        (a mixture of experts' token groups); tensors, keys, new buffers and sown values
+        as for :meth:`vmap`.
+
+        Returns:
+            the list of the members' outputs.
+        """
+
+        def how(member, params, state, key):
+            return each(member, xs, params, state, key)
+
+        return self._lift(spec, how, remat=False)
+
+    def scan(self, spec: Any, x: Any, *, size: int, remat: bool = False) -> Any:
+        """The lifted scan: run ``spec`` ``size`` times in sequence at this layer's path,
+        member ``i`` (this layer's own tensors indexed at ``i``, laid out as for
+        :meth:`vmap`; in train mode this layer's key with ``i`` folded in) on member
+        ``i - 1``'s output. Under ``torch.compile`` without a ``torch.func`` transform
+        inside it, torch's ``scan`` op runs the members, so one member is traced whatever
+        ``size``; elsewhere a Python loop does.
+
+        Arguments:
+            spec: the member spec; its output must have its input's structure, shapes
+                and dtypes.
+            x: the first member's input (any pytree of tensors).
+            size: the number of members.
+            remat: recompute each member's activations in the backward pass (as
+                :meth:`remat`); under compile the members then run as an unrolled loop.
+
+        Returns:
+            the last member's output; the members' new buffers and sown values join the
+            call's, stacked on dim 0. ``ValueError`` when a member's output does not fit
+            its input, or for ``remat`` under compile of a ``torch.func`` transform.
+        """
+
+        def fail(why: str) -> Exception:
+            return self._error(not_a_chain(spec, why))
+
+        def how(member, params, state, key):
+            return in_sequence(member, x, params, state, key, size, remat=remat, fail=fail)
+
+        return self._lift(spec, how, remat=remat)
+
+    def remat(self, spec: Any, x: Any) -> Any:
+        """Run ``spec`` at this layer's path, on this layer's own tensors and key, and
+        recompute its activations in the backward pass: the same values and gradients,
+        bit for bit, for less memory and one more forward of ``spec``. This layer's own
+        entries must be ``spec``'s (as :class:`~funcmodels.nn.Remat` declares them).
+
+        Returns:
+            ``spec``'s output; its new buffers and sown values (of the forward pass, not
+            the recomputation) join the call's.
+
+        Raises:
+            ValueError: under ``torch.compile`` of a ``torch.func`` transform, where
+                torch 2.13 cannot recompute (see :mod:`funcmodels._lifted`).
+        """
+
+        def how(member, params, state, key):
+            return rematerialized(member, params, state, key, x)
+
+        return self._lift(spec, how, remat=True)
+
+    def _lift(self, spec: Any, how, *, remat: bool) -> Any:
+        """``how(member, params, state, key) -> (out, new_state, aux)`` over this layer's
+        own tensors and key, ``member(params, state, key, x)`` running ``spec`` here.
+
+        In eager mode the members report the running layer to this call's tracker during
+        the forward pass, so that errors name it; a recomputation in the backward pass,
+        or a member under compile (a subgraph of torch's ``scan`` or checkpoint op must
+        not write outside it), has a tracker of its own.
+        """
+        if remat and remat_refused():
+            raise self._error(REMAT_UNDER_COMPILED_FUNC)
+        run = self._run
+        pre = self._prefix
+        track = [None if torch.compiler.is_compiling() else run.track]
+
+        def member(p, s, k, xi):
+            inner = type(run)(p, s, run.train, k, run.mode, track[0])
+            out = spec.forward(type(self)(inner, spec, pre), xi)
+            return out, inner.new_state, inner.aux
+
+        try:
+            out, new_state, aux = how(member, *self._own_inputs())
+        finally:
+            track[0] = None
+        run.track.ctx = self
+        self._merge(new_state, aux)
+        return out
+
+    def _error(self, message: str) -> ValueError:
+        """A ``ValueError`` naming this layer (plain under compile: dynamo cannot mark it)."""
+        if torch.compiler.is_compiling():
+            where = self._prefix[:-1] or "<root>"
+            return ValueError(f"layer '{where}' ({self.spec.type_name}): {message}")
+        return self.spec._error(self._prefix, message)
+
+    def _own_inputs(self) -> tuple[dict, dict | None, torch.Tensor | None]:
+        """This layer's own params and state (``None`` without any) by their full paths,
+        and its key (``None`` without one)."""
+        run = self._run
+        pre = self._prefix
+        pnames, snames = self._own_names()
+        params = {pre + n: run.params[pre + n] for n in pnames}
+        state = None
+        if snames and run.state is not None:
+            state = {pre + n: self.buffer(n) for n in snames}
+        return params, state, self.key() if run.key is not None else None
+
+    def _merge(self, new_state: dict[str, Any], aux: dict[str, dict[str, Any]]) -> None:
+        """Add the members' stacked new buffers and sown values to this call's."""
+        run = self._run
+        run.new_state.update(new_state)
+        for path, values in aux.items():
+            own = run.aux.setdefault(path, {})
+            for name, value in values.items():
+                if name in own:
+                    where = path or "<root>"
+                    raise ValueError(f"layer '{where}' sowed {name!r} twice in one call")
+                own[name] = value

@@ -115,8 +115,9 @@ class Spec:
     ) -> dict[str, torch.Tensor]:
         """Own trainable tensors from the layer's key, of ``dtype`` on ``device``.
 
-        Fold a name into ``key`` for each tensor (``fm.fold_in(key, name_hash(name))``)
-        so that tensors of one layer are independent.
+        Fold a name into ``key`` for each tensor (``fm.fold_in(key, name_hash(name))``,
+        with :func:`funcmodels.extend.name_hash`) so that tensors of one layer are
+        independent.
         """
         return {}
 
@@ -244,9 +245,17 @@ def depth(spec: Spec) -> int:
 
 
 def expected_entries(spec: Spec, which: str) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Dotted path -> (shape, dtype or None) of every param (``which='params'``) or buffer.
+    """Every param or buffer of a model, by dotted path, with its shape and dtype.
 
     Computed once per spec object.
+
+    Arguments:
+        spec: the model's spec (every size known).
+        which: ``'params'`` or ``'state'``.
+
+    Returns:
+        ``{dotted path: (shape, dtype)}`` in parameter order; the dtype is ``None`` for
+        every param and for a buffer that follows the params' dtype.
     """
 
     def make():
@@ -284,6 +293,14 @@ def _state_shapes(spec: Spec, prefix: str) -> dict[str, tuple[tuple[int, ...], A
 
 
 def field_values(spec: Spec) -> dict[str, Any]:
+    """The spec's dataclass fields by name: the constructor arguments that rebuild it.
+
+    Arguments:
+        spec: any spec.
+
+    Returns:
+        ``{field name: value}`` in field order (a new dict).
+    """
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
 
 

@@ -27,6 +27,16 @@ def tapping(tap: Callable[[Context, Any, Any], Any]) -> Iterator[None]:
     ``fm.run`` are tapped, not the members run inside a lifted vmap (``ctx.vmap``); taps do
     not nest, and the block is not thread-safe (one global, so that ``torch.compile``
     sees a constant outside it).
+
+    Arguments:
+        tap: ``tap(ctx, x, out) -> out``, called after every layer of every
+            ``fm.run`` in the block.
+
+    Returns:
+        a context manager; the tap is removed when the block ends, also on an error.
+
+    Raises:
+        RuntimeError: a tap is already active.
     """
     global _TAP
     if _TAP is not None:

@@ -20,14 +20,3 @@ def scratch_registry(monkeypatch):
             _registry, name, type(getattr(_registry, name))(getattr(_registry, name))
         )
     return _registry
-
-
-@pytest.fixture
-def scratch_converters(monkeypatch):
-    """Converters registered during the test with ``transforms.register_converter`` are
-    forgotten after it: both tables of :mod:`transforms._module` are replaced by copies."""
-    import transforms._module as module
-
-    for name in ("_BY_SPEC", "_BY_MODULE"):
-        monkeypatch.setattr(module, name, dict(getattr(module, name)))
-    return module

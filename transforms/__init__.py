@@ -1,38 +1,49 @@
 """transforms: model-to-model transformations built on :mod:`funcmodels`.
 
-Models out of models: :class:`MoE` (a vectorised mixture of experts over any expert spec),
-:class:`EarlyExit` (per-sample early exit over a stack of blocks) and
-:class:`SparseLinear` (masked-sparse linear layers, with :func:`sparsify` to prune a model
-by magnitude and :func:`compress` for the sparse inference kernel); :mod:`transforms.dp`
-makes DP-SGD's clipped gradient a function transform, and :mod:`transforms.distributed`
-takes models beyond one process on :mod:`torch.distributed`. The bridge to
-deployment: :func:`to_module` and :func:`from_module` convert between funcmodels'
-``(params, state)`` and real :mod:`torch.nn` modules, :func:`fuse` folds BatchNorm into
-the preceding convolution or linear layer of such a module (and :func:`fold_batchnorm`
-does the same to ``(params, state)``), and :mod:`transforms.qat` prepares a module for
-quantization-aware training. The core package never imports this one; layers defined
-here plug into it through its registries (spec type names, config aliases, and
-:func:`register_converter` for the torch bridge).
+One concept per file or folder; this file only re-exports:
+
+* :mod:`transforms.moe`: :class:`MoE`, a vectorised mixture of experts over any expert
+  spec (its routing in ``_routing.py``, shared with expert parallelism);
+* :mod:`transforms.early_exit`: :class:`EarlyExit`, per-sample early exit over a stack
+  of blocks;
+* :mod:`transforms.sparse`: :class:`SparseLinear` (masked-sparse linear layers) and its
+  inference form :class:`CompressedLinear`, their kernels, :func:`sparsify` (pruning by
+  magnitude) and :func:`compress`;
+* :mod:`transforms.dp`: DP-SGD's clipped gradient as a function transform, the
+  per-layer closed forms behind it, noise and accounting;
+* :mod:`transforms.bridge`: :func:`to_module` and :func:`from_module` between
+  funcmodels' ``(params, state)`` and real :mod:`torch.nn` modules (one converter table
+  per layer family), :func:`fuse` (BatchNorm folded into the layer before it, in a
+  module) and :func:`fold_batchnorm` (the same on ``(params, state)``);
+* :mod:`transforms.distributed`: models beyond one process on :mod:`torch.distributed`;
+* :mod:`transforms.qat`: a module prepared for quantization-aware training.
+
+The core package never imports this one, and this one uses only the public names of the
+core (:mod:`funcmodels.extend` included); layers defined here plug into the core through
+its registries (spec type names, config aliases, and :func:`register_converter` for the
+torch bridge).
 """
 
-# The converter modules register themselves with the bridge when imported.
-from . import (  # noqa: F401
-    _torch_layers,
-    _torch_misc,
-    _torch_recurrent,
-    _torch_sequence,
-    _torch_sparse,
-    _torch_spatial,
-    distributed,
-    dp,
-    qat,
+from . import bridge, distributed, dp, qat, sparse
+from .bridge import (
+    FoldedBatchNorm1d,
+    FunctionalModule,
+    fold_batchnorm,
+    from_module,
+    fuse,
+    register_converter,
+    to_module,
 )
-from ._fuse import FoldedBatchNorm1d, fold_batchnorm, fuse
-from ._module import FunctionalModule, from_module, register_converter, to_module
-from ._prune import compress, decompress, polynomial_sparsity, sparsify
 from .early_exit import Calibration, EarlyExit, calibrate_threshold, deep_supervision_loss
 from .moe import MoE, moe_aux_loss
-from .sparse import CompressedLinear, SparseLinear
+from .sparse import (
+    CompressedLinear,
+    SparseLinear,
+    compress,
+    decompress,
+    polynomial_sparsity,
+    sparsify,
+)
 
 # isort: split
 # Registers Repeat's converter through the public names above, so it comes after them.
@@ -46,6 +57,7 @@ __all__ = [
     "FunctionalModule",
     "MoE",
     "SparseLinear",
+    "bridge",
     "calibrate_threshold",
     "compress",
     "decompress",
@@ -59,6 +71,7 @@ __all__ = [
     "polynomial_sparsity",
     "qat",
     "register_converter",
+    "sparse",
     "sparsify",
     "to_module",
 ]

@@ -35,8 +35,10 @@ import torch.distributed as dist
 import torch.utils._pytree as pytree
 
 import funcmodels as fm
-from funcmodels._context import cached
+from funcmodels.extend import cached, replace_layers
 
+from ._routing import route
+from ._surgery import model_entries
 from .moe import MoE
 
 _OPS = ("mean", "sum")
@@ -309,7 +311,7 @@ class ExpertParallelMoE(fm.Spec):
             raise ValueError(
                 f"was split over {self.world_size} ranks, but the process group has {world}"
             )
-        tokens, top_idx, weights = self.moe._route(ctx, x)
+        tokens, top_idx, weights = route(self.moe, ctx, x)
         k, e_local = self.moe.top_k, self.local_experts
         flat = top_idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # by expert, hence by rank
@@ -376,10 +378,8 @@ def expert_parallel(
     becomes an :class:`ExpertParallelMoE` holding this rank's experts (a slice of the
     stacked ``experts.*`` tensors), the rest of the model unchanged. ``world_size`` and
     ``rank`` default to the default process group's (the one the exchange uses)."""
-    from ._prune import _entries, _rewrite
-
     rank, world_size = _rank_and_world(rank, world_size, "expert_parallel")
-    entries = _entries(params, state, "transforms.distributed.expert_parallel")
+    entries = model_entries(params, state, "transforms.distributed.expert_parallel")
     layers = _moe_layers(params.spec, MoE)
     if not layers:
         raise ValueError("transforms.distributed.expert_parallel: the model has no MoE layer")
@@ -390,8 +390,8 @@ def expert_parallel(
         for name in list(entries):
             if name.startswith(f"{prefix}experts."):
                 entries[name] = entries[name][rank * e : (rank + 1) * e].clone()
-        replaced[prefix] = layer
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+        replaced[prefix[:-1]] = layer
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 def gather(
@@ -400,10 +400,8 @@ def gather(
     """The single-process model of an expert-parallel one, on every rank: each
     :class:`ExpertParallelMoE` becomes its :class:`MoE` again, with every rank's experts
     (``all_gather``). Save it from rank 0: ``fm.save`` of the result loads in one process."""
-    from ._prune import _entries, _rewrite
-
     world = _group_size(group, "gather")
-    entries = _entries(params, state, "transforms.distributed.gather")
+    entries = model_entries(params, state, "transforms.distributed.gather")
     replaced = {}
     for prefix, layer in _moe_layers(params.spec, ExpertParallelMoE):
         if layer.world_size != world:
@@ -417,8 +415,8 @@ def gather(
                 parts = [torch.empty_like(local) for _ in range(world)]
                 dist.all_gather(parts, local, group=group)
                 entries[name] = torch.cat(parts)
-        replaced[prefix] = layer.moe
-    return fm.from_state_dict(_rewrite(params.spec, "", replaced), entries)
+        replaced[prefix[:-1]] = layer.moe
+    return fm.from_state_dict(replace_layers(params.spec, replaced), entries)
 
 
 fm.register_layer("expert_parallel_moe", ExpertParallelMoE)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import funcmodels as fm
+from funcmodels.extend import subtree
 
 __all__ = ["Calibration", "EarlyExit", "calibrate_threshold", "deep_supervision_loss"]
 
@@ -357,15 +358,6 @@ class Calibration(NamedTuple):
     """``(threshold, accuracy, mean depth)`` for every candidate"""
 
 
-def _subtree(tree, path: str):
-    prefix = path + "."
-    spec = tree.spec
-    for part in path.split("."):
-        spec = spec.child(part)
-    flat = {k[len(prefix) :]: v for k, v in tree.flat().items() if k.startswith(prefix)}
-    return type(tree)._make(spec, flat)
-
-
 def calibrate_threshold(
     params: fm.Params,
     x: Any,
@@ -398,31 +390,23 @@ def calibrate_threshold(
         raise TypeError(
             f"transforms.calibrate_threshold: expected an EarlyExit model, got {spec.type_name}"
         )
+
+    def part(path: str, inp: Any) -> Any:
+        """The layer at ``path`` alone, in eval mode."""
+        return fm.apply(
+            subtree(params, path), inp, state=None if state is None else subtree(state, path)
+        )
+
     logits, h = [], x
     with torch.no_grad():
         for i in range(len(spec.blocks)):
-            block = f"blocks.{i}"
-            h = fm.apply(
-                _subtree(params, block), h, state=None if state is None else _subtree(state, block)
-            )
+            h = part(f"blocks.{i}", h)
             if spec.heads[i] is not None:
-                head = f"heads.{i}"
-                logits.append(
-                    fm.apply(
-                        _subtree(params, head),
-                        h,
-                        state=None if state is None else _subtree(state, head),
-                    )
-                )
+                logits.append(part(f"heads.{i}", h))
         logits = torch.stack(logits)
         max_depth = None
         if spec.depth_estimator is not None:
-            est = fm.apply(
-                _subtree(params, "depth_estimator"),
-                x,
-                state=None if state is None else _subtree(state, "depth_estimator"),
-            )
-            max_depth = max_depth_of(spec, est)
+            max_depth = max_depth_of(spec, part("depth_estimator", x))
     full = (logits[-1].argmax(-1) == y).float().mean().item()
     if thresholds is None:
         if spec.criterion == "patience":

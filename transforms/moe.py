@@ -38,8 +38,9 @@ from typing import Any, ClassVar
 import torch
 
 import funcmodels as fm
-from funcmodels._context import name_hash
-from funcmodels.nn._check import under_vmap
+from funcmodels.extend import layer_error, positive_int, under_vmap
+
+from ._routing import route
 
 __all__ = ["MoE", "moe_aux_loss"]
 
@@ -50,14 +51,6 @@ def _first_linear_width(spec: fm.Spec) -> int | None:
         if isinstance(s, fm.nn.Linear):
             return s.in_features
     return None
-
-
-def _check_positive_int(field: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"MoE: {field} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"MoE: {field} must be positive, got {value}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +97,8 @@ class MoE(fm.Spec):
     def __post_init__(self):
         if not isinstance(self.expert, fm.Spec):
             raise TypeError(f"MoE: expert must be a layer spec, got {type(self.expert).__name__}")
-        e = _check_positive_int("num_experts", self.num_experts)
-        k = _check_positive_int("top_k", self.top_k)
+        e = positive_int("MoE", "num_experts", self.num_experts)
+        k = positive_int("MoE", "top_k", self.top_k)
         if k > e:
             raise ValueError(
                 f"MoE: top_k={k} exceeds num_experts={e}; each token picks distinct experts"
@@ -132,7 +125,7 @@ class MoE(fm.Spec):
         if self.dim is None:
             object.__setattr__(self, "dim", _first_linear_width(self.expert))
         if self.dim is not None:
-            _check_positive_int("dim", self.dim)
+            positive_int("MoE", "dim", self.dim)
         gate = self.gate
         if gate is None:
             gate = fm.nn.Linear(self.dim, e, bias=False)
@@ -178,7 +171,8 @@ class MoE(fm.Spec):
         if not in_shape or (
             in_shape[-1] not in (None, ...) and self.dim is not None and in_shape[-1] != self.dim
         ):
-            raise self._error(
+            raise layer_error(
+                self,
                 path,
                 f"expected tokens of width {self.dim} (input (..., {self.dim})), got {in_shape}",
             )
@@ -186,7 +180,7 @@ class MoE(fm.Spec):
 
     # -- computation ----------------------------------------------------------------------
     def forward(self, ctx: fm.Context, x: torch.Tensor) -> torch.Tensor:
-        tokens, top_idx, weights = self._route(ctx, x)
+        tokens, top_idx, weights = route(self, ctx, x)
         # The sorted dispatch needs the group sizes on the host: fine in eager mode and
         # under grad/vjp/jvp (a transform that does not batch the routing), not under vmap
         # (each example has its own sizes) or compile (static shapes).
@@ -197,46 +191,6 @@ class MoE(fm.Spec):
             out, dropped = self._capacity(ctx, tokens, top_idx, weights)
         ctx.sow("dropped_fraction", dropped)
         return out.reshape(x.shape)
-
-    def _route(self, ctx: fm.Context, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tokens ``(T, D)``, each one's ``top_k`` experts ``(T, k)`` and mixing weights
-        ``(T, k)``; sows the routing aux values. ``ctx`` needs a ``gate`` child (an
-        expert-parallel layer routes with this too)."""
-        d, e, k = self.dim, self.num_experts, self.top_k
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != d:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected tokens (..., {d}), got {shape}")
-        tokens = x.reshape(-1, d)
-        t = tokens.shape[0]
-        gate_in = tokens
-        if ctx.train and self.jitter:
-            noise_key = fm.fold_in(ctx.key(), name_hash("jitter"))
-            noise = fm.random.uniform(
-                noise_key,
-                tokens.shape,
-                tokens.dtype,
-                tokens.device,
-                minval=1 - self.jitter,
-                maxval=1 + self.jitter,
-            )
-            gate_in = tokens * noise
-        # Routing in at least float32 (under bf16 autocast too), float64 for float64.
-        logits = ctx.apply("gate", gate_in)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if logits.shape != (t, e):
-            raise ValueError(
-                f"the gate gave logits of shape {tuple(logits.shape)}, expected ({t}, {e})"
-            )
-        probs = torch.softmax(logits, dim=-1)
-        top_logits, top_idx = torch.topk(logits, k, dim=-1)
-        weights = torch.softmax(top_logits, dim=-1) if self.normalize else probs.gather(-1, top_idx)
-        weights = weights.to(x.dtype)
-        counts = (top_idx[..., None] == torch.arange(e, device=x.device)).sum((0, 1))
-        share = counts.to(probs.dtype) / max(t * k, 1)
-        ctx.sow("load_balance_loss", e * (share * probs.mean(0)).sum())
-        ctx.sow("z_loss", (torch.logsumexp(logits, dim=-1) ** 2).mean())
-        ctx.sow("expert_counts", counts)
-        return tokens, top_idx, weights
 
     def _dropless(self, ctx, tokens, top_idx, weights):
         """Sort the assignments by expert, run each expert on its group, add back."""

@@ -14,6 +14,20 @@ from .._spec import name_hash
 
 
 def positive_int(layer: str, field: str, value: object) -> int:
+    """Check a field that must be an int ``>= 1`` (a width, a count).
+
+    Arguments:
+        layer: the layer's name, the start of the message (``'MoE'``).
+        field: the field's name.
+        value: what was given.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        TypeError: not an int (a bool is not one either).
+        ValueError: below 1.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{layer}: {field} must be an int, got {type(value).__name__} {value!r}")
     if value < 1:
@@ -22,6 +36,20 @@ def positive_int(layer: str, field: str, value: object) -> int:
 
 
 def non_negative_int(layer: str, field: str, value: object) -> int:
+    """Check a field that must be an int ``>= 0`` (a padding, a dim).
+
+    Arguments:
+        layer: the layer's name, the start of the message.
+        field: the field's name.
+        value: what was given.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        TypeError: not an int (a bool is not one either).
+        ValueError: negative.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{layer}: {field} must be an int, got {type(value).__name__} {value!r}")
     if value < 0:
@@ -30,6 +58,19 @@ def non_negative_int(layer: str, field: str, value: object) -> int:
 
 
 def boolean(layer: str, field: str, value: object) -> bool:
+    """Check a field that must be a bool (not merely truthy).
+
+    Arguments:
+        layer: the layer's name, the start of the message.
+        field: the field's name.
+        value: what was given.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        TypeError: not a bool.
+    """
     if not isinstance(value, bool):
         raise TypeError(f"{layer}: {field} must be a bool, got {type(value).__name__} {value!r}")
     return value
@@ -44,6 +85,21 @@ def number(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> float:
+    """Check a field that must be a finite number, optionally within bounds.
+
+    Arguments:
+        layer: the layer's name, the start of the message.
+        field: the field's name.
+        value: what was given (an int or a float; a bool is refused).
+        lo, hi: the bounds, ``None`` for none; inclusive unless ``lo_open``/``hi_open``.
+
+    Returns:
+        ``value`` as a float.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: not finite (specs are saved as JSON), or out of bounds.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{layer}: {field} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
@@ -61,7 +117,22 @@ def number(
 
 
 def int_tuple(layer: str, field: str, value: object, n: int, minimum: int) -> tuple[int, ...]:
-    """An int or a sequence of ``n`` ints, each at least ``minimum``; returns an n-tuple."""
+    """Check a field that takes an int or a sequence of ``n`` ints (a kernel size).
+
+    Arguments:
+        layer: the layer's name, the start of the message.
+        field: the field's name.
+        value: an int (the same for every dim) or a list or tuple of ``n`` ints.
+        n: the number of dims.
+        minimum: the least value allowed.
+
+    Returns:
+        an ``n``-tuple of ints.
+
+    Raises:
+        TypeError: an entry is not an int.
+        ValueError: a sequence of another length, or an entry below ``minimum``.
+    """
     if isinstance(value, (list, tuple)):
         items = tuple(value)
         if len(items) != n:
@@ -97,6 +168,14 @@ def torch_signature(cls: type) -> type:
     a field with a default (``None``) comes before required ones, which a generated
     dataclass ``__init__`` does not allow. Every field can be given by position or by name;
     a required one left out raises ``TypeError``, as a missing argument would.
+
+    Arguments:
+        cls: a frozen dataclass (a spec class), decorated after ``@dataclass``; its
+            ``__init__`` takes the fields in their declared order and then calls
+            ``__post_init__``.
+
+    Returns:
+        ``cls``, with the new ``__init__``.
     """
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
@@ -143,7 +222,15 @@ def under_vmap(t: torch.Tensor) -> bool:
     """True when ``t`` is batched by :func:`torch.func.vmap` at some level.
 
     Walks the functorch wrapper chain (grad wrappers around batched tensors, and the
-    reverse), so a ``vmap(grad(...))`` input is recognised too.
+    reverse), so a ``vmap(grad(...))`` input is recognised too. A layer that can take a
+    faster data-dependent path (one host sync for the group sizes, say) asks this, since
+    under ``vmap`` each example would need its own.
+
+    Arguments:
+        t: a tensor the layer received or computed.
+
+    Returns:
+        whether ``t`` carries a vmap batch dim.
     """
     while _functorch.is_functorch_wrapped_tensor(t):
         if _functorch.is_batchedtensor(t):

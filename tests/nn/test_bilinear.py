@@ -23,7 +23,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from tests.helpers import randomised, torch_twin
-from transforms._torch_misc import BilinearModule
+from transforms.bridge import BilinearModule
 
 nn = fm.nn
 EXACT = {"atol": 0.0, "rtol": 0.0}

@@ -22,7 +22,7 @@ import funcmodels as fm
 import transforms
 from funcmodels._registry import lookup
 from tests.helpers import assert_per_sample_grads_match
-from transforms._torch_layers import RearrangeModule, ReduceModule
+from transforms.bridge import RearrangeModule, ReduceModule
 
 nn = fm.nn
 

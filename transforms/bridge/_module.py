@@ -1,0 +1,282 @@
+"""The bridge between funcmodels and :mod:`torch.nn`: ``to_module`` and ``from_module``.
+
+A converter pairs a spec type with a module type and knows both directions:
+
+* ``build(spec, child)`` returns the module for ``spec``, its children made by
+  ``child(name)``; it only decides the structure, because the tensors are loaded
+  afterwards from ``fm.to_state_dict`` (so every converter gets torch's naming for free);
+* ``infer(module, child)`` returns the spec of ``module``, its children's specs given by
+  ``child(name)``; the tensors are then read from ``module.state_dict()``.
+
+The layers of :mod:`funcmodels.nn` and of :mod:`transforms` are registered by the other
+files of this package, one per layer family; other spec types (a user's) may add theirs
+with :func:`register_converter`. A spec without a converter still converts: it becomes a
+:class:`FunctionalModule`, which holds the spec's tensors as parameters and buffers
+under the spec's names and runs the functional forward. Hand-written converters remain
+where they give plainer fx graphs (torch's own layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+import funcmodels as fm
+from funcmodels.extend import expected_entries, layer_name, unchecked
+
+Build = Callable[[fm.Spec, Callable[[str], nn.Module]], nn.Module]
+Infer = Callable[[nn.Module, Callable[[str], fm.Spec]], fm.Spec]
+
+
+class _Converter(NamedTuple):
+    spec_type: type[fm.Spec]
+    module_type: type[nn.Module]
+    build: Build
+    infer: Infer
+
+
+_BY_SPEC: dict[type[fm.Spec], _Converter] = {}
+_BY_MODULE: dict[type[nn.Module], _Converter] = {}
+
+
+def register_converter(
+    spec_type: type[fm.Spec], module_type: type[nn.Module], *, build: Build, infer: Infer
+) -> None:
+    """Teach :func:`to_module` and :func:`from_module` a layer type.
+
+    Arguments:
+        spec_type: the spec class (matched exactly, not by subclass).
+        module_type: the ``nn.Module`` class it becomes (matched exactly as well, so a
+            subclass with another ``forward`` is never taken for its parent).
+        build: ``build(spec, child) -> module``. ``child(name)`` converts the spec's child
+            ``name``. It runs under ``torch.device('meta')``: only the structure matters,
+            the tensors are loaded afterwards under the spec's ``state_dict`` names, which
+            the module must use too.
+        infer: ``infer(module, child) -> spec``. ``child(name)`` converts the module's
+            child ``name``. Raise ``ValueError`` or ``TypeError`` for a module the spec
+            cannot express; the message is prefixed with the module's path and type.
+
+    Registering a spec type or module type again replaces its converter.
+    """
+    if not (isinstance(spec_type, type) and issubclass(spec_type, fm.Spec)):
+        raise TypeError(f"register_converter: spec_type must be a Spec subclass, got {spec_type!r}")
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"register_converter: module_type must be an nn.Module subclass, got {module_type!r}"
+        )
+    for name, fn in (("build", build), ("infer", infer)):
+        if not callable(fn):
+            raise TypeError(f"register_converter: {name} must be callable, got {fn!r}")
+    conv = _Converter(spec_type, module_type, build, infer)
+    _BY_SPEC[spec_type] = conv
+    _BY_MODULE[module_type] = conv
+
+
+class FunctionalModule(nn.Module):
+    """A spec as an ``nn.Module``: its tensors as parameters and buffers, its forward
+    :func:`funcmodels.run`.
+
+    The tensors sit under the spec's names (a dotted name ``'0.weight'`` in a submodule
+    ``'0'``), so ``state_dict()`` has the keys of ``fm.to_state_dict``. In train mode the
+    forward takes a fresh key from torch's global generator (as ``nn.Dropout`` draws its
+    masks) and writes the new buffers into the module's, in place (as ``nn.BatchNorm2d``
+    does). ``transforms.to_module`` makes one for every layer type without a hand-written
+    converter; ``transforms.from_module`` reads the spec back from ``self.spec``.
+    ``module.run(x)`` returns what ``fm.run`` does (output, new state, aux).
+
+    Arguments:
+        spec: the layer's spec (complete: every size known).
+        dtype: the dtype of the placeholder parameters (``to_module`` loads the real
+            tensors afterwards).
+    """
+
+    def __init__(self, spec: fm.Spec, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not isinstance(spec, fm.Spec):
+            raise TypeError(f"FunctionalModule: expected a layer spec, got {type(spec).__name__}")
+        self.spec = spec
+        self._param_slots = [
+            self._slot(name, shape, dtype, buffer=False)
+            for name, (shape, _) in expected_entries(spec, "params").items()
+        ]
+        self._buffer_slots = [
+            self._slot(name, shape, kind or dtype, buffer=True)
+            for name, (shape, kind) in expected_entries(spec, "state").items()
+        ]
+
+    def _slot(self, name: str, shape, dtype, *, buffer: bool) -> tuple[str, nn.Module, str]:
+        *path, leaf = name.split(".")
+        owner: nn.Module = self
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        t = torch.zeros(shape, dtype=dtype)
+        if buffer:
+            owner.register_buffer(leaf, t)
+        else:
+            owner.register_parameter(leaf, nn.Parameter(t))
+        return name, owner, leaf
+
+    def _trees(self) -> tuple[fm.Params, fm.State | None]:
+        params = {n: owner._parameters[leaf] for n, owner, leaf in self._param_slots}
+        state = {n: owner._buffers[leaf] for n, owner, leaf in self._buffer_slots}
+        return (
+            unchecked(fm.Params, self.spec, params),
+            unchecked(fm.State, self.spec, state) if self._buffer_slots else None,
+        )
+
+    def forward(self, x: Any) -> Any:
+        return self.run(x).out
+
+    def run(self, x: Any) -> fm.Output:
+        """``forward`` with everything ``fm.run`` returns: the output, the new state and
+        the sown aux values (an EarlyExit's per-sample ``depth``, an MoE's losses)."""
+        params, state = self._trees()
+        key = None
+        if self.training:
+            key = fm.key(int(torch.randint(0, 2**62, ())), device=_device(x, params))
+        out = fm.run(params, x, state=state, key=key, train=self.training)
+        if self.training and state is not None:
+            with torch.no_grad():
+                for name, owner, leaf in self._buffer_slots:
+                    new = out.state[name]
+                    if new is not state[name]:
+                        owner._buffers[leaf].copy_(new)
+        return out
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+
+def _device(x: Any, params: fm.Params) -> torch.device:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    for t in params.flat().values():
+        return t.device
+    return torch.device("cpu")
+
+
+def _build(spec: fm.Spec, path: str) -> nn.Module:
+    conv = _BY_SPEC.get(type(spec))
+    if conv is None:
+        return FunctionalModule(spec)
+    children = dict(spec.children())
+
+    def child(name: str) -> nn.Module:
+        return _build(children[name], f"{path}{name}.")
+
+    module = conv.build(spec, child)
+    if type(module) is not conv.module_type:
+        raise TypeError(
+            f"transforms.to_module: the converter of {spec.type_name} returned "
+            f"{type(module).__name__}, expected {conv.module_type.__name__}"
+        )
+    return module
+
+
+def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
+    """A real :mod:`torch.nn` module computing what ``fm.apply(params, x, state=state)`` does.
+
+    Layers become their ``torch.nn`` twins (``nn.Linear``, ``nn.Conv2d``,
+    ``nn.BatchNorm2d``, ...) inside containers that mirror the spec (``nn.Sequential``; a
+    small module for a ``ResidualBlock``), so ``state_dict()`` has the keys, order and
+    values of ``fm.to_state_dict(params, state)``, and ``torch.fx.symbolic_trace`` and
+    ``torch.export.export`` work on the result. A layer type without a converter becomes
+    a :class:`FunctionalModule` running its functional forward (exportable; not
+    symbolically traceable by fx). The tensors are copies: training the
+    module leaves ``params`` and ``state`` unchanged. Dtype and device are those of
+    ``params``; torch's global random generator is not touched.
+
+    Outputs, gradients and BatchNorm updates equal those of ``fm.apply``/``fm.run`` in
+    both modes, with one exception: in train mode ``nn.Dropout`` draws its masks from
+    torch's global generator rather than from a funcmodels key, so it matches in
+    distribution only.
+
+    Arguments:
+        params: the model's parameters (their spec says what to build).
+        state: its buffers (BatchNorm running statistics); required when the spec has any.
+
+    Returns:
+        the module, in eval mode (as ``fm.apply`` defaults to ``train=False``); call
+        ``.train()`` to fine-tune it.
+    """
+    if not isinstance(params, fm.Params):
+        raise TypeError(
+            f"transforms.to_module: expected Params from fm.init, got {type(params).__name__}"
+        )
+    spec = params.spec
+    if state is None and spec.has_state():
+        raise ValueError(
+            f"transforms.to_module: the spec {spec.type_name} has state (buffers such as "
+            "BatchNorm running statistics) but none was given; use params, state = "
+            "fm.init_with_state(key, spec) and transforms.to_module(params, state)"
+        )
+    entries = fm.to_state_dict(params, state)
+    # On the meta device the layers allocate nothing and draw no random initial values;
+    # assign=True then installs the copies below as the module's tensors.
+    with torch.device("meta"):
+        module = _build(spec, "")
+    module.load_state_dict(
+        {k: t.detach().clone() for k, t in entries.items()}, strict=True, assign=True
+    )
+    return module.eval()
+
+
+def _infer(module: nn.Module, path: str) -> fm.Spec:
+    where = f"module '{layer_name(path)}' ({type(module).__name__})"
+    if type(module) is FunctionalModule:
+        return module.spec
+    conv = _BY_MODULE.get(type(module))
+    if conv is None:
+        raise TypeError(
+            f"transforms.from_module: {where} is not supported; supported: "
+            f"{sorted(c.__name__ for c in _BY_MODULE)}; add a converter with "
+            "transforms.register_converter"
+        )
+    children = dict(module.named_children())
+
+    def child(name: str) -> fm.Spec:
+        if name not in children:
+            raise ValueError(
+                f"transforms.from_module: {where} has no child '{name}'; children: {list(children)}"
+            )
+        return _infer(children[name], f"{path}{name}.")
+
+    try:
+        return conv.infer(module, child)
+    except (TypeError, ValueError) as err:
+        if str(err).startswith("transforms.from_module:"):
+            raise  # a child's error, already named by its own path
+        exc = TypeError if isinstance(err, TypeError) else ValueError
+        raise exc(f"transforms.from_module: {where}: {err}") from err
+
+
+def from_module(module: nn.Module) -> tuple[fm.Params, fm.State]:
+    """The ``(params, state)`` of a module built from supported ``torch.nn`` layers.
+
+    The spec is inferred from the module tree (nested ``nn.Sequential`` included, and
+    everything :func:`to_module` makes); the tensors are detached copies of
+    ``module.state_dict()``, so later changes to the module do not leak into them.
+    ``from_module(to_module(params, state))`` gives back the same spec and tensors.
+
+    Arguments:
+        module: the module; its train/eval mode does not matter.
+
+    Returns:
+        ``(params, state)``; ``state`` is empty when the model keeps no buffers.
+
+    Raises:
+        TypeError: a submodule of a type without converter, named by path and type.
+        ValueError: a submodule whose settings the spec cannot express (say
+            ``nn.MaxPool2d(return_indices=True)``), named likewise.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"transforms.from_module: expected an nn.Module, got {type(module).__name__}"
+        )
+    spec = _infer(module, "")
+    return fm.from_state_dict(spec, module.state_dict())
