@@ -80,6 +80,8 @@ from ._pool import (
     MaxPool3d,
 )
 from ._recurrent import GRU, LSTM, RNN
+from ._remat import Remat
+from ._repeat import Repeat
 from ._resample import (
     PixelShuffle,
     PixelUnshuffle,
@@ -176,6 +178,8 @@ __all__ = [
     "ReplicationPad1d",
     "ReplicationPad2d",
     "ReplicationPad3d",
+    "Remat",
+    "Repeat",
     "ResidualBlock",
     "SELU",
     "Sequential",
