@@ -48,10 +48,6 @@ from .sparse import (
     sparsify,
 )
 
-# isort: split
-# Registers Repeat's converter through the public names above, so it comes after them.
-from . import _torch_repeat  # noqa: F401
-
 __all__ = [
     "Calibration",
     "CompressedLinear",

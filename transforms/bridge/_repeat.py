@@ -8,8 +8,7 @@ spec), run once per member on that member's slices with
 an ``nn.Sequential`` of the members (``'{i}.<name>'``) loads into a Repeat with
 ``fm.from_state_dict``.
 
-Importing this module registers the converter (through the public
-:func:`transforms.register_converter`).
+Importing this module registers the converter.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import funcmodels as fm
-import transforms
+
+from ._module import FunctionalModule, register_converter, to_module
 
 
-class RepeatModule(transforms.FunctionalModule):
+class RepeatModule(FunctionalModule):
     """A :class:`funcmodels.nn.Repeat` as an ``nn.Module``: members in sequence.
 
     The tensors are stacked as the Repeat stacks them (``0.weight (n, ...)``); member
@@ -45,7 +45,7 @@ class RepeatModule(transforms.FunctionalModule):
         params, state = fm.from_state_dict(
             spec.spec, {k: t[0] for k, t in self.state_dict().items()}
         )
-        member = transforms.to_module(params, state)
+        member = to_module(params, state)
         # Not registered: its tensors would join the state_dict; it only gives the code.
         self.__dict__["member"] = member.train(self.training)
 
@@ -87,4 +87,4 @@ def _infer(module: RepeatModule, child) -> fm.Spec:
     return module.spec
 
 
-transforms.register_converter(fm.nn.Repeat, RepeatModule, build=_build, infer=_infer)
+register_converter(fm.nn.Repeat, RepeatModule, build=_build, infer=_infer)
