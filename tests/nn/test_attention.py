@@ -8,9 +8,7 @@ the fused encoder layer, nested tensors) are other kernels: ``FAST``.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 
 import pytest
 import scipy.stats
@@ -676,76 +674,7 @@ def test_transformer_per_sample_gradients_match_a_loop(train):
 
 # -- conversions, configs, files, summary ----------------------------------------------------
 
-SPECS = [
-    nn.MultiheadAttention(8, 2),
-    nn.MultiheadAttention(6, 3, 0.1, False, True, True, 4, 5, True),
-    nn.TransformerEncoderLayer(8, 2, 16, activation=nn.GELU("tanh"), batch_first=True),
-    nn.TransformerDecoderLayer(8, 4, 12, 0.2, "gelu", 1e-3, False, True, False),
-    nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), 2, nn.LayerNorm(8), False),
-    nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16, norm_first=True), 3),
-    nn.Transformer(8, 2, 1, 2, 16, 0.0, nn.SiLU(), batch_first=True),
-    nn.Transformer(
-        8,
-        2,
-        2,
-        1,
-        16,
-        custom_decoder=nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 4, 12), 1),
-    ),
-]
-
-
-def call_args(spec, seed=0):
-    """(mapping for fm.apply, positional args for torch, keyword args for torch)."""
-    # the first layer of the spec tree that has these settings has the model's
-    bf = next(s.batch_first for _, s in spec.walk() if hasattr(s, "batch_first"))
-    d = next(s.embed_dim for _, s in spec.walk() if hasattr(s, "embed_dim"))
-
-    def seq(length, k):
-        return randn(*((2, length) if bf else (length, 2)), d, seed=seed + k)
-
-    if isinstance(spec, nn.MultiheadAttention):
-        q = seq(4, 0)
-        k = randn(*((2, 5) if bf else (5, 2)), spec.kdim, seed=seed + 1)
-        v = randn(*((2, 5) if bf else (5, 2)), spec.vdim, seed=seed + 2)
-        return {"query": q, "key": k, "value": v}, (q, k, v), {"need_weights": False}
-    if isinstance(spec, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
-        x = seq(5, 0)
-        return {"src": x}, (x,), {}
-    if isinstance(spec, nn.Transformer):
-        src, tgt = seq(5, 0), seq(4, 1)
-        return {"src": src, "tgt": tgt, "tgt_mask": causal(4)}, (src, tgt), {"tgt_mask": causal(4)}
-    tgt, memory = seq(4, 0), seq(6, 1)
-    return {"tgt": tgt, "memory": memory}, (tgt, memory), {}
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.type_name)
-def test_to_module_and_back_is_exact_and_computes_the_same(spec):
-    params, _ = randomised(spec)
-    module = transforms.to_module(params)
-    assert isinstance(module, getattr(torch.nn, spec.type_name))  # torch's class, or a subclass
-    assert list(module.state_dict()) == list(fm.to_state_dict(params))
-    mapping, args, kwargs = call_args(spec)
-    out = torch_run(module, *args, **kwargs)
-    out = out[0] if isinstance(out, tuple) else out
-    torch.testing.assert_close(out, fm.apply(params, mapping), **CLOSE)
-    back, _ = transforms.from_module(module)
-    assert back.spec == spec
-    for name, t in fm.to_state_dict(params).items():
-        assert torch.equal(back[name], t), name
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.type_name)
-def test_config_and_file_round_trips(spec, tmp_path):
-    doc = json.loads(json.dumps(spec.to_config(defaults=True)))
-    assert fm.from_config(doc) == spec
-    assert fm.from_config(spec.to_config()) == spec
-    params, _ = randomised(spec)
-    fm.save(tmp_path / "m.safetensors", params)
-    loaded, _ = fm.load(tmp_path / "m.safetensors")
-    assert loaded.spec == spec
-    mapping, _, _ = call_args(spec, seed=4)
-    assert torch.equal(fm.apply(loaded, mapping), fm.apply(params, mapping))
+# Configs, files and the torch.nn round trips of these layers: tests/test_contract.py.
 
 
 def test_from_a_torch_transformer_with_its_own_init():
@@ -796,7 +725,8 @@ def test_modules_the_specs_cannot_express_are_refused():
 
 
 def test_summary_rows_follow_torch_modules():
-    spec = SPECS[7]
+    decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 4, 12), 1)
+    spec = nn.Transformer(8, 2, 2, 1, 16, custom_decoder=decoder)
     module = transforms.to_module(fm.init(fm.key(0), spec))
     # MultiheadAttention keeps out_proj as its own tensors (torch initialises them
     # differently from a Linear), so it has no row of its own.
@@ -887,48 +817,7 @@ def test_forward_checks_name_the_layer():
         fm.apply(tr, {"src": randn(5, 2, 8), "tgt": randn(4, 3, 8)})
 
 
-# -- torch.compile ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_attention_and_encoder_compile_to_one_graph():
-    def one_graph(fn, *args):
-        torch._dynamo.reset()
-        explained = torch._dynamo.explain(fn)(*args)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        torch.testing.assert_close(torch.compile(fn, fullgraph=True)(*args), fn(*args), **FAST)
-        torch._dynamo.reset()
-
-    mha, _ = randomised(nn.MultiheadAttention(8, 2, batch_first=True, add_zero_attn=True))
-    x = randn(2, 5, 8)
-    pad = torch.zeros(2, 5, dtype=torch.bool)
-    pad[0, 3:] = True
-
-    def attend(p, x, pad):
-        return fm.apply(p, {"query": x, "key_padding_mask": pad, "need_weights": True})
-
-    one_graph(attend, mha, x, pad)
-    one_graph(lambda p, x: fm.apply(p, x), mha, x)
-    spec, _ = encoder_pair(layers=2)
-    enc, _ = randomised(spec)
-
-    def train_step(p, x, k):
-        return fm.apply(p, {"src": x, "mask": causal(5)}, key=k, train=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch._dynamo.reset()
-        explained = torch._dynamo.explain(train_step)(enc, x, fm.key(0))
-    assert explained.graph_break_count == 0 and explained.graph_count == 1
-    one_graph(lambda p, x: fm.apply(p, {"src": x, "src_key_padding_mask": pad}), enc, x)
-    transformer, _ = randomised(nn.Transformer(8, 2, 1, 1, 16, batch_first=True))
-
-    def translate(p, src, tgt):
-        return fm.apply(p, {"src": src, "tgt": tgt, "tgt_mask": causal(4), "tgt_is_causal": True})
-
-    one_graph(translate, transformer, x, randn(2, 4, 8, seed=1))
+# -- the torch.nn bridge ---------------------------------------------------------------------
 
 
 def test_attention_inside_a_torch_sequential_runs_as_the_spec_does():

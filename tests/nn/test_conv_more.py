@@ -497,30 +497,3 @@ def test_wrong_rank_at_root_and_too_small_inputs():
     big = fm.init(fm.key(0), nn.Conv3d(2, 2, 3))
     with pytest.raises(ValueError, match=r"\(Conv3d\): input of spatial size .* too small"):
         fm.apply(big, torch.zeros(1, 2, 3, 2, 3))
-
-
-# -- compile ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_compiles_to_one_graph_with_eager_output():
-    spec = nn.Sequential(
-        nn.Conv3d(2, 4, 3, padding=1, padding_mode="circular"),
-        nn.ConvTranspose3d(4, 2, 2, stride=2, output_padding=1, dilation=2),
-        nn.Flatten(2),
-        nn.ConvTranspose1d(2, 3, 2, stride=2),
-        nn.Unflatten(2, (32, -1)),
-        nn.ConvTranspose2d(3, 2, 2, groups=1),
-    )
-    params, _ = randomised(spec)
-    x = example_input((2, 2, 3, 3, 3))
-    torch._dynamo.reset()
-    try:
-        explained = torch._dynamo.explain(fm.apply)(params, x)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        compiled = torch.compile(fm.apply, fullgraph=True)
-        torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.reset()

@@ -9,7 +9,6 @@ Per-sample gradients ``atol=1e-6, rtol=1e-5`` against a loop with the same keys.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -20,6 +19,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from tests.helpers import randomised
+from tests.test_contract import DROPOUTS
 
 nn = fm.nn
 EXACT = {"atol": 0.0, "rtol": 0.0}
@@ -220,34 +220,11 @@ def test_invalid_p_and_shapes():
 
 # -- configs, files, the torch bridge ----------------------------------------------------
 
-MODEL = nn.Sequential(
-    nn.Conv2d(2, 4, 3),
-    nn.Dropout2d(0.1),
-    nn.FeatureAlphaDropout(0.2),
-    nn.Flatten(2),
-    nn.Dropout1d(0.3),
-    nn.Flatten(),
-    nn.AlphaDropout(0.4),
-    nn.Linear(36, 2),
-)
+MODEL = DROPOUTS
 
 
-def test_round_trips_through_configs_files_and_torch(tmp_path):
-    params, _ = randomised(MODEL)
-    x = fm.random.normal(fm.key(1), (3, 2, 5, 5))
-    want = fm.apply(params, x)
-    assert fm.from_config(json.loads(json.dumps(MODEL.to_config(defaults=True)))) == MODEL
-    fm.save(tmp_path / "m.safetensors", params)
-    loaded, _ = fm.load(tmp_path / "m.safetensors")
-    assert loaded.spec == MODEL
-    module = transforms.to_module(params)
-    assert [type(m).__name__ for m in module] == [type(s).__name__ for _, s in MODEL.layers]
-    with torch.no_grad():
-        torch.testing.assert_close(module(x), want, **EXACT)
-    back, _ = transforms.from_module(module)
-    assert back.spec == MODEL
-    for name, t in fm.to_state_dict(params).items():
-        assert torch.equal(back.flat()[name], t), name
+def test_torchs_inplace_flags_and_the_summary():
+    # configs, files and the torch.nn round trip of MODEL: tests/test_contract.py
     # torch's inplace flag: accepted by configs, read from modules, meaning nothing here
     types = [ours for ours, *_ in LAYERS]
     config = [{"type": t.__name__.lower(), "params": {"p": 0.25, "inplace": True}} for t in types]
@@ -286,25 +263,3 @@ def test_dropout3d_to_module_is_torchs_layer_and_back(spec):
     assert back.spec == spec
     for name, t in fm.to_state_dict(params).items():
         assert torch.equal(back.flat()[name], t), name
-
-
-@pytest.mark.slow
-def test_train_mode_is_one_graph():
-    params = fm.init(fm.key(0), MODEL)
-    x = fm.random.normal(fm.key(1), (3, 2, 5, 5))
-    torch._dynamo.reset()
-    try:
-        explained = torch._dynamo.explain(fm.apply)(params, x, key=fm.key(2), train=True)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        compiled = torch.compile(fm.apply, fullgraph=True)
-        # Same mask bits; Inductor may reorder the float arithmetic around them.
-        torch.testing.assert_close(
-            compiled(params, x, key=fm.key(2), train=True),
-            fm.apply(params, x, key=fm.key(2), train=True),
-            atol=1e-5,
-            rtol=1e-5,
-        )
-    finally:
-        torch._dynamo.reset()

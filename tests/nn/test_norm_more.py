@@ -11,7 +11,6 @@ per-sample gradients ``atol=1e-5, rtol=1e-4``.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -24,6 +23,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from tests.helpers import assert_per_sample_grads_match, randomised, torch_twin
+from tests.test_contract import BN3D, IN1D, NORMS
 
 nn = fm.nn
 EXACT = {"atol": 0.0, "rtol": 0.0}
@@ -342,51 +342,15 @@ def test_local_response_norm_per_sample_grads_after_a_conv_and_errors():
 
 # -- configs, files, the torch bridge ----------------------------------------------------
 
-MODEL = nn.Sequential(
-    nn.Conv2d(2, 4, 3),
-    nn.InstanceNorm2d(4, affine=True, track_running_stats=True, momentum=0.2),
-    nn.LocalResponseNorm(3, k=1.5),
-    nn.Flatten(),
-    nn.Linear(36, 6),
-    nn.RMSNorm(6, eps=1e-4),
-    nn.Linear(6, 8),
-)
-BN3D = nn.Sequential(nn.BatchNorm3d(2, momentum=None), nn.InstanceNorm3d(2), nn.Flatten())
-IN1D = nn.Sequential(
-    nn.Conv1d(2, 4, 3),
-    nn.InstanceNorm1d(4, eps=1e-3, momentum=0.3, affine=True, track_running_stats=True),
-    nn.Flatten(),
-    nn.Linear(20, 3),
-)
-
 
 @pytest.mark.parametrize(
-    "spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2)), (IN1D, (5, 2, 7))]
+    "spec, shape", [(NORMS, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2)), (IN1D, (5, 2, 7))]
 )
-def test_models_round_trip_through_configs_files_and_torch(spec, shape, tmp_path):
+def test_summaries_count_torchs_parameters_and_buffers(spec, shape):
+    # configs, files and the torch.nn round trips (train mode too): tests/test_contract.py
     params, state = randomised(spec)
-    x = fm.random.normal(fm.key(1), shape)
-    want = fm.apply(params, x, state=state)
-    assert fm.from_config(json.loads(json.dumps(spec.to_config(defaults=True)))) == spec
-    assert fm.from_config(spec.to_config()) == spec
-    fm.save(tmp_path / "m.safetensors", params, state)
-    loaded, loaded_state = fm.load(tmp_path / "m.safetensors")
-    assert loaded.spec == spec
-    torch.testing.assert_close(fm.apply(loaded, x, state=loaded_state), want, **EXACT)
     module = transforms.to_module(params, state)
-    assert [type(m).__name__ for m in module] == [type(s).__name__ for _, s in spec.layers]
-    with torch.no_grad():
-        torch.testing.assert_close(module(x), want, **EXACT)
-    back, back_state = transforms.from_module(module)
-    assert back.spec == spec
-    for name, t in fm.to_state_dict(params, state).items():
-        got = fm.to_state_dict(back, back_state)[name]
-        assert got.dtype == t.dtype and torch.equal(got, t), name
-    # train mode: the module's updated buffers are fm.run's new state
-    out = fm.run(params, x, state=state, train=True)
-    with torch.no_grad():
-        torch.testing.assert_close(module.train()(x), out.out, **STATS)
-    assert_state_matches(params, out.state, module)
+    want = fm.apply(params, fm.random.normal(fm.key(1), shape), state=state)
     summary = fm.summary(spec, shape[1:])
     assert summary.trainable == sum(p.numel() for p in module.parameters())
     assert summary.state == sum(b.numel() for b in module.buffers())
@@ -447,37 +411,3 @@ def test_from_module_reads_torch_settings():
         nn.RMSNorm((2, 3), elementwise_affine=False),
         nn.LocalResponseNorm(4, alpha=1e-3, beta=0.5, k=2.0),
     ]
-
-
-# -- torch.compile -----------------------------------------------------------------------
-
-
-def _assert_one_graph(fn, *args, **kwargs):
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(fn)(*args, **kwargs)
-    torch._dynamo.reset()
-    assert explained.graph_break_count == 0, explained.break_reasons
-    assert explained.graph_count == 1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("spec, shape", [(MODEL, (5, 2, 5, 5)), (BN3D, (5, 2, 2, 3, 2))])
-def test_norms_compile_to_one_graph_in_both_modes(spec, shape):
-    params, state = randomised(spec)
-    x = fm.random.normal(fm.key(1), shape)
-
-    def train_step(p, xi, s):
-        out = fm.run(p, xi, state=s, train=True)
-        return out.out, out.state
-
-    _assert_one_graph(fm.apply, params, x, state=state)
-    _assert_one_graph(train_step, params, x, state)
-    try:
-        out, new_state = torch.compile(train_step, fullgraph=True)(params, x, state)
-        want, want_state = train_step(params, x, state)
-        # Inductor may fuse and reorder float reductions.
-        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
-        for name, t in want_state.flat().items():
-            torch.testing.assert_close(new_state[name], t, **STATS, msg=name)
-    finally:
-        torch._dynamo.reset()

@@ -498,37 +498,3 @@ def test_non_tensor_input():
     spec = nn.Sequential({"body": nn.Identity(), "up": nn.Upsample(scale_factor=2)})
     with pytest.raises(TypeError, match=r"layer 'up' \(Upsample\): expected a tensor, got list"):
         fm.apply(fm.init(fm.key(0), spec), [[1.0, 2.0]])
-
-
-# -- compile ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_compiles_to_one_graph_with_eager_output():
-    spec = nn.Sequential(
-        nn.Conv2d(2, 8, 1),
-        nn.ReflectionPad2d((1, 0, 2, 1)),
-        nn.ReplicationPad2d(1),
-        nn.CircularPad2d((0, 1, 1, 0)),
-        nn.ConstantPad2d((-1, 1, 0, 0), 0.5),
-        nn.PixelShuffle(2),
-        nn.Upsample(scale_factor=1.5, mode="bicubic", align_corners=True),
-        nn.UpsamplingBilinear2d(size=(8, 6)),
-        nn.PixelUnshuffle(2),
-        nn.Flatten(2),
-        nn.Unflatten(2, (4, -1)),
-        nn.UpsamplingNearest2d(scale_factor=2),
-        nn.ZeroPad2d(1),
-    )
-    params = fm.init(fm.key(0), spec)
-    x = example_input((2, 2, 4, 5))
-    torch._dynamo.reset()
-    try:
-        explained = torch._dynamo.explain(fm.apply)(params, x)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        compiled = torch.compile(fm.apply, fullgraph=True)
-        torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.reset()

@@ -423,34 +423,6 @@ def test_non_tensor_input():
         fm.apply(params, [[1.0, 2.0], [3.0, 4.0]])
 
 
-# -- compile ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_compiles_to_one_graph_with_eager_output(n):
-    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n]
-    pools = {
-        1: [nn.MaxPool1d(2, padding=1), nn.AvgPool1d(2, 1), nn.LPPool1d(2, 2, 1)],
-        2: [nn.LPPool2d(2, 2, 1), nn.AdaptiveMaxPool2d((None, 3))],
-        3: [nn.MaxPool3d(2, 1, ceil_mode=True), nn.AvgPool3d(2, 1), nn.LPPool3d(2, 1)],
-    }[n]
-    adaptive = {1: nn.AdaptiveMaxPool1d(2), 2: nn.AdaptiveMaxPool2d(2), 3: nn.AdaptiveAvgPool3d(2)}
-    spec = nn.Sequential(conv(2, 3, 1), nn.Sigmoid(), *pools, adaptive[n])
-    params = fm.init(fm.key(0), spec)
-    x = example_input((2, 2) + (6,) * n)
-    torch._dynamo.reset()
-    try:
-        explained = torch._dynamo.explain(fm.apply)(params, x)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        compiled = torch.compile(fm.apply, fullgraph=True)
-        torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("cls", [nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d])
 def test_max_pool_refuses_torchs_fifth_positional_argument(cls):
     # torch's fifth is return_indices, which has no field here: ceil_mode is keyword-only,
