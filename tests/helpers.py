@@ -1,9 +1,11 @@
 """Helpers shared by the test modules (fixtures live in ``tests/conftest.py``).
 
 * torch references: :func:`torch_twin` loads funcmodels tensors into a torch module,
-  :func:`torch_twin_of` builds the torch module of a spec, :class:`TorchResidualBlock` is
-  the torch layout of ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output
-  shape of every submodule;
+  :func:`torch_twin_of` builds the torch module of a spec, :func:`spec_and_module` builds
+  a spec and a torch module from the same arguments, :func:`twin` gives params and the
+  torch module holding them, :class:`TorchResidualBlock` is the torch layout of
+  ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output shape of every
+  submodule;
 * per-sample gradients: :func:`assert_per_sample_grads_match` compares ``vmap(grad)``
   with a loop of single-sample ``torch.autograd.grad`` calls;
 * tensors off their initial values: :func:`randomised`; test inputs: :func:`example_input`;
@@ -121,7 +123,8 @@ TORCH_TYPES = {
 
 
 def torch_twin_of(spec: fm.Spec) -> nn.Module:
-    """The torch.nn module of a fully sized spec (plain ReLU residual blocks only)."""
+    """The torch.nn module of a fully sized spec, with fresh tensors: the ``torch.nn``
+    class of the same name, built with the spec's fields (plain ReLU residual blocks)."""
     if isinstance(spec, fnn.Sequential):
         return nn.Sequential(OrderedDict((n, torch_twin_of(c)) for n, c in spec.layers))
     if isinstance(spec, fnn.ResidualBlock):
@@ -135,7 +138,36 @@ def torch_twin_of(spec: fm.Spec) -> nn.Module:
             spec.use_se,
             spec.se_ratio,
         )
-    return TORCH_TYPES[type(spec)](**field_values(spec))
+    cls = TORCH_TYPES.get(type(spec)) or getattr(nn, type(spec).__name__)
+    return cls(**field_values(spec))
+
+
+def spec_and_module(name: str, *args, **kwargs) -> tuple[fm.Spec, nn.Module]:
+    """``fm.nn.<name>`` and ``torch.nn.<name>`` built from the same arguments (the module
+    with torch's own fresh tensors)."""
+    return getattr(fnn, name)(*args, **kwargs), getattr(nn, name)(*args, **kwargs)
+
+
+def twin(
+    spec: fm.Spec, seed: int = 0, *, module: nn.Module | None = None, randomise: bool = True
+) -> tuple[fm.Params, nn.Module]:
+    """Params of ``spec`` and a torch module holding the same tensors.
+
+    Arguments:
+        spec: a fully sized spec.
+        seed: the key of ``fm.init`` (and the generator's seed of :func:`randomised`).
+        module: the module to load (default: :func:`torch_twin_of` the spec).
+        randomise: move every tensor off its initial value (:func:`randomised`), so that
+            a misplaced tensor shows; ``False`` keeps ``fm.init``'s values.
+
+    Returns:
+        ``(params, module)``; the module holds the state too, where the spec has one.
+    """
+    if randomise:
+        params, state = randomised(spec, seed)
+    else:
+        params, state = fm.init_with_state(fm.key(seed), spec)
+    return params, torch_twin(torch_twin_of(spec) if module is None else module, params, state)
 
 
 def torch_shapes(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:

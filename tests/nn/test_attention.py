@@ -23,7 +23,7 @@ import funcmodels as fm
 import transforms
 from funcmodels._spec import field_values
 from funcmodels.nn import _attention as attention_module
-from tests.helpers import assert_per_sample_grads_match, randomised
+from tests.helpers import assert_per_sample_grads_match, randomised, twin
 
 nn = fm.nn
 
@@ -45,13 +45,6 @@ def gen(seed: int) -> torch.Generator:
 
 def randn(*shape, seed=0) -> torch.Tensor:
     return torch.randn(shape, generator=gen(seed))
-
-
-def twin(spec: fm.Spec, module: torch.nn.Module, seed: int = 0):
-    """Params off their init values, loaded into ``module``; returns the params."""
-    params, _ = randomised(spec, seed)
-    module.load_state_dict(fm.to_state_dict(params), strict=True)
-    return params
 
 
 def torch_run(module, *args, fast: bool = False, **kwargs):
@@ -150,7 +143,7 @@ def attention_inputs(spec, case) -> dict:
 def test_attention_matches_torch(case):
     spec, case = case
     module = torch.nn.MultiheadAttention(**field_values(spec)).train(case["train"])
-    params = twin(spec, module, case["seed"])
+    params, _ = twin(spec, case["seed"], module=module)
     args = attention_inputs(spec, case)
     q = args["query"]
     k, v = args.get("key", q), args.get("value", q)
@@ -175,7 +168,7 @@ def test_fast_path_is_taken_and_matches():
     # autograd); it is another kernel, so the tolerance is FAST.
     spec = nn.MultiheadAttention(8, 2, batch_first=True)
     module = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     x = randn(3, 5, 8)
     pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
     for weights in (False, True):
@@ -192,7 +185,7 @@ def test_fast_path_is_taken_and_matches():
 def test_is_causal_is_torch_hint():
     spec = nn.MultiheadAttention(8, 2, batch_first=True)
     module = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     x = randn(2, 5, 8)
     with_hint = fm.apply(params, {"query": x, "attn_mask": causal(5), "is_causal": True})
     plain = fm.apply(params, {"query": x, "attn_mask": causal(5)})
@@ -212,7 +205,7 @@ def test_ordinary_path_runs_scaled_dot_product_attention(monkeypatch):
     # layers find it too: the torch references are computed before it is wrapped.
     spec = nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.2)
     module = torch.nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.2).eval()
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     x, kv = randn(3, 5, 8), randn(3, 6, 8, seed=1)
     pad = torch.zeros(3, 6, dtype=torch.bool)
     pad[1, 4:] = True
@@ -399,7 +392,7 @@ def test_encoder_layer_matches_torch(case, train):
         # torch draws its masks from its own generator: compared in distribution elsewhere
         spec = nn.TransformerEncoderLayer(**{**field_values(spec), "dropout": 0.0})
     module = torch_layer(spec).train(train)
-    params = twin(spec, module, flags["seed"])
+    params, _ = twin(spec, flags["seed"], module=module)
     src = sequence(spec, length, n, flags["batched"], flags["seed"])
     kwargs = masks(flags, length, length, n, "src", flags["seed"] + 7)
     got = fm.apply(params, {"src": src, **kwargs}, train=train)
@@ -422,7 +415,7 @@ def test_decoder_layer_matches_torch(case, train):
     if train and spec.dropout > 0:
         spec = nn.TransformerDecoderLayer(**{**field_values(spec), "dropout": 0.0})
     module = torch_layer(spec).train(train)
-    params = twin(spec, module, flags["seed"])
+    params, _ = twin(spec, flags["seed"], module=module)
     tgt = sequence(spec, lt, n, flags["batched"], flags["seed"])
     memory = sequence(spec, s, n, flags["batched"], flags["seed"] + 1)
     kwargs = masks(flags, lt, lt, n, "tgt", flags["seed"] + 2)
@@ -452,7 +445,7 @@ def test_encoder_layer_in_train_mode_matches_torch_in_distribution():
     # from its generator, agree within their sampling error.
     spec = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.3, batch_first=True)
     module = torch_layer(spec).train()
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     x, draws = randn(2, 5, 8), 400
     ours = vmap(lambda k: fm.apply(params, x, key=k, train=True))(fm.split(fm.key(3), draws))
     with torch.random.fork_rng(), torch.no_grad():
@@ -485,7 +478,7 @@ def test_decoder_layer_and_transformer_accept_zero_size_batches(batch_first):
         (layer, torch_layer(layer).eval()),
         (transformer, torch.nn.Transformer(8, 2, 1, 2, 16, batch_first=batch_first).eval()),
     ):
-        params = twin(spec, module)
+        params, _ = twin(spec, module=module)
         tgt, other = seq(4), seq(6)
         first = "src" if isinstance(spec, nn.Transformer) else "memory"
         args = {first: other, "tgt": tgt, "tgt_mask": causal(4)}
@@ -499,7 +492,7 @@ def test_decoder_layer_and_transformer_accept_zero_size_batches(batch_first):
 # -- stacks and the transformer --------------------------------------------------------------
 
 
-def encoder_pair(batch_first=True, norm_first=False, layers=2):
+def encoder_and_module(batch_first=True, norm_first=False, layers=2):
     layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=batch_first, norm_first=norm_first)
     spec = nn.TransformerEncoder(layer, layers, nn.LayerNorm(8))
     module = torch.nn.TransformerEncoder(
@@ -513,8 +506,8 @@ def encoder_pair(batch_first=True, norm_first=False, layers=2):
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_encoder_matches_torch_and_its_nested_tensor_path(batch_first, norm_first):
-    spec, module = encoder_pair(batch_first, norm_first)
-    params = twin(spec, module)
+    spec, module = encoder_and_module(batch_first, norm_first)
+    params, _ = twin(spec, module=module)
     x = randn(3, 6, 8) if batch_first else randn(6, 3, 8)
     pad = torch.zeros(3, 6, dtype=torch.bool)
     pad[1, 4:] = True
@@ -538,7 +531,7 @@ def test_encoder_matches_torch_and_its_nested_tensor_path(batch_first, norm_firs
 def test_decoder_and_transformer_match_torch():
     spec = nn.Transformer(8, 2, 2, 3, 16, dropout=0.0, activation="gelu", batch_first=False)
     module = torch.nn.Transformer(8, 2, 2, 3, 16, dropout=0.0, activation="gelu")
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     src, tgt = randn(7, 2, 8), randn(5, 2, 8, seed=1)
     pad = torch.zeros(2, 7, dtype=torch.bool)
     pad[0, 5:] = True
@@ -611,7 +604,7 @@ def test_decoder_stack_per_sample_gradients_match_a_loop_and_torch():
     layer = nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0, batch_first=True)
     spec = nn.TransformerDecoder(layer, 2, nn.LayerNorm(8))
     module = torch.nn.TransformerDecoder(torch_layer(layer), 2, torch.nn.LayerNorm(8)).eval()
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     tgt, memory = randn(3, 4, 8), randn(3, 6, 8, seed=1)
     pad = torch.zeros(3, 6, dtype=torch.bool)
     pad[1, 3:] = True
@@ -641,7 +634,7 @@ def test_transformer_per_sample_gradients_match_a_loop(train):
     # in train mode each example draws its dropout masks from its own key
     spec = nn.Transformer(8, 2, 2, 1, 16, dropout=0.2, activation="gelu", batch_first=True)
     module = torch.nn.Transformer(8, 2, 2, 1, 16, dropout=0.2, activation="gelu", batch_first=True)
-    params = twin(spec, module)
+    params, _ = twin(spec, module=module)
     src, tgt = randn(3, 6, 8), randn(3, 4, 8, seed=1)
     pad = torch.zeros(3, 6, dtype=torch.bool)
     pad[0, 4:] = True

@@ -28,7 +28,7 @@ nn = fm.nn
 EXACT = {"atol": 0.0, "rtol": 0.0}
 
 
-def pair(lead, spec, seed=1):
+def bilinear_inputs(lead, spec, seed=1):
     return (
         fm.random.normal(fm.key(seed), (*lead, spec.in1_features)),
         fm.random.normal(fm.key(seed + 1), (*lead, spec.in2_features)),
@@ -47,7 +47,7 @@ def test_matches_torch(sizes, bias, lead):
     params, _ = randomised(spec)
     torch_twin(module, params)
     assert list(fm.to_state_dict(params)) == list(module.state_dict())
-    x1, x2 = pair(lead, spec)
+    x1, x2 = bilinear_inputs(lead, spec)
     before = (x1.clone(), x2.clone())
     want = module(x1, x2)
     torch.testing.assert_close(fm.apply(params, (x1, x2)), want, **EXACT)
@@ -64,7 +64,7 @@ def test_unbatched_and_empty_inputs():
     spec = nn.Bilinear(3, 4, 2)
     params, _ = randomised(spec)
     module = torch_twin(torch.nn.Bilinear(3, 4, 2), params)
-    x1, x2 = pair((5,), spec)
+    x1, x2 = bilinear_inputs((5,), spec)
     torch.testing.assert_close(fm.apply(params, (x1[0], x2[0])), module(x1[0], x2[0]), **EXACT)
     torch.testing.assert_close(fm.apply(params, (x1[0], x2[0])), module(x1, x2)[0], **EXACT)
     empty = fm.apply(params, (x1[:0], x2[:0]))
@@ -93,7 +93,7 @@ def test_gradients_match_torch_autograd():
     spec = nn.Bilinear(3, 4, 5)
     params, _ = randomised(spec)
     module = torch_twin(torch.nn.Bilinear(3, 4, 5), params)
-    x1, x2 = pair((6,), spec)
+    x1, x2 = bilinear_inputs((6,), spec)
     x1.requires_grad_(True)
     g = grad(lambda p, a: (fm.apply(p, (a, x2)) ** 3).sum(), argnums=(0, 1))(params, x1)
     (module(x1, x2) ** 3).sum().backward()
@@ -106,7 +106,7 @@ def test_gradients_match_torch_autograd():
 def test_per_sample_grads_equal_the_loop_without_a_fallback(bias):
     spec = nn.Sequential(nn.Bilinear(3, 4, 6, bias=bias), nn.Tanh(), nn.Linear(6, 2))
     params, _ = randomised(spec)
-    x1, x2 = pair((5,), spec["0"])
+    x1, x2 = bilinear_inputs((5,), spec["0"])
     y = fm.random.normal(fm.key(3), (5, 2))
 
     def loss(p, a, b, t):
@@ -155,7 +155,7 @@ def test_torch_module_takes_the_pair_and_reads_back_from_torchs_layer(bias):
     # configs, files and the to_module round trip: tests/test_contract.py
     spec = nn.Sequential(nn.Bilinear(3, 4, 5, bias=bias), nn.ReLU(), nn.Linear(5, 2))
     params, _ = randomised(spec)
-    x = pair((4,), spec["0"])
+    x = bilinear_inputs((4,), spec["0"])
     want = fm.apply(params, x)
     module = transforms.to_module(params)
     assert type(module[0]) is BilinearModule and isinstance(module[0], torch.nn.Bilinear)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import funcmodels as fm
 import transforms
-from tests.helpers import assert_per_sample_grads_match, example_input, randomised, torch_twin
+from tests.helpers import assert_per_sample_grads_match, example_input, twin
 
 nn = fm.nn
 
@@ -97,18 +97,12 @@ CASES = [
 IDS = [f"{name}-{kw}" for name, kw, _ in CASES]
 
 
-def pair(name, kwargs, key=0):
-    """Our params (moved off their init values) and torch's module holding them."""
-    params, _ = randomised(getattr(nn, name)(**kwargs), key)
-    return params, torch_twin(getattr(torch.nn, name)(**kwargs), params)
-
-
 # -- fidelity ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_matches_torch_batched_single_and_in_train_mode(name, kwargs, shape):
-    params, module = pair(name, kwargs)
+    params, module = twin(getattr(nn, name)(**kwargs))
     x = example_input(shape)
     before = x.clone()
     with torch.no_grad():
@@ -123,7 +117,7 @@ def test_matches_torch_batched_single_and_in_train_mode(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_zero_size_batch(name, kwargs, shape):
-    params, module = pair(name, kwargs)
+    params, module = twin(getattr(nn, name)(**kwargs))
     x = example_input(shape)[:0]
     with torch.no_grad():
         want = module(x)
@@ -133,7 +127,7 @@ def test_zero_size_batch(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_shape_inference_matches_torch_and_infers_in_channels(name, kwargs, shape):
-    _, module = pair(name, kwargs)
+    _, module = twin(getattr(nn, name)(**kwargs))
     with torch.no_grad():
         want = tuple(module(example_input(shape)).shape[1:])
     spec = getattr(nn, name)(**kwargs)
@@ -179,7 +173,7 @@ def transposed_configs(draw):
 @given(transposed_configs())
 def test_transposed_convs_match_torch_over_random_configs(config):
     name, kwargs, shape, seed = config
-    params, module = pair(name, kwargs, key=seed)
+    params, module = twin(getattr(nn, name)(**kwargs), seed)
     x = example_input(shape, seed=seed)
     try:
         with torch.no_grad():
@@ -230,7 +224,7 @@ def conv3d_configs(draw):
 @given(conv3d_configs())
 def test_conv3d_matches_torch_over_random_configs(config):
     kwargs, shape, seed = config
-    params, module = pair("Conv3d", kwargs, key=seed)
+    params, module = twin(nn.Conv3d(**kwargs), seed)
     x = example_input(shape, seed=seed)
     with torch.no_grad():
         want = module(x)
@@ -245,7 +239,7 @@ def test_output_padding_gives_what_torch_output_size_gives(stride, dilation):
     kwargs |= {"padding": 1, "dilation": dilation}
     x = example_input((2, 2, 4, 5))
     base = [(n - 1) * stride - 2 + dilation * 2 + 1 for n in x.shape[2:]]
-    params, module = pair("ConvTranspose2d", kwargs)
+    params, module = twin(nn.ConvTranspose2d(**kwargs))
     for extra in range(max(stride, dilation)):
         wanted = [b + extra for b in base]
         spec = nn.ConvTranspose2d(**kwargs, output_padding=extra)
@@ -261,7 +255,7 @@ def test_output_padding_gives_what_torch_output_size_gives(stride, dilation):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_per_sample_grads(name, kwargs, shape):
-    params, module = pair(name, kwargs)
+    params, module = twin(getattr(nn, name)(**kwargs))
     x = example_input(shape)
     with torch.no_grad():
         y = example_input(tuple(module(x).shape), seed=2)
@@ -312,7 +306,7 @@ def test_init_is_torch_default_uniform(spec, make_module, fan_in):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_to_module_and_back_is_exact(name, kwargs, shape):
-    params, _ = pair(name, kwargs)
+    params, _ = twin(getattr(nn, name)(**kwargs))
     module = transforms.to_module(params)
     assert type(module) is getattr(torch.nn, name)
     x = example_input(shape)
@@ -336,7 +330,7 @@ def test_from_module_refuses_padding_modes_a_transposed_conv_lacks():
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_config_and_file_round_trips(name, kwargs, shape, tmp_path):
-    params, _ = pair(name, kwargs)
+    params, _ = twin(getattr(nn, name)(**kwargs))
     spec = params.spec
     for defaults in (False, True):
         assert fm.from_config(spec.to_config(defaults=defaults)) == spec

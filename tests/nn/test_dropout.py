@@ -22,7 +22,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from funcmodels._spec import name_hash
-from tests.helpers import randomised
+from tests.helpers import randomised, torch_twin_of
 from tests.test_contract import DROPOUTS
 
 
@@ -295,7 +295,7 @@ def test_unbatched_inputs_follow_torchs_rules():
         assert torch.equal(flat, flat[:, :1].expand_as(flat))  # constant per channel
         assert 0 < (flat[:, 0] == 0).sum() < shape[0]
         with torch.random.fork_rng():  # torch drops whole channels of (C, *) too
-            z = spec_twin(spec).train()(x).reshape(shape[0], -1)
+            z = torch_twin_of(spec).train()(x).reshape(shape[0], -1)
         assert torch.equal(z, z[:, :1].expand_as(z))
     # Dropout2d on a 3-d input: torch reads it as (N, C, L) and so do we, one mask entry
     # per element of the first two dims
@@ -309,10 +309,6 @@ def test_unbatched_inputs_follow_torchs_rules():
     # FeatureAlphaDropout: the first two dims of whatever it sees, as torch
     y = train(nn.FeatureAlphaDropout(0.5), torch.ones(8, 16, 5), key)
     assert torch.equal(y, y[..., :1].expand_as(y))
-
-
-def spec_twin(spec):
-    return {nn.Dropout1d: torch.nn.Dropout1d, nn.Dropout3d: torch.nn.Dropout3d}[type(spec)](spec.p)
 
 
 def test_same_key_same_mask_and_each_sample_its_own_under_vmap():

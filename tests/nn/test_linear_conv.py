@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcmodels as fm
-from tests.helpers import assert_per_sample_grads_match, torch_twin
+from tests.helpers import assert_per_sample_grads_match, torch_twin, twin
 
 nn = fm.nn
 
@@ -121,12 +121,6 @@ CONV_CASES = [
 CONV_IDS = [f"{name}-{kw}" for name, kw, _ in CONV_CASES]
 
 
-def conv_pair(name, kwargs, key=0):
-    spec = getattr(nn, name)(**kwargs)
-    params = fm.init(fm.key(key), spec)
-    return params, torch_twin(getattr(torch.nn, name)(**kwargs), params)
-
-
 # -- fidelity ----------------------------------------------------------------------------
 
 
@@ -143,7 +137,7 @@ def test_linear_matches_torch(kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CONV_CASES, ids=CONV_IDS)
 def test_conv_matches_torch(name, kwargs, shape):
-    params, module = conv_pair(name, kwargs)
+    params, module = twin(getattr(nn, name)(**kwargs), randomise=False)
     x = fm.random.normal(fm.key(1), shape)
     before = x.clone()
     torch.testing.assert_close(fm.apply(params, x), module(x), **EXACT)
@@ -201,7 +195,7 @@ def conv2d_configs(draw):
 @given(conv2d_configs())
 def test_conv2d_matches_torch_over_random_configs(config):
     kwargs, shape, seed = config
-    params, module = conv_pair("Conv2d", kwargs, key=seed)
+    params, module = twin(nn.Conv2d(**kwargs), seed, randomise=False)
     x = fm.random.normal(fm.key(seed + 1), shape)
     torch.testing.assert_close(fm.apply(params, x), module(x), **EXACT)
     torch.testing.assert_close(fm.apply(params, x[0]), module(x[0]), **EXACT)
@@ -220,7 +214,7 @@ def test_linear_per_sample_grads(bias):
 
 @pytest.mark.parametrize("name, kwargs, shape", CONV_CASES, ids=CONV_IDS)
 def test_conv_per_sample_grads(name, kwargs, shape):
-    params, module = conv_pair(name, kwargs)
+    params, module = twin(getattr(nn, name)(**kwargs), randomise=False)
     x = fm.random.normal(fm.key(1), shape)
     y = fm.random.normal(fm.key(2), module(x).shape)
     assert_per_sample_grads_match(params, x, y)

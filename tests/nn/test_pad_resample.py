@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import funcmodels as fm
 import transforms
-from tests.helpers import assert_per_sample_grads_match, example_input
+from tests.helpers import assert_per_sample_grads_match, example_input, spec_and_module
 
 nn = fm.nn
 
@@ -83,16 +83,12 @@ IDS = [f"{name}-{args}-{kw}" for name, args, kw, _, _ in CASES]
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
 
 
-def pair(name, args, kwargs):
-    return getattr(nn, name)(*args, **kwargs), getattr(torch.nn, name)(*args, **kwargs)
-
-
 # -- fidelity ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_matches_torch_batched_single_and_in_train_mode(name, args, kwargs, shape, single):
-    spec, module = pair(name, args, kwargs)
+    spec, module = spec_and_module(name, *args, **kwargs)
     params = fm.init(fm.key(0), spec)
     assert fm.to_state_dict(params) == {} == module.state_dict()
     x = example_input(shape)
@@ -108,7 +104,7 @@ def test_matches_torch_batched_single_and_in_train_mode(name, args, kwargs, shap
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_zero_size_batch(name, args, kwargs, shape, single):
-    spec, module = pair(name, args, kwargs)
+    spec, module = spec_and_module(name, *args, **kwargs)
     x = example_input(shape)[:0]
     got = fm.apply(fm.init(fm.key(0), spec), x)
     assert got.shape == module(x).shape and got.shape[0] == 0
@@ -116,7 +112,7 @@ def test_zero_size_batch(name, args, kwargs, shape, single):
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_shape_inference_matches_torch(name, args, kwargs, shape, single):
-    spec, module = pair(name, args, kwargs)
+    spec, module = spec_and_module(name, *args, **kwargs)
     assert fm.shapes(spec, shape[1:])[""] == tuple(module(example_input(shape)).shape[1:])
 
 
@@ -152,7 +148,7 @@ def test_pads_agree_with_torch_on_sizes_values_and_refusals(kind, dims):
     sizes = tuple(d[0] for d in dims)
     padding = tuple(p for d in reversed(dims) for p in d[1:])
     args = (padding, 0.5) if kind == "ConstantPad" else (padding,)
-    spec, module = pair(name, args, {})
+    spec, module = spec_and_module(name, *args)
     params = fm.init(fm.key(0), spec)
     x = example_input((2, 2, *sizes))
     try:
@@ -199,7 +195,7 @@ def _circular_or_refused(params, x):
 )
 def test_upsample_output_sizes_agree_with_torch(mode, scale, recompute, hw):
     kwargs = {"scale_factor": scale, "mode": mode, "recompute_scale_factor": recompute}
-    spec, module = pair("Upsample", (), kwargs)
+    spec, module = spec_and_module("Upsample", **kwargs)
     params = fm.init(fm.key(0), spec)
     x = example_input((2, 2, *hw))
     try:
@@ -221,7 +217,7 @@ def test_upsample_output_sizes_agree_with_torch(mode, scale, recompute, hw):
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_per_sample_grads(name, args, kwargs, shape, single):
-    layer, module = pair(name, args, kwargs)
+    layer, module = spec_and_module(name, *args, **kwargs)
     conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[len(shape)]
     channels = shape[1]
     flat = module(torch.ones(1, *shape[1:])).numel()
@@ -238,7 +234,7 @@ def test_per_sample_grads(name, args, kwargs, shape, single):
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_to_module_and_back_is_exact(name, args, kwargs, shape, single):
-    spec, module = pair(name, args, kwargs)
+    spec, module = spec_and_module(name, *args, **kwargs)
     params = fm.init(fm.key(0), spec)
     built = transforms.to_module(params)
     assert type(built) is type(module)
@@ -278,7 +274,7 @@ def test_zero_pad_module_with_another_value_is_refused():
 
 @pytest.mark.parametrize("name, args, kwargs, shape, single", CASES, ids=IDS)
 def test_config_and_file_round_trips(name, args, kwargs, shape, single, tmp_path):
-    spec, _ = pair(name, args, kwargs)
+    spec, _ = spec_and_module(name, *args, **kwargs)
     for defaults in (False, True):
         assert fm.from_config(spec.to_config(defaults=defaults)) == spec
     assert spec.to_config()["type"] == name.lower()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcmodels as fm
-from tests.helpers import assert_per_sample_grads_match
+from tests.helpers import assert_per_sample_grads_match, spec_and_module
 
 nn = fm.nn
 
@@ -51,14 +51,9 @@ CASES = [
 IDS = [f"{name}-{kw}" for name, kw, _ in CASES]
 
 
-def pair(name, kwargs):
-    spec = getattr(nn, name)(**kwargs)
-    return spec, getattr(torch.nn, name)(**kwargs)
-
-
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_matches_torch_batched_and_single(name, kwargs, shape):
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     params = fm.init(fm.key(0), spec)
     assert fm.to_state_dict(params) == {} == module.state_dict()
     x = fm.random.normal(fm.key(1), shape)
@@ -71,7 +66,7 @@ def test_matches_torch_batched_and_single(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_per_sample_grads(name, kwargs, shape):
-    pool, module = pair(name, kwargs)
+    pool, module = spec_and_module(name, **kwargs)
     conv = nn.Conv2d if pool.example_ndim == 3 else nn.Conv1d
     channels = shape[1]
     pooled = module(torch.zeros(1, *shape[1:])).numel()
@@ -131,7 +126,7 @@ def test_window_pools_agree_with_torch_on_output_size_and_values(
         kwargs["dilation"] = dilation
     else:
         kwargs["count_include_pad"] = count_include_pad
-    spec, module = pair(kind, kwargs)
+    spec, module = spec_and_module(kind, **kwargs)
     params = fm.init(fm.key(0), spec)
     x = fm.random.normal(fm.key(1), (2, 2, *hw))
     try:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import funcmodels as fm
 import transforms
-from tests.helpers import assert_per_sample_grads_match, example_input
+from tests.helpers import assert_per_sample_grads_match, example_input, spec_and_module
 
 nn = fm.nn
 
@@ -69,10 +69,6 @@ CASES = [
 IDS = [f"{name}-{kw}" for name, kw, _ in CASES]
 
 
-def pair(name, kwargs):
-    return getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs)
-
-
 def pool_input(name, shape, seed=1):
     x = example_input(shape, seed=seed)
     return x.abs() + 0.1 if name.startswith("LP") else x
@@ -83,7 +79,7 @@ def pool_input(name, shape, seed=1):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_matches_torch_batched_single_and_in_train_mode(name, kwargs, shape):
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     params = fm.init(fm.key(0), spec)
     assert fm.to_state_dict(params) == {} == module.state_dict()
     x = pool_input(name, shape)
@@ -97,7 +93,7 @@ def test_matches_torch_batched_single_and_in_train_mode(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_zero_size_batch(name, kwargs, shape):
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     x = pool_input(name, shape)[:0]
     got = fm.apply(fm.init(fm.key(0), spec), x)
     assert got.shape == module(x).shape and got.shape[0] == 0
@@ -105,7 +101,7 @@ def test_zero_size_batch(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_shape_inference_matches_torch(name, kwargs, shape):
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     want = tuple(module(pool_input(name, shape)).shape[1:])
     assert fm.shapes(spec, shape[1:])[""] == want
     unknown = fm.shapes(spec, (None,) * (len(shape) - 1))[""]
@@ -143,7 +139,7 @@ def window_pools(draw):
 @given(window_pools())
 def test_window_pools_agree_with_torch_on_output_size_and_values(config):
     name, kwargs, shape = config
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     params = fm.init(fm.key(0), spec)
     x = pool_input(name, shape)
     try:
@@ -170,7 +166,7 @@ def test_adaptive_pools_agree_with_torch(n, kind, data):
     entry = st.integers(1, 7) if n == 1 else st.none() | st.integers(1, 7)
     output_size = data.draw(st.one_of(st.integers(1, 7), st.tuples(*[entry] * n)))
     name = f"Adaptive{kind}Pool{n}d"
-    spec, module = pair(name, {"output_size": output_size})
+    spec, module = spec_and_module(name, output_size=output_size)
     x = example_input((2, 3, *size))
     torch.testing.assert_close(fm.apply(fm.init(fm.key(0), spec), x), module(x), **EXACT)
     assert fm.shapes(spec, (3, *size))[""] == tuple(module(x).shape[1:])
@@ -181,7 +177,7 @@ def test_adaptive_pools_agree_with_torch(n, kind, data):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_per_sample_grads(name, kwargs, shape):
-    pool, module = pair(name, kwargs)
+    pool, module = spec_and_module(name, **kwargs)
     n = len(shape) - 2
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n]
     channels = shape[1]
@@ -204,7 +200,7 @@ def test_per_sample_grads(name, kwargs, shape):
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_to_module_and_back_is_exact(name, kwargs, shape):
-    spec, module = pair(name, kwargs)
+    spec, module = spec_and_module(name, **kwargs)
     params = fm.init(fm.key(0), spec)
     built = transforms.to_module(params)
     assert type(built) is type(module)
@@ -242,7 +238,7 @@ def test_from_module_refuses_an_infinite_lp_norm():
 
 @pytest.mark.parametrize("name, kwargs, shape", CASES, ids=IDS)
 def test_config_and_file_round_trips(name, kwargs, shape, tmp_path):
-    spec, _ = pair(name, kwargs)
+    spec, _ = spec_and_module(name, **kwargs)
     for defaults in (False, True):
         assert fm.from_config(spec.to_config(defaults=defaults)) == spec
     assert spec.to_config()["type"] == name.lower()

@@ -17,9 +17,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import funcmodels as fm
 import transforms
 from funcmodels import _registry
-from funcmodels._spec import field_values
 from funcmodels.nn import _recurrent
-from tests.helpers import assert_per_sample_grads_match, example_input, randomised
+from tests.helpers import (
+    assert_per_sample_grads_match,
+    example_input,
+    randomised,
+    torch_twin,
+    torch_twin_of,
+)
 
 nn = fm.nn
 
@@ -47,15 +52,9 @@ CELL_KINDS = {
 }
 
 
-def twin(spec: fm.Spec) -> torch.nn.Module:
-    """The torch module with the spec's constructor arguments (not its tensors)."""
-    return getattr(torch.nn, type(spec).__name__)(**field_values(spec))
-
-
 def loaded_twin(spec: fm.Spec, params: fm.Params) -> torch.nn.Module:
-    module = twin(spec).to(next(iter(params.flat().values())).dtype)
-    module.load_state_dict(fm.to_state_dict(params), strict=True)
-    return module
+    """The torch module of the spec, in the params' dtype, holding them."""
+    return torch_twin(torch_twin_of(spec).to(next(iter(params.flat().values())).dtype), params)
 
 
 def assert_trees_close(got, want, **tol):
@@ -407,7 +406,7 @@ def test_init_is_torch_default_uniform():
     ours = fm.to_state_dict(fm.init(fm.key(7), spec))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        theirs = twin(spec).state_dict()
+        theirs = torch_twin_of(spec).state_dict()
     assert list(ours) == list(theirs)
     for name, t in ours.items():
         assert t.shape == theirs[name].shape and t.dtype == torch.float32
@@ -497,7 +496,7 @@ def test_summary_rows():
     table = fm.summary(spec, (7, 3))
     (row,) = table.rows
     assert (row.path, row.type, row.out_shape) == ("", "LSTM", ((7, 8), ((4, 4), (4, 4))))
-    assert row.params == table.trainable == sum(t.numel() for t in twin(spec).parameters())
+    assert row.params == table.trainable == sum(t.numel() for t in torch_twin_of(spec).parameters())
     chain = fm.summary(nn.Sequential(nn.Linear(2, 3), nn.GRUCell(hidden_size=5)), (2,))
     assert [(r.path, r.out_shape, r.params) for r in chain.rows] == [
         ("", (5,), 9 + 150),
