@@ -5,7 +5,8 @@
   a spec and a torch module from the same arguments, :func:`twin` gives params and the
   torch module holding them, :class:`TorchResidualBlock` is the torch layout of
   ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output shape of every
-  submodule;
+  submodule, :func:`torch_run` runs a module on torch's regular path, :func:`causal`
+  is torch's causal mask;
 * per-sample gradients: :func:`assert_per_sample_grads_match` compares ``vmap(grad)``
   with a loop of single-sample ``torch.autograd.grad`` calls;
 * tensors off their initial values: :func:`randomised`; test inputs: :func:`example_input`;
@@ -168,6 +169,24 @@ def twin(
     else:
         params, state = fm.init_with_state(fm.key(seed), spec)
     return params, torch_twin(torch_twin_of(spec) if module is None else module, params, state)
+
+
+def torch_run(module: nn.Module, *args, fast: bool = False, **kwargs):
+    """The module's output without autograd, on torch's regular path (``fast=False``) or
+    with the fast paths of its attention layers allowed (eval mode: native attention,
+    the fused encoder layer, nested tensors)."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fast)
+    try:
+        with torch.no_grad():
+            return module(*args, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def causal(n: int) -> torch.Tensor:
+    """torch's float causal mask of ``n`` positions."""
+    return torch.nn.Transformer.generate_square_subsequent_mask(n)
 
 
 def torch_shapes(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:

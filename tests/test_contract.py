@@ -44,7 +44,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import funcmodels as fm
 import transforms
 from funcmodels import _registry
-from tests.helpers import MODELS, example_input, randomised
+from tests.helpers import MODELS, causal, example_input, randomised, torch_run
 
 nn = fm.nn
 
@@ -116,10 +116,6 @@ def positive(*shape: int) -> torch.Tensor:
 
 def indices(shape: tuple[int, ...], n: int, seed: int = 2) -> torch.Tensor:
     return torch.randint(0, n, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def causal(n: int) -> torch.Tensor:
-    return torch.nn.Transformer.generate_square_subsequent_mask(n)
 
 
 def _mapping_as_query(module: torch.nn.Module, inputs: Any) -> Any:
@@ -735,19 +731,13 @@ def assert_trees_close(got: Any, want: Any, **tol: float) -> None:
 def call_module(example: Example, module: torch.nn.Module) -> Any:
     """The torch module's output on its regular (non-fast) path."""
     inputs = example.input
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            if example.call is not None:
-                return example.call(module, inputs)
-            if isinstance(inputs, tuple):
-                return module(*inputs)
-            if isinstance(inputs, dict):
-                return module(**inputs)
-            return module(inputs)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+    if example.call is not None:
+        return torch_run(example.call, module, inputs)
+    if isinstance(inputs, tuple):
+        return torch_run(module, *inputs)
+    if isinstance(inputs, dict):
+        return torch_run(module, **inputs)
+    return torch_run(module, inputs)
 
 
 def torch_namesakes(spec: fm.Spec, module: torch.nn.Module) -> list[tuple[str, type]]:
