@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 import funcmodels as fm
+import transforms
 from funcmodels._spec import field_values
 
 fnn = fm.nn
@@ -246,6 +247,81 @@ def assert_per_sample_grads_match(params, x, y, *, state=None, loss=None, atol=1
     assert got.keys() == want.keys()
     for n in want:
         torch.testing.assert_close(got[n], want[n], atol=atol, rtol=rtol, msg=f"grad of {n}")
+
+
+# -- parameter-free layers against their torch.nn namesakes ---------------------------------
+#
+# Each check takes a case (layer name, positional and keyword arguments shared by our spec
+# and torch's module, batched input shape, how one example compares: "torch" when torch
+# takes it alike, "batch" when torch only takes a batch, None when an example means
+# something else). Same kernels on the same input: exact equality.
+
+_EXACT = {"atol": 0.0, "rtol": 0.0}
+
+
+def check_matches_torch(name, args, kwargs, shape, single) -> None:
+    """Batched, one example and train mode equal torch's; the input is left untouched."""
+    spec, module = spec_and_module(name, *args, **kwargs)
+    params = fm.init(fm.key(0), spec)
+    assert fm.to_state_dict(params) == {} == module.state_dict()
+    x = example_input(shape)
+    before = x.clone()
+    torch.testing.assert_close(fm.apply(params, x), module(x), **_EXACT)
+    if single is not None:
+        want = module(x[1]) if single == "torch" else module(x[1:2])[0]
+        torch.testing.assert_close(fm.apply(params, x[1]), want, **_EXACT)
+    train = fm.apply(params, x, key=fm.key(2), train=True)
+    torch.testing.assert_close(train, module.train()(x), **_EXACT)
+    torch.testing.assert_close(x, before, **_EXACT)
+
+
+def check_zero_size_batch(name, args, kwargs, shape) -> None:
+    spec, module = spec_and_module(name, *args, **kwargs)
+    x = example_input(shape)[:0]
+    got = fm.apply(fm.init(fm.key(0), spec), x)
+    assert got.shape == module(x).shape and got.shape[0] == 0
+
+
+def check_shape_inference(name, args, kwargs, shape) -> None:
+    spec, module = spec_and_module(name, *args, **kwargs)
+    assert fm.shapes(spec, shape[1:])[""] == tuple(module(example_input(shape)).shape[1:])
+
+
+def check_per_sample_grads(name, args, kwargs, shape) -> None:
+    """Behind a 1x1 conv (which fixes the example rank, so that fm.apply batches each
+    single example) and before a Linear."""
+    layer, module = spec_and_module(name, *args, **kwargs)
+    conv = {3: fnn.Conv1d, 4: fnn.Conv2d, 5: fnn.Conv3d}[len(shape)]
+    channels = shape[1]
+    flat = module(torch.ones(1, *shape[1:])).numel()
+    spec = fnn.Sequential(conv(channels, channels, 1), layer, fnn.Flatten(), fnn.Linear(flat, 2))
+    params = fm.init(fm.key(2), spec)
+    x = example_input(shape, seed=3)
+    y = example_input((shape[0], 2), seed=4)
+    assert_per_sample_grads_match(params, x, y)
+
+
+def check_torch_module_and_back(name, args, kwargs, shape) -> None:
+    """``to_module`` gives torch's class computing the same; torch's own module (and the
+    one to_module made) read back to the spec."""
+    spec, module = spec_and_module(name, *args, **kwargs)
+    params = fm.init(fm.key(0), spec)
+    built = transforms.to_module(params)
+    assert type(built) is type(module)
+    x = example_input(shape)
+    torch.testing.assert_close(built(x), fm.apply(params, x), **_EXACT)
+    assert transforms.from_module(built)[0].spec == spec
+    assert transforms.from_module(module)[0].spec == spec
+
+
+def check_config_and_file(name, args, kwargs, directory: Path) -> None:
+    spec, _ = spec_and_module(name, *args, **kwargs)
+    for defaults in (False, True):
+        assert fm.from_config(spec.to_config(defaults=defaults)) == spec
+    assert spec.to_config()["type"] == name.lower()
+    wrapped = fnn.Sequential(spec)
+    fm.save(directory / "m.safetensors", fm.init(fm.key(0), wrapped))
+    assert fm.load(directory / "m.safetensors")[0].spec == wrapped
 
 
 # -- tensors off their initial values ------------------------------------------------------
