@@ -15,7 +15,6 @@ import math
 import pytest
 import scipy.stats
 import torch
-import torch._dynamo
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -16,7 +16,6 @@ import math
 
 import pytest
 import torch
-import torch._dynamo
 from torch.func import grad, vmap
 
 import funcmodels as fm

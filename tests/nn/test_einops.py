@@ -15,7 +15,6 @@ import einops
 import einops.layers.torch as einops_torch
 import pytest
 import torch
-import torch._dynamo
 from torch.func import vmap
 
 import funcmodels as fm

@@ -3,7 +3,6 @@
 import pytest
 import scipy.stats
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad

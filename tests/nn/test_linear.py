@@ -16,7 +16,6 @@ import warnings
 import pytest
 import scipy.stats
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad, vmap

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch._dynamo
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -16,7 +16,6 @@ import re
 
 import pytest
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

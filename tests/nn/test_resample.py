@@ -14,7 +14,6 @@ import warnings
 
 import pytest
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
