@@ -23,7 +23,7 @@ from torch.func import grad, vmap
 import funcmodels as fm
 import transforms
 from tests.helpers import assert_per_sample_grads_match, randomised, torch_twin
-from tests.test_contract import ACTIVATIONS
+from tests.layer_examples import ACTIVATIONS
 
 nn = fm.nn
 

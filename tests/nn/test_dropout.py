@@ -22,7 +22,7 @@ import funcmodels as fm
 import transforms
 from funcmodels._spec import name_hash
 from tests.helpers import randomised, torch_twin_of
-from tests.test_contract import DROPOUTS
+from tests.layer_examples import DROPOUTS
 
 
 def dropout(p, x, key, train=True):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import funcmodels as fm
 import transforms
 from tests.helpers import assert_per_sample_grads_match, randomised, torch_twin
-from tests.test_contract import BN3D, IN1D, NORMS
+from tests.layer_examples import BN3D, IN1D, NORMS
 
 nn = fm.nn
 EXACT = {"atol": 0.0, "rtol": 0.0}
