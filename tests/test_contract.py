@@ -57,7 +57,9 @@ from tests.layer_examples import (
 nn = fm.nn
 
 pytestmark = [
+    # torch's own warnings about its fast paths and about mixing bool and float masks
     pytest.mark.filterwarnings("ignore:enable_nested_tensor is True"),
+    pytest.mark.filterwarnings("ignore:Support for mismatched"),
     pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
     # nearest-exact has no vmap batching rule in torch: it runs, with a slow-path warning
     pytest.mark.filterwarnings("ignore:There is a performance drop"),
