@@ -115,7 +115,7 @@ COMPILED = [case.values[0] for case in CASES if case.values[0].compiled]
 
 def test_every_registered_type_has_an_example():
     missing = [cls.__name__ for cls in _registered() if not _examples(cls)]
-    assert not missing, f"add examples of {missing} to EXAMPLES in tests/test_contract.py"
+    assert not missing, f"add examples of {missing} to EXAMPLES in tests/layer_examples.py"
     # and every example is of the type it is listed under, somewhere in its spec
     for cls, examples in EXAMPLES.items():
         for example in examples:
@@ -234,6 +234,7 @@ def test_to_module_round_trip(example):
         if out is not None:
             with torch.random.fork_rng():  # a FunctionalModule draws its key there
                 got = call_module(example, module.train())
+            # normalised by this batch's statistics: the rounding of the reductions shows
             assert_trees_close(got, out.out, **(STATS if example.tol is EXACT else example.tol))
             buffers = module.state_dict()
             for name, t in out.state.flat().items():
@@ -250,13 +251,13 @@ def test_every_static_type_is_compiled():
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_static_layers_compile_to_one_graph(train):
-    """The examples compiled in this mode, all in one function, compiled with ``fullgraph=True``: a
-    graph break anywhere raises, naming its source line. dynamo's own backend runs the
-    captured graph as it is (a compiled layer may take another path than in eager mode,
-    the scan rather than torch's recurrent kernel, say): its outputs are the eager ones
-    within ``COMPILED_TOL`` and its new states within ``STATS``, for two keys (no key is
-    baked into the graph as a constant). Inductor's code for these graphs is checked
-    where it could differ from eager in more than rounding, by the next test."""
+    """The examples compiled in this mode, all in one function, compiled with
+    ``fullgraph=True``: a graph break anywhere raises, naming its source line. dynamo's
+    own backend runs the captured graph as it is (a compiled layer may take another path
+    than in eager mode, the scan rather than torch's recurrent kernel, say): its outputs
+    are the eager ones within ``COMPILED_TOL`` and its new states within ``STATS``, for two
+    keys (no key is baked into the graph as a constant). Inductor's code is checked where
+    it could differ from eager in more than rounding, by the next test."""
     mode = "train" if train else "eval"
     examples = [example for example in COMPILED if mode in example.compiled]
     trees = [example.trees() for example in examples]
@@ -278,8 +279,11 @@ def test_static_layers_compile_to_one_graph(train):
             for example, (out, state), (want_out, want_state) in zip(
                 examples, got, want, strict=True
             ):
-                assert_trees_close(out, want_out, **COMPILED_TOL), example.spec
-                assert_trees_close(state, want_state, **STATS), example.spec
+                try:
+                    assert_trees_close(out, want_out, **COMPILED_TOL)
+                    assert_trees_close(state, want_state, **STATS)
+                except AssertionError as e:
+                    raise AssertionError(f"{example.spec!r}: {e}") from e
     finally:
         torch._dynamo.reset()
 
