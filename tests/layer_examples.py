@@ -47,7 +47,8 @@ class Example:
         static: whether the layer compiles to one graph.
         runs: whether the layer runs here (``False``: it needs a process group).
         compiled: the modes (``'eval'``, ``'train'``) the compile check runs it in.
-        make: builds ``(params, state)`` where random values cannot (indices, counts);
+        make: builds ``(params, state)`` where random values would not do (a sparsity
+            mask, compressed indices);
             by default the spec's tensors are random, in the input's dtype.
     """
 
