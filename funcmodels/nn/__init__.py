@@ -1,6 +1,6 @@
 """Layer specs mirroring :mod:`torch.nn`: same arguments, same parameter names and shapes."""
 
-from . import _aliases  # noqa: F401  (registers the config names of the layers below)
+from . import _aliases
 from ._activation import (
     CELU,
     ELU,
@@ -208,3 +208,5 @@ __all__ = [
     "ZeroPad2d",
     "ZeroPad3d",
 ]
+
+_aliases.register(globals()[name] for name in __all__)
