@@ -17,6 +17,7 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
+    check_empty,
     check_state,
     count_like,
     flat_transformation,
@@ -64,7 +65,11 @@ def scale(step_size: Scalar) -> GradientTransformation:
     def fn(us, state, ps, spec, own):
         return _scaled(us, step_size, own), state, True
 
-    fuse = ("scale", lambda state: (step_size, state))
+    def value(state):
+        check_empty(state, "fm.optim.scale")
+        return step_size, state
+
+    fuse = ("scale", value)
     return flat_transformation("fm.optim.scale", init_empty_state, fn, fuse=fuse)
 
 
@@ -149,6 +154,7 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
         if scheduled:
             check_state(state, WeightDecayScheduleState, where)
             return wd(state.count), WeightDecayScheduleState(state.count + 1)
+        check_empty(state, where)
         return wd, state
 
     def fn(us, state, ps, spec, own):
