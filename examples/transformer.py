@@ -4,14 +4,19 @@ Each image becomes a sequence of 8 tokens, its rows: a row's 8 pixels are projec
 model width by a ``Linear`` layer and a learned position embedding (an ``Embedding`` looked
 up at the row indices ``0..7``) is added. Two ``TransformerEncoderLayer`` blocks mix the
 rows, their mean feeds a linear head. (One token per pixel, its intensity as the token id,
-works too but needs a sequence 8 times longer and many more epochs.) After training: the
-test accuracy, per-sample gradients through attention (a ``vmap`` of the gradient of one
-example's loss, checked against one example's gradient), and the model shipped as real
-``torch.nn`` layers (``transforms.to_module``) and as a ``torch.export`` program, both
-checked to predict as ``fm.apply`` does.
+works too but needs a sequence 8 times longer and many more epochs.) The blocks are one
+``fm.nn.Repeat`` of a ``TransformerEncoderLayer``: their params are stacked on a leading
+axis, and ``torch.compile`` would trace one block however deep the model; ``--remat``
+recomputes each block's activations in the backward pass (less memory, the same values
+and gradients). After training: the test accuracy, per-sample gradients through
+attention (a ``vmap`` of the gradient of one example's loss, checked against one
+example's gradient), and the model shipped as real ``torch.nn`` layers
+(``transforms.to_module``) and as a ``torch.export`` program, both checked to predict as
+``fm.apply`` does.
 
     python examples/transformer.py             # about fifteen seconds on one CPU core
     python examples/transformer.py --epochs 3  # a quick check
+    python examples/transformer.py --remat     # the blocks' activations recomputed
 """
 
 from __future__ import annotations
@@ -61,21 +66,23 @@ class RowsAndPositions(fm.Spec):
         return ctx.apply("tokens", x) + ctx.apply("positions", positions)
 
 
-SPEC = nn.Sequential(
-    {
-        "embed": RowsAndPositions(8, ROWS, WIDTH),
-        "encoder": nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(
-                WIDTH, 4, dim_feedforward=64, dropout=0.1, batch_first=True, norm_first=True
-            ),
-            num_layers=2,
-            norm=nn.LayerNorm(WIDTH),
-            enable_nested_tensor=False,  # torch's fast path for padded batches: none here
-        ),
-        "pool": nn.Reduce("... l d -> ... d", "mean"),  # batched (N, L, D) or one (L, D)
-        "head": nn.Linear(WIDTH, 10),
-    }
-)
+BLOCKS = 2
+
+
+def model(remat: bool = False) -> nn.Sequential:
+    """The model; ``remat`` recomputes the blocks' activations in the backward pass."""
+    block = nn.TransformerEncoderLayer(
+        WIDTH, 4, dim_feedforward=64, dropout=0.1, batch_first=True, norm_first=True
+    )
+    return nn.Sequential(
+        {
+            "embed": RowsAndPositions(8, ROWS, WIDTH),
+            "blocks": nn.Repeat(block, BLOCKS, remat=remat),  # params (BLOCKS, ...)
+            "norm": nn.LayerNorm(WIDTH),
+            "pool": nn.Reduce("... l d -> ... d", "mean"),  # batched (N, L, D) or one (L, D)
+            "head": nn.Linear(WIDTH, 10),
+        }
+    )
 
 
 def rows(images: torch.Tensor) -> torch.Tensor:
@@ -93,10 +100,12 @@ def sample_loss(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return F.cross_entropy(fm.apply(params, x), y)
 
 
-def train(data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tensor) -> fm.Params:
-    """Train ``SPEC`` with AdamW; ``key`` decides init, batch order and dropout."""
+def train(
+    spec: fm.Spec, data: Digits, epochs: int, batch_size: int, lr: float, key: torch.Tensor
+) -> fm.Params:
+    """Train ``spec`` with AdamW; ``key`` decides init, batch order and dropout."""
     init_key, shuffle_key, dropout_key = fm.split(key, 3)
-    params = fm.init(init_key, SPEC)
+    params = fm.init(init_key, spec)
     opt = fm.optim.adamw(lr, weight_decay=1e-4)
     opt_state = opt.init(params)
     step_fn = fm.value_and_grad(loss_fn)
@@ -125,9 +134,9 @@ def accuracy(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> float:
 def show_per_sample_grads(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> None:
     """Per-sample gradients through attention: grad of one example's loss, vmapped."""
     per_sample = fm.to_state_dict(vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y))
-    print("per-sample gradient shapes (attention of the first layer):")
+    print("per-sample gradient shapes (attention of the blocks, stacked on dim 1):")
     for name, g in per_sample.items():
-        if name.startswith("encoder.layers.0.self_attn."):
+        if name.startswith("blocks.self_attn."):
             print(f"  {name:45s} {tuple(g.shape)}")
     one = fm.to_state_dict(grad(sample_loss)(params, x[0], y[0]))
     err = max((per_sample[n][0] - g).abs().max().item() for n, g in one.items())
@@ -144,7 +153,7 @@ def ship(params: fm.Params, x: torch.Tensor) -> None:
     batch = torch.export.Dim("batch", min=2)
     program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
     exported = program.module()(x[:7])
-    print(f"to_module: {type(module[1]).__name__} with {len(module[1].layers)} layers")
+    print(f"to_module: {type(module.blocks).__name__} of {module.blocks.spec.n} blocks")
     print(
         f"to_module vs fm.apply: max difference {(as_module - want).abs().max().item():.2e}; "
         f"torch.export (7 of {len(x)}): max difference "
@@ -167,6 +176,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--remat", action="store_true", help="recompute the blocks' activations in backward"
+    )
     # Tensors this small leave threads little to share and much to synchronise: one
     # thread is faster, and many times faster when other processes compete for the cores.
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -175,8 +187,9 @@ def main() -> None:
 
     data_key, train_key = fm.split(fm.key(args.seed), 2)
     data = load(data_key)
-    print(fm.summary(SPEC, (ROWS, 8)))
-    params = train(data, args.epochs, args.batch_size, args.lr, train_key)
+    spec = model(args.remat)
+    print(fm.summary(spec, (ROWS, 8)))
+    params = train(spec, data, args.epochs, args.batch_size, args.lr, train_key)
     x_test = rows(data.x_test)
     print(f"test accuracy: {accuracy(params, x_test, data.y_test):.4f}")
     show_per_sample_grads(params, x_test[:16], data.y_test[:16])

@@ -9,7 +9,8 @@ The lifted vmap (:meth:`Context.vmap`) runs a spec under :func:`torch.func.vmap`
 stack of its params and state, with one key per member. Everything the members produce
 (output, new buffers, sown values) comes back as a vmap output; nothing is written into a
 shared object from inside the vmapped function, which is what lets BatchNorm and Dropout
-run there.
+run there. The lifted scan and remat (:meth:`Context.scan`, :meth:`Context.remat`) follow
+the same rule; how torch runs them is in :mod:`funcmodels._lifted`.
 
 Errors raised inside a layer (by the layer or by torch) reach the user prefixed with the
 path and type of the innermost layer that was running (see :func:`call`).
@@ -23,7 +24,9 @@ from typing import Any
 
 import torch
 from torch._C import _functorch
+from torch.utils.checkpoint import _StopRecomputationError
 
+from . import _lifted
 from . import random as _random
 
 #: ``Context.mode`` values
@@ -95,7 +98,10 @@ def cached(spec: Any, name: str, make) -> Any:
         return make()
     value = d.get(name)
     if value is None:
-        value = d[name] = make()
+        value = make()
+        # Not while compiling: a write would be a side effect inside torch's scan op.
+        if not torch.compiler.is_compiling():
+            d[name] = value
     return value
 
 
@@ -132,7 +138,7 @@ class Run:
         self.tap = tap
 
 
-class Context:
+class Context(_lifted.LiftedMethods):
     """A layer's view of one forward call.
 
     Attributes and methods (all a layer needs):
@@ -146,7 +152,9 @@ class Context:
       folded in); a clear error when the call has none;
     * ``ctx.sow(name, value)``: an auxiliary output, ``fm.run(...).aux[ctx.path][name]``;
     * ``ctx.vmap(spec, x, size=n, in_axis=...)``: the lifted vmap; ``ctx.map(spec, xs)``
-      its eager loop over members of different input sizes;
+      its eager loop over members of different input sizes; ``ctx.scan(spec, x,
+      size=n)``: the lifted scan (members in sequence); ``ctx.remat(spec, x)``: a spec
+      whose activations are recomputed in the backward pass;
     * ``ctx.train``, ``ctx.path``, ``ctx.mode`` (``'eager'``, ``'transform'`` inside a
       torch.func transform, ``'compile'`` under torch.compile: computed once per call;
       only ``'eager'`` allows data-dependent shapes).
@@ -307,13 +315,8 @@ class Context:
         """
         run = self._run
         pre = self._prefix
-        pnames, snames = self._own_names()
-        params = {pre + n: run.params[pre + n] for n in pnames}
-        state = (
-            {pre + n: self.buffer(n) for n in snames} if snames and run.state is not None else None
-        )
-        key = self.key() if run.key is not None else None
-        device = key.device if key is not None else _device_of(x, params)
+        params, state, key = self._own_inputs()
+        device = key.device if key is not None else _lifted.device_of(x, params)
         members = torch.arange(size, device=device)
         mode = run.mode if run.mode == COMPILE else TRANSFORM
         track = run.track
@@ -330,69 +333,11 @@ class Context:
         self._merge(new_state, aux)
         return out
 
-    def map(self, spec: Any, xs: Any) -> list[Any]:
-        """Run ``spec`` once per member, in a Python loop: member ``i`` on ``xs[i]``.
-
-        The eager form of :meth:`vmap` with ``in_axis=0`` for inputs of different sizes
-        (a mixture of experts' token groups): member ``i`` gets this layer's own tensors
-        indexed at ``i`` and, in train mode, this layer's key with ``i`` folded in. The
-        members' new buffers and sown values are stacked on dim 0, as :meth:`vmap` returns
-        them.
-
-        Returns:
-            the list of the members' outputs.
-        """
-        run = self._run
-        pre = self._prefix
-        pnames, snames = self._own_names()
-        key = self.key() if run.key is not None else None
-        outs, states, auxes = [], [], []
-        for i, xi in enumerate(xs):
-            params = {pre + n: run.params[pre + n][i] for n in pnames}
-            state = None
-            if snames and run.state is not None:
-                state = {pre + n: self.buffer(n)[i] for n in snames}
-            k = None if key is None else _random.fold_in(key, i)
-            inner = Run(params, state, run.train, k, run.mode, run.track)
-            outs.append(spec.forward(Context(inner, spec, pre), xi))
-            states.append(inner.new_state)
-            auxes.append(inner.aux)
-        run.track.ctx = self
-        stacked_state = {
-            n: torch.stack([s[n] for s in states]) for n in (states[0] if states else {})
-        }
-        stacked_aux = {
-            path: {n: torch.stack([a[path][n] for a in auxes]) for n in values}
-            for path, values in (auxes[0] if auxes else {}).items()
-        }
-        self._merge(stacked_state, stacked_aux)
-        return outs
-
     def _own_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         spec = self.spec
         return cached(
             spec, "_fm_own_names", lambda: (tuple(spec.param_shapes()), tuple(spec.state_shapes()))
         )
-
-    def _merge(self, new_state: dict[str, Any], aux: dict[str, dict[str, Any]]) -> None:
-        """Add the members' stacked new buffers and sown values to this call's."""
-        run = self._run
-        run.new_state.update(new_state)
-        for path, values in aux.items():
-            own = run.aux.setdefault(path, {})
-            for name, value in values.items():
-                if name in own:
-                    where = layer_name(f"{path}." if path else "")
-                    raise ValueError(f"layer '{where}' sowed {name!r} twice in one call")
-                own[name] = value
-
-
-def _device_of(x: Any, params: dict[str, torch.Tensor]) -> torch.device:
-    if isinstance(x, torch.Tensor):
-        return x.device
-    for t in params.values():
-        return t.device
-    return torch.device("cpu")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -446,7 +391,9 @@ def call(ctx: Context, x: Any) -> Any:
     try:
         out = ctx.spec.forward(ctx, x)
         return out if tap is None else tap(ctx, x, out)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, _StopRecomputationError):
+        # torch.utils.checkpoint stops a recomputation early by raising through the
+        # function it re-runs (an fm.apply, say): it must reach checkpoint untouched.
         raise
     except Exception as err:
         new = located(err, track.ctx)

@@ -288,7 +288,8 @@ class Decoder:
         child_prefix: str,
         depth: int,
     ) -> tuple[Any, list[Entry] | None]:
-        """The spec of a ``{'type', 'params'}`` dict, and the entries of its layers field."""
+        """The spec of a ``{'type', 'params'}`` dict, and the entries of its layers field:
+        the class looked up, the parameters checked against it, then decoded."""
         if depth > MAX_DEPTH:
             raise _too_deep(where)
         self.count += 1
@@ -297,46 +298,27 @@ class Decoder:
                 f"{where}: more than {MAX_LAYERS} layers in one document; funcmodels reads "
                 "at most that many"
             )
-        type_name = item.get("type")
-        desc = describe(where, path, type_name)
-        if "type" not in item:
-            raise ValueError(f"{desc}: missing 'type' (a layer type such as 'linear')")
-        if not isinstance(type_name, str):
-            raise TypeError(
-                f"{desc}: type must be a string such as 'linear', got {type(type_name).__name__}"
-            )
-        cls = _registry.lookup(type_name)
-        if cls is None:
-            known = _registry.known_names()
-            raise ValueError(
-                f"{desc}: unknown layer type {type_name!r}{closest(type_name, known)}; known "
-                f"types: {', '.join(known)} (other packages add theirs when imported, and "
-                "aliases with fm.register_layer)"
-            )
-        raw = item.get("params")
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise TypeError(
-                f"{desc}: params must be a dict of {cls.__name__}'s arguments, got "
-                f"{type(raw).__name__} {_brief(raw)}"
-            )
-        fields = [f.name for f in dataclasses.fields(cls) if f.init]
-        accepted = fields + list(cls.config_ignores)
-        for k in raw:
-            if not isinstance(k, str):
-                raise TypeError(f"{desc}: parameter names must be strings, got {k!r}")
-            if k not in accepted:
-                raise ValueError(
-                    f"{desc}: unknown parameter {k!r}{closest(k, accepted)}; "
-                    f"{cls.__name__} takes {', '.join(accepted) or 'no parameters'}"
-                )
-        missing = [n for n in required_fields(cls) if n not in raw]
-        if missing:
-            raise ValueError(
-                f"{desc}: missing required parameter(s) {', '.join(repr(m) for m in missing)} "
-                f"of {cls.__name__}"
-            )
+        desc = describe(where, path, item.get("type"))
+        cls = _lookup(item, desc)
+        raw = _checked_params(cls, item.get("params"), desc)
+        values, children = self._fields(cls, raw, where, desc, child_prefix, depth)
+        try:
+            spec = cls.from_fields(values)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{desc}: {e}") from e
+        return spec, children
+
+    def _fields(
+        self,
+        cls: type,
+        raw: Mapping[str, Any],
+        where: str,
+        desc: str,
+        child_prefix: str,
+        depth: int,
+    ) -> tuple[dict[str, Any], list[Entry] | None]:
+        """The decoded constructor fields of checked ``params``, and the entries of the
+        layers field (``None`` when the class has none or the params leave it out)."""
         values: dict[str, Any] = {}
         children: list[Entry] | None = None
         for k, v in raw.items():
@@ -357,11 +339,7 @@ class Decoder:
                 values[k] = tuple((e.name, e.spec) for e in entries)
             else:
                 values[k] = self.value(v, at, desc, child_prefix + k, depth)
-        try:
-            spec = cls.from_fields(values)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{desc}: {e}") from e
-        return spec, children
+        return values, children
 
     def value(self, v: Any, where: str, desc: str, path: str, depth: int) -> Any:
         """A parameter value: scalars as they are, lists as tuples, dicts as nested layers."""
@@ -395,6 +373,55 @@ def _brief(v: Any) -> str:
         return f"of {len(v)} items"
     text = repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lookup(item: Mapping[str, Any], desc: str) -> type:
+    """The registered class an entry's ``type`` names."""
+    type_name = item.get("type")
+    if "type" not in item:
+        raise ValueError(f"{desc}: missing 'type' (a layer type such as 'linear')")
+    if not isinstance(type_name, str):
+        raise TypeError(
+            f"{desc}: type must be a string such as 'linear', got {type(type_name).__name__}"
+        )
+    cls = _registry.lookup(type_name)
+    if cls is None:
+        known = _registry.known_names()
+        raise ValueError(
+            f"{desc}: unknown layer type {type_name!r}{closest(type_name, known)}; known "
+            f"types: {', '.join(known)} (other packages add theirs when imported, and "
+            "aliases with fm.register_layer)"
+        )
+    return cls
+
+
+def _checked_params(cls: type, raw: Any, desc: str) -> Mapping[str, Any]:
+    """An entry's ``params`` (``{}`` when left out): a mapping of ``cls``'s argument names
+    (or the torch flags it ignores) that holds every required one."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise TypeError(
+            f"{desc}: params must be a dict of {cls.__name__}'s arguments, got "
+            f"{type(raw).__name__} {_brief(raw)}"
+        )
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    accepted = fields + list(cls.config_ignores)
+    for k in raw:
+        if not isinstance(k, str):
+            raise TypeError(f"{desc}: parameter names must be strings, got {k!r}")
+        if k not in accepted:
+            raise ValueError(
+                f"{desc}: unknown parameter {k!r}{closest(k, accepted)}; "
+                f"{cls.__name__} takes {', '.join(accepted) or 'no parameters'}"
+            )
+    missing = [n for n in required_fields(cls) if n not in raw]
+    if missing:
+        raise ValueError(
+            f"{desc}: missing required parameter(s) {', '.join(repr(m) for m in missing)} "
+            f"of {cls.__name__}"
+        )
+    return raw
 
 
 def _check_keys(item: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:

@@ -1,9 +1,12 @@
 """Helpers shared by the test modules (fixtures live in ``tests/conftest.py``).
 
 * torch references: :func:`torch_twin` loads funcmodels tensors into a torch module,
-  :func:`torch_twin_of` builds the torch module of a spec, :class:`TorchResidualBlock` is
-  the torch layout of ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output
-  shape of every submodule;
+  :func:`torch_twin_of` builds the torch module of a spec, :func:`spec_and_module` builds
+  a spec and a torch module from the same arguments, :func:`twin` gives params and the
+  torch module holding them, :class:`TorchResidualBlock` is the torch layout of
+  ``fm.nn.ResidualBlock``, :func:`torch_shapes` records the output shape of every
+  submodule, :func:`torch_run` runs a module on torch's regular path, :func:`causal`
+  is torch's causal mask;
 * per-sample gradients: :func:`assert_per_sample_grads_match` compares ``vmap(grad)``
   with a loop of single-sample ``torch.autograd.grad`` calls;
 * tensors off their initial values: :func:`randomised`; test inputs: :func:`example_input`;
@@ -27,6 +30,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 import funcmodels as fm
+import transforms
 from funcmodels._spec import field_values
 
 fnn = fm.nn
@@ -121,7 +125,8 @@ TORCH_TYPES = {
 
 
 def torch_twin_of(spec: fm.Spec) -> nn.Module:
-    """The torch.nn module of a fully sized spec (plain ReLU residual blocks only)."""
+    """The torch.nn module of a fully sized spec, with fresh tensors: the ``torch.nn``
+    class of the same name, built with the spec's fields (plain ReLU residual blocks)."""
     if isinstance(spec, fnn.Sequential):
         return nn.Sequential(OrderedDict((n, torch_twin_of(c)) for n, c in spec.layers))
     if isinstance(spec, fnn.ResidualBlock):
@@ -135,7 +140,54 @@ def torch_twin_of(spec: fm.Spec) -> nn.Module:
             spec.use_se,
             spec.se_ratio,
         )
-    return TORCH_TYPES[type(spec)](**field_values(spec))
+    cls = TORCH_TYPES.get(type(spec)) or getattr(nn, type(spec).__name__)
+    return cls(**field_values(spec))
+
+
+def spec_and_module(name: str, *args, **kwargs) -> tuple[fm.Spec, nn.Module]:
+    """``fm.nn.<name>`` and ``torch.nn.<name>`` built from the same arguments (the module
+    with torch's own fresh tensors)."""
+    return getattr(fnn, name)(*args, **kwargs), getattr(nn, name)(*args, **kwargs)
+
+
+def twin(
+    spec: fm.Spec, seed: int = 0, *, module: nn.Module | None = None, randomise: bool = True
+) -> tuple[fm.Params, nn.Module]:
+    """Params of ``spec`` and a torch module holding the same tensors.
+
+    Arguments:
+        spec: a fully sized spec.
+        seed: the key of ``fm.init`` (and the generator's seed of :func:`randomised`).
+        module: the module to load (default: :func:`torch_twin_of` the spec).
+        randomise: move every tensor off its initial value (:func:`randomised`), so that
+            a misplaced tensor shows; ``False`` keeps ``fm.init``'s values.
+
+    Returns:
+        ``(params, module)``; the module holds the state too, where the spec has one.
+    """
+    if randomise:
+        params, state = randomised(spec, seed)
+    else:
+        params, state = fm.init_with_state(fm.key(seed), spec)
+    return params, torch_twin(torch_twin_of(spec) if module is None else module, params, state)
+
+
+def torch_run(module: nn.Module, *args, fast: bool = False, **kwargs):
+    """The module's output without autograd, on torch's regular path (``fast=False``) or
+    with the fast paths of its attention layers allowed (eval mode: native attention,
+    the fused encoder layer, nested tensors)."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fast)
+    try:
+        with torch.no_grad():
+            return module(*args, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def causal(n: int) -> torch.Tensor:
+    """torch's float causal mask of ``n`` positions."""
+    return torch.nn.Transformer.generate_square_subsequent_mask(n)
 
 
 def torch_shapes(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -195,6 +247,81 @@ def assert_per_sample_grads_match(params, x, y, *, state=None, loss=None, atol=1
     assert got.keys() == want.keys()
     for n in want:
         torch.testing.assert_close(got[n], want[n], atol=atol, rtol=rtol, msg=f"grad of {n}")
+
+
+# -- parameter-free layers against their torch.nn namesakes ---------------------------------
+#
+# Each check takes a case (layer name, positional and keyword arguments shared by our spec
+# and torch's module, batched input shape, how one example compares: "torch" when torch
+# takes it alike, "batch" when torch only takes a batch, None when an example means
+# something else). Same kernels on the same input: exact equality.
+
+_EXACT = {"atol": 0.0, "rtol": 0.0}
+
+
+def check_matches_torch(name, args, kwargs, shape, single) -> None:
+    """Batched, one example and train mode equal torch's; the input is left untouched."""
+    spec, module = spec_and_module(name, *args, **kwargs)
+    params = fm.init(fm.key(0), spec)
+    assert fm.to_state_dict(params) == {} == module.state_dict()
+    x = example_input(shape)
+    before = x.clone()
+    torch.testing.assert_close(fm.apply(params, x), module(x), **_EXACT)
+    if single is not None:
+        want = module(x[1]) if single == "torch" else module(x[1:2])[0]
+        torch.testing.assert_close(fm.apply(params, x[1]), want, **_EXACT)
+    train = fm.apply(params, x, key=fm.key(2), train=True)
+    torch.testing.assert_close(train, module.train()(x), **_EXACT)
+    torch.testing.assert_close(x, before, **_EXACT)
+
+
+def check_zero_size_batch(name, args, kwargs, shape) -> None:
+    spec, module = spec_and_module(name, *args, **kwargs)
+    x = example_input(shape)[:0]
+    got = fm.apply(fm.init(fm.key(0), spec), x)
+    assert got.shape == module(x).shape and got.shape[0] == 0
+
+
+def check_shape_inference(name, args, kwargs, shape) -> None:
+    spec, module = spec_and_module(name, *args, **kwargs)
+    assert fm.shapes(spec, shape[1:])[""] == tuple(module(example_input(shape)).shape[1:])
+
+
+def check_per_sample_grads(name, args, kwargs, shape) -> None:
+    """Behind a 1x1 conv (which fixes the example rank, so that fm.apply batches each
+    single example) and before a Linear."""
+    layer, module = spec_and_module(name, *args, **kwargs)
+    conv = {3: fnn.Conv1d, 4: fnn.Conv2d, 5: fnn.Conv3d}[len(shape)]
+    channels = shape[1]
+    flat = module(torch.ones(1, *shape[1:])).numel()
+    spec = fnn.Sequential(conv(channels, channels, 1), layer, fnn.Flatten(), fnn.Linear(flat, 2))
+    params = fm.init(fm.key(2), spec)
+    x = example_input(shape, seed=3)
+    y = example_input((shape[0], 2), seed=4)
+    assert_per_sample_grads_match(params, x, y)
+
+
+def check_torch_module_and_back(name, args, kwargs, shape) -> None:
+    """``to_module`` gives torch's class computing the same; torch's own module (and the
+    one to_module made) read back to the spec."""
+    spec, module = spec_and_module(name, *args, **kwargs)
+    params = fm.init(fm.key(0), spec)
+    built = transforms.to_module(params)
+    assert type(built) is type(module)
+    x = example_input(shape)
+    torch.testing.assert_close(built(x), fm.apply(params, x), **_EXACT)
+    assert transforms.from_module(built)[0].spec == spec
+    assert transforms.from_module(module)[0].spec == spec
+
+
+def check_config_and_file(name, args, kwargs, directory: Path) -> None:
+    spec, _ = spec_and_module(name, *args, **kwargs)
+    for defaults in (False, True):
+        assert fm.from_config(spec.to_config(defaults=defaults)) == spec
+    assert spec.to_config()["type"] == name.lower()
+    wrapped = fnn.Sequential(spec)
+    fm.save(directory / "m.safetensors", fm.init(fm.key(0), wrapped))
+    assert fm.load(directory / "m.safetensors")[0].spec == wrapped
 
 
 # -- tensors off their initial values ------------------------------------------------------

@@ -19,7 +19,7 @@ small = st.integers(0, 3)
 eps = st.floats(1e-9, 1e-1, allow_nan=False)
 
 
-def _pair(elements):
+def _one_or_two(elements):
     return st.one_of(elements, st.tuples(elements, elements))
 
 
@@ -78,10 +78,10 @@ leaves = st.one_of(
     st.builds(nn.Softmax, st.integers(-3, 3)),
     st.builds(nn.LogSoftmax, st.integers(-3, 3)),
     st.builds(nn.Flatten, small, st.integers(-3, 3)),
-    st.builds(nn.MaxPool2d, _pair(st.integers(2, 4)), stride=st.none() | _pair(sizes)),
+    st.builds(nn.MaxPool2d, _one_or_two(st.integers(2, 4)), stride=st.none() | _one_or_two(sizes)),
     st.builds(
         nn.AvgPool2d,
-        _pair(st.integers(2, 4)),
+        _one_or_two(st.integers(2, 4)),
         count_include_pad=st.booleans(),
         divisor_override=st.none() | sizes,
     ),

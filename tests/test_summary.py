@@ -26,7 +26,7 @@ SPEC = fnn.Sequential(
 INPUT = (3, 8, 8)
 
 
-def _twin():
+def _params_and_module():
     params, state = fm.init_with_state(fm.key(0), SPEC, input_shape=INPUT)
     module = torch_twin_of(params.spec)
     module.load_state_dict(fm.to_state_dict(params, state), strict=True)
@@ -34,7 +34,7 @@ def _twin():
 
 
 def test_rows_and_totals_match_the_torch_module():
-    _, module = _twin()
+    _, module = _params_and_module()
     s = fm.summary(SPEC, INPUT)
     torch_params = dict(module.named_parameters())
     torch_buffers = dict(module.named_buffers())

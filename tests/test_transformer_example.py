@@ -21,11 +21,13 @@ def test_transformer_example_trains_and_ships():
     assert parse_float(r"to_module vs fm.apply: max difference ([0-9.e+-]+)", out) < 1e-4
     assert parse_float(r"torch.export \(7 of \d+\): max difference ([0-9.e+-]+)", out) < 1e-4
     assert "to_module predictions identical: True" in out
-    # One line per attention tensor of the first layer: (16 examples, *its shape).
-    shapes = dict(re.findall(r"^  (encoder\.layers\.0\.self_attn\.\S+)\s+(\(.*\))$", out, re.M))
+    # One line per attention tensor of the blocks (an fm.nn.Repeat of 2):
+    # (16 examples, 2 blocks, *its shape).
+    shapes = dict(re.findall(r"^  (blocks\.self_attn\.\S+)\s+(\(.*\))$", out, re.M))
     assert shapes == {
-        "encoder.layers.0.self_attn.in_proj_weight": "(16, 96, 32)",
-        "encoder.layers.0.self_attn.in_proj_bias": "(16, 96)",
-        "encoder.layers.0.self_attn.out_proj.weight": "(16, 32, 32)",
-        "encoder.layers.0.self_attn.out_proj.bias": "(16, 32)",
+        "blocks.self_attn.in_proj_weight": "(16, 2, 96, 32)",
+        "blocks.self_attn.in_proj_bias": "(16, 2, 96)",
+        "blocks.self_attn.out_proj.weight": "(16, 2, 32, 32)",
+        "blocks.self_attn.out_proj.bias": "(16, 2, 32)",
     }
+    assert "to_module: RepeatModule of 2 blocks" in out

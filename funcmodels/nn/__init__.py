@@ -1,6 +1,6 @@
 """Layer specs mirroring :mod:`torch.nn`: same arguments, same parameter names and shapes."""
 
-from . import _aliases  # noqa: F401  (registers the config names of the layers below)
+from . import _aliases
 from ._activation import (
     CELU,
     ELU,
@@ -80,6 +80,8 @@ from ._pool import (
     MaxPool3d,
 )
 from ._recurrent import GRU, LSTM, RNN
+from ._remat import Remat
+from ._repeat import Repeat
 from ._resample import (
     PixelShuffle,
     PixelUnshuffle,
@@ -176,6 +178,8 @@ __all__ = [
     "ReplicationPad1d",
     "ReplicationPad2d",
     "ReplicationPad3d",
+    "Remat",
+    "Repeat",
     "ResidualBlock",
     "SELU",
     "Sequential",
@@ -204,3 +208,5 @@ __all__ = [
     "ZeroPad2d",
     "ZeroPad3d",
 ]
+
+_aliases.register(globals()[name] for name in __all__)

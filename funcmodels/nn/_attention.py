@@ -55,6 +55,14 @@ import torch.nn.functional as F
 from .. import random as _random
 from .._shapes import Shape, rank_known, show
 from .._spec import Context, Spec, name_hash
+from ._attention_kernel import (
+    _linear,
+    canonical_masks,
+    explicit_attention,
+    fused_attention,
+    merge_padding,
+    pad_masks,
+)
 from ._check import boolean, fan_in_bound, number, positive_int, under_vmap, uniform_param
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -102,35 +110,6 @@ def _arguments(
             allowed = "a bool or None" if kind == "hint" else "a bool"
             raise TypeError(f"argument {n!r} must be {allowed}, got {type(v).__name__} {v!r}")
     return dict(x)
-
-
-def _canonical_mask(mask: torch.Tensor | None, name: str, dtype: torch.dtype):
-    """torch's ``_canonical_mask``: a bool mask becomes ``-inf`` where ``True`` (out of
-    place), a float mask passes as it is."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return zeros.masked_fill(mask, float("-inf"))
-    if not mask.is_floating_point():
-        raise TypeError(f"{name} must be a bool or floating tensor, got dtype {mask.dtype}")
-    return mask
-
-
-def _causal_mask(size_q: int, size_k: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """The float mask ``scaled_dot_product_attention(is_causal=True)`` applies."""
-    allowed = torch.ones(size_q, size_k, dtype=torch.bool, device=device).tril()
-    return torch.zeros(size_q, size_k, dtype=dtype, device=device).masked_fill(
-        allowed.logical_not(), float("-inf")
-    )
-
-
-def _dropout(key: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
-    """:class:`~funcmodels.nn.Dropout`'s formula with an explicit key."""
-    if p == 1.0:
-        return x * 0.0
-    keep = _random.bernoulli(key, 1.0 - p, x.shape, device=x.device)
-    return x * (keep.to(x.dtype) / (1.0 - p))
 
 
 def _xavier_uniform(key, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
@@ -363,8 +342,57 @@ class MultiheadAttention(Spec):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """torch's ``MultiheadAttention.forward`` with this layer's params; returns
-        ``(output, weights or None)``. ``ctx`` is this layer's context."""
+        ``(output, weights or None)``. ``ctx`` is this layer's context.
+
+        The steps: checks, layout ``(L, N, E)``, masks, in-projection, extra keys and
+        heads, attention (explicit or the kernel, see the module docstring), output
+        projection and the caller's layout."""
         batched = self._check(query, key, value, key_padding_mask, attn_mask)
+        query, key, value, key_padding_mask = self._sequence_first(
+            query, key, value, key_padding_mask, batched
+        )
+        tgt_len, bsz, _ = query.shape
+        attn_mask, key_padding_mask, is_causal = canonical_masks(
+            attn_mask, key_padding_mask, is_causal, need_weights, query.dtype
+        )
+        q, k, v = self._in_projection(ctx, query, key, value)
+        q, k, v, attn_mask = self._heads(ctx, q, k, v, attn_mask, key_padding_mask)
+        dropout_p = self.dropout if ctx.train else 0.0
+        # vmap has no batching rule for the CPU kernel of scaled_dot_product_attention
+        # (it would loop over the batch, with a warning); the explicit path vmaps.
+        vmapped = ctx.mode == "transform" and under_vmap(q)
+        heads = self.num_heads
+        if need_weights or dropout_p > 0.0 or vmapped:
+            batch_major = False  # rows of ``out`` ordered (L, N)
+            out, weights = explicit_attention(
+                q, k, v, heads, attn_mask, is_causal, dropout_p, ctx.key
+            )
+        else:
+            batch_major = bool(self.batch_first and batched)
+            out = fused_attention(q, k, v, heads, attn_mask, is_causal, batch_major)
+            weights = None
+        out_bias = ctx.param("out_proj.bias") if self.bias else None
+        out = F.linear(out, ctx.param("out_proj.weight"), out_bias)
+        if batch_major:  # (L, N, E) as below, a view of the (N, L, E) the caller gets
+            out = out.reshape(bsz, tgt_len, out.shape[1]).transpose(1, 0)
+        else:
+            out = out.reshape(tgt_len, bsz, out.shape[1])
+        if weights is not None and need_weights:
+            weights = weights.reshape(bsz, heads, tgt_len, k.shape[1])
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        else:
+            weights = None
+        if not batched:
+            out = out.squeeze(1)
+            weights = None if weights is None else weights.squeeze(0)
+        elif self.batch_first:
+            out = out.transpose(1, 0)
+        return out, weights
+
+    def _sequence_first(self, query, key, value, key_padding_mask, batched: bool):
+        """query, key, value ``(L, N, E)`` and the padding mask ``(N, S)``, as torch lays
+        them out (an unbatched call is a batch of one)."""
         if self.batch_first and batched:
             # Transposed as torch does, keeping which of query, key, value are one tensor
             # (the in-projection takes its self-attention branch on that).
@@ -382,104 +410,26 @@ class MultiheadAttention(Spec):
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        tgt_len, bsz, embed_dim = query.shape
-        src_len = key.shape[0]
-        heads, head_dim = self.num_heads, self.head_dim
-        key_padding_mask = _canonical_mask(key_padding_mask, "key_padding_mask", query.dtype)
-        if is_causal and attn_mask is None:
-            raise ValueError(
-                "is_causal=True is a hint that attn_mask is the causal mask and needs that "
-                "mask, as in torch; pass attn_mask=torch.nn.Transformer."
-                "generate_square_subsequent_mask(L) along with it"
-            )
-        if is_causal and key_padding_mask is None and not need_weights:
-            attn_mask = None  # the kernel's own causal mask, as torch
-        else:
-            attn_mask = _canonical_mask(attn_mask, "attn_mask", query.dtype)
-            if key_padding_mask is not None:
-                is_causal = False
+        return query, key, value, key_padding_mask
 
-        q, k, v = self._in_projection(ctx, query, key, value)
-        if attn_mask is not None and attn_mask.dim() == 2:
-            attn_mask = attn_mask.unsqueeze(0)
+    def _heads(self, ctx: Context, q, k, v, attn_mask, key_padding_mask):
+        """The projections ``(L or S, N, E)`` split into heads ``(N * H, L or S, d)``,
+        with the extra keys (``bias_k``/``bias_v`` before the split, the zero key after)
+        and the padding mask merged into ``attn_mask``."""
+        bsz, heads, head_dim = q.shape[1], self.num_heads, self.head_dim
         if self.add_bias_kv:
             k = torch.cat([k, ctx.param("bias_k").repeat(1, bsz, 1)])
             v = torch.cat([v, ctx.param("bias_v").repeat(1, bsz, 1)])
-            if attn_mask is not None:
-                attn_mask = F.pad(attn_mask, (0, 1))
-            if key_padding_mask is not None:
-                key_padding_mask = F.pad(key_padding_mask, (0, 1))
-        q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
+            attn_mask, key_padding_mask = pad_masks(attn_mask, key_padding_mask)
+        q = q.reshape(q.shape[0], bsz * heads, head_dim).transpose(0, 1)
         k = k.reshape(k.shape[0], bsz * heads, head_dim).transpose(0, 1)
         v = v.reshape(v.shape[0], bsz * heads, head_dim).transpose(0, 1)
         if self.add_zero_attn:
             zeros = torch.zeros(bsz * heads, 1, head_dim, dtype=k.dtype, device=k.device)
             k = torch.cat([k, zeros], dim=1)
             v = torch.cat([v, zeros.to(v.dtype)], dim=1)
-            if attn_mask is not None:
-                attn_mask = F.pad(attn_mask, (0, 1))
-            if key_padding_mask is not None:
-                key_padding_mask = F.pad(key_padding_mask, (0, 1))
-        src_len = k.shape[1]
-        if key_padding_mask is not None:
-            key_padding_mask = (
-                key_padding_mask.reshape(bsz, 1, 1, src_len)
-                .expand(-1, heads, -1, -1)
-                .reshape(bsz * heads, 1, src_len)
-            )
-            attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
-        dropout_p = self.dropout if ctx.train else 0.0
-
-        weights = None
-        batch_major = False  # rows of ``out`` ordered (N, L) rather than (L, N)
-        # vmap has no batching rule for the CPU kernel of scaled_dot_product_attention
-        # (it would loop over the batch, with a warning); the explicit path vmaps.
-        vmapped = ctx.mode == "transform" and under_vmap(q)
-        if need_weights or dropout_p > 0.0 or vmapped:
-            if attn_mask is None and is_causal:
-                attn_mask = _causal_mask(tgt_len, src_len, q.dtype, q.device).unsqueeze(0)
-            q_scaled = q * math.sqrt(1.0 / float(head_dim))
-            if attn_mask is not None:
-                scores = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
-            else:
-                scores = torch.bmm(q_scaled, k.transpose(-2, -1))
-            weights = F.softmax(scores, dim=-1)
-            if dropout_p > 0.0:
-                weights = _dropout(ctx.key(), weights, dropout_p)
-            out = torch.bmm(weights, v)
-            out = out.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
-        else:
-            if attn_mask is not None:
-                if attn_mask.shape[0] == 1:
-                    attn_mask = attn_mask.unsqueeze(0)
-                else:
-                    attn_mask = attn_mask.reshape(bsz, heads, -1, src_len)
-            q = q.reshape(bsz, heads, tgt_len, head_dim)
-            k = k.reshape(bsz, heads, src_len, head_dim)
-            v = v.reshape(bsz, heads, src_len, head_dim)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal)
-            # (N, H, L, d): straight to the caller's layout, rows batch-major if batch_first
-            batch_major = bool(self.batch_first and batched)
-            out = out.permute(*((0, 2) if batch_major else (2, 0)), 1, 3)
-            out = out.reshape(bsz * tgt_len, embed_dim)
-        out_bias = ctx.param("out_proj.bias") if self.bias else None
-        out = F.linear(out, ctx.param("out_proj.weight"), out_bias)
-        if batch_major:  # (L, N, E) as below, a view of the (N, L, E) the caller gets
-            out = out.reshape(bsz, tgt_len, out.shape[1]).transpose(1, 0)
-        else:
-            out = out.reshape(tgt_len, bsz, out.shape[1])
-        if weights is not None and need_weights:
-            weights = weights.reshape(bsz, heads, tgt_len, src_len)
-            if average_attn_weights:
-                weights = weights.mean(dim=1)
-        else:
-            weights = None
-        if not batched:
-            out = out.squeeze(1)
-            weights = None if weights is None else weights.squeeze(0)
-        elif self.batch_first:
-            out = out.transpose(1, 0)
-        return out, weights
+            attn_mask, key_padding_mask = pad_masks(attn_mask, key_padding_mask)
+        return q, k, v, merge_padding(attn_mask, key_padding_mask, heads)
 
     def _in_projection(self, ctx: Context, query, key, value):
         """torch's ``_in_projection_packed`` / ``_in_projection``, the same branches."""
@@ -504,16 +454,6 @@ class MultiheadAttention(Spec):
             w_q, w_k, w_v = (ctx.param(f"{n}_proj_weight") for n in "qkv")
         b_q, b_k, b_v = (None, None, None) if b is None else b.chunk(3)
         return _linear(query, w_q, b_q), _linear(key, w_k, b_k), _linear(value, w_v, b_v)
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` of ``(L, N, E)``, computed in the layout the caller's memory has: a
-    batch-first input transposed to ``(L, N, E)`` is projected as the ``(N, L, E)`` it is
-    (one matrix product; ``F.linear`` of the transposed view would be a batched product)
-    and the result transposed back, the same values."""
-    if x.dim() == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
-        return F.linear(x.transpose(0, 1), weight, bias).transpose(0, 1)
-    return F.linear(x, weight, bias)
 
 
 def _sequence_shape(spec: Spec, path: str, in_shape: Shape, size: int, field: str) -> Shape:

@@ -15,7 +15,6 @@ import einops
 import einops.layers.torch as einops_torch
 import pytest
 import torch
-import torch._dynamo
 from torch.func import vmap
 
 import funcmodels as fm
@@ -317,22 +316,6 @@ def test_per_sample_grads(reduction):
     assert_per_sample_grads_match(params, x, y)
 
 
-@pytest.mark.slow
-def test_compiles_to_one_graph_with_the_eager_output():
-    params = fm.init(fm.key(0), small_model())
-    x = fm.random.normal(fm.key(1), (3, 2, 4, 6))
-    torch._dynamo.reset()
-    try:
-        explained = torch._dynamo.explain(fm.apply)(params, x)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        torch._dynamo.reset()
-        compiled = torch.compile(fm.apply, fullgraph=True)
-        torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.reset()
-
-
 # -- configs and files -------------------------------------------------------------------
 
 SPECS = [
@@ -379,16 +362,6 @@ def test_config_names():
         fm.from_config(
             [config[0], {"type": "reduce", "params": {"pattern": "b -> b", "reduction": "avg"}}]
         )
-
-
-def test_save_and_load(tmp_path):
-    params = fm.init(fm.key(0), small_model("max"))
-    path = tmp_path / "m.safetensors"
-    fm.save(path, params)
-    loaded, _ = fm.load(path)
-    assert loaded.spec == params.spec
-    x = fm.random.normal(fm.key(1), (2, 2, 4, 6))
-    assert torch.equal(fm.apply(loaded, x), fm.apply(params, x))
 
 
 # -- torch.nn bridge ---------------------------------------------------------------------

@@ -1,11 +1,8 @@
 """Embedding: fidelity to torch.nn.Embedding (outputs, gradients, max_norm), init, checks."""
 
-import json
-
 import pytest
 import scipy.stats
 import torch
-import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad
@@ -137,27 +134,7 @@ def test_sparse_is_accepted_with_dense_gradients_and_kept_for_torch():
     torch.testing.assert_close(g, module.weight.grad.to_dense(), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        nn.Embedding(10, 4),
-        nn.Embedding(10, 4, padding_idx=3, max_norm=2.0, norm_type=1.0),
-        nn.Embedding(3, 2, scale_grad_by_freq=True, sparse=True),
-    ],
-)
-def test_round_trips_to_module_config_and_file(spec, tmp_path):
-    params, _ = randomised(spec)
-    module = transforms.to_module(params)
-    assert type(module) is torch.nn.Embedding
-    back, _ = transforms.from_module(module)
-    assert back.spec == spec
-    assert torch.equal(back["weight"], params["weight"])
-    x = indices((2, 5), spec.num_embeddings)
-    torch.testing.assert_close(module(x), fm.apply(params, x), **RENORM)
-    assert fm.from_config(json.loads(json.dumps(spec.to_config()))) == spec
-    fm.save(tmp_path / "emb.safetensors", params)
-    loaded, _ = fm.load(tmp_path / "emb.safetensors")
-    assert loaded.spec == spec and torch.equal(loaded["weight"], params["weight"])
+# Configs, files and the torch.nn round trip: tests/test_contract.py.
 
 
 def test_from_a_torch_module_with_its_own_init():
@@ -207,16 +184,3 @@ def test_forward_checks_name_the_layer():
         fm.apply(params, torch.tensor([-1, 5, 2]))
     with pytest.raises(TypeError, match="expected a tensor of indices"):
         fm.apply(params, [1, 2])
-
-
-@pytest.mark.slow
-def test_compiles_to_one_graph():
-    torch._dynamo.reset()
-    params, _ = randomised(nn.Embedding(6, 4, padding_idx=1, max_norm=1.0))
-    x = indices((3, 4), 6)
-    explained = torch._dynamo.explain(fm.apply)(params, x)
-    assert explained.graph_break_count == 0 and explained.graph_count == 1
-    torch._dynamo.reset()
-    compiled = torch.compile(fm.apply, fullgraph=True)
-    torch.testing.assert_close(compiled(params, x), fm.apply(params, x), atol=1e-6, rtol=1e-6)
-    torch._dynamo.reset()

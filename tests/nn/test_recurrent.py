@@ -17,9 +17,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import funcmodels as fm
 import transforms
 from funcmodels import _registry
-from funcmodels._spec import field_values
 from funcmodels.nn import _recurrent
-from tests.helpers import assert_per_sample_grads_match, example_input, randomised
+from tests.helpers import (
+    assert_per_sample_grads_match,
+    example_input,
+    randomised,
+    torch_twin,
+    torch_twin_of,
+)
 
 nn = fm.nn
 
@@ -47,15 +52,9 @@ CELL_KINDS = {
 }
 
 
-def twin(spec: fm.Spec) -> torch.nn.Module:
-    """The torch module with the spec's constructor arguments (not its tensors)."""
-    return getattr(torch.nn, type(spec).__name__)(**field_values(spec))
-
-
 def loaded_twin(spec: fm.Spec, params: fm.Params) -> torch.nn.Module:
-    module = twin(spec).to(next(iter(params.flat().values())).dtype)
-    module.load_state_dict(fm.to_state_dict(params), strict=True)
-    return module
+    """The torch module of the spec, in the params' dtype, holding them."""
+    return torch_twin(torch_twin_of(spec).to(next(iter(params.flat().values())).dtype), params)
 
 
 def assert_trees_close(got, want, **tol):
@@ -407,7 +406,7 @@ def test_init_is_torch_default_uniform():
     ours = fm.to_state_dict(fm.init(fm.key(7), spec))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        theirs = twin(spec).state_dict()
+        theirs = torch_twin_of(spec).state_dict()
     assert list(ours) == list(theirs)
     for name, t in ours.items():
         assert t.shape == theirs[name].shape and t.dtype == torch.float32
@@ -497,7 +496,7 @@ def test_summary_rows():
     table = fm.summary(spec, (7, 3))
     (row,) = table.rows
     assert (row.path, row.type, row.out_shape) == ("", "LSTM", ((7, 8), ((4, 4), (4, 4))))
-    assert row.params == table.trainable == sum(t.numel() for t in twin(spec).parameters())
+    assert row.params == table.trainable == sum(t.numel() for t in torch_twin_of(spec).parameters())
     chain = fm.summary(nn.Sequential(nn.Linear(2, 3), nn.GRUCell(hidden_size=5)), (2,))
     assert [(r.path, r.out_shape, r.params) for r in chain.rows] == [
         ("", (5,), 9 + 150),
@@ -567,16 +566,6 @@ def test_config_names():
     assert spec["layer_1"] == nn.GRU(6, 4, batch_first=True)
     with pytest.raises(ValueError, match=r"config\[0\].*LSTM: proj_size must be smaller"):
         fm.from_config([{"type": "lstm", "params": {"hidden_size": 4, "proj_size": 4}}])
-
-
-def test_save_and_load(tmp_path):
-    spec = nn.LSTM(3, 4, 2, bidirectional=True, proj_size=3)
-    params, _ = randomised(spec, 0)
-    fm.save(tmp_path / "m.safetensors", params)
-    loaded, _ = fm.load(tmp_path / "m.safetensors")
-    assert loaded.spec == spec
-    x = example_input((5, 2, 3))
-    assert_trees_close(fm.apply(loaded, x), fm.apply(params, x), atol=0, rtol=0)
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -671,36 +660,7 @@ def test_bad_cell_inputs_name_the_layer():
 
 # -- torch.nn bridge -------------------------------------------------------------------------
 
-BRIDGE_SPECS = [
-    nn.RNN(3, 4, 2, "relu", True, True, 0.0, True),
-    nn.LSTM(3, 4, 2, bias=False, proj_size=2, bidirectional=True),
-    nn.GRU(3, 4, 3),
-    nn.RNNCell(3, 4),
-    nn.LSTMCell(3, 4, bias=False),
-    nn.GRUCell(3, 4),
-]
-
-
-@pytest.mark.parametrize("spec", BRIDGE_SPECS, ids=repr)
-def test_to_module_and_back(spec):
-    params, _ = randomised(spec, 0, dtype=torch.float64)
-    module = transforms.to_module(params)
-    assert type(module) is type(twin(spec))
-    assert list(module.state_dict()) == list(fm.to_state_dict(params))
-    cell = isinstance(spec, (nn.RNNCell, nn.LSTMCell, nn.GRUCell))
-    x = (
-        example_input((2, 3), dtype=torch.float64)
-        if cell
-        else sequence(spec, 5, 2, 1, torch.float64)
-    )
-    hx = random_hx(spec, 2, 3, torch.float64)
-    with torch.no_grad():
-        assert_trees_close(module(x), fm.apply(params, x), **F64)
-        assert_trees_close(module(x, hx), fm.apply(params, (x, hx)), **F64)
-    back, state = transforms.from_module(module)
-    assert back.spec == spec and state.flat() == {}
-    for name, t in params.flat().items():
-        assert torch.equal(back[name], t) and back[name].dtype == t.dtype, name
+# Configs, files and the torch.nn round trips: tests/test_contract.py.
 
 
 def test_from_module_reads_torch_built_layers():
@@ -723,36 +683,6 @@ def test_from_module_reads_torch_built_layers():
 
 
 # -- compile ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_compiles_to_one_graph_with_the_eager_output():
-    """A few steps only: torch.compile unrolls the loop over time."""
-    spec = nn.Sequential(
-        nn.GRU(3, 4, 2, dropout=0.5, bidirectional=True, batch_first=True),
-    )
-    params = fm.init(fm.key(0), spec)
-    x = example_input((2, 3, 3))
-    lengths = torch.tensor([3, 2])
-
-    def train_step(p, x, lengths, key):
-        return fm.apply(p, (x, None, lengths), key=key, train=True)
-
-    torch._dynamo.reset()
-    try:
-        for fn, args in (
-            (fm.apply, (params, x)),
-            (train_step, (params, x, lengths, fm.key(1))),
-            (fm.apply, (fm.init(fm.key(0), nn.LSTMCell(3, 4)), x[0])),
-        ):
-            explained = torch._dynamo.explain(fn)(*args)
-            assert explained.graph_break_count == 0, explained.break_reasons
-            assert explained.graph_count == 1
-            torch._dynamo.reset()
-            compiled = torch.compile(fn, fullgraph=True)
-            assert_trees_close(compiled(*args), fn(*args), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("kind", sorted(SEQUENCE_KINDS))

@@ -5,9 +5,10 @@
   :func:`register_converter` teaches both directions a new layer type (``_module.py``);
 * one converter table per layer family: linear and convolution, norms, activations and
   dropout, pools, reshaping and resampling, containers, recurrent, sequence and
-  attention, sparse (``_linear_conv.py`` ... ``_sparse.py``), each registered by the one
-  loop of ``_twins.py`` where the layers are field-by-field twins; the module classes
-  some specs become (:class:`ResidualBlockModule`, :class:`BilinearModule`, ...);
+  attention, sparse, Repeat (``_linear_conv.py`` ... ``_sparse.py``, ``_repeat.py``),
+  each registered by the one loop of ``_twins.py`` where the layers are field-by-field
+  twins; the module classes some specs become (:class:`ResidualBlockModule`,
+  :class:`BilinearModule`, ...);
 * :class:`TorchModule`: any torch module as a layer, run by ``functional_call``
   (``opaque.py``; its skeleton in ``_skeleton.py``); :func:`register_module_class`
   lets files name a module class (``_recipes.py``, with the trust model); where
@@ -25,6 +26,7 @@ from . import (  # noqa: F401
     _norm,
     _pool,
     _recurrent,
+    _repeat,
     _reshape,
     _sequence,
     _sparse,
@@ -34,6 +36,7 @@ from ._fuse import FoldedBatchNorm1d, FoldedBatchNorm1dModule, fold_batchnorm, f
 from ._linear_conv import BilinearModule
 from ._module import FunctionalModule, from_module, register_converter, to_module
 from ._recipes import register_module_class, unregister_module_class
+from ._repeat import RepeatModule
 from ._reshape import RearrangeModule, ReduceModule
 from ._sequence import MultiheadAttentionModule
 from ._sparse import CompressedLinearModule, SparseLinearModule
@@ -48,6 +51,7 @@ __all__ = [
     "MultiheadAttentionModule",
     "RearrangeModule",
     "ReduceModule",
+    "RepeatModule",
     "ResidualBlockModule",
     "SparseLinearModule",
     "TorchModule",

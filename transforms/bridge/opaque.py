@@ -196,7 +196,10 @@ class TorchModule(fm.Spec):
     # -- shapes and files -------------------------------------------------------------
     def out_shape(self, in_shape, path: str = "", record: dict | None = None):
         if any(not isinstance(s, int) for s in in_shape):
-            return super().out_shape(in_shape, path, record)
+            # the module's forward is opaque: from an unknown input, the output is unknown
+            # too, which lets a config chain through the layer (as through one without a
+            # shape rule) rather than refusing it
+            return (...,)
         skeleton = self.skeleton
         meta = {n: torch.empty(s, dtype=d, device="meta") for n, (s, d) in skeleton.params.items()}
         meta.update(skeleton.constants_on(torch.device("meta")))

@@ -155,11 +155,11 @@ def test_different_keys_give_different_draws():
 def test_same_draws_in_a_fresh_process():
     # A different PYTHONHASHSEED proves nothing depends on Python's salted hash().
     code = (
-        "import funcmodels as fm; from tests.test_random import _draws; "
+        "import funcmodels as fm; from tests.random.test_keys import _draws; "
         "print({n: t.tolist() for n, t in _draws(fm.key(2024)).items()})"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     res = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True
     )
