@@ -142,6 +142,21 @@ def test_with_spec_keeps_the_layout_of_stacked_trees_and_state():
     assert state.with_spec(nn.BatchNorm1d(3, momentum=0.5))["running_var"] is state["running_var"]
 
 
+def test_with_spec_turns_stack_params_into_repeat_params():
+    """The same stacked tensors, run in sequence: member i on member i - 1's output."""
+    block = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    stack = fm.init(fm.key(0), nn.Stack(block, 3))
+    repeat = stack.with_spec(nn.Repeat(block, 3))
+    assert repeat.spec == nn.Repeat(block, 3) and repeat["0.weight"] is stack["0.weight"]
+    x = fm.random.normal(fm.key(1), (2, 4))
+    h = x
+    for i in range(3):
+        h = fm.apply(fm.tree.index(stack, i), h)
+    torch.testing.assert_close(fm.apply(repeat, x), h, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"'0\.weight'.*\(3, 4, 4\), expected \(4, 4, 4\)"):
+        stack.with_spec(nn.Repeat(block, 4))
+
+
 def test_with_spec_refuses_other_entries_shapes_and_non_specs():
     params = fm.init(fm.key(0), mlp())
     with pytest.raises(
