@@ -38,10 +38,14 @@ LANGUAGES = {"python", "bash", "text", "yaml", "json"}
 SKIPPED: dict[str, int] = {
     # fm.jit: the compile takes 20-70 s on a 2-core CPU (tests/test_jit.py covers it)
     "docs/guides/training.md": 1,
+    # torch.compile of the int8 program with inductor's freezing: a long compile
+    "docs/guides/deployment.md": 1,
 }
 
 # Pages whose blocks compile or export (seconds each): full suite only.
-SLOW: set[str] = set()
+SLOW = {
+    "docs/guides/deployment.md",  # torch.export and torchao's QAT flow
+}
 
 INSTALL = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
