@@ -40,6 +40,8 @@ SKIPPED: dict[str, int] = {
     "docs/guides/training.md": 1,
     # torch.compile of the int8 program with inductor's freezing: a long compile
     "docs/guides/deployment.md": 1,
+    # a torchrun script: it needs a process group of several processes
+    "docs/guides/distributed.md": 1,
 }
 
 # Pages whose blocks compile or export (seconds each): full suite only.
