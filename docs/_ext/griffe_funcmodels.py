@@ -8,6 +8,9 @@ importing it, so it sees no ``__init__`` and the reference would show no argumen
 extension gives each such class the ``__init__`` it has at run time: the dataclass fields
 of the class and its dataclass parents, in declared order.
 
+A class that defines ``__new__`` and no ``__init__`` (``fm.Spec``) is documented with
+``__new__``'s arguments, which are what a call takes.
+
 **Roles.** The docstrings cross-reference in Sphinx's way (``:func:`~funcmodels.apply```),
 which Markdown would print as it is; each role becomes inline code of its target (the
 last component where Sphinx's ``~`` asks for it).
@@ -69,12 +72,29 @@ def _constructor(cls: griffe.Class) -> None:
     cls.set_member("__init__", init)
 
 
+def _from_new(cls: griffe.Class) -> None:
+    new = cls.members["__new__"]
+    self, *rest = new.parameters
+    init = griffe.Function(
+        "__init__",
+        lineno=0,
+        endlineno=0,
+        parent=cls,
+        parameters=griffe.Parameters(griffe.Parameter("self", kind=self.kind), *rest),
+        returns="None",
+    )
+    cls.set_member("__init__", init)
+
+
 def _walk(obj: griffe.Module | griffe.Class, seen: set[str]) -> None:
     if obj.path in seen:
         return
     seen.add(obj.path)
-    if isinstance(obj, griffe.Class) and any(_is(d, "torch_signature") for d in obj.decorators):
-        _constructor(obj)
+    if isinstance(obj, griffe.Class):
+        if any(_is(d, "torch_signature") for d in obj.decorators):
+            _constructor(obj)
+        elif "__new__" in obj.members and "__init__" not in obj.members:
+            _from_new(obj)
     for member in obj.members.values():
         if not member.is_alias and (member.is_module or member.is_class):
             _walk(member, seen)
