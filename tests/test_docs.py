@@ -237,3 +237,10 @@ def test_every_public_name_has_its_reference_entry(tmp_path):
             if f">{public}</code></a>" not in html:
                 missing.append(f"transforms.{public}")
     assert not missing, missing
+    # The layer specs show the constructor torch_signature gives them (docs/_ext), in
+    # torch's order, and the docstrings' Sphinx roles are printed as code.
+    text = re.sub(r"<[^>]+>", "", (tmp_path / "api" / "nn" / "index.html").read_text())
+    assert "Linear(in_features: int | None = None, out_features: int, bias: bool = True)" in (
+        text.replace("&gt;", ">")
+    )
+    assert ":class:" not in text
