@@ -1,31 +1,15 @@
-"""The examples run end to end, and the README's commands and snippets stay true."""
+"""The examples run end to end (the README's commands and snippets: tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import importlib
 import re
-import sys
-import types
 
 import pytest
 import torch
 
 import funcmodels as fm
 from tests.helpers import ROOT, parse_float, run_example
-
-README = ROOT / "README.md"
-
-INSTALL = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
-    'pip install -e ".'
-)
-QUICKSTART_COMMAND = INSTALL + '[examples]" && python examples/quickstart.py'
-TEST_COMMAND = INSTALL + '[test]" && python -m pytest -q'
-
-
-def code_blocks(text: str) -> list[tuple[str, str]]:
-    """Fenced code blocks of a markdown text as ``(language, code)``, in order."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def import_example(monkeypatch, name: str):
@@ -127,29 +111,6 @@ def test_early_exit_example_saves_compute_per_sample(tmp_path):
     assert match, out
     assert match.group(2) is None or float(match.group(2)) >= blocks, out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_readme_starts_with_the_two_commands():
-    blocks = code_blocks(README.read_text())
-    assert [lang for lang, _ in blocks[:2]] == ["bash", "bash"]
-    assert [code.strip() for _, code in blocks[:2]] == [QUICKSTART_COMMAND, TEST_COMMAND]
-
-
-def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys, scratch_registry):
-    snippets = [code for lang, code in code_blocks(README.read_text()) if lang == "python"]
-    assert len(snippets) >= 8
-    # The snippets form one session, as a reader would paste them, in a module of their
-    # own (dataclasses look their module up); files land in tmp_path.
-    monkeypatch.chdir(tmp_path)
-    module = types.ModuleType("readme")
-    monkeypatch.setitem(sys.modules, "readme", module)
-    namespace = module.__dict__
-    for i, code in enumerate(snippets):
-        exec(compile(code, f"README.md python block {i}", "exec"), namespace)
-    printed = capsys.readouterr().out
-    # The shapes the README promises in its comments are the ones printed.
-    promised = re.findall(r"# (torch\.Size\(\[[0-9, ]+\]\))", "".join(snippets))
-    assert promised and printed.split() == " ".join(promised).split()
 
 
 def test_dp_step_reduces_to_the_plain_step(dp):
