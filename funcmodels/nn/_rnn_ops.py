@@ -66,7 +66,7 @@ def _lstm_doubled_step(w_hh2: torch.Tensor, w_hr: torch.Tensor | None) -> Step:
 
     ``tanh(z) = 2 sigmoid(2 z) - 1``, so one sigmoid over all four gates gives ``i``,
     ``f``, ``o`` and ``(tanh(g) + 1) / 2``, and carrying ``2 c`` gives ``tanh(c)`` from a
-    sigmoid too: 8 ops a step instead of 11, none of them a ``tanh`` (which torch's CPU
+    sigmoid too: 8 computing ops a step instead of 10, no ``tanh`` (which torch's CPU
     kernel computes about 5x slower than a sigmoid). With ``s_g = sigmoid(2 g)`` and
     ``s_c = sigmoid(2 c')``: ``2 c' = f (2 c) - 2 i + 4 i s_g`` and ``h' = 2 o s_c - o``.
     Each ``2 sigmoid(2 z) - 1`` is within about 2e-7 of ``tanh(z)`` in float32.
