@@ -30,7 +30,7 @@ Outputs are checked equal (``rtol=1e-5, atol=1e-5``: different kernels round dif
 before anything is timed. The target is on the compiled pair; the eager ratios are
 reported as they are.
 
-Run: ``python benchmarks/lstm.py [--quick] [--threads 2] [--steps 128]``; with
+Run: ``python benchmarks/lstm.py [--quick] [--threads 2] [--cpu-time] [--steps 128]``; with
 ``--profile 1``, the operators of the eager scan by time (torch.profiler) are printed too.
 """
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.quick else 15)
     fns = contenders(args.steps)
     print(f"outputs equal on all sides (rtol={RTOL}, atol={ATOL})")
-    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1)
+    timings = time_interleaved(fns, repeats=repeats, min_sample_s=0.1, clock=args.clock)
     what = (
         f"LSTM {LAYERS}x{HIDDEN}, input {INPUT}, batch {BATCH} x {args.steps} steps, eval, "
         f"no_grad, CPU, {args.threads} threads"

@@ -51,7 +51,7 @@ from ._rnn_ops import (
     _gru_step,
     _init_uniform,
     _initial_state,
-    _lstm_step,
+    _lstm_scan,
     _resolve,
     _rnn_step,
     _scan,
@@ -251,6 +251,14 @@ class _Recurrent(Spec):
             states = [s.squeeze(1) for s in states]
         return output, (states[0] if len(states) == 1 else tuple(states))
 
+    def _scan_layer(self, ctx: Context, layer: int, sfx: str, x: torch.Tensor, state, *how):
+        """One layer and direction of the scan on ``x`` ``(L, N, H_in)`` from ``state``
+        (``how``: :func:`_scan`'s ``mask, reverse, time_dim``): the input projection of
+        every step in one product, then the cell step by step."""
+        w_ih = ctx.param(f"weight_ih_l{layer}{sfx}")
+        xp = F.linear(x, w_ih, self._projection_bias(ctx, layer, sfx))
+        return _scan(self._step(ctx, layer, sfx), xp, state, *how)
+
     def _fused(self, ctx: Context, input: torch.Tensor, initial: tuple, batch_major: bool):
         """torch's own kernel (``torch.lstm``, ...; oneDNN on the CPU), as ``nn.LSTM`` calls
         it: ``input`` is ``(L, N, H_in)``; the output is ``(N, L, *)`` if ``batch_major``."""
@@ -281,14 +289,9 @@ class _Recurrent(Spec):
             time_dim = 1 if last and batch_major else 0
             outs = []
             for direction, sfx in enumerate(self._suffixes()):
-                xp = F.linear(
-                    layer_in,
-                    ctx.param(f"weight_ih_l{layer}{sfx}"),
-                    self._projection_bias(ctx, layer, sfx),
-                )
                 state = tuple(s[layer * directions + direction] for s in initial)
-                step = self._step(ctx, layer, sfx)
-                out, state = _scan(step, xp, state, mask, direction == 1, time_dim)
+                how = (mask, direction == 1, time_dim)
+                out, state = self._scan_layer(ctx, layer, sfx, layer_in, state, *how)
                 outs.append(out)
                 finals.append(state)
             out = outs[0] if directions == 1 else torch.cat(outs, -1)
@@ -436,9 +439,11 @@ class LSTM(_Recurrent):
     def _state_sizes(self) -> tuple[int, ...]:
         return (self._out_size, self.hidden_size)
 
-    def _step(self, ctx: Context, layer: int, sfx: str) -> Step:
+    def _scan_layer(self, ctx, layer, sfx, x, state, *how):
+        w_ih, w_hh = (ctx.param(f"weight_{n}_l{layer}{sfx}") for n in ("ih", "hh"))
         w_hr = ctx.param(f"weight_hr_l{layer}{sfx}") if self.proj_size else None
-        return _lstm_step(ctx.param(f"weight_hh_l{layer}{sfx}"), w_hr)
+        bias = self._projection_bias(ctx, layer, sfx)
+        return _lstm_scan(x, state, how, w_ih, w_hh, bias, w_hr)
 
     def _fused_op(self):
         return torch.lstm
