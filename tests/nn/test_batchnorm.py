@@ -6,8 +6,9 @@ alongside and compared in eval mode; torch's autograd; a loop of single-sample g
 for vmap(grad). Tolerances: outputs exact where both sides call the same kernel
 (``atol=1e-6, rtol=1e-6`` where eval follows train-mode statistics); BatchNorm's running
 statistics in eager mode exact (the same kernel updates them), InstanceNorm's ``atol=1e-6,
-rtol=1e-6`` (same formula, the reduction order may differ by a rounding step); per-sample gradients ``atol=1e-5, rtol=1e-4``. Configs, files, the torch.nn round
-trip and compile: tests/test_contract.py.
+rtol=1e-6`` (same formula, the reduction order may differ by a rounding step);
+per-sample gradients ``atol=1e-5, rtol=1e-4``. Configs, files, the torch.nn round trip
+and compile: tests/test_contract.py.
 """
 
 from __future__ import annotations
