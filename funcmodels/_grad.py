@@ -121,7 +121,10 @@ def _plain(fn: Callable, nums: tuple[int, ...], has_aux: bool, args, kwargs):
             grads = torch.autograd.grad(value, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
     out = tuple(rebuild(grads[a:b]) for a, b, rebuild in rebuilds)
-    aux = pytree.tree_map(_detach_aux, aux) if has_aux else None
+    if has_aux:
+        # A State (a model's new buffers) or a tensor skips pytree's generic walk.
+        flat, rebuild = _flatten(aux)
+        aux = rebuild([_detach_aux(t) for t in flat])
     return out, value.detach(), aux
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import random as _random
+from ..random._samplers import keep_mask
 
 Mask = torch.Tensor | None
 
@@ -43,11 +43,11 @@ def _causal_mask(size_q: int, size_k: int, dtype: torch.dtype, device) -> torch.
 
 
 def _dropout(key: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
-    """:class:`~funcmodels.nn.Dropout`'s formula with an explicit key."""
+    """:class:`~funcmodels.nn.Dropout`'s mask rule and formula with an explicit key."""
     if p == 1.0:
         return x * 0.0
-    keep = _random.bernoulli(key, 1.0 - p, x.shape, device=x.device)
-    return x * (keep.to(x.dtype) / (1.0 - p))
+    keep = keep_mask(key, 1.0 - p, tuple(x.shape), device=x.device)
+    return x * keep.to(x.dtype).div_(1.0 - p)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -148,10 +148,44 @@ class _BatchNorm(_ChannelNorm):
             mean, var = ctx.buffer("running_mean"), ctx.buffer("running_var")
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         self._check_batch(x)
+        if track and x.numel() and self._one_pass(ctx, x):
+            return self._train_one_pass(ctx, x, weight, bias)
         # No running tensors go in, so nothing is mutated; the update is computed below.
         out = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
         if track:
             self._update_stats(ctx, x.detach())
+        return out
+
+    def _one_pass(self, ctx: Context, x: torch.Tensor) -> bool:
+        """Whether ``F.batch_norm`` can update copies of the running statistics itself.
+
+        Eager only, outside vmap: functorch's batch-norm rule refuses running statistics
+        that are not batched like the input, and under torch.compile the vmap query
+        cannot be traced. The dtypes must agree, since the kernel keeps the statistics
+        in their own dtype where the two-pass rule converts the batch's.
+        """
+        if torch.compiler.is_compiling():
+            return False
+        mean, var = ctx.buffer("running_mean"), ctx.buffer("running_var")
+        return (
+            mean.dtype == var.dtype == x.dtype
+            and not under_vmap(x)
+            and not under_vmap(mean)
+            and not under_vmap(var)
+        )
+
+    def _train_one_pass(self, ctx: Context, x, weight, bias) -> torch.Tensor:
+        """Train mode in one pass over ``x``, as torch.nn: the kernel that normalises also
+        moves the running statistics, here copies of the given ones (never mutated)."""
+        count = ctx.buffer("num_batches_tracked") + 1
+        # momentum None: the cumulative average, with torch.nn's factor read on the host.
+        m = 1.0 / float(count) if self.momentum is None else self.momentum
+        mean = ctx.buffer("running_mean").clone()
+        var = ctx.buffer("running_var").clone()
+        out = F.batch_norm(x, mean, var, weight, bias, True, m, self.eps)
+        ctx.set_buffer("num_batches_tracked", count)
+        ctx.set_buffer("running_mean", mean)
+        ctx.set_buffer("running_var", var)
         return out
 
     def _update_stats(self, ctx: Context, x: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .. import random as _random
 from .._shapes import Shape
 from .._spec import Context, Spec
+from ..random._samplers import keep_mask
 from ._check import (
     boolean,
     non_negative_int,
@@ -210,8 +211,10 @@ class _Recurrent(Spec):
         if p == 1.0:
             # A product rather than new zeros, as torch, so NaN and inf still propagate.
             return out * 0.0
-        keep = _random.bernoulli(_random.fold_in(ctx.key(), layer), 1.0 - p, out.shape)
-        return out * (keep.to(device=out.device, dtype=out.dtype) / (1.0 - p))
+        # Dropout's mask rule (16 bits an entry), as every dropout mask.
+        k = _random.fold_in(ctx.key(), layer)
+        keep = keep_mask(k, 1.0 - p, tuple(out.shape), device=out.device)
+        return out * keep.to(out.dtype).div_(1.0 - p)
 
     def forward(self, ctx: Context, x: Any) -> Any:
         input, hx, lengths = _unpack(x, 3, "input, (input, hx) or (input, hx, lengths)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -181,8 +182,9 @@ def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -
         c3, p0 = p0, c3
 
 
-def _philox_numpy(keys, start: int, stream: int, m: int) -> np.ndarray:
-    """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` ``uint64``.
+def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.ndarray:
+    """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` words of
+    ``dtype`` (``uint64``, or ``uint32``, into which the last round casts its words).
 
     The CPU's eager path, with the savings of :func:`_philox_inplace`, in numpy's
     ``uint64`` ufuncs: a ufunc call costs a fraction of a microsecond where a torch op
@@ -193,7 +195,7 @@ def _philox_numpy(keys, start: int, stream: int, m: int) -> np.ndarray:
     u = np.uint64
     mask, m0, m1, s32 = u(_MASK), u(_M0), u(_M1), u(32)
     c0, c1, c2, c3, p0, p1 = np.empty((6, m), dtype=np.uint64)
-    out = np.empty((m, 4), dtype=np.uint64)
+    out = np.empty((m, 4), dtype=dtype)
     (k0, k1), (k0b, k1b) = keys[0], keys[1]
     np.multiply(np.arange(start, start + m, dtype=np.uint64), m0, out=p0)
     np.bitwise_xor(np.right_shift(p0, s32, out=c2), u(k1), out=c2)
@@ -203,20 +205,28 @@ def _philox_numpy(keys, start: int, stream: int, m: int) -> np.ndarray:
     np.bitwise_and(np.bitwise_xor(p0, u((q0 >> 32) ^ k1b), out=c2), mask, out=c2)
     c1, p1 = p1, c1
     c3.fill(q0 & _MASK)
+    wide = dtype == np.uint64
     for r, (k0, k1) in enumerate(keys[2:], start=2):
         last = r == len(keys) - 1
         np.multiply(c0, m0, out=p0)
         np.multiply(c2, m1, out=p1)
-        n0, n2 = (out[:, 0], out[:, 2]) if last else (c0, c2)
+        n0, n2 = (out[:, 0], out[:, 2]) if last and wide else (c0, c2)
         np.bitwise_xor(np.right_shift(p1, s32, out=n0), c1, out=n0)
-        np.bitwise_and(np.bitwise_xor(n0, u(k0), out=n0), mask, out=n0)
         np.bitwise_xor(np.right_shift(p0, s32, out=n2), c3, out=n2)
-        np.bitwise_and(np.bitwise_xor(n2, u(k1), out=n2), mask, out=n2)
-        if last:
-            np.bitwise_and(p1, mask, out=out[:, 1])
-            np.bitwise_and(p0, mask, out=out[:, 3])
+        np.bitwise_xor(n0, u(k0), out=n0)
+        np.bitwise_xor(n2, u(k1), out=n2)
+        if wide or not last:
+            np.bitwise_and(n0, mask, out=n0)
+            np.bitwise_and(n2, mask, out=n2)
         c1, p1 = p1, c1
         c3, p0 = p0, c3
+    if wide:
+        np.bitwise_and(c1, mask, out=out[:, 1])
+        np.bitwise_and(c3, mask, out=out[:, 3])
+    else:
+        # numpy's integer casts wrap: the cast into uint32 is the mask.
+        for col, word in enumerate((c0, c1, c2, c3)):
+            out[:, col] = word
     return out
 
 
@@ -287,6 +297,31 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
                     out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
             out[start * per_block : stop * per_block] = values
     return out[:n]
+
+
+def halves_below(k: torch.Tensor, n: int, below: int, device) -> torch.Tensor | None:
+    """``n`` booleans ``h < below`` of the words' 16-bit halves ``h`` read as ``int16``,
+    in element order (block by block, each word's low half first), made in numpy alone;
+    ``None`` where this path does not run (see :func:`generate`), or on a big-endian host.
+
+    Dropout's masks on the CPU: the rounds cast their last words into ``uint32``, numpy
+    compares an ``int16`` view of them, and the booleans become a tensor without a copy
+    (no torch op, so no inference-mode scratch and no copy out of it).
+    """
+    device = k.device if device is None else torch.device(device)
+    n_blocks = -(-n // 8)
+    m = min(_CHUNK, n_blocks)
+    if sys.byteorder != "little" or not (n_blocks and is_plain(k)):
+        return None
+    if device.type != "cpu" or k.device.type != "cpu" or not _numpy_path(device, m):
+        return None
+    keys = _round_keys(*k.tolist())
+    out = np.empty((n_blocks, 8), dtype=np.bool_)
+    for start in range(0, n_blocks, _CHUNK):
+        stop = min(n_blocks, start + _CHUNK)
+        words = _philox_numpy(keys, start, _STREAM_BITS, stop - start, np.uint32)
+        np.less(words.view(np.int16), below, out=out[start:stop])
+    return torch.from_numpy(out.reshape(-1)[:n])
 
 
 def _numpy_path(device: torch.device, m: int) -> bool:

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ._philox import Shape, _draw, _numel, check_key, generate, is_plain
+from ._philox import Shape, _draw, _numel, check_key, generate, halves_below, is_plain
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
@@ -280,6 +280,9 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
     if threshold >= 65536:
         return torch.ones(shape, dtype=torch.bool, device=k.device if device is None else device)
     signed = threshold - 32768
+    host = halves_below(k, n, signed, device)
+    if host is not None:
+        return host.reshape(shape)
 
     def convert(words: torch.Tensor) -> torch.Tensor:
         if is_plain(words) and sys.byteorder == "little":
