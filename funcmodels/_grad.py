@@ -235,7 +235,13 @@ def grad(
 # The jitted call running on this thread, so that dynamo's compile-start callback (one per
 # frame compiled) can count its compiles.
 _ACTIVE = threading.local()
-_CALLBACK = []
+def _count_compiles() -> None:
+    """Register the compile counter with dynamo unless it is registered: checked at each
+    call, since ``torch._dynamo.reset()`` clears every callback (a step jitted before a
+    reset would otherwise stop warning of its recompiles)."""
+    handler = torch._dynamo.callback_handler
+    if _on_compile_start not in getattr(handler, "start_callbacks", ()):
+        handler.register_start_callback(_on_compile_start)
 
 
 def _on_compile_start(*args: Any) -> None:
@@ -308,9 +314,6 @@ class _Jitted:
     def __init__(self, fn: Callable[..., Any], name: str, compile_kwargs: dict[str, Any]):
         import torch._dynamo  # noqa: F401  (its exceptions and records; slow to import)
 
-        if not _CALLBACK:
-            torch._dynamo.callback_handler.register_start_callback(_on_compile_start)
-            _CALLBACK.append(_on_compile_start)
         self.fn = fn
         self.name = name
         traced = _traced(fn, name)
@@ -324,6 +327,7 @@ class _Jitted:
         from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported, UserError
         from torch._dynamo.utils import guard_failures
 
+        _count_compiles()
         seen = len(guard_failures.get(self.code, ()))
         before, previous = self.compiles, getattr(_ACTIVE, "state", None)
         _ACTIVE.state = self

@@ -112,6 +112,9 @@ def test_a_data_dependent_branch_names_its_cause_and_line():
 
 
 def test_a_recompile_warns_once_per_new_shape():
+    # dynamo remembers, per function and process, which sizes it saw change: an earlier
+    # test's step over other batch sizes would make this batch size dynamic from the start
+    torch._dynamo.reset()
     params, x, y = _problem(16)
     count = _Count()
     step = fm.jit(_sgd_step, backend=count)
@@ -129,6 +132,18 @@ def test_a_recompile_warns_once_per_new_shape():
         step(params, x8, y8, k)  # seen: no compile
         step(params, x[:4], y[:4], k)  # dynamo made the batch size dynamic at the recompile
     assert count.graphs == 2
+
+
+def test_a_recompile_warns_after_dynamo_is_reset():
+    """``torch._dynamo.reset()`` clears dynamo's callbacks, fm.jit's compile counter
+    among them; a step jitted before the reset still warns of its recompiles."""
+    params, x, y = _problem(16)
+    step = fm.jit(_sgd_step, backend=_Count())
+    torch._dynamo.reset()
+    k = fm.key(1)
+    step(params, x, y, k)
+    with pytest.warns(UserWarning, match=r"fm.jit\(_sgd_step\): recompiling.*\(8, 6\)"):
+        step(params, x[:8], y[:8], k)
 
 
 def test_vmap_of_a_step_is_traced_not_run_eagerly():
