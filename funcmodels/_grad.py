@@ -235,6 +235,8 @@ def grad(
 # The jitted call running on this thread, so that dynamo's compile-start callback (one per
 # frame compiled) can count its compiles.
 _ACTIVE = threading.local()
+
+
 def _count_compiles() -> None:
     """Register the compile counter with dynamo unless it is registered: checked at each
     call, since ``torch._dynamo.reset()`` clears every callback (a step jitted before a
