@@ -320,10 +320,35 @@ def validate_entries(
             problems.append(f"'{k}': expected a floating dtype, got {t.dtype}")
         if dtype is not None and t.dtype != dtype:
             problems.append(f"'{k}': expected dtype {dtype}, got {t.dtype}")
+        if dtype is None and k in want_state and not t.dtype.is_floating_point:
+            problems.append(f"'{k}': expected a floating dtype (the params'), got {t.dtype}")
+    problems += _mixed_dtypes(spec, entries)
     if problems:
         raise ValueError(
             f"{where}: entries do not match the spec {spec.type_name}: " + "; ".join(problems)
         )
+
+
+def _mixed_dtypes(spec: Spec, entries: Mapping[str, Any]) -> list[str]:
+    """One problem per layer whose params and param-typed buffers hold more than one
+    floating dtype (a float32 weight with a float64 bias fails only at the first apply)."""
+    problems = []
+    for prefix, s in spec.walk():
+        names = list(s.param_shapes())
+        names += [n for n, (_, dtype) in s.state_shapes().items() if dtype is None]
+        found = {
+            prefix + n: entries[prefix + n].dtype
+            for n in names
+            if isinstance(entries.get(prefix + n), torch.Tensor)
+            and entries[prefix + n].dtype.is_floating_point
+        }
+        if len(set(found.values())) > 1:
+            shown = ", ".join(f"'{k}' {d}" for k, d in found.items())
+            problems.append(
+                f"layer '{layer_name(prefix)}' mixes floating dtypes ({shown}); a layer's "
+                "params and buffers share one dtype (convert with params.to(dtype))"
+            )
+    return problems
 
 
 def from_state_dict(spec: Spec, state_dict: Mapping[str, torch.Tensor]) -> tuple[Params, State]:

@@ -7,6 +7,8 @@ a default, so a layer overrides only what it has:
 
 Structure
     ``children()``: named child specs, in parameter order (composites only).
+    ``layer_count()``: how many layers the spec stands for; a layer with a count field
+    (``n``, ``num_layers``) multiplies it in, so the budget of files and configs holds.
     ``param_shapes()`` / ``init_params(key, *, dtype, device)``: its own trainable tensors.
     ``state_shapes()`` / ``init_state(key, *, dtype, device)``: its own buffers.
 
@@ -237,6 +239,36 @@ class Spec:
             prefix, spec = stack.pop()
             yield prefix, spec
             stack.extend((f"{prefix}{n}.", c) for n, c in reversed(spec.children()))
+
+    def layer_count(self) -> int:
+        """How many layers this spec stands for: itself and, recursively, its children.
+
+        A layer whose count field repeats a child or a block of tensors (``Stack`` and
+        ``Repeat``'s ``n``, the ``num_layers`` of the recurrent and transformer stacks)
+        overrides this to multiply the count in, without building what it counts. Files and
+        configs hold at most :data:`funcmodels._encode.MAX_LAYERS`, and every count-holding
+        layer checks this at construction, so a document of a few bytes cannot make
+        :func:`funcmodels.load` or :func:`funcmodels.from_config` build 10^9 children.
+        Computed once per spec object.
+
+        Returns:
+            a positive int (1 for a layer without children).
+        """
+
+        def make() -> int:
+            # Iterative over plain composites (a deep Sequential never exhausts the stack);
+            # a layer with its own rule counts its subtree itself.
+            total, stack = 1, [c for _, c in self.children()]
+            while stack:
+                s = stack.pop()
+                if type(s).layer_count is Spec.layer_count:
+                    total += 1
+                    stack.extend(c for _, c in s.children())
+                else:
+                    total += s.layer_count()
+            return total
+
+        return cached(self, "_fm_layer_count", make)
 
     def has_state(self) -> bool:
         return any(s.state_shapes() for _, s in self.walk())

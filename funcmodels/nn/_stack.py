@@ -13,7 +13,7 @@ from .. import random as _random
 from .._context import Context, cached
 from .._shapes import MemberFirst, Shape, rank_known, show
 from .._spec import Spec, expected_entries, init_tree
-from ._check import positive_int
+from ._check import positive_int, within_layer_budget
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Stack(Spec):
                 f"{type(self.spec).__name__}"
             )
         positive_int("Stack", "n", self.n)
+        within_layer_budget(self, "n")
         if self.in_axis is not None and (
             isinstance(self.in_axis, bool) or not isinstance(self.in_axis, int) or self.in_axis
         ):
@@ -66,6 +67,10 @@ class Stack(Spec):
                 f"Stack: in_axis must be None (every member sees the same input) or 0 "
                 f"(member i sees x[i]), got {self.in_axis!r}"
             )
+
+    def layer_count(self) -> int:
+        """Itself and ``n`` members."""
+        return 1 + self.n * self.spec.layer_count()
 
     # -- tensors ------------------------------------------------------------------------
     def param_shapes(self):
