@@ -159,10 +159,13 @@ def clipped_grad(
                 f"transforms.dp.clipped_grad: expected Params first, got {type(params).__name__}"
             )
         layout = _layout(batch, kwargs)
-        if plan is None or plan.spec is not params.spec or plan.layout != layout:
-            plan = _make_plan(loss, params, batch, kwargs, bounds, layout)
-        per_group = [bounds] if plan.groups is None else list(bounds.values())
-        return _clipped(loss, params, batch, kwargs, plan, per_group)
+        # Read once: a call in another thread may replace the shared plan meanwhile, and
+        # this call must use the plan made for its own (spec, layout) key.
+        mine = plan
+        if mine is None or mine.spec is not params.spec or mine.layout != layout:
+            mine = plan = _make_plan(loss, params, batch, kwargs, bounds, layout)
+        per_group = [bounds] if mine.groups is None else list(bounds.values())
+        return _clipped(loss, params, batch, kwargs, mine, per_group)
 
     return clipped
 
