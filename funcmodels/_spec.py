@@ -43,6 +43,7 @@ Checkpoints
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -380,6 +381,42 @@ def _own(
     return out
 
 
+def _located_init(spec: Spec, prefix: str, init, shapes: dict, key, dtype, device) -> Any:
+    """``init(key, dtype=..., device=...)`` of one layer; a size no machine can hold is
+    refused before allocating, and an allocation that fails names the layer and its sizes."""
+    itemsize = dtype.itemsize
+    sizes = {n: math.prod(shape) * itemsize for n, shape in shapes.items()}
+    described = ", ".join(f"{n!r} {tuple(shapes[n])} ({_bytes(b)})" for n, b in sizes.items())
+    if any(b >= 2**63 for b in sizes.values()):
+        raise spec._error(
+            prefix,
+            f"its tensors of {dtype} cannot exist: {described}; a tensor holds under 2^63 "
+            "bytes (is a size wrong?)",
+        )
+    try:
+        return init(key, dtype=dtype, device=device)
+    except RuntimeError as e:
+        text = str(e)
+        if getattr(e, "_fm_located", False) or not ("allocat" in text or "overflow" in text):
+            raise
+        err = type(e)(
+            f"layer '{layer_name(prefix)}' ({spec.type_name}): could not allocate its "
+            f"tensors on {device}: {described}, {_bytes(sum(sizes.values()))} in all "
+            f"(init on device='meta' for shapes without memory): {text}"
+        )
+        err._fm_located = True
+        raise err from e
+
+
+def _bytes(n: int) -> str:
+    if n >= 10**15:
+        return f"about 2^{n.bit_length() - 1} bytes"
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def init_tree(
     spec: Spec, key: torch.Tensor, *, dtype: torch.dtype, device: torch.device, state: bool
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
@@ -394,14 +431,17 @@ def init_tree(
     stack = [("", spec, key)]
     while stack:
         prefix, s, k = stack.pop()
-        own = s.init_params(k, dtype=dtype, device=device)
+        shapes = s.param_shapes()
+        own = _located_init(s, prefix, s.init_params, shapes, k, dtype, device)
         params.update(
             (prefix + n, t)
-            for n, t in _own(s, prefix, own, s.param_shapes(), dtype, device, "init_params").items()
+            for n, t in _own(s, prefix, own, shapes, dtype, device, "init_params").items()
         )
         if buffers is not None:
-            own = s.init_state(k, dtype=dtype, device=device)
-            checked = _own(s, prefix, own, _state_shapes(s, prefix), dtype, device, "init_state")
+            shapes = _state_shapes(s, prefix)
+            sizes = {n: shape for n, (shape, _) in shapes.items()}
+            own = _located_init(s, prefix, s.init_state, sizes, k, dtype, device)
+            checked = _own(s, prefix, own, shapes, dtype, device, "init_state")
             buffers.update((prefix + n, t) for n, t in checked.items())
         stack.extend(
             (f"{prefix}{n}.", c, _random.fold_in(k, name_hash(n)))
