@@ -175,8 +175,11 @@ def run(
         x: a batch, or a single example wherever ``torch.nn`` accepts one.
         state: buffers from :func:`init_with_state`; required when the spec has any.
         key: PRNG key for stochastic layers (dropout) in train mode, on the input's
-            device.
-        train: train-mode semantics (dropout active, BatchNorm batch statistics).
+            device. **A key does not turn train mode on**: without ``train=True`` the
+            call is eval (no dropout, BatchNorm running statistics) and the key is unused.
+        train: train-mode semantics (dropout active, BatchNorm batch statistics); the
+            mode is only ever chosen by this flag (JAX libraries differ: in Flax a
+            ``deterministic`` flag, in Equinox the key's presence).
 
     Returns:
         ``Output(out, state, aux)``; ``state`` is a new :class:`State`, never the input
@@ -239,7 +242,11 @@ def apply(
     key: torch.Tensor | None = None,
     train: bool = False,
 ) -> Any:
-    """Apply the model and return its output only (see :func:`run`). Pure: nothing mutates."""
+    """Apply the model and return its output only (see :func:`run`). Pure: nothing mutates.
+
+    Eval mode unless ``train=True``, whether or not a ``key`` is given: for dropout, pass
+    both (``fm.apply(params, x, key=k, train=True)``).
+    """
     return run(params, x, state=state, key=key, train=train).out
 
 
