@@ -4,7 +4,8 @@ Every document is plain data, read without evaluating anything, and refused with
 ``ValueError`` naming the file (and the line or entry) when it is ambiguous or hostile:
 
 * a mapping that repeats a key (JSON and YAML alike: the last value would silently win);
-* a document over :data:`MAX_BYTES`, refused before it is parsed;
+* a document over :data:`MAX_BYTES` (YAML: :data:`MAX_YAML_BYTES`), refused before it
+  is parsed;
 * more than :data:`MAX_VALUES` values, counted as if every YAML alias were copied out (a
   few hundred bytes of nested aliases otherwise stand for 10^9 values);
 * an integer of more than :data:`MAX_DIGITS` digits (Python's own limit otherwise fails
@@ -23,8 +24,11 @@ import json
 import math
 from typing import Any
 
-#: the largest config or stored spec read, in bytes
+#: the largest JSON config or stored spec read, in bytes (read in well under 2 s)
 MAX_BYTES = 8 * 2**20
+#: the largest YAML config read, in bytes: PyYAML composes even with its C parser at
+#: about 30 us per node (NOTES.md), so 1 MiB (some 40,000 short entries) is read in ~1 s
+MAX_YAML_BYTES = 2**20
 #: the most values (scalars, lists and mappings, aliases counted as copies) one document holds
 MAX_VALUES = 2_000_000
 #: the most digits an integer of a document may have (sizes and counts need under 20)
@@ -38,12 +42,15 @@ def show_int(n: int) -> str:
     return f"{'-' if n < 0 else ''}about 10^{int(abs(n).bit_length() * math.log10(2))}"
 
 
-def check_size(size: int, where: str) -> None:
-    """Refuse a document of ``size`` bytes over :data:`MAX_BYTES`."""
-    if size > MAX_BYTES:
+def check_size(size: int, where: str, *, yaml: bool = False) -> None:
+    """Refuse a document of ``size`` bytes over :data:`MAX_BYTES` (:data:`MAX_YAML_BYTES`
+    for YAML)."""
+    limit = MAX_YAML_BYTES if yaml else MAX_BYTES
+    if size > limit:
+        kind = "YAML configs" if yaml else "JSON configs and stored specs"
         raise ValueError(
-            f"{where}: the document is {size} bytes; configs and stored specs are read up to "
-            f"{MAX_BYTES} bytes ({MAX_BYTES // 2**20} MiB)"
+            f"{where}: the document is {size} bytes; {kind} are read up to {limit} bytes "
+            f"({limit // 2**20} MiB)"
         )
 
 
@@ -208,7 +215,7 @@ def parse_yaml(text: str, where: str) -> Any:
     """
     import yaml
 
-    check_size(len(text.encode("utf-8")), where)
+    check_size(len(text.encode("utf-8")), where, yaml=True)
     loader = _yaml_loader(where)(text)
     try:
         node = loader.get_single_node()
