@@ -138,8 +138,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     objects; merge keys ``<<: *base`` merge), with PyYAML's C loader where it has one. What
     is ambiguous or hostile is refused with a ``ValueError`` naming the file (see
     :mod:`funcmodels._documents`): a mapping that repeats a key (rather than silently
-    keeping the last value), a file over 8 MiB (1 MiB for YAML, which PyYAML reads slowly;
-    checked before it is read), more than
+    keeping the last value), a file over 4 MiB (512 KiB for YAML, which PyYAML reads
+    slowly; checked before it is read), more than
     2,000,000 values (YAML aliases counted as copies), an integer of more than 100 digits
     (naming its line or entry), or a document nested too deeply to read.
 

@@ -24,11 +24,11 @@ import json
 import math
 from typing import Any
 
-#: the largest JSON config or stored spec read, in bytes (read in well under 2 s)
-MAX_BYTES = 8 * 2**20
+#: the largest JSON config or stored spec read, in bytes (about 1 s of CPU at the limit)
+MAX_BYTES = 4 * 2**20
 #: the largest YAML config read, in bytes: PyYAML composes even with its C parser at
-#: about 30 us per node (NOTES.md), so 1 MiB (some 40,000 short entries) is read in ~1 s
-MAX_YAML_BYTES = 2**20
+#: about 30 us a node (NOTES.md), so 512 KiB (40,000 one-line entries) take about 1.3 s
+MAX_YAML_BYTES = 2**19
 #: the most values (scalars, lists and mappings, aliases counted as copies) one document holds
 MAX_VALUES = 2_000_000
 #: the most digits an integer of a document may have (sizes and counts need under 20)
@@ -50,7 +50,7 @@ def check_size(size: int, where: str, *, yaml: bool = False) -> None:
         kind = "YAML configs" if yaml else "JSON configs and stored specs"
         raise ValueError(
             f"{where}: the document is {size} bytes; {kind} are read up to {limit} bytes "
-            f"({limit // 2**20} MiB)"
+            f"({limit // 2**10} KiB)"
         )
 
 

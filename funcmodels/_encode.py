@@ -225,6 +225,8 @@ class Decoder:
         """The kept entries of a list, names checked for uniqueness."""
         if depth > MAX_DEPTH:
             raise _too_deep(where)
+        if self.count + len(items) > MAX_LAYERS:  # refused before any entry is decoded
+            raise ValueError(f"{where}: more than {MAX_LAYERS} layers in one document")
         kept: list[Entry] = []
         seen: dict[str, Entry] = {}
         for i, item in enumerate(items):
@@ -361,10 +363,7 @@ class Decoder:
         # Counted per visit: shared lists (a YAML alias bomb) count as what they stand for.
         self.values += 1
         if self.values > MAX_VALUES:
-            raise ValueError(
-                f"{desc}: {where}: more than {MAX_VALUES} parameter values in one document; "
-                "funcmodels reads at most that many"
-            )
+            raise ValueError(f"{desc}: {where}: more than {MAX_VALUES} values in one document")
         if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > _MAX_BITS:
             raise ValueError(
                 f"{desc}: {where} is an integer of about "

@@ -149,8 +149,8 @@ def test_an_oversized_config_is_refused_before_it_is_read(tmp_path, ext):
     entry = "- type: relu\n" if ext == ".yaml" else '{"type": "relu"},'
     with open(path, "w") as f:
         f.write("" if ext == ".yaml" else "[")
-        f.write(entry * (9 * 2**20 // len(entry)))
-    limit = 1048576 if ext == ".yaml" else 8388608
+        f.write(entry * (5 * 2**20 // len(entry)))
+    limit = 524288 if ext == ".yaml" else 4194304
     with pytest.raises(
         ValueError, match=rf"big{ext}'.*the document is \d+ bytes; .* up to {limit} bytes"
     ):
