@@ -34,12 +34,11 @@ Configs nested deeper than 100 levels are refused (see :mod:`funcmodels._encode`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import nn
+from . import _documents, nn
 from ._encode import Decoder, Entry
 from ._shapes import Shape, check_input_shape, has_shape_rule
 from ._spec import Spec, layer_name
@@ -136,14 +135,23 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read a config from a JSON (``.json``) or YAML (``.yaml``, ``.yml``) file.
 
     YAML is read with ``yaml.safe_load`` rules (plain data only, no tags that build
-    objects), and a mapping that repeats a key is refused rather than silently keeping the
-    last value. Documents nested too deeply to read are refused with a ``ValueError``.
+    objects; merge keys ``<<: *base`` merge), with PyYAML's C loader where it has one. What
+    is ambiguous or hostile is refused with a ``ValueError`` naming the file (see
+    :mod:`funcmodels._documents`): a mapping that repeats a key (rather than silently
+    keeping the last value), a file over 4 MiB (512 KiB for YAML, which PyYAML reads
+    slowly; checked before it is read), more than
+    2,000,000 values (YAML aliases counted as copies), an integer of more than 100 digits
+    (naming its line or entry), or a document nested too deeply to read.
 
     Arguments:
         path: the file.
 
     Returns:
         The list of layer entries (or one entry dict) for :func:`from_config`.
+
+    Raises:
+        ValueError: the extension, the contents, or a bound above.
+        OSError: the file cannot be read.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -151,57 +159,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ValueError(
             f"fm.load_config: {path!r}: expected a .json, .yaml or .yml file, got {ext!r}"
         )
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
     where = f"fm.load_config: {path!r}"
+    with open(path, encoding="utf-8") as f:
+        _documents.check_size(os.fstat(f.fileno()).st_size, where, yaml=ext != ".json")
+        text = f.read()
     try:
-        data = _parse_json(text, where) if ext == ".json" else _parse_yaml(text, where)
+        if ext == ".json":
+            data = _documents.parse_json(text, where)
+        else:
+            data = _documents.parse_yaml(text, where)
     except RecursionError as e:
         raise ValueError(f"{where} is nested too deeply to read") from e
     if not isinstance(data, (list, dict)):
         raise ValueError(f"{where} holds a {type(data).__name__}; expected a list of layer entries")
     return data
-
-
-def _parse_json(text: str, where: str) -> Any:
-    def no_duplicates(pairs):
-        out = {}
-        for k, v in pairs:
-            if k in out:
-                raise ValueError(f"{where}: the key {k!r} appears twice in one mapping")
-            out[k] = v
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not valid JSON: {e}") from e
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that refuses a mapping with a repeated key."""
-
-    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-        keys = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # construct_mapping reports an unhashable key
-            if key in keys:
-                raise ValueError(
-                    f"{where}, line {key_node.start_mark.line + 1}: the key {key!r} appears "
-                    "twice in one mapping"
-                )
-            keys.add(key)
-        return loader.construct_mapping(node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{where} is not valid YAML: {e}") from e

@@ -175,8 +175,11 @@ def run(
         x: a batch, or a single example wherever ``torch.nn`` accepts one.
         state: buffers from :func:`init_with_state`; required when the spec has any.
         key: PRNG key for stochastic layers (dropout) in train mode, on the input's
-            device.
-        train: train-mode semantics (dropout active, BatchNorm batch statistics).
+            device. **A key does not turn train mode on**: without ``train=True`` the
+            call is eval (no dropout, BatchNorm running statistics) and the key is unused.
+        train: train-mode semantics (dropout active, BatchNorm batch statistics); the
+            mode is only ever chosen by this flag (JAX libraries differ: in Flax a
+            ``deterministic`` flag, in Equinox the key's presence).
 
     Returns:
         ``Output(out, state, aux)``; ``state`` is a new :class:`State`, never the input
@@ -239,7 +242,11 @@ def apply(
     key: torch.Tensor | None = None,
     train: bool = False,
 ) -> Any:
-    """Apply the model and return its output only (see :func:`run`). Pure: nothing mutates."""
+    """Apply the model and return its output only (see :func:`run`). Pure: nothing mutates.
+
+    Eval mode unless ``train=True``, whether or not a ``key`` is given: for dropout, pass
+    both (``fm.apply(params, x, key=k, train=True)``).
+    """
     return run(params, x, state=state, key=key, train=train).out
 
 
@@ -357,10 +364,35 @@ def validate_entries(
             problems.append(f"'{k}': expected a floating dtype, got {t.dtype}")
         if dtype is not None and t.dtype != dtype:
             problems.append(f"'{k}': expected dtype {dtype}, got {t.dtype}")
+        if dtype is None and k in want_state and not t.dtype.is_floating_point:
+            problems.append(f"'{k}': expected a floating dtype (the params'), got {t.dtype}")
+    problems += _mixed_dtypes(spec, entries)
     if problems:
         raise ValueError(
             f"{where}: entries do not match the spec {spec.type_name}: " + "; ".join(problems)
         )
+
+
+def _mixed_dtypes(spec: Spec, entries: Mapping[str, Any]) -> list[str]:
+    """One problem per layer whose params and param-typed buffers hold more than one
+    floating dtype (a float32 weight with a float64 bias fails only at the first apply)."""
+    problems = []
+    for prefix, s in spec.walk():
+        names = list(s.param_shapes())
+        names += [n for n, (_, dtype) in s.state_shapes().items() if dtype is None]
+        found = {
+            prefix + n: entries[prefix + n].dtype
+            for n in names
+            if isinstance(entries.get(prefix + n), torch.Tensor)
+            and entries[prefix + n].dtype.is_floating_point
+        }
+        if len(set(found.values())) > 1:
+            shown = ", ".join(f"'{k}' {d}" for k, d in found.items())
+            problems.append(
+                f"layer '{layer_name(prefix)}' mixes floating dtypes ({shown}); a layer's "
+                "params and buffers share one dtype (convert with params.to(dtype))"
+            )
+    return problems
 
 
 def from_state_dict(spec: Spec, state_dict: Mapping[str, torch.Tensor]) -> tuple[Params, State]:

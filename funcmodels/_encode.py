@@ -20,7 +20,12 @@ classes are built with their ``from_fields``. Documents and specs nested deeper 
 ``ValueError`` (a cycle, or a document built to exhaust the stack or the memory, never
 gets further than that).
 
-This module sits below the spec protocol (it imports only the registry), so that
+Values count against :data:`~funcmodels._documents.MAX_VALUES` (a shared list each time
+it appears); count fields (``n``, ``num_layers``) multiply into ``Spec.layer_count()``,
+checked against :data:`MAX_LAYERS` by each layer and for the whole document.
+
+This module sits below the spec protocol (it imports only the registry and the bounds of
+:mod:`funcmodels._documents`), so that
 ``Spec.to_config`` can use it.
 """
 
@@ -33,11 +38,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _registry
+from ._documents import MAX_DIGITS, MAX_VALUES, show_int
 
 #: the deepest nesting of layers that documents and files may hold
 MAX_DEPTH = 100
 #: the most layers one document may hold
 MAX_LAYERS = 100_000
+
+_MAX_BITS = int(MAX_DIGITS / math.log10(2))
 
 ENTRY_KEYS = ("type", "params", "name", "condition")
 _SCALARS = (bool, int, str, type(None))
@@ -211,11 +219,14 @@ class Decoder:
     def __init__(self, flags: Mapping[str, Any] | None = None):
         self.flags = {} if flags is None else flags
         self.count = 0
+        self.values = 0
 
     def entries(self, items: Sequence[Any], where: str, prefix: str, depth: int) -> list[Entry]:
         """The kept entries of a list, names checked for uniqueness."""
         if depth > MAX_DEPTH:
             raise _too_deep(where)
+        if self.count + len(items) > MAX_LAYERS:  # refused before any entry is decoded
+            raise ValueError(f"{where}: more than {MAX_LAYERS} layers in one document")
         kept: list[Entry] = []
         seen: dict[str, Entry] = {}
         for i, item in enumerate(items):
@@ -230,6 +241,8 @@ class Decoder:
                 )
             seen[entry.name] = entry
             kept.append(entry)
+        if depth == 1:
+            _check_layer_count(sum(e.spec.layer_count() for e in kept), where)
         return kept
 
     def entry(
@@ -253,6 +266,8 @@ class Decoder:
         shown = None if root else path
         keep = self._condition(item, describe(where, shown, item.get("type")))
         spec, children = self.layer(item, where, shown, prefix if root else path + ".", depth)
+        if root:
+            _check_layer_count(spec.layer_count(), where)
         if not keep:
             return None
         return Entry(where, name, path, item["type"], spec, children)
@@ -345,6 +360,16 @@ class Decoder:
         """A parameter value: scalars as they are, lists as tuples, dicts as nested layers."""
         if depth > MAX_DEPTH:
             raise _too_deep(where)
+        # Counted per visit: shared lists (a YAML alias bomb) count as what they stand for.
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise ValueError(f"{desc}: {where}: more than {MAX_VALUES} values in one document")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > _MAX_BITS:
+            raise ValueError(
+                f"{desc}: {where} is an integer of about "
+                f"{int((v.bit_length() - 1) * math.log10(2)) + 1} digits; "
+                f"parameter integers have at most {MAX_DIGITS} digits"
+            )
         if v is None or isinstance(v, (bool, int, str)):
             return v
         if isinstance(v, float):
@@ -364,6 +389,15 @@ class Decoder:
         raise TypeError(
             f"{desc}: {where} cannot be a {type(v).__name__} ({_brief(v)}); parameter values "
             "are numbers, strings, bools, null, lists, or nested layer dicts"
+        )
+
+
+def _check_layer_count(count: int, where: str) -> None:
+    """Refuse a document whose layers, counts multiplied in, exceed :data:`MAX_LAYERS`."""
+    if count > MAX_LAYERS:
+        raise ValueError(
+            f"{where}: the document stands for {show_int(count)} layers (counts such as "
+            f"num_layers and n multiplied in); funcmodels reads at most {MAX_LAYERS}"
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import _safetensors, nn
+from . import _documents, _safetensors, nn
 from ._core import adapted, as_device, describe_mismatch, to_state_dict, validate_entries
 from ._encode import MAX_DEPTH, decode
 from ._spec import Spec, depth, expected_entries
@@ -156,9 +156,7 @@ def _stored_spec(metadata: dict[str, str], where: str, *, required: bool) -> Spe
     if "spec" not in metadata:
         raise ValueError(f"{where}: funcmodels metadata without a 'spec' entry")
     try:
-        doc: Any = json.loads(metadata["spec"])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: the stored spec is not valid JSON ({e})") from e
+        doc: Any = _documents.parse_json(metadata["spec"], f"{where}: the stored spec", "spec")
     except RecursionError as e:
         raise ValueError(f"{where}: the stored spec is nested too deeply to read") from e
     try:

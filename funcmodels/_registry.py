@@ -18,8 +18,11 @@ This module imports nothing from the package: everything above it registers here
 from __future__ import annotations
 
 import dataclasses
+import functools
 import keyword
 import re
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,6 +35,18 @@ _ALIAS_SHOWN: dict[str, str] = {}  # normalised alias -> the alias as registered
 _CONFIG_NAME: dict[type, str] = {}  # class -> the name to_config writes
 
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+# Held by every change and by every read that iterates the tables: classes may be defined
+# (a module imported) in one thread while another reads a config.
+_LOCK = threading.RLock()
+
+
+def _locked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def normalise(name: str) -> str:
@@ -47,6 +62,7 @@ def _same_definition(a: type, b: type) -> bool:
     return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
 
 
+@_locked
 def add_type(cls: type, type_name: str) -> None:
     """Record a spec class (called by ``Spec.__init_subclass__``).
 
@@ -77,6 +93,7 @@ def _forget(cls: type) -> None:
         del _ALIAS_SHOWN[key]
 
 
+@_locked
 def add_alias(alias: str, cls: type) -> None:
     """Make ``alias`` a config name of the registered class ``cls``.
 
@@ -109,6 +126,7 @@ def add_alias(alias: str, cls: type) -> None:
     _CONFIG_NAME.setdefault(cls, alias)
 
 
+@_locked
 def remove_alias(alias: str) -> None:
     """Undo :func:`add_alias` (for tests and plugins that unload)."""
     key = normalise(alias)
@@ -123,6 +141,7 @@ def remove_alias(alias: str) -> None:
                 del _CONFIG_NAME[cls]
 
 
+@_locked
 def remove_type(cls: type) -> None:
     """Forget a spec class (for tests that define throwaway public classes)."""
     name = _NAMES.get(cls)
@@ -148,6 +167,7 @@ def config_name_of(cls: type) -> str | None:
     return _CONFIG_NAME.get(cls) or _NAMES.get(cls)
 
 
+@_locked
 def lookup(name: str) -> type | None:
     """The class a config or file names: a type name, an alias, or a type name written in
     another case or with ``_``/``-`` (when that is unambiguous)."""
@@ -160,12 +180,14 @@ def lookup(name: str) -> type | None:
     return found[0] if len(found) == 1 else None
 
 
+@_locked
 def known_names() -> list[str]:
     """The aliases as registered, and the type names of classes without one, sorted."""
     plain = {name for cls, name in _NAMES.items() if cls not in _CONFIG_NAME}
     return sorted(set(_ALIAS_SHOWN.values()) | plain)
 
 
+@_locked
 def types() -> dict[str, type]:
     """Type name -> class, for every public spec class."""
     return dict(_TYPES)

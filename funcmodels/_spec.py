@@ -7,6 +7,8 @@ a default, so a layer overrides only what it has:
 
 Structure
     ``children()``: named child specs, in parameter order (composites only).
+    ``layer_count()``: how many layers the spec stands for; a layer with a count field
+    (``n``, ``num_layers``) multiplies it in, so the budget of files and configs holds.
     ``param_shapes()`` / ``init_params(key, *, dtype, device)``: its own trainable tensors.
     ``state_shapes()`` / ``init_state(key, *, dtype, device)``: its own buffers.
 
@@ -41,6 +43,7 @@ Checkpoints
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -247,6 +250,36 @@ class Spec:
             yield prefix, spec
             stack.extend((f"{prefix}{n}.", c) for n, c in reversed(spec.children()))
 
+    def layer_count(self) -> int:
+        """How many layers this spec stands for: itself and, recursively, its children.
+
+        A layer whose count field repeats a child or a block of tensors (``Stack`` and
+        ``Repeat``'s ``n``, the ``num_layers`` of the recurrent and transformer stacks)
+        overrides this to multiply the count in, without building what it counts. Files and
+        configs hold at most :data:`funcmodels._encode.MAX_LAYERS`, and every count-holding
+        layer checks this at construction, so a document of a few bytes cannot make
+        :func:`funcmodels.load` or :func:`funcmodels.from_config` build 10^9 children.
+        Computed once per spec object.
+
+        Returns:
+            a positive int (1 for a layer without children).
+        """
+
+        def make() -> int:
+            # Iterative over plain composites (a deep Sequential never exhausts the stack);
+            # a layer with its own rule counts its subtree itself.
+            total, stack = 1, [c for _, c in self.children()]
+            while stack:
+                s = stack.pop()
+                if type(s).layer_count is Spec.layer_count:
+                    total += 1
+                    stack.extend(c for _, c in s.children())
+                else:
+                    total += s.layer_count()
+            return total
+
+        return cached(self, "_fm_layer_count", make)
+
     def has_state(self) -> bool:
         return any(s.state_shapes() for _, s in self.walk())
 
@@ -357,6 +390,42 @@ def _own(
     return out
 
 
+def _located_init(spec: Spec, prefix: str, init, shapes: dict, key, dtype, device) -> Any:
+    """``init(key, dtype=..., device=...)`` of one layer; a size no machine can hold is
+    refused before allocating, and an allocation that fails names the layer and its sizes."""
+    itemsize = dtype.itemsize
+    sizes = {n: math.prod(shape) * itemsize for n, shape in shapes.items()}
+    described = ", ".join(f"{n!r} {tuple(shapes[n])} ({_bytes(b)})" for n, b in sizes.items())
+    if any(b >= 2**63 for b in sizes.values()):
+        raise spec._error(
+            prefix,
+            f"its tensors of {dtype} cannot exist: {described}; a tensor holds under 2^63 "
+            "bytes (is a size wrong?)",
+        )
+    try:
+        return init(key, dtype=dtype, device=device)
+    except RuntimeError as e:
+        text = str(e)
+        if getattr(e, "_fm_located", False) or not ("allocat" in text or "overflow" in text):
+            raise
+        err = type(e)(
+            f"layer '{layer_name(prefix)}' ({spec.type_name}): could not allocate its "
+            f"tensors on {device}: {described}, {_bytes(sum(sizes.values()))} in all "
+            f"(init on device='meta' for shapes without memory): {text}"
+        )
+        err._fm_located = True
+        raise err from e
+
+
+def _bytes(n: int) -> str:
+    if n >= 10**15:
+        return f"about 2^{n.bit_length() - 1} bytes"
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def init_tree(
     spec: Spec, key: torch.Tensor, *, dtype: torch.dtype, device: torch.device, state: bool
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
@@ -371,14 +440,17 @@ def init_tree(
     stack = [("", spec, key)]
     while stack:
         prefix, s, k = stack.pop()
-        own = s.init_params(k, dtype=dtype, device=device)
+        shapes = s.param_shapes()
+        own = _located_init(s, prefix, s.init_params, shapes, k, dtype, device)
         params.update(
             (prefix + n, t)
-            for n, t in _own(s, prefix, own, s.param_shapes(), dtype, device, "init_params").items()
+            for n, t in _own(s, prefix, own, shapes, dtype, device, "init_params").items()
         )
         if buffers is not None:
-            own = s.init_state(k, dtype=dtype, device=device)
-            checked = _own(s, prefix, own, _state_shapes(s, prefix), dtype, device, "init_state")
+            shapes = _state_shapes(s, prefix)
+            sizes = {n: shape for n, (shape, _) in shapes.items()}
+            own = _located_init(s, prefix, s.init_state, sizes, k, dtype, device)
+            checked = _own(s, prefix, own, shapes, dtype, device, "init_state")
             buffers.update((prefix + n, t) for n, t in checked.items())
         stack.extend(
             (f"{prefix}{n}.", c, _random.fold_in(k, name_hash(n)))

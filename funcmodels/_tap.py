@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._context import Context
 
-#: The tap of the calls of :func:`funcmodels.run` made inside :func:`tapping` (see there).
-_TAP: Callable[[Context, Any, Any], Any] | None = None
+#: The tap of the calls of :func:`funcmodels.run` made inside :func:`tapping` in this
+#: thread (or asyncio task): another thread's calls never see it.
+_TAP: contextvars.ContextVar[Callable[[Context, Any, Any], Any] | None] = contextvars.ContextVar(
+    "funcmodels_tap", default=None
+)
+#: How many taps are active in all threads. Read before ``_TAP``: torch.compile cannot
+#: trace ``ContextVar.get`` without a graph break, and with no tap anywhere (every
+#: training step outside a dp pass) it sees this constant 0 and never reaches the get.
+_ACTIVE = 0
+_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -24,9 +34,9 @@ def tapping(tap: Callable[[Context, Any, Any], Any]) -> Iterator[None]:
     stands in for it; :mod:`transforms.dp` records the inputs of the layers whose
     per-example gradients it computes in closed form and adds a zero probe to their
     outputs, whose gradient is the gradient at the layer's output. Only the calls of
-    ``fm.run`` are tapped, not the members run inside a lifted vmap (``ctx.vmap``); taps do
-    not nest, and the block is not thread-safe (one global, so that ``torch.compile``
-    sees a constant outside it).
+    ``fm.run`` are tapped, not the members run inside a lifted vmap (``ctx.vmap``). The tap
+    is local to the thread (a ``contextvars`` variable): another thread's ``fm.run`` is
+    not tapped, and may open its own block. Taps do not nest within one thread.
 
     Arguments:
         tap: ``tap(ctx, x, out) -> out``, called after every layer of every
@@ -36,17 +46,22 @@ def tapping(tap: Callable[[Context, Any, Any], Any]) -> Iterator[None]:
         a context manager; the tap is removed when the block ends, also on an error.
 
     Raises:
-        RuntimeError: a tap is already active.
+        RuntimeError: a tap is already active in this thread.
     """
-    global _TAP
-    if _TAP is not None:
+    global _ACTIVE
+    if _TAP.get() is not None:
         raise RuntimeError("funcmodels: a tap is already active; taps do not nest")
-    _TAP = tap
+    token = _TAP.set(tap)
+    with _LOCK:
+        _ACTIVE += 1
     try:
         yield
     finally:
-        _TAP = None
+        with _LOCK:
+            _ACTIVE -= 1
+        _TAP.reset(token)
 
 
 def active_tap() -> Callable[[Context, Any, Any], Any] | None:
-    return _TAP
+    """The tap of this thread's :func:`tapping` block, ``None`` outside one."""
+    return _TAP.get() if _ACTIVE else None

@@ -92,12 +92,7 @@ CASES = [
     for i, example in enumerate(_examples(cls))
 ]
 # Known defects, each pinned to fail until it is fixed (strict: a fix shows up as XPASS).
-CONFIG_DEFECTS = {
-    transforms.FoldedBatchNorm1d: (
-        "FoldedBatchNorm1d.out_shape refuses an input of unknown rank, so from_config, "
-        "which follows the chain of shapes from an unknown input, cannot read its config"
-    ),
-}
+CONFIG_DEFECTS: dict[type, str] = {}
 
 
 def _config_marks(example: Example) -> list:

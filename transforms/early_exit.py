@@ -67,8 +67,9 @@ class EarlyExit(fm.Spec):
         depth_estimator: optional spec mapping the input to ``(N, 1)`` values ``e`` in
             ``[0, 1]``; a sample's maximum depth is then ``min(L, max(min_depth,
             floor(min_depth * (1 + e))))`` (the seed article's rule, per sample), else
-            ``L``. A sample no criterion lets out leaves at the deepest exit within its
-            maximum depth (the shallowest exit if there is none).
+            ``L``. A NaN estimate sets no limit (``L``: the estimator failed, so the
+            sample may run every block). A sample no criterion lets out leaves at the
+            deepest exit within its maximum depth (the shallowest exit if there is none).
 
     Children: ``blocks.{i}``, ``heads.{i}`` (exits only), ``depth_estimator``.
     Shapes: input whatever the first block takes, output ``(N, C)`` logits.
@@ -267,9 +268,13 @@ def max_depth_of(spec: EarlyExit, estimate: torch.Tensor) -> torch.Tensor:
             tuple(estimate.shape) if isinstance(estimate, torch.Tensor) else type(estimate).__name__
         )
         raise ValueError(f"the depth estimator must give (N, 1) values in [0, 1], got {shape}")
-    # In double precision, as the article's Python arithmetic on the estimate.
-    raw = torch.floor(spec.min_depth * (1 + estimate[:, 0].to(torch.float64))).to(torch.int64)
-    return raw.clamp(min=spec.min_depth, max=len(spec.blocks))
+    # In double precision, as the article's Python arithmetic on the estimate; clamped
+    # before the cast (NaN or inf cast to int64 is undefined: it read as min_depth). A NaN
+    # estimate sets no limit: the sample may run every block, as without an estimator.
+    depth = len(spec.blocks)
+    raw = torch.floor(spec.min_depth * (1 + estimate[:, 0].to(torch.float64)))
+    raw = torch.nan_to_num(raw, nan=depth, posinf=depth, neginf=spec.min_depth)
+    return raw.clamp(min=spec.min_depth, max=depth).to(torch.int64)
 
 
 def fallback_depth(spec: EarlyExit, max_depth, n: int, device) -> torch.Tensor:

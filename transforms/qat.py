@@ -22,8 +22,11 @@ without it, and these functions then raise an ``ImportError`` that says how to i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import logging
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -35,17 +38,44 @@ __all__ = ["convert", "prepare"]
 INSTALL_HINT = "pip install 'funcmodels[qat]' (or pip install torchao)"
 
 
+class _ImportNoise(logging.Filter):
+    """Drops the log lines torchao's import writes that concern torchao, not the user:
+    its optional GPU kernels failing to load on a machine without them, and torch's
+    deprecation of its Enum pytree registration."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        kernels = text.startswith("Failed to load") and "torchao" in text
+        enum = record.name == "torch.utils._pytree" and "is an Enum subclass" in text
+        return not (kernels or enum)
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """The filter on the two loggers for the duration of the import only."""
+    noise = _ImportNoise()
+    loggers = [logging.getLogger("torchao"), logging.getLogger("torch.utils._pytree")]
+    for log in loggers:
+        log.addFilter(noise)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(noise)
+
+
 def _pt2e() -> tuple[ModuleType, ModuleType, ModuleType]:
     """torchao's PT2E modules: the flow, its x86 quantizer, and the train/eval helpers."""
-    try:
-        importlib.import_module("torchao")
-    except ImportError as err:
-        raise ImportError(
-            f"transforms.qat needs torchao, which is not installed: {INSTALL_HINT}"
-        ) from err
-    flow = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
-    x86 = importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
-    helpers = importlib.import_module("torchao.quantization.pt2e")
+    with _quiet_import():
+        try:
+            importlib.import_module("torchao")
+        except ImportError as err:
+            raise ImportError(
+                f"transforms.qat needs torchao, which is not installed: {INSTALL_HINT}"
+            ) from err
+        flow = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+        x86 = importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+        helpers = importlib.import_module("torchao.quantization.pt2e")
     return flow, x86, helpers
 
 

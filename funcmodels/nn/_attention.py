@@ -365,7 +365,7 @@ class MultiheadAttention(Spec):
         if need_weights or dropout_p > 0.0 or vmapped:
             batch_major = False  # rows of ``out`` ordered (L, N)
             out, weights = explicit_attention(
-                q, k, v, heads, attn_mask, is_causal, dropout_p, ctx.key
+                q, k, v, heads, attn_mask, is_causal, dropout_p, ctx.key, not need_weights
             )
         else:
             batch_major = bool(self.batch_first and batched)

@@ -135,6 +135,7 @@ def explicit_attention(
     is_causal: bool,
     dropout_p: float,
     key: Callable[[], torch.Tensor],
+    as_kernel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention written out, as torch's path that returns the weights.
 
@@ -143,11 +144,19 @@ def explicit_attention(
         attn_mask: float, broadcasting to ``(N * H, L, S)``, or ``None``.
         is_causal: apply the causal mask (when ``attn_mask`` is ``None``).
         dropout_p: dropout on the weights; ``key()`` gives the key when it is positive.
+        as_kernel: this path stands in for :func:`fused_attention` (under ``vmap``): a
+            float16 or bfloat16 input is computed in float32 and the output rounded
+            once, as the kernel accumulates, so scores past float16's 65504 stay finite
+            where the kernel's do.
 
     Returns:
         ``(out, weights)``: ``out`` ``(L * N, E)``, rows ordered ``(L, N)``; ``weights``
-        ``(N * H, L, S)``, after dropout.
+        ``(N * H, L, S)``, after dropout (float32 when ``as_kernel`` widened them).
     """
+    dtype = q.dtype
+    if as_kernel and dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+        attn_mask = None if attn_mask is None else attn_mask.float()
     batch_heads, tgt_len, head_dim = q.shape
     if attn_mask is None and is_causal:
         attn_mask = _causal_mask(tgt_len, k.shape[1], q.dtype, q.device).unsqueeze(0)
@@ -159,7 +168,7 @@ def explicit_attention(
     weights = F.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         weights = _dropout(key(), weights, dropout_p)
-    out = torch.bmm(weights, v)
+    out = torch.bmm(weights, v).to(dtype)
     out = out.transpose(0, 1).reshape(tgt_len * (batch_heads // heads), heads * head_dim)
     return out, weights
 

@@ -10,7 +10,9 @@ import torch
 from torch._C import _functorch
 
 from .. import random as _random
-from .._spec import name_hash
+from .._documents import show_int
+from .._encode import MAX_LAYERS
+from .._spec import Spec, name_hash
 
 
 def positive_int(layer: str, field: str, value: object) -> int:
@@ -33,6 +35,29 @@ def positive_int(layer: str, field: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{layer}: {field} must be positive, got {value}")
     return value
+
+
+def within_layer_budget(spec: Spec, field: str) -> None:
+    """Refuse a spec whose count ``field`` makes it stand for more layers than one spec
+    may hold (:data:`funcmodels._encode.MAX_LAYERS`, the budget of files and configs).
+
+    Called by every layer with a count field (``n``, ``num_layers``) once its other fields
+    are checked, before anything is built from the count.
+
+    Arguments:
+        spec: the layer, with ``layer_count()`` ready to answer.
+        field: the count field, for the message.
+
+    Raises:
+        ValueError: over the budget; the message gives the field's value and the limit.
+    """
+    count = spec.layer_count()
+    if count > MAX_LAYERS:
+        raise ValueError(
+            f"{spec.type_name}: {field}={show_int(getattr(spec, field))} makes it "
+            f"{show_int(count)} layers; a spec holds at most {MAX_LAYERS} (the limit of "
+            "files and configs, so that a few bytes cannot build 10^9 layers)"
+        )
 
 
 def non_negative_int(layer: str, field: str, value: object) -> int:

@@ -43,6 +43,7 @@ from ._check import (
     positive_int,
     sizes_known,
     torch_signature,
+    within_layer_budget,
 )
 from ._rnn_ops import (
     _NONLINEARITIES,
@@ -97,6 +98,11 @@ class _Recurrent(Spec):
         boolean(layer, "batch_first", self.batch_first)
         object.__setattr__(self, "dropout", number(layer, "dropout", self.dropout, 0.0, 1.0))
         boolean(layer, "bidirectional", self.bidirectional)
+        within_layer_budget(self, "num_layers")
+
+    def layer_count(self) -> int:
+        """One layer per stacked layer and direction (each holds its own tensors)."""
+        return self.num_layers * self._directions
 
     @property
     def _proj(self) -> int:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from .._context import Context, cached
 from .._shapes import Shape, rank_known, show
 from .._spec import Spec
-from ._check import boolean, positive_int
+from ._check import boolean, positive_int, within_layer_budget
 from ._stack import Stack
 
 
@@ -65,6 +65,11 @@ class Repeat(Spec):
             )
         positive_int("Repeat", "n", self.n)
         boolean("Repeat", "remat", self.remat)
+        within_layer_budget(self, "n")
+
+    def layer_count(self) -> int:
+        """Itself and ``n`` members."""
+        return 1 + self.n * self.spec.layer_count()
 
     @property
     def example_ndim(self) -> int | None:  # type: ignore[override]

@@ -13,7 +13,7 @@ from .. import random as _random
 from .._context import Context, cached
 from .._shapes import MemberFirst, Shape, rank_known, show
 from .._spec import Spec, expected_entries, init_tree
-from ._check import positive_int
+from ._check import positive_int, under_vmap, within_layer_budget
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Stack(Spec):
                 f"{type(self.spec).__name__}"
             )
         positive_int("Stack", "n", self.n)
+        within_layer_budget(self, "n")
         if self.in_axis is not None and (
             isinstance(self.in_axis, bool) or not isinstance(self.in_axis, int) or self.in_axis
         ):
@@ -66,6 +67,10 @@ class Stack(Spec):
                 f"Stack: in_axis must be None (every member sees the same input) or 0 "
                 f"(member i sees x[i]), got {self.in_axis!r}"
             )
+
+    def layer_count(self) -> int:
+        """Itself and ``n`` members."""
+        return 1 + self.n * self.spec.layer_count()
 
     # -- tensors ------------------------------------------------------------------------
     def param_shapes(self):
@@ -83,13 +88,26 @@ class Stack(Spec):
         return self.n
 
     def _members(self, key, dtype, device, which):
-        members = [
-            init_tree(self.spec, _random.fold_in(key, i), dtype=dtype, device=device, state=which)
-            for i in range(self.n)
-        ]
         index = 1 if which else 0
-        names = members[0][index]
-        return {k: torch.stack([m[index][k] for m in members]) for k in names}
+
+        def member(i):
+            k = _random.fold_in(key, i)
+            return init_tree(self.spec, k, dtype=dtype, device=device, state=which)[index]
+
+        if under_vmap(key):  # an ensemble of ensembles (vmap over keys): no in-place writes
+            members = [member(i) for i in range(self.n)]
+            return {k: torch.stack([m[k] for m in members]) for k in members[0]}
+        # Each member written into the stacked tensors as it is made: the peak is the
+        # stack and one member, not every member and then their stack.
+        if which:
+            declared = {k: (shape, d or dtype) for k, (shape, d) in self.state_shapes().items()}
+        else:
+            declared = {k: (shape, dtype) for k, shape in self.param_shapes().items()}
+        out = {k: torch.empty(shape, dtype=d, device=device) for k, (shape, d) in declared.items()}
+        for i in range(self.n):
+            for k, t in member(i).items():
+                out[k][i].copy_(t)
+        return out
 
     def init_params(self, key, *, dtype, device):
         return self._members(key, dtype, device, False)

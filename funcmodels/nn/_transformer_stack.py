@@ -17,7 +17,7 @@ from ._attention import (
     _arguments,
     _xavier_uniform,
 )
-from ._check import boolean, positive_int
+from ._check import boolean, positive_int, within_layer_budget
 from ._linear import Linear
 from ._norm import LayerNorm
 from ._transformer import (
@@ -44,6 +44,9 @@ class _LayerList(Spec):
 
     def children(self):
         return tuple((str(i), self.layer) for i in range(self.n))
+
+    def layer_count(self) -> int:
+        return 1 + self.n * self.layer.layer_count()
 
     def out_shape(self, in_shape: Shape, path: str = "", record: dict | None = None) -> Shape:
         shape = in_shape
@@ -129,6 +132,7 @@ class TransformerEncoder(Spec):
         if self.norm is not None:
             children.append(("norm", self.norm))
         object.__setattr__(self, "_children", tuple(children))
+        within_layer_budget(self, "num_layers")
 
     def children(self):
         return self._children
@@ -180,6 +184,7 @@ class TransformerDecoder(Spec):
         if self.norm is not None:
             children.append(("norm", self.norm))
         object.__setattr__(self, "_children", tuple(children))
+        within_layer_budget(self, "num_layers")
 
     def children(self):
         return self._children

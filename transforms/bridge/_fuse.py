@@ -57,7 +57,11 @@ class FoldedBatchNorm1d(fm.Spec):
     preserves_rank: ClassVar[bool] = True
 
     def out_shape(self, in_shape, path="", record=None):
-        if len(in_shape) != 1 or in_shape[0] is ...:
+        if in_shape and in_shape[0] is ...:
+            # Rank unknown (a config read without an input shape): the identity; the
+            # rank is checked once known, and by the forward.
+            return in_shape
+        if len(in_shape) != 1:
             raise layer_error(
                 self,
                 path,

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 import funcmodels as fm
@@ -135,7 +136,25 @@ class FunctionalModule(nn.Module):
         )
 
     def forward(self, x: Any) -> Any:
-        return self.run(x).out
+        proxy = next((t for t in pytree.tree_leaves(x) if isinstance(t, torch.fx.Proxy)), None)
+        if proxy is not None and proxy.tracer.root is self:
+            return self._traced_as_root(x)
+        return _run_functional(self, x)
+
+    def _traced_as_root(self, x: Any) -> Any:
+        """``torch.fx`` traces the root's forward itself (a root is never a leaf): through
+        ``fm.run``, which works where no layer looks at shapes or values."""
+        try:
+            return self.run(x).out
+        except Exception as e:
+            layer = type(self.spec).__name__
+            raise TypeError(
+                f"torch.fx cannot trace this converted {layer} as the root module: its "
+                "layers look at their input's shapes or values (routing, checks), which an "
+                f"fx Proxy does not have ({type(e).__name__}: {e}). Inside a parent it is "
+                "one leaf call: trace torch.nn.Sequential(module) instead, or use "
+                "torch.export.export(module, (x,))"
+            ) from e
 
     def run(self, x: Any) -> fm.Output:
         """``forward`` with everything ``fm.run`` returns: the output, the new state and
@@ -155,6 +174,19 @@ class FunctionalModule(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.spec)
+
+
+def _run_functional(module: FunctionalModule, x: Any) -> Any:
+    """A :class:`FunctionalModule`'s output; one opaque call for ``torch.fx``.
+
+    ``torch.fx.symbolic_trace`` records this call as one node instead of tracing into
+    ``fm.run``, whose layers look at their inputs' shapes and values (an MoE's routing),
+    which a ``Proxy`` has not: the converted module is a leaf of the graph.
+    """
+    return module.run(x).out
+
+
+torch.fx.wrap("_run_functional")
 
 
 def _device(x: Any, params: fm.Params) -> torch.device:

@@ -97,6 +97,21 @@ def unregister_module_class(cls: type[nn.Module]) -> None:
     _ALLOWED.pop(class_path(cls), None)
 
 
+#: the target of a TorchModule holding a ``torch.fx.GraphModule`` (whose class is made per
+#: graph and takes the traced module's class name, so it names nothing useful)
+GRAPH_TARGET = "torch.fx.GraphModule"
+
+
+def _graph_problem(module: nn.Module) -> str:
+    return (
+        f"it is a torch.fx GraphModule (traced from a {type(module).__name__}, whose class "
+        "name it takes; transforms.fuse and torch.fx.symbolic_trace make these), and its "
+        "forward is generated code that no constructor rebuilds. Convert the module before "
+        "it was traced instead: transforms.from_module(module), then "
+        "transforms.fold_batchnorm(params, state) for the BatchNorm folding fuse does"
+    )
+
+
 def recipe_of(module: nn.Module, init_args: Mapping[str, Any] | None) -> Recipe:
     """The recipe of ``module`` (see the module docstring), checked by building it.
 
@@ -105,6 +120,8 @@ def recipe_of(module: nn.Module, init_args: Mapping[str, Any] | None) -> Recipe:
             ``init_args``) that are not JSON or do not rebuild the module.
     """
     cls = type(module)
+    if isinstance(module, torch.fx.GraphModule):
+        return Recipe(GRAPH_TARGET, None, "kwargs", _graph_problem(module))
     target = class_path(cls)
     registered = _ALLOWED.get(target)
     explicit = init_args is not None

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 import funcmodels as fm
 
-from ._recipes import STYLES, Recipe, build, recipe_of
+from ._recipes import GRAPH_TARGET, STYLES, Recipe, build, recipe_of
 from ._skeleton import Skeleton
 
 __all__ = ["TorchModule"]
@@ -228,6 +228,8 @@ class TorchModule(fm.Spec):
     def config_problem(self) -> str | None:
         if self.args is not None:
             return None
+        if self.target == GRAPH_TARGET:
+            return f"the torch module cannot be written: {self._fm_problem}"
         return (
             f"the torch module {self.target} cannot be written: {self._fm_problem}. Give "
             "its constructor arguments: transforms.register_module_class(cls, "

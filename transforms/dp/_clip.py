@@ -164,10 +164,13 @@ def clipped_grad(
         layout = _layout(batch, kwargs)
         if _batch_size(batch) == 0:  # an empty Poisson batch: nothing to clip or plan
             return _nothing(params)
-        if plan is None or plan.spec is not params.spec or plan.layout != layout:
-            plan = _make_plan(loss, params, batch, kwargs, bounds, layout)
-        per_group = [bounds] if plan.groups is None else list(bounds.values())
-        return _clipped(loss, params, batch, kwargs, plan, per_group)
+        # Read once: a call in another thread may replace the shared plan meanwhile, and
+        # this call must use the plan made for its own (spec, layout) key.
+        mine = plan
+        if mine is None or mine.spec is not params.spec or mine.layout != layout:
+            mine = plan = _make_plan(loss, params, batch, kwargs, bounds, layout)
+        per_group = [bounds] if mine.groups is None else list(bounds.values())
+        return _clipped(loss, params, batch, kwargs, mine, per_group)
 
     return clipped
 
