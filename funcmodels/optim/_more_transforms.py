@@ -1,0 +1,236 @@
+"""More of optax's stateless and small transforms: gradient noise, NaN zeroing, projections,
+centralisation, clipping by block RMS and adaptively, update normalisation.
+
+Each takes optax's arguments and defaults and computes optax's arithmetic leaf by leaf;
+hyperparameters held as tensors are cast to each leaf's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.utils._pytree as pytree
+
+from .. import random as fm_random
+from ._base import (
+    GradientTransformation,
+    Scalar,
+    check_state,
+    count_like,
+    init_empty_state,
+    number,
+)
+from ._more_common import hyper, leafwise, work_dtype
+
+
+class AddNoiseState(NamedTuple):
+    count: torch.Tensor
+    """updates done, a 0-dim int64 tensor"""
+    rng_key: torch.Tensor
+    """the key the next step's noise is drawn from (an ``fm.key``)"""
+
+
+class ZeroNansState(NamedTuple):
+    found_nan: Any
+    """per leaf, a 0-dim bool tensor: whether that leaf's last updates held a NaN"""
+
+
+def add_noise(
+    eta: Scalar, gamma: Scalar, key: torch.Tensor | int | None = None, *, seed: int | None = None
+) -> GradientTransformation:
+    """Add Gaussian noise of variance ``eta / t**gamma`` at step ``t`` (Neelakantan et al.,
+    2015).
+
+    The noise comes from fm's keys (``fm.random.normal``, one key per leaf split from the
+    state's key), so its values differ from optax's JAX random bits; its distribution and
+    the deterministic part are optax's.
+
+    Arguments:
+        eta: the variance at the first step, ``>= 0``.
+        gamma: the decay exponent of the variance.
+        key: an ``fm.key`` or an int seed (``None``: seed 0, as optax).
+        seed: optax's older name for an int ``key``.
+
+    Returns:
+        A GradientTransformation; its state is an :class:`AddNoiseState`.
+
+    Raises:
+        ValueError: both ``key`` and ``seed``; a hyperparameter out of range.
+    """
+    where = "fm.optim.add_noise"
+    eta = number(where, "eta", eta)
+    gamma = number(where, "gamma", gamma, lo=-float("inf"))
+    if seed is not None:
+        if key is not None:
+            raise ValueError(f"{where}: pass key or seed, not both")
+        key = seed
+    if key is None:
+        key = 0
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = fm_random.key(key)
+    key = fm_random.check_key(key, where)
+
+    def init(params):
+        return AddNoiseState(count_like(params), key.to(count_like(params).device))
+
+    def step(us, state, ps, spec):
+        check_state(state, AddNoiseState, where)
+        count = state.count + 1
+        t = count.to(torch.float64)
+        std = torch.sqrt(torch.as_tensor(eta, dtype=torch.float64) / t ** hyper(gamma, t))
+        next_key, sample = fm_random.split(state.rng_key)
+        keys = fm_random.split(sample, max(len(us), 1))
+        out = [
+            u + std.to(u.dtype) * fm_random.normal(k, tuple(u.shape), u.dtype, u.device)
+            for u, k in zip(us, keys, strict=False)
+        ]
+        return out, AddNoiseState(count, next_key)
+
+    return leafwise(where, init, step)
+
+
+def zero_nans() -> GradientTransformation:
+    """Replace NaNs in the updates by 0; the state records, per leaf, whether there was one.
+
+    Returns:
+        A GradientTransformation; its state is a :class:`ZeroNansState`.
+    """
+    where = "fm.optim.zero_nans"
+
+    def init(params):
+        device = count_like(params).device
+        return ZeroNansState(
+            pytree.tree_map(lambda p: torch.zeros((), dtype=torch.bool, device=device), params)
+        )
+
+    def step(us, state, ps, spec):
+        check_state(state, ZeroNansState, where)
+        found = [torch.isnan(u).any() for u in us]
+        out = [torch.where(torch.isnan(u), torch.zeros_like(u), u) for u in us]
+        return out, ZeroNansState(pytree.tree_unflatten(found, spec))
+
+    return leafwise(where, init, step)
+
+
+def keep_params_nonnegative() -> GradientTransformation:
+    """Change the updates so that ``params + updates >= 0``: where that sum would be
+    negative the update becomes ``-param`` (the params should start nonnegative).
+
+    Returns:
+        A GradientTransformation needing the params, keeping no state.
+
+    Raises:
+        ValueError: from ``update`` without the params.
+    """
+
+    def step(us, state, ps, spec):
+        out = [
+            torch.where((p + u) < 0.0, -p.to(work_dtype(u, p)), u.to(work_dtype(u, p)))
+            for u, p in zip(us, ps, strict=True)
+        ]
+        return out, state
+
+    return leafwise("fm.optim.keep_params_nonnegative", init_empty_state, step, needs_params=True)
+
+
+def centralize() -> GradientTransformation:
+    """Gradient centralisation (Yong et al., 2020): subtract from each leaf of at least two
+    dimensions its mean over every dimension but the first.
+
+    Returns:
+        A GradientTransformation keeping no state.
+    """
+
+    def step(us, state, ps, spec):
+        out = [
+            u - u.mean(dim=tuple(range(1, u.dim())), keepdim=True) if u.dim() > 1 else u.clone()
+            for u in us
+        ]
+        return out, state
+
+    return leafwise("fm.optim.centralize", init_empty_state, step)
+
+
+def clip_by_block_rms(threshold: Scalar) -> GradientTransformation:
+    """Clip each leaf's update to a root mean square of at most ``threshold``:
+    ``u / max(1, rms(u) / threshold)``.
+
+    Arguments:
+        threshold: the largest RMS, ``> 0``.
+
+    Returns:
+        A GradientTransformation keeping no state.
+
+    Raises:
+        ValueError, TypeError: ``threshold`` out of range or of the wrong type.
+    """
+    where = "fm.optim.clip_by_block_rms"
+    threshold = number(where, "threshold", threshold)
+
+    def step(us, state, ps, spec):
+        out = []
+        for u in us:
+            rms = torch.sqrt(torch.mean(u * u))
+            out.append(u / torch.clamp(rms / hyper(threshold, rms), min=1.0))
+        return out, state
+
+    return leafwise(where, init_empty_state, step)
+
+
+def _unitwise_norm(x: torch.Tensor, axis: Any) -> torch.Tensor:
+    """optax's ``unitwise_norm``: the 2-norm over ``axis``, or by the leaf's rank (whole
+    vectors; the first axis of matrices and 3-d leaves; all but the last of 4-d and 5-d
+    ones), broadcast to ``x``'s shape."""
+    sq = x * x
+    if axis is not None:
+        total = sq.sum(dim=axis, keepdim=True)
+    elif x.squeeze().dim() <= 1:
+        total = sq.sum().reshape([1] * x.dim())
+    elif x.dim() in (2, 3):
+        total = sq.sum(dim=0, keepdim=True)
+    elif x.dim() in (4, 5):
+        total = sq.sum(dim=tuple(range(x.dim() - 1)), keepdim=True)
+    else:
+        raise ValueError(
+            f"fm.optim.adaptive_grad_clip: expected leaves of 1 to 5 dimensions, got shape "
+            f"{tuple(x.shape)}; pass axis= to name the reduced axes"
+        )
+    return torch.sqrt(total).expand(x.shape)
+
+
+def adaptive_grad_clip(
+    clipping: Scalar, eps: Scalar = 1e-3, axis: Any = None
+) -> GradientTransformation:
+    """Adaptive gradient clipping (Brock et al., 2021): unit-wise, each update scaled down
+    to a norm of at most ``clipping * max(|param|, eps)`` (optax's ``unitwise_norm``: whole
+    vectors, columns of matrices, output units of 4-d and 5-d kernels, or the axes
+    ``axis`` names).
+
+    Arguments:
+        clipping: the largest ratio of update norm to param norm.
+        eps: the floor of the params' norms.
+        axis: the reduced axes (an int or a tuple), or ``None`` for the rank's default.
+
+    Returns:
+        A GradientTransformation needing the params, keeping no state.
+
+    Raises:
+        ValueError: from ``update``: no params, or a leaf of more than 5 dimensions with
+            ``axis=None``; a hyperparameter out of range.
+    """
+    where = "fm.optim.adaptive_grad_clip"
+    clipping = number(where, "clipping", clipping)
+    eps = number(where, "eps", eps)
+
+    def step(us, state, ps, spec):
+        out = []
+        for u, p in zip(us, ps, strict=True):
+            g_norm, p_norm = _unitwise_norm(u, axis), _unitwise_norm(p, axis)
+            max_norm = hyper(clipping, p_norm) * torch.clamp(p_norm, min=hyper(eps, p_norm))
+            max_norm = max_norm.to(work_dtype(u, p))
+            clipped = u * (max_norm / torch.clamp(g_norm, min=1e-6))
+            out.append(torch.where(g_norm < max_norm, u.to(clipped.dtype), clipped))
+        return out, state
+
+    return leafwise(where, init_empty_state, step, needs_params=True)
