@@ -234,3 +234,52 @@ def adaptive_grad_clip(
         return out, state
 
     return leafwise(where, init_empty_state, step, needs_params=True)
+
+
+def normalize_by_update_norm(
+    scale_factor: Scalar = 1.0, eps: Scalar = 1e-6
+) -> GradientTransformation:
+    """Divide the updates by ``(|u| + eps) / scale_factor``, ``|u|`` their global norm.
+
+    Arguments:
+        scale_factor: the norm of the result (up to ``eps``).
+        eps: added to the norm.
+
+    Returns:
+        A GradientTransformation keeping no state.
+
+    Raises:
+        ValueError, TypeError: a hyperparameter out of range or of the wrong type.
+    """
+    where = "fm.optim.normalize_by_update_norm"
+    scale_factor = number(where, "scale_factor", scale_factor, lo=-float("inf"))
+    eps = number(where, "eps", eps)
+
+    def step(us, state, ps, spec):
+        if not us:
+            return [], state
+        dtype = work_dtype(*us)
+        sq = sum(torch.linalg.vector_norm(u).to(dtype) ** 2 for u in us)
+        norm = (torch.sqrt(sq) + hyper(eps, sq)) / hyper(scale_factor, sq)
+        return [u / norm.to(u.dtype) for u in us], state
+
+    return leafwise(where, init_empty_state, step)
+
+
+def scale_gradient(inputs: Any, scale: float) -> Any:
+    """``inputs`` unchanged in the forward pass, their gradients multiplied by ``scale`` in
+    the backward pass (``scale=0``: detached), leaf by leaf.
+
+    Arguments:
+        inputs: a tensor or a pytree of tensors.
+        scale: the factor on the gradients, a number.
+
+    Returns:
+        A pytree like ``inputs`` (``inputs`` itself when ``scale`` is 1).
+    """
+    if scale == 1.0:
+        return inputs
+    if scale == 0.0:
+        return pytree.tree_map(torch.Tensor.detach, inputs)
+    # x - x.detach() is exactly 0 forward, and carries the gradient
+    return pytree.tree_map(lambda x: x.detach() + scale * (x - x.detach()), inputs)

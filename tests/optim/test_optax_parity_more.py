@@ -13,12 +13,18 @@ jax or optax is absent.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.utils._pytree as pytree
 
+import funcmodels as fm
+from funcmodels import optim
+
 from .test_optax_parity import (
     FM,
+    LABELS,
     MASK,
     OPTAX,
     SCALES,
@@ -30,6 +36,7 @@ from .test_optax_parity import (
     jax,
     jnp,
     matrices,
+    optax,
     sched,
 )
 
@@ -46,6 +53,14 @@ def _tree_of(shapes, seed: int, scale: float = 1.0):
         shapes,
         is_leaf=lambda s: isinstance(s, tuple),
     )
+
+
+def _labels_by_rank(tree_map):
+    return lambda params: tree_map(lambda p: "m" if p.ndim > 1 else "v", params)
+
+
+FM.tree_map_labels = _labels_by_rank(pytree.tree_map)
+OPTAX.tree_map_labels = _labels_by_rank(jax.tree.map)
 
 
 def decay64(lib):
@@ -111,6 +126,26 @@ CASES = {
     "adaptive_grad_clip-axis": lambda L: L.adaptive_grad_clip(0.5, 1e-2, axis=0),
     "keep_params_nonnegative": lambda L: L.chain(L.sgd(0.5), L.keep_params_nonnegative()),
     "zero_nans": lambda L: L.chain(L.zero_nans(), L.adam(1e-2)),
+    "normalize_by_update_norm": lambda L: L.normalize_by_update_norm(),
+    "normalize_by_update_norm-all": lambda L: L.normalize_by_update_norm(0.5, 1e-3),
+    # wrappers
+    "freeze": lambda L: L.chain(L.freeze(MASK), L.adam(1e-2)),
+    "freeze-all": lambda L: L.chain(L.adam(1e-2), L.freeze(True)),
+    "partition": lambda L: L.partition({"a": L.adam(1e-2), "b": L.sgd(0.1, 0.9)}, LABELS),
+    "partition-fn": lambda L: L.partition(
+        {"m": L.lion(1e-3), "v": L.radam(1e-2)},
+        lambda p: L.tree_map_labels(p),
+    ),
+    "selective_transform": lambda L: L.selective_transform(L.adam(1e-2), freeze_mask=MASK),
+    "named_chain": lambda L: L.named_chain(
+        ("clip", L.clip_by_global_norm(1.0)), ("adam", L.adam(1e-2))
+    ),
+    "conditionally_transform": lambda L: L.conditionally_transform(
+        L.adam(1e-2), lambda step: step % 2 == 0
+    ),
+    "conditionally_mask": lambda L: L.conditionally_mask(L.sgd(0.1, 0.9), lambda step: step > 2),
+    "flatten": lambda L: L.flatten(L.adam(1e-2)),
+    "flatten-sm3": lambda L: L.flatten(L.sm3(0.1)),
 }
 # cases on another tree, and steps with a NaN in the gradients
 SHAPES = {
@@ -176,3 +211,91 @@ def test_adafactor_matches_optax_up_to_its_float32_decay(name):
     ours = _run(FM, ADAFACTOR[name], name, BIG)
     theirs = _run(OPTAX, ADAFACTOR[name], name, BIG)
     assert max(_max_diff(a, b) for a, b in zip(ours, theirs, strict=True)) <= FLOAT32_DECAY_TOL
+
+
+def _steps_of(lib, opt, params, grads_of, extra=None):
+    """``(updates, params)`` after each of the steps, ``grads_of(step)`` the gradients."""
+    state = opt.init(params)
+    update = opt.update if lib is FM else jax.jit(opt.update)
+    seen = []
+    for step in range(STEPS):
+        kwargs = {} if extra is None else extra(step)
+        updates, state = update(grads_of(step), state, params, **kwargs)
+        params = lib.apply_updates(params, updates)
+        seen.append((updates, params))
+    return seen
+
+
+def _worst(ours, theirs) -> float:
+    return max(_max_diff(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("period", [1, 2, 3])
+def test_lookahead_matches_optax(period, reset):
+    def run(lib, to):
+        opt = lib.lookahead(lib.adam(1e-2), period, 0.5, reset_state=reset)
+        params = lib.LookaheadParams.init_synced(to(_tree(0)))
+        return _steps_of(lib, opt, params, lambda s: to(_tree(100 + s, SCALES[s])))
+
+    assert _worst(run(FM, lambda t: t), run(OPTAX, _to_jax)) <= TOL
+
+
+@pytest.mark.parametrize("variant", ["sps", "sps+"])
+def test_polyak_sgd_matches_optax(variant):
+    values = [2.0, 0.5, -1.0, 3.0, 0.0, 1.5]  # losses, a negative one below f_min
+
+    def run(lib, to):
+        opt = lib.polyak_sgd(0.8, 0.5, f_min=0.1, eps=1e-3, variant=variant)
+        grads = lambda s: to(_tree(100 + s, SCALES[s]))  # noqa: E731
+        return _steps_of(lib, opt, to(_tree(0)), grads, lambda s: {"value": values[s]})
+
+    assert _worst(run(FM, lambda t: t), run(OPTAX, _to_jax)) <= TOL
+
+
+def test_monitor_snapshot_and_measure_with_ema_match_optax():
+    def run(lib, to, norm):
+        opt = lib.chain(
+            lib.snapshot("before", norm),
+            lib.monitor({"norm": norm, "ema": lib.measure_with_ema(norm, 0.8)}),
+            lib.adam(1e-2),
+        )
+        params, state = to(_tree(0)), None
+        state = opt.init(params)
+        seen = []
+        for s in range(STEPS):
+            _, state = opt.update(to(_tree(100 + s, SCALES[s])), state, params)
+            m = state[1].measurements
+            seen.append([state[0].measurement["before"], m["norm"], m["ema"]])
+        return seen
+
+    ours = run(FM, lambda t: t, optim.global_norm)
+    theirs = run(OPTAX, _to_jax, optax.tree.norm)
+    assert _worst(ours, theirs) <= TOL
+    assert ours[0][0].dtype == torch.float64
+
+
+def test_add_noise_is_optax_arithmetic_with_fm_keys():
+    """The deterministic part is optax's (eta = 0 above); here the noise: a fresh draw per
+    step and leaf, reproducible from the key, of variance eta / t**gamma."""
+    eta, gamma = 0.5, 0.55
+    zeros = {"a": torch.zeros(20000, dtype=torch.float64), "b": torch.zeros(4, 5)}
+    opt = optim.add_noise(eta, gamma, key=fm.key(3))
+    state = opt.init(zeros)
+    draws = []
+    for t in range(1, 4):
+        noise, state = opt.update(zeros, state)
+        assert noise["b"].dtype == torch.float32 and noise["a"].dtype == torch.float64
+        # standard error of a variance estimate from 20000 normals: sqrt(2 / 20000) = 1%
+        var = eta / t**gamma
+        assert float(noise["a"].var()) == pytest.approx(var, rel=0.05)
+        assert abs(float(noise["a"].mean())) < 5 * math.sqrt(var / 20000)
+        draws.append(noise)
+    assert not torch.equal(draws[0]["a"], draws[1]["a"])
+    again, _ = opt.update(zeros, opt.init(zeros))
+    assert torch.equal(again["a"], draws[0]["a"]) and torch.equal(again["b"], draws[0]["b"])
+    other = optim.add_noise(eta, gamma, key=4)
+    other, _ = other.update(zeros, other.init(zeros))
+    assert not torch.equal(other["a"], draws[0]["a"])
+    with pytest.raises(ValueError, match="key or seed"):
+        optim.add_noise(eta, gamma, key=1, seed=2)
