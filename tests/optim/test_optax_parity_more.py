@@ -299,3 +299,77 @@ def test_add_noise_is_optax_arithmetic_with_fm_keys():
     assert not torch.equal(other["a"], draws[0]["a"])
     with pytest.raises(ValueError, match="key or seed"):
         optim.add_noise(eta, gamma, key=1, seed=2)
+
+
+def test_moment_utilities_match_optax():
+    g, m = _tree(1), _tree(2, 0.1)
+    jg, jm = _to_jax(g), _to_jax(m)
+    for order in (1, 2, 3):
+        ours = optim.update_moment(g, m, 0.9, order)
+        assert _max_diff(ours, optax.update_moment(jg, jm, 0.9, order)) <= TOL
+        ours = optim.update_moment_per_elem_norm(g, m, 0.8, order)
+        assert _max_diff(ours, optax.update_moment_per_elem_norm(jg, jm, 0.8, order)) <= TOL
+    ours = optim.update_infinity_moment(g, m, 0.7, 1e-3)
+    assert _max_diff(ours, optax.update_infinity_moment(jg, jm, 0.7, 1e-3)) <= TOL
+    for count in (1, 2, 10):
+        ours = optim.bias_correction(m, 0.999, torch.tensor(count))
+        theirs = optax.bias_correction(jm, 0.999, jnp.asarray(count, jnp.int32))
+        assert _max_diff(ours, theirs) <= 1e-9  # (values up to ~300 at count 1)
+
+
+@pytest.mark.parametrize(
+    "ord_, axis, keepdims",
+    [(None, None, False), (None, None, True), (None, 1, False), (2, 0, True), (1, None, False)],
+)
+@pytest.mark.parametrize("min_norm", [0.0, 1.0, 100.0])
+def test_safe_norm_matches_optax(ord_, axis, keepdims, min_norm):
+    x = _tree(5)["dense"]["w"]
+    if ord_ == 1 and axis is None:
+        x = x[0]  # (a vector norm: the matrix 1-norm differs between the libraries' axes)
+    ours = optim.safe_norm(x, min_norm, ord_, axis, keepdims)
+    theirs = optax.safe_norm(jnp.asarray(x.numpy()), min_norm, ord_, axis, keepdims)
+    assert _max_diff(ours, theirs) <= TOL
+    # the gradient below the floor is 0, not NaN
+    zero = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(optim.safe_norm(zero, 0.5), zero)
+    assert torch.equal(grad, torch.zeros(3, dtype=torch.float64))
+
+
+def test_safe_rms_and_increments_match_optax():
+    x = _tree(6)["conv"]
+    for floor in (0.0, 0.5, 10.0):
+        ours = optim.safe_root_mean_squares(x, floor)
+        theirs = optax.safe_root_mean_squares(jnp.asarray(x.numpy()), floor)
+        assert abs(float(ours) - float(theirs)) <= TOL
+    top32 = torch.tensor(2**31 - 1, dtype=torch.int32)
+    assert int(optim.safe_int32_increment(top32)) == 2**31 - 1
+    assert int(optim.safe_int32_increment(torch.tensor(5, dtype=torch.int32))) == 6
+    assert int(optim.safe_increment(torch.tensor(2**63 - 1))) == 2**63 - 1
+    assert float(optim.safe_increment(torch.tensor(1.5))) == 2.5
+    with pytest.raises(TypeError, match="int32"):
+        optim.safe_int32_increment(torch.tensor(3))
+
+
+def test_tree_map_params_and_stateless_match_optax():
+    params = _tree(0)
+
+    def run(lib, to, tree_map):
+        opt = lib.chain(lib.adam(1e-2), lib.trace(0.5))
+        p = to(params)
+        state = opt.init(p)
+        _, state = opt.update(to(_tree(1)), state, p)
+        doubled = lib.tree_map_params(opt, lambda x: 2 * x, state)
+        scaled = lib.stateless(lambda u, p: tree_map(lambda a, b: a * b, u, p))
+        by_leaf = lib.stateless_with_tree_map(lambda u, p: u - 0.5 * p)
+        return [
+            doubled[0][0].mu,
+            doubled[0][0].nu,
+            doubled[1].trace,
+            scaled.update(to(_tree(2)), scaled.init(p), p)[0],
+            by_leaf.update(to(_tree(3)), by_leaf.init(p), p)[0],
+        ], doubled
+
+    ours, state = run(FM, lambda t: t, pytree.tree_map)
+    theirs, _ = run(OPTAX, _to_jax, jax.tree.map)
+    assert _max_diff(ours, theirs) <= TOL
+    assert int(state[0][0].count) == 1  # not a params-like tree: untouched
