@@ -90,22 +90,14 @@ from ._moments import (
     trace,
 )
 from ._more_aliases import (
-    PolyakSGD,
     adabelief,
     adadelta,
     adafactor,
     adan,
-    fromage,
-    lars,
-    noisy_sgd,
     novograd,
     optimistic_adam,
     optimistic_adam_v2,
-    optimistic_gradient_descent,
-    polyak_sgd,
     radam,
-    rprop,
-    sm3,
     yogi,
 )
 from ._more_factored import FactoredState, scale_by_factored_rms
@@ -115,9 +107,11 @@ from ._more_lookahead import (
     lookahead,
 )
 from ._more_pieces import (
+    ScaleByDistanceOverGradientsState,
     ScaleByOptimisticGradientState,
     ScaleByRpropState,
     ScaleBySM3State,
+    scale_by_distance_over_gradients,
     scale_by_optimistic_gradient,
     scale_by_param_block_norm,
     scale_by_param_block_rms,
@@ -137,6 +131,16 @@ from ._more_scales import (
     scale_by_radam,
     scale_by_yogi,
 )
+from ._more_sgd import (
+    PolyakSGD,
+    fromage,
+    lars,
+    noisy_sgd,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    rprop,
+    sm3,
+)
 from ._more_transforms import (
     AddNoiseState,
     ZeroNansState,
@@ -146,6 +150,8 @@ from ._more_transforms import (
     clip_by_block_rms,
     keep_params_nonnegative,
     normalize_by_update_norm,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
     scale_gradient,
     zero_nans,
 )
@@ -223,7 +229,7 @@ from ._wrappers import (
 # optax's names for the states of stateless pieces
 AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState
 ScaleState = ScaleByTrustRatioState = EmptyState
-AdaptiveGradClipState = EmptyState
+AdaptiveGradClipState = NonNegativeParamsState = EmptyState
 
 __all__ = [
     "AdaptiveGradClipState",
@@ -250,6 +256,7 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "NonNegativeParamsState",
     "PartitionState",
     "PolyakSGD",
     "ScaleByAdaDeltaState",
@@ -257,6 +264,7 @@ __all__ = [
     "ScaleByAdanState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLionState",
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
@@ -335,6 +343,8 @@ __all__ = [
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "partition",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
     "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
@@ -354,6 +364,7 @@ __all__ = [
     "scale_by_adan",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_distance_over_gradients",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 
 from ._base import (
     EmptyState,
@@ -320,3 +321,70 @@ def scale_by_polyak(
         return unflatten([u * rate.to(u.dtype) for u in us], spec), state
 
     return _Polyak(init_empty_state, update)
+
+
+class ScaleByDistanceOverGradientsState(NamedTuple):
+    max_dist: Any
+    """per leaf, a 0-dim tensor: the largest distance from the first params so far"""
+    grad_sum_of_squares: Any
+    """per leaf, a tensor of shape ``(1,)``: the sum of the squared updates"""
+    init_params: Any
+    """the first params, in ``param_dtype``"""
+
+
+def scale_by_distance_over_gradients(
+    reps_rel: float = 1e-6,
+    eps: float = 1e-8,
+    param_dtype: torch.dtype = torch.float32,
+    global_scale: float = 1.0,
+) -> GradientTransformation:
+    """DoG's layer-wise step size (Ivgi et al., 2023, "LDoG"): per leaf, ``global_scale *
+    d / sqrt(s + eps)`` times the update, ``d`` the largest distance of the params from
+    their first value (at least ``reps_rel * (1 + |params_0|)``) and ``s`` the sum of the
+    squared updates so far.
+
+    The sum is kept with shape ``(1,)`` as optax's; the update keeps the leaf's shape (for
+    a 0-dim leaf optax's becomes shape ``(1,)``).
+
+    Arguments:
+        reps_rel: the first distance, relative to ``1 + |params_0|``.
+        eps: added to the sum of squares.
+        param_dtype: the dtype the first params are kept in.
+        global_scale: a factor on every step (``-1`` for descent).
+
+    Returns:
+        A GradientTransformation needing the params; its state is a
+        :class:`ScaleByDistanceOverGradientsState`.
+
+    Raises:
+        ValueError: from ``update``, no params.
+    """
+    where = "fm.optim.scale_by_distance_over_gradients"
+    reps_rel = number(where, "reps_rel", reps_rel)
+    eps = number(where, "eps", eps)
+    global_scale = number(where, "global_scale", global_scale, lo=-float("inf"))
+
+    def init(params):
+        return ScaleByDistanceOverGradientsState(
+            pytree.tree_map(lambda p: reps_rel * (1 + torch.linalg.vector_norm(p)), params),
+            pytree.tree_map(lambda p: torch.zeros(1, dtype=p.dtype, device=p.device), params),
+            pytree.tree_map(lambda p: p.to(param_dtype), params),
+        )
+
+    def step(us, state, ps, spec):
+        check_state(state, ScaleByDistanceOverGradientsState, where)
+        dists = state_leaves(state.max_dist, spec, "distances")
+        sums = state_leaves(state.grad_sum_of_squares, spec, "sums of squares")
+        firsts = state_leaves(state.init_params, spec, "first params")
+        out, new_d, new_s = [], [], []
+        for u, d, s, p, p0 in zip(us, dists, sums, ps, firsts, strict=True):
+            d = torch.maximum(d, torch.linalg.vector_norm(p - p0)).to(d.dtype)
+            s = (s + torch.sum(u * u)).to(s.dtype)
+            eta = global_scale * (d / torch.sqrt(s + eps))
+            out.append(eta.reshape(()) * u)
+            new_d.append(d)
+            new_s.append(s)
+        new = ScaleByDistanceOverGradientsState(*rebuild(spec, new_d, new_s), state.init_params)
+        return out, new
+
+    return leafwise(where, init, step, needs_params=True)

@@ -283,3 +283,66 @@ def scale_gradient(inputs: Any, scale: float) -> Any:
         return pytree.tree_map(torch.Tensor.detach, inputs)
     # x - x.detach() is exactly 0 forward, and carries the gradient
     return pytree.tree_map(lambda x: x.detach() + scale * (x - x.detach()), inputs)
+
+
+def _batch_leaves(where: str, grads: Any) -> tuple[list[torch.Tensor], Any]:
+    leaves, spec = pytree.tree_flatten(grads)
+    sizes = {x.shape[0] if x.dim() else None for x in leaves}
+    if not leaves or None in sizes or len(sizes) != 1:
+        raise ValueError(
+            f"{where}: expects per-example gradients, every leaf with the same batch size in "
+            f"dimension 0; got shapes {[tuple(x.shape) for x in leaves]}"
+        )
+    return leaves, spec
+
+
+def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any, torch.Tensor]:
+    """Clip each example's gradient to a global norm of at most ``l2_norm_clip`` and sum
+    over the examples (DP-SGD's clipped sum).
+
+    Arguments:
+        grads: per-example gradients, every leaf of shape ``(batch, *param_shape)``.
+        l2_norm_clip: the largest norm of one example's gradient.
+
+    Returns:
+        ``(clipped sum, a tree like one example's gradients; the number of examples
+        clipped, a 0-dim int64 tensor)``.
+
+    Raises:
+        ValueError: leaves without a common batch dimension.
+    """
+    leaves, spec = _batch_leaves("fm.optim.per_example_global_norm_clip", grads)
+    sq = [torch.sum((g * g).reshape(g.shape[0], -1), dim=1) for g in leaves]
+    norms = torch.sqrt(sum(s.to(sq[0].dtype) for s in sq))
+    multipliers = torch.nan_to_num(torch.clamp(hyper(l2_norm_clip, norms) / norms, max=1.0), 1.0)
+    clipped = [torch.tensordot(multipliers.to(g.dtype), g, dims=1) for g in leaves]
+    return pytree.tree_unflatten(clipped, spec), (multipliers < 1.0).sum()
+
+
+def per_example_layer_norm_clip(
+    grads: Any, global_l2_norm_clip: Scalar, uniform: bool = True
+) -> tuple[Any, Any]:
+    """Clip each example's gradient leaf by leaf and sum over the examples: each leaf to
+    ``global_l2_norm_clip / sqrt(number of leaves)`` (``uniform``) or to
+    ``global_l2_norm_clip * sqrt(leaf size / total size)``.
+
+    Arguments:
+        grads: per-example gradients, every leaf of shape ``(batch, *param_shape)``.
+        global_l2_norm_clip: the norm the per-leaf bounds add up to (in squares).
+        uniform: the same bound for every leaf.
+
+    Returns:
+        ``(clipped sums, numbers clipped)``, two trees like one example's gradients.
+
+    Raises:
+        ValueError: leaves without a common batch dimension.
+    """
+    leaves, spec = _batch_leaves("fm.optim.per_example_layer_norm_clip", grads)
+    total = sum(g[0].numel() for g in leaves)
+    sums, counts = [], []
+    for g in leaves:
+        share = 1.0 / len(leaves) if uniform else g[0].numel() / total
+        s, n = per_example_global_norm_clip(g, global_l2_norm_clip * share**0.5)
+        sums.append(s)
+        counts.append(n)
+    return pytree.tree_unflatten(sums, spec), pytree.tree_unflatten(counts, spec)

@@ -109,6 +109,12 @@ CASES = {
     "scale_by_adadelta": lambda L: L.scale_by_adadelta(0.5, 1e-3),
     "scale_by_novograd": lambda L: L.scale_by_novograd(mu_dtype=L.float64),
     "scale_by_rprop": lambda L: L.scale_by_rprop(0.1),
+    "scale_by_distance_over_gradients": lambda L: L.chain(
+        L.scale_by_distance_over_gradients(param_dtype=L.float64), L.scale(-0.1)
+    ),
+    "scale_by_distance_over_gradients-all": lambda L: L.scale_by_distance_over_gradients(
+        1e-3, 1e-4, L.float32, -0.5
+    ),
     "scale_by_optimistic_gradient": lambda L: L.scale_by_optimistic_gradient(0.3, 0.7),
     "scale_by_param_block_norm": lambda L: L.scale_by_param_block_norm(),
     "scale_by_param_block_rms": lambda L: L.scale_by_param_block_rms(0.5),
@@ -152,6 +158,9 @@ SHAPES = {
     "scale_by_factored_rms": BIG,
     "scale_by_factored_rms-all": BIG,
     "adaptive_grad_clip-axis": NO_SCALAR,  # (optax cannot reduce a 0-dim leaf over axis 0)
+    # (optax turns a 0-dim leaf's update into shape (1,))
+    "scale_by_distance_over_gradients": NO_SCALAR,
+    "scale_by_distance_over_gradients-all": NO_SCALAR,
 }
 NAN_STEPS = {"zero_nans": {1, 4}}
 SM3 = {
@@ -373,3 +382,22 @@ def test_tree_map_params_and_stateless_match_optax():
     theirs, _ = run(OPTAX, _to_jax, jax.tree.map)
     assert _max_diff(ours, theirs) <= TOL
     assert int(state[0][0].count) == 1  # not a params-like tree: untouched
+
+
+@pytest.mark.parametrize("clip", [0.5, 3.0, 1e9])
+def test_per_example_clips_match_optax(clip):
+    shapes = {"a": (5, 4, 3), "b": (5, 3), "c": (5,)}
+    grads = _tree_of(shapes, 7)
+    grads["b"][2] = 0.0  # an example with a zero gradient in one leaf
+    ours = optim.per_example_global_norm_clip(grads, clip)
+    theirs = optax.per_example_global_norm_clip(_to_jax(grads), clip)
+    assert _max_diff(ours[0], theirs[0]) <= TOL and int(ours[1]) == int(theirs[1])
+    for uniform in (True, False):
+        ours = optim.per_example_layer_norm_clip(grads, clip, uniform)
+        theirs = optax.per_example_layer_norm_clip(_to_jax(grads), clip, uniform)
+        assert _max_diff(ours[0], theirs[0]) <= TOL
+        assert [int(n) for n in pytree.tree_leaves(ours[1])] == [
+            int(n) for n in jax.tree.leaves(theirs[1])
+        ]
+    with pytest.raises(ValueError, match="batch"):
+        optim.per_example_global_norm_clip({"a": torch.ones(2, 3), "b": torch.ones(3)}, 1.0)
