@@ -209,3 +209,24 @@ def test_noisy_sgd_draws_from_fm_keys():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["w"], c["w"]) and not torch.equal(a["w"], quiet["w"])
     assert all(torch.equal(quiet[k], _run(optim.sgd(0.1), params)[2][k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["radam", "adan", "novograd", "sm3", "adafactor", "rprop"])
+def test_a_compiled_step_is_one_graph_and_equals_the_eager_one(name):
+    params = _params(torch.float64, name not in NO_SCALAR)
+    opt = OPTIMISERS[name]()
+
+    def step(p, g, s):
+        u, s = opt.update(g, s, p)
+        return optim.apply_updates(p, u), s
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    s_eager = s_compiled = opt.init(params)
+    p_eager = p_compiled = params
+    for i in range(3):
+        g = _grads(params, i)
+        p_eager, s_eager = step(p_eager, g, s_eager)
+        p_compiled, s_compiled = compiled(p_compiled, g, s_compiled)
+    for k in p_eager:
+        torch.testing.assert_close(p_compiled[k], p_eager[k], rtol=1e-12, atol=1e-12)

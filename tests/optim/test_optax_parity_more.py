@@ -101,6 +101,11 @@ CASES = {
     "optimistic_adam_v2-all": lambda L: L.optimistic_adam_v2(
         sched(L), alpha=0.5, beta=2.0, b1=0.8, nesterov=False
     ),
+    # injected hyperparameters (0-dim tensors, rebuilt each step)
+    "inject-radam": lambda L: L.inject_hyperparams(L.radam)(learning_rate=sched(L), b2=0.5),
+    "inject-adan": lambda L: L.inject_hyperparams(L.adan)(1e-2, weight_decay=0.1),
+    "inject-yogi": lambda L: L.inject_hyperparams(L.yogi)(1e-2, b1=0.8),
+    "inject-novograd": lambda L: L.inject_hyperparams(L.novograd)(1e-2),
     # pieces
     "scale_by_radam": lambda L: L.scale_by_radam(),
     "scale_by_belief": lambda L: L.scale_by_belief(),
