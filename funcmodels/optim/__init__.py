@@ -214,6 +214,7 @@ from ._utilities import (
     update_infinity_moment,
     update_moment,
     update_moment_per_elem_norm,
+    with_extra_args_support,
 )
 from ._wrappers import (
     ApplyIfFiniteState,
@@ -404,6 +405,7 @@ __all__ = [
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    "with_extra_args_support",
     "yogi",
     "zero_nans",
 ]

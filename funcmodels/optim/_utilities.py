@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ._base import EmptyState, GradientTransformation, init_empty_state
+from ._base import EmptyState, GradientTransformation, as_transformation, init_empty_state
 from ._moments import _bias_correction
 from ._more_common import hyper
 
@@ -275,3 +275,24 @@ def stateless_with_tree_map(
         return pytree.tree_map(lambda u: f(u, None), updates), EmptyState()
 
     return GradientTransformation(init_empty_state, update)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` with an ``update`` that accepts extra keyword arguments and drops them (the
+    form optax's ``GradientTransformationExtraArgs`` callers pass, ``value=loss``, ...).
+
+    Arguments:
+        tx: a GradientTransformation (or an object with ``init`` and ``update``).
+
+    Returns:
+        A GradientTransformation with the same ``init`` and state.
+
+    Raises:
+        TypeError: ``tx`` is not a transformation.
+    """
+    tx = as_transformation("fm.optim.with_extra_args_support", "tx", tx)
+
+    def update(updates, state, params=None, **extra_args):
+        return tx.update(updates, state, params)
+
+    return GradientTransformation(tx.init, update)

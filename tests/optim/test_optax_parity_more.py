@@ -406,3 +406,12 @@ def test_per_example_clips_match_optax(clip):
         ]
     with pytest.raises(ValueError, match="batch"):
         optim.per_example_global_norm_clip({"a": torch.ones(2, 3), "b": torch.ones(3)}, 1.0)
+
+
+def test_with_extra_args_support_drops_extra_arguments():
+    def run(lib, to):
+        opt = lib.with_extra_args_support(lib.adam(1e-2))
+        grads = lambda s: to(_tree(100 + s, SCALES[s]))  # noqa: E731
+        return _steps_of(lib, opt, to(_tree(0)), grads, lambda s: {"value": float(s)})
+
+    assert _worst(run(FM, lambda t: t), run(OPTAX, _to_jax)) <= TOL
