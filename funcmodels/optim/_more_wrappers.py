@@ -105,7 +105,9 @@ def partition(
     return GradientTransformation(init, update)
 
 
-def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) -> Any:
+def selective_transform(
+    optimizer: GradientTransformation, *, freeze_mask: Any
+) -> GradientTransformation:
     """``optimizer`` for the params ``freeze_mask`` leaves out, zero updates for the others:
     ``partition({'train': optimizer, 'freeze': set_to_zero()}, labels)``.
 
