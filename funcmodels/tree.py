@@ -159,10 +159,10 @@ def partition(tree: Any, predicate: Predicate) -> tuple[Any, Any]:
 
     Returns:
         ``(selected, rest)``: two trees of ``tree``'s structure, each with :data:`HOLE` in
-        place of the other's leaves. A hole is no leaf to ``torch.func`` or an optimiser:
-        ``grad(loss)(selected, rest)`` differentiates the selected ones only, with
-        ``loss`` calling ``fm.apply(fm.tree.combine(selected, rest), x)``, and
-        ``opt.init(selected)`` keeps state for them alone.
+            place of the other's leaves. A hole is no leaf to ``torch.func`` or an optimiser:
+            ``grad(loss)(selected, rest)`` differentiates the selected ones only, with
+            ``loss`` calling ``fm.apply(fm.tree.combine(selected, rest), x)``, and
+            ``opt.init(selected)`` keeps state for them alone.
     """
     flags = _selection(tree, predicate, "fm.tree.partition")
     leaves_, spec = pytree.tree_flatten(tree)

@@ -383,7 +383,7 @@ def calibrate_threshold(
 
     Returns:
         a :class:`Calibration`; its ``threshold`` (for patience: the patience) goes into
-        ``dataclasses.replace(spec, threshold=...)``.
+            ``dataclasses.replace(spec, threshold=...)``.
     """
     spec = params.spec
     if not isinstance(spec, EarlyExit):

@@ -71,7 +71,7 @@ def prepare(
 
     Returns:
         the prepared ``GraphModule``, in train mode; its ``.parameters()`` train with
-        :mod:`torch.optim`, and ``.train()`` / ``.eval()`` switch BatchNorm and dropout.
+            :mod:`torch.optim`, and ``.train()`` / ``.eval()`` switch BatchNorm and dropout.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(

@@ -222,7 +222,7 @@ def scale_by_adamax(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByAdamState` (``nu`` the
-        infinity norm).
+            infinity norm).
     """
     where = "fm.optim.scale_by_adamax"
     b1 = number(where, "b1", b1, below=1.0)

@@ -142,6 +142,6 @@ def donated_adamw(
 
     Returns:
         A :class:`DonatedAdamW`: ``state = opt.init(params)``, then ``params, state =
-        opt.step(grads, state, params)`` each step.
+            opt.step(grads, state, params)`` each step.
     """
     return DonatedAdamW(learning_rate, b1, b2, eps, weight_decay)

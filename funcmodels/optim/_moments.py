@@ -154,7 +154,7 @@ def scale_by_rms(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByRmsState` (with
-        ``bias_correction``: :class:`ScaleByRmsWithCountState`).
+            ``bias_correction``: :class:`ScaleByRmsWithCountState`).
     """
     return _rms(
         "fm.optim.scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction
@@ -177,7 +177,7 @@ def scale_by_stddev(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByRStdDevState` (with
-        ``bias_correction``: :class:`ScaleByRStdDevWithCountState`).
+            ``bias_correction``: :class:`ScaleByRStdDevWithCountState`).
     """
     return _rms(
         "fm.optim.scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction

@@ -108,7 +108,7 @@ def scale_by_learning_rate(
 
     Returns:
         A GradientTransformation (:func:`scale`, :func:`scale_by_schedule` or
-        :func:`identity`).
+            :func:`identity`).
     """
     if learning_rate is None:
         return identity()
@@ -132,8 +132,8 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
 
     Returns:
         A GradientTransformation needing the params; its state is empty, or a
-        :class:`WeightDecayScheduleState` for a schedule (a :class:`MaskedState` around
-        it with a mask).
+            :class:`WeightDecayScheduleState` for a schedule (a :class:`MaskedState` around
+            it with a mask).
     """
     where = "fm.optim.add_decayed_weights"
     wd = number(where, "weight_decay", weight_decay, schedule=True)

@@ -58,7 +58,7 @@ def periodic_update(
 
     Returns:
         ``new_tensors`` or ``old_tensors`` (with a tensor ``steps``: a new tree whose
-        leaves come from one or the other).
+            leaves come from one or the other).
     """
     news, spec = pytree.tree_flatten(new_tensors)
     olds = flatten_like(old_tensors, spec, "old_tensors", "new_tensors")

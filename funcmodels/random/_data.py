@@ -32,8 +32,8 @@ def permutation(
 
     Returns:
         ``(n,)`` int64 indices, or ``x`` with its slices along ``dim`` reordered. The order
-        comes from integer draws only, so it is the same on every device and under
-        ``vmap`` over keys.
+            comes from integer draws only, so it is the same on every device and under
+            ``vmap`` over keys.
     """
     check_key(k, "fm.random.permutation")
     if isinstance(x, torch.Tensor):
@@ -79,9 +79,9 @@ def choice(
 
     Returns:
         int64 indices of ``shape`` for an int ``a``; else ``a``'s rows at those indices,
-        of shape ``(*shape, *a.shape[1:])``. Without ``p`` the indices come from integer
-        draws (the same on every device); with ``p`` from floats (Gumbel top-k without
-        replacement, the inverse CDF with it), equal across devices up to rounding.
+            of shape ``(*shape, *a.shape[1:])``. Without ``p`` the indices come from integer
+            draws (the same on every device); with ``p`` from floats (Gumbel top-k without
+            replacement, the inverse CDF with it), equal across devices up to rounding.
     """
     where = "fm.random.choice"
     check_key(k, where)

@@ -57,6 +57,10 @@ def key(seed: int, *, device: torch.device | str | None = None) -> torch.Tensor:
 
     Returns:
         ``int64`` tensor of shape ``(2,)``.
+
+    Raises:
+        TypeError: ``seed`` is not an int.
+        ValueError: ``seed`` does not fit in 64 bits.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"fm.key(seed): expected an int seed, got {type(seed).__name__}")
@@ -346,8 +350,22 @@ def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     """Split a key into ``num`` new, independent keys.
 
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)``.
+        num: how many keys to make, a positive int.
+
     Returns:
         ``int64`` tensor of shape ``(num, 2)``; ``k1, k2 = fm.split(key)`` unpacks it.
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: ``num`` is not a positive int.
+
+    Example:
+        ```python
+        k1, k2 = fm.split(fm.key(0))
+        assert fm.split(fm.key(0), 4).shape == (4, 2)
+        ```
     """
     check_key(k, "fm.split")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -370,7 +388,12 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             batched under vmap).
 
     Returns:
-        a new key, independent of ``k``'s other derived keys.
+        a new key, an ``int64`` tensor of shape ``(2,)``, independent of ``k``'s other
+            derived keys.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``data`` is not an integer.
+        ValueError: ``data`` is out of ``[0, 2**32)``, or a tensor that is not 0-d.
     """
     check_key(k, "fm.fold_in")
     if isinstance(data, torch.Tensor):

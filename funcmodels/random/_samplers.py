@@ -162,7 +162,7 @@ def bernoulli(
 
     Returns:
         ``bool`` tensor of ``shape``. ``p`` is resolved to a multiple of ``2**-32``: a draw
-        is ``True`` when its 32-bit word is below ``round(p * 2**32)``.
+            is ``True`` when its 32-bit word is below ``round(p * 2**32)``.
     """
     check_key(k, "fm.random.bernoulli")
     where = "fm.random.bernoulli"

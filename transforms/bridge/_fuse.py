@@ -201,7 +201,7 @@ def fuse(module: nn.Module) -> fx.GraphModule:
 
     Returns:
         a new ``torch.fx.GraphModule`` (deep copies of the layers, sharing no tensor with
-        ``module``) whose outputs match ``module``'s up to floating-point rounding.
+            ``module``) whose outputs match ``module``'s up to floating-point rounding.
 
     Raises:
         ValueError: some submodule is in train mode (named in the message).
@@ -360,8 +360,8 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
 
     Returns:
         ``(params, state)`` of the folded spec (``params.spec``); ``state`` holds the
-        buffers of the BatchNorms that remain (empty when all were folded). Inputs are not
-        modified.
+            buffers of the BatchNorms that remain (empty when all were folded). Inputs are not
+            modified.
     """
     if not isinstance(params, fm.Params):
         raise TypeError(f"transforms.fold_batchnorm: expected Params, got {type(params).__name__}")

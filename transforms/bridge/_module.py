@@ -210,7 +210,7 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
 
     Returns:
         the module, in eval mode (as ``fm.apply`` defaults to ``train=False``); call
-        ``.train()`` to fine-tune it.
+            ``.train()`` to fine-tune it.
     """
     if not isinstance(params, fm.Params):
         raise TypeError(

@@ -79,8 +79,8 @@ def sparsify(
 
     Returns:
         ``(params, state)`` of the new spec; the weights are the same tensors' values
-        (pruned ones keep their values: the mask zeroes them), the masks are new. The
-        inputs are not modified.
+            (pruned ones keep their values: the mask zeroes them), the masks are new. The
+            inputs are not modified.
     """
     where = "transforms.sparsify"
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
@@ -156,7 +156,7 @@ def compress(
 
     Returns:
         ``(params, state)`` of the compressed spec; other layers are untouched, and the
-        inputs are not modified. :func:`decompress` turns the CSR layers back.
+            inputs are not modified. :func:`decompress` turns the CSR layers back.
     """
     where = "transforms.compress"
     entries = model_entries(params, state, where)
