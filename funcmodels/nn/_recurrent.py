@@ -387,8 +387,16 @@ class LSTM(_Recurrent):
         h_t = sigmoid(o) * tanh(c_t)        # then h_t W_hr^T with a projection
 
     Arguments:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
-            as :class:`RNN` (``input_size`` may be left out, to be inferred).
+        input_size: ``H_in``, the features of one step; ``None`` (or left out) to infer
+            it from the input shape given to :func:`funcmodels.init`.
+        hidden_size: the features of the hidden state.
+        num_layers: stacked recurrent layers; layer ``k > 0`` reads layer ``k - 1``'s
+            output.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
+        dropout: in train mode, dropout of this probability on the output of every layer
+            but the last, as :class:`RNN`.
+        bidirectional: also run each layer backwards in time (``D = 2``, else 1).
         proj_size: if positive, ``h_t`` is projected to this many features, fewer than
             ``hidden_size``, by ``weight_hr``; ``H_out`` is ``proj_size`` if set, else
             ``hidden_size``.
@@ -456,8 +464,16 @@ class GRU(_Recurrent):
         h_t = (1 - z) * n + z * h_{t-1}
 
     Arguments:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
-            as :class:`RNN` (``input_size`` may be left out, to be inferred).
+        input_size: ``H_in``, the features of one step; ``None`` (or left out) to infer
+            it from the input shape given to :func:`funcmodels.init`.
+        hidden_size: the features of the hidden state.
+        num_layers: stacked recurrent layers; layer ``k > 0`` reads layer ``k - 1``'s
+            output.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
+        dropout: in train mode, dropout of this probability on the output of every layer
+            but the last, as :class:`RNN`.
+        bidirectional: also run each layer backwards in time (``D = 2``, else 1).
 
     Input and output: as :class:`RNN` (``hx`` is ``h_0``; the output ``(output, h_n)``).
 
