@@ -19,7 +19,9 @@ What is enforced, for each public name:
    (``self``/``cls`` excepted; ``*args``/``**kwargs`` are named as ``*args``/``**kwargs``).
    A class's signature is its constructor's; for a dataclass whose generated ``__init__``
    was replaced by a ``(*args, **kwargs)`` one (the layer specs), its init fields.
-   A class may name its fields in ``Attributes:`` instead (NamedTuple states).
+   A class may document a field in ``Attributes:`` instead, or by the string after the
+   field (an attribute docstring, which mkdocstrings shows), as the NamedTuple states do.
+   The docstring NamedTuple and dataclass generate (``Name(field, ...)``) does not count.
 4. **Returns.** A function that returns something has a ``Returns:`` section: its return
    annotation is not ``None``, or, unannotated, its body has a ``return <value>``. The
    section is one entry (continuation lines indented), or several entries that are all
@@ -255,6 +257,8 @@ def problems(name: str, obj: Any) -> list[str]:
     if kind == "constant":
         return _constant_problems(name)
     doc = inspect.getdoc(obj) if kind != "module" else obj.__doc__
+    if kind == "class" and (doc or "").startswith(f"{obj.__name__}("):
+        doc = None  # the docstring NamedTuple and dataclass write for a class without one
     bad = _summary_problem(doc)
     if bad or kind == "module":
         return [bad] if bad else []
@@ -268,6 +272,8 @@ def problems(name: str, obj: Any) -> list[str]:
     args = _section(sections, "parameters")
     attrs = _section(sections, "attributes") if kind == "class" else None
     named = {p.name.lstrip("*") for s in (args, attrs) if s for p in s.value}
+    if kind == "class":
+        named |= _documented_fields(name, obj)
     missing = [
         p.name
         for p in sig.parameters.values()
@@ -327,6 +333,17 @@ def _constant_problems(name: str) -> list[str]:
     return [bad] if bad else []
 
 
+def _documented_fields(name: str, cls: type) -> set[str]:
+    """Fields of ``cls`` documented by the string after them (read from the source)."""
+    try:
+        member = _static_modules()[cls.__module__][cls.__qualname__]
+    except KeyError:
+        return set()
+    if member.is_alias:
+        member = member.final_target
+    return {n for n, m in member.members.items() if not m.is_alias and m.docstring}
+
+
 def _method_problems(cls: type) -> list[str]:
     out = []
     for attr, member in vars(cls).items():
@@ -345,66 +362,6 @@ def _method_problems(cls: type) -> list[str]:
 # the list only shrinks.
 PENDING = frozenset(
     (
-        "funcmodels.optim.ApplyEvery",
-        "funcmodels.optim.ApplyIfFiniteState",
-        "funcmodels.optim.DonatedAdamW",
-        "funcmodels.optim.DonatedAdamWState",
-        "funcmodels.optim.EmaState",
-        "funcmodels.optim.GradientTransformation",
-        "funcmodels.optim.InjectHyperparamsState",
-        "funcmodels.optim.MaskedState",
-        "funcmodels.optim.MultiStepsState",
-        "funcmodels.optim.MultiTransformState",
-        "funcmodels.optim.ScaleByAdamState",
-        "funcmodels.optim.ScaleByAmsgradState",
-        "funcmodels.optim.ScaleByLionState",
-        "funcmodels.optim.ScaleByRStdDevState",
-        "funcmodels.optim.ScaleByRStdDevWithCountState",
-        "funcmodels.optim.ScaleByRmsState",
-        "funcmodels.optim.ScaleByRmsWithCountState",
-        "funcmodels.optim.ScaleByRssState",
-        "funcmodels.optim.ScaleByScheduleState",
-        "funcmodels.optim.TraceState",
-        "funcmodels.optim.WeightDecayScheduleState",
-        "funcmodels.optim.adagrad",
-        "funcmodels.optim.adam",
-        "funcmodels.optim.adamax",
-        "funcmodels.optim.adamaxw",
-        "funcmodels.optim.adamw",
-        "funcmodels.optim.amsgrad",
-        "funcmodels.optim.apply_every",
-        "funcmodels.optim.apply_if_finite",
-        "funcmodels.optim.cosine_onecycle_schedule",
-        "funcmodels.optim.donated_adamw",
-        "funcmodels.optim.exponential_decay",
-        "funcmodels.optim.identity",
-        "funcmodels.optim.init_empty_state",
-        "funcmodels.optim.inject_hyperparams",
-        "funcmodels.optim.join_schedules",
-        "funcmodels.optim.lamb",
-        "funcmodels.optim.linear_onecycle_schedule",
-        "funcmodels.optim.linear_schedule",
-        "funcmodels.optim.lion",
-        "funcmodels.optim.multi_steps",
-        "funcmodels.optim.multi_transform",
-        "funcmodels.optim.nadam",
-        "funcmodels.optim.nadamw",
-        "funcmodels.optim.periodic_update",
-        "funcmodels.optim.piecewise_interpolate_schedule",
-        "funcmodels.optim.polynomial_schedule",
-        "funcmodels.optim.rmsprop",
-        "funcmodels.optim.scale_by_adam",
-        "funcmodels.optim.scale_by_amsgrad",
-        "funcmodels.optim.scale_by_lion",
-        "funcmodels.optim.scale_by_schedule",
-        "funcmodels.optim.scale_by_stddev",
-        "funcmodels.optim.set_to_zero",
-        "funcmodels.optim.sgd",
-        "funcmodels.optim.skip_large_updates",
-        "funcmodels.optim.skip_not_finite",
-        "funcmodels.optim.warmup_constant_schedule",
-        "funcmodels.optim.warmup_cosine_decay_schedule",
-        "funcmodels.optim.warmup_exponential_decay_schedule",
         "funcmodels.tree.HOLE",
         "funcmodels.tree.combine",
         "funcmodels.tree.index",
@@ -430,7 +387,6 @@ PENDING = frozenset(
         "funcmodels.random.uniform",
         "funcmodels.extend.cached",
         "funcmodels.extend.number",
-        "transforms.Calibration",
         "transforms.CompressedLinear",
         "transforms.SparseLinear",
         "transforms.calibrate_threshold",

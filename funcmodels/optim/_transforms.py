@@ -30,11 +30,15 @@ from ._wrappers import masked
 
 
 class ScaleByScheduleState(NamedTuple):
+    """The state of :func:`scale_by_schedule`."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
 
 
 class WeightDecayScheduleState(NamedTuple):
+    """The state of :func:`add_decayed_weights` with a schedule as ``weight_decay``."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor (the weight decay is a schedule of it)"""
 
@@ -73,10 +77,14 @@ def scale_by_schedule(step_size_fn) -> GradientTransformation:
     (a 0-dim int64 tensor); the value is cast to each leaf's dtype.
 
     Arguments:
-        step_size_fn: a schedule.
+        step_size_fn (Callable[[torch.Tensor], Any]): a schedule: a function of the step
+            count returning the factor (a number or a 0-dim tensor).
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByScheduleState`.
+
+    Raises:
+        TypeError: ``step_size_fn`` is not callable.
     """
     where = "fm.optim.scale_by_schedule"
     if not callable(step_size_fn):

@@ -52,7 +52,8 @@ def periodic_update(
     traces under ``torch.compile`` and maps under ``vmap``).
 
     Arguments:
-        new_tensors, old_tensors: two pytrees of the same structure.
+        new_tensors: the online network's params, a pytree of tensors.
+        old_tensors: the target network's params, a pytree of the same structure.
         steps: the online network's step count (an int or an integer tensor).
         update_period: a positive int.
 
