@@ -87,8 +87,8 @@ def cached(spec: Any, name: str, make) -> Any:
         spec: the spec the value belongs to.
         name: the attribute to keep it under; prefix it with your package's name so that
             it clashes with no field and no other cache (``'_mylib_table'``).
-        make: ``make()`` computes the value; it must not return ``None`` (which reads as
-            not computed yet).
+        make (Callable[[], Any]): ``make()`` computes the value; it must not return
+            ``None`` (which reads as not computed yet).
 
     Returns:
         the value, ``make()`` on the first call for this spec object.

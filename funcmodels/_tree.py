@@ -31,6 +31,11 @@ class _Hole:
 
 #: the single hole; ``fm.tree.combine`` fills it from another tree
 HOLE = _Hole()
+"""The placeholder :func:`funcmodels.tree.partition` leaves where a leaf was taken out.
+
+A hole is no leaf to ``torch.func`` or an optimiser; :func:`funcmodels.tree.combine` fills
+it from another tree.
+"""
 pytree.register_pytree_node(
     _Hole,
     lambda hole: ([], None),

@@ -51,12 +51,48 @@ def _paths(tree: Any) -> list[str]:
 
 def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:  # noqa: A001 (jax's name)
     """``fn`` applied to the leaves of ``tree`` (and the matching leaves of ``rest``);
-    the result has ``tree``'s structure (Params keep their spec)."""
+    the result has ``tree``'s structure (Params keep their spec).
+
+    Arguments:
+        fn: ``fn(leaf, *other_leaves)``, returning the new leaf.
+        tree: any tree.
+        *rest: trees of ``tree``'s structure, whose leaves are passed alongside.
+
+    Returns:
+        A tree of ``tree``'s structure holding ``fn``'s results.
+
+    Example:
+        ```python
+        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
+        zeros = fm.tree.map(torch.zeros_like, params)
+        assert float(zeros["weight"].abs().sum()) == 0.0
+        ```
+    """
     return pytree.tree_map(fn, tree, *rest)
 
 
 def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Like :func:`map`, ``fn(path, leaf, *other_leaves)`` with the leaf's dotted path."""
+    """Like :func:`map`, ``fn(path, leaf, *other_leaves)`` with the leaf's dotted path.
+
+    Arguments:
+        fn: ``fn(path, leaf, *other_leaves)``, returning the new leaf; ``path`` is the
+            dotted path (``'0.weight'``).
+        tree: any tree.
+        *rest: trees of ``tree``'s structure, whose leaves are passed alongside.
+
+    Returns:
+        A tree of ``tree``'s structure holding ``fn``'s results.
+
+    Raises:
+        ValueError: a tree of ``rest`` has another structure.
+
+    Example:
+        ```python
+        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
+        decay = fm.tree.map_with_path(lambda path, t: path.endswith("weight"), params)
+        assert decay["weight"] is True and decay["bias"] is False
+        ```
+    """
     leaves_, spec = pytree.tree_flatten(tree)
     others = [pytree.tree_flatten(r)[0] for r in rest]
     for r, o in zip(rest, others, strict=True):
@@ -67,12 +103,26 @@ def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
 
 def leaves(tree: Any) -> list[Any]:
-    """The leaves of ``tree``, in order (``state_dict`` order for Params)."""
+    """The leaves of ``tree``, in order (``state_dict`` order for Params).
+
+    Arguments:
+        tree: any tree.
+
+    Returns:
+        The list of leaves.
+    """
     return pytree.tree_leaves(tree)
 
 
 def structure(tree: Any) -> pytree.TreeSpec:
-    """The structure of ``tree`` (``pytree.tree_unflatten(leaves, structure)`` rebuilds it)."""
+    """The structure of ``tree`` (``pytree.tree_unflatten(leaves, structure)`` rebuilds it).
+
+    Arguments:
+        tree: any tree.
+
+    Returns:
+        torch's ``TreeSpec`` of ``tree``; Params and State keep their spec in it.
+    """
     return pytree.tree_structure(tree)
 
 
@@ -83,8 +133,14 @@ def ravel(tree: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     leaf's device; ``unravel`` casts each part back to its leaf's dtype and shape. As
     ``jax.flatten_util.ravel_pytree``.
 
+    Arguments:
+        tree: a tree whose leaves are all tensors.
+
     Returns:
         ``(flat, unravel)``; ``unravel(flat)`` equals ``tree``.
+
+    Raises:
+        TypeError: a leaf is not a tensor.
     """
     leaves_, spec = pytree.tree_flatten(tree)
     if not all(isinstance(t, torch.Tensor) for t in leaves_):
@@ -173,7 +229,26 @@ def partition(tree: Any, predicate: Predicate) -> tuple[Any, Any]:
 
 def combine(*trees: Any) -> Any:
     """Merge trees of one structure made by :func:`partition`: each leaf from the first
-    tree that has one there (not a :data:`HOLE`)."""
+    tree that has one there (not a :data:`HOLE`).
+
+    Arguments:
+        *trees: trees of one structure, with holes.
+
+    Returns:
+        One tree of that structure; a position that is a hole in every tree stays a hole.
+
+    Raises:
+        TypeError: no tree given.
+        ValueError: the trees have different structures.
+
+    Example:
+        ```python
+        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
+        weights, rest = fm.tree.partition(params, lambda path, t: path == "weight")
+        back = fm.tree.combine(weights, rest)
+        assert back["weight"] is params["weight"] and back["bias"] is params["bias"]
+        ```
+    """
     if not trees:
         raise TypeError("fm.tree.combine: expected at least one tree")
 
@@ -204,6 +279,16 @@ def index(tree: Any, i: int) -> Any:
     (its spec is the member spec, ``fm.apply`` runs it alone); for any other tree (an
     ensemble made by ``vmap(fm.init)``, per-sample gradients), every leaf indexed at ``i``
     along dim 0, the structure kept.
+
+    Arguments:
+        tree: a Stack's Params or State, or any tree whose leaves share a dim 0.
+        i: the member, negative counting from the end.
+
+    Returns:
+        Member ``i``: its leaves have the shapes of the stacked ones without dim 0.
+
+    Raises:
+        IndexError: ``i`` is out of range.
     """
     if isinstance(tree, _Tree) and isinstance(tree.spec, Stack):
         n = tree.spec.n
@@ -214,7 +299,17 @@ def index(tree: Any, i: int) -> Any:
 
 
 def unstack(tree: Any) -> list[Any]:
-    """Every member of stacked params or state, as :func:`index` gives them."""
+    """Every member of stacked params or state, as :func:`index` gives them.
+
+    Arguments:
+        tree: a Stack's Params or State, or any tree whose leaves share a dim 0.
+
+    Returns:
+        The list of the ``n`` members, ``n`` the size of dim 0.
+
+    Raises:
+        ValueError: the tree has no leaves.
+    """
     if isinstance(tree, _Tree) and isinstance(tree.spec, Stack):
         return [index(tree, i) for i in range(tree.spec.n)]
     first = pytree.tree_leaves(tree)
@@ -231,6 +326,21 @@ def stack(trees: Sequence[Any], *, as_stack: bool = False) -> Any:
         as_stack: for Params/State, give the result the spec ``fm.nn.Stack(spec, n)``
             (so ``fm.apply`` runs all members); otherwise the structure is kept, as
             ``vmap(fm.init)`` makes an ensemble.
+
+    Returns:
+        A tree whose leaves have a new dim 0 of size ``len(trees)``.
+
+    Raises:
+        ValueError: no tree given.
+        TypeError: ``as_stack=True`` for trees that are not Params or State.
+
+    Example:
+        ```python
+        members = [fm.init(fm.key(i), fm.nn.Linear(3, 2)) for i in range(4)]
+        ensemble = fm.tree.stack(members, as_stack=True)
+        assert ensemble["weight"].shape == (4, 2, 3)
+        assert fm.apply(ensemble, torch.ones(5, 3)).shape == (4, 5, 2)
+        ```
     """
     if not trees:
         raise ValueError("fm.tree.stack: expected at least one tree")

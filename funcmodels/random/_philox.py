@@ -75,6 +75,16 @@ def check_key(k: object, where: str = "key") -> torch.Tensor:
 
     Under :func:`torch.func.vmap` a batch of keys looks like a single key, so the check is
     the same inside and outside transforms.
+
+    Arguments:
+        k: the object to check.
+        where: what to name in the error message (the function and argument).
+
+    Returns:
+        ``k`` itself.
+
+    Raises:
+        TypeError: ``k`` is not an ``int64`` tensor of shape ``(2,)``.
     """
     if not isinstance(k, torch.Tensor):
         raise TypeError(
@@ -91,7 +101,14 @@ def check_key(k: object, where: str = "key") -> torch.Tensor:
 
 
 def is_plain(t: torch.Tensor) -> bool:
-    """True for an ordinary eager tensor (not under vmap/grad wrappers or compilation)."""
+    """True for an ordinary eager tensor (not under vmap/grad wrappers or compilation).
+
+    Arguments:
+        t: a tensor.
+
+    Returns:
+        Whether its values can be read here (``.item()``, ``.tolist()``).
+    """
     if torch.compiler.is_compiling():
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(t)
@@ -338,6 +355,12 @@ def _numel(shape: Shape, where: str) -> tuple[tuple[int, ...], int]:
 
 def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
     """Uniform random 32-bit words.
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
 
     Returns:
         ``int64`` tensor of ``shape`` with values in ``[0, 2**32)``.
