@@ -36,7 +36,6 @@ What is enforced, for each public name:
 
 Modules listed in an ``__all__`` need a docstring with a summary line; constants need a
 docstring (the string after the assignment, which griffe reads and mkdocstrings shows).
-Names in ``PENDING`` must still fail (a strict xfail) until their documentation is done.
 """
 
 from __future__ import annotations
@@ -359,70 +358,15 @@ def _method_problems(cls: type) -> list[str]:
     return out
 
 
-# Names whose documentation is being completed: each must still fail (a strict xfail), so
-# the list only shrinks.
-PENDING = frozenset(
-    (
-        "transforms.CompressedLinear",
-        "transforms.SparseLinear",
-        "transforms.calibrate_threshold",
-        "transforms.compress",
-        "transforms.decompress",
-        "transforms.deep_supervision_loss",
-        "transforms.fold_batchnorm",
-        "transforms.fuse",
-        "transforms.moe_aux_loss",
-        "transforms.polynomial_sparsity",
-        "transforms.register_converter",
-        "transforms.sparsify",
-        "transforms.to_module",
-        "transforms.sparse.CROSSOVER",
-        "transforms.sparse.INIT_MASKS",
-        "transforms.sparse.KERNELS",
-        "transforms.sparse.PATTERNS",
-        "transforms.sparse.kept_count",
-        "transforms.sparse.magnitude_mask",
-        "transforms.dp.add_noise",
-        "transforms.dp.clipped_grad",
-        "transforms.dp.epsilon",
-        "transforms.dp.poisson_batches",
-        "transforms.dp.poisson_mask",
-        "transforms.dp.total_norm",
-        "transforms.bridge.BilinearModule",
-        "transforms.bridge.CompressedLinearModule",
-        "transforms.bridge.FoldedBatchNorm1dModule",
-        "transforms.bridge.MultiheadAttentionModule",
-        "transforms.bridge.SparseLinearModule",
-        "transforms.distributed.all_reduce",
-        "transforms.distributed.broadcast",
-        "transforms.distributed.shard",
-        "transforms.distributed.data_parallel",
-        "transforms.distributed.ExpertParallelMoE",
-        "transforms.distributed.local_names",
-        "transforms.distributed.expert_parallel",
-        "transforms.distributed.gather",
-        "transforms.qat.convert",
-        "transforms.qat.prepare",
-    )
-)
-
 NAMES = public_names()
 
 
 def test_public_names_are_found():
     kinds = [_kind(obj) for _, obj in NAMES]
     assert kinds.count("function") > 100 and kinds.count("class") > 100, len(NAMES)
-    assert PENDING <= {n for n, _ in NAMES}
 
 
-def _case(name: str, obj: Any) -> Any:
-    marks = (
-        pytest.mark.xfail(strict=True, reason="documentation pending") if name in PENDING else ()
-    )
-    return pytest.param(name, obj, id=name, marks=marks)
-
-
-@pytest.mark.parametrize("name,obj", [_case(n, o) for n, o in NAMES])
+@pytest.mark.parametrize("name,obj", NAMES, ids=[n for n, _ in NAMES])
 def test_documented(name, obj):
     found = problems(name, obj)
     assert not found, f"{name}: " + "; ".join(found)
@@ -446,3 +390,14 @@ def test_a_bad_docstring_is_caught():
     assert "Arguments: missing x, y" in found
     assert "no Returns section" in found
     assert "Raises: missing ValueError" in found
+
+    def g() -> None:
+        """Do nothing.
+
+        Example:
+            ```python
+            assert fm.split(fm.key(0), 3).shape == (2, 2)
+            ```
+        """
+
+    assert any(p.startswith("example fails: AssertionError") for p in problems("g", g))
