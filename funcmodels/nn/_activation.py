@@ -285,7 +285,7 @@ class Softplus(_Elementwise):
 
     Arguments:
         beta: the sharpness; must not be 0.
-        threshold: above ``beta * x > threshold`` the output is ``x`` (for numerical
+        threshold: where ``beta * x > threshold`` the output is ``x`` (for numerical
             stability).
 
     Shapes: input ``(*)``, any shape; output of the same shape.

@@ -231,8 +231,9 @@ def exponential_decay(
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
 
     Raises:
-        TypeError: a value of the wrong type (``staircase`` not a bool, a step count not an int).
-        ValueError: ``decay_rate`` is negative, or ``transition_steps`` not positive.
+        TypeError: a value that is not a finite number, a step count that is not an int,
+            or ``staircase`` not a bool.
+        ValueError: ``decay_rate`` is negative.
     """
     where = "fm.optim.exponential_decay"
     init = _real(where, "init_value", init_value)
