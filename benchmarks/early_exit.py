@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     # Deeper heads are made sharper and the inputs' scales spread over two decades, so a
     # sample's confidence grows with depth at its own pace: exits spread over the depths.
     sharper = {f"heads.{i}.weight": params[f"heads.{i}.weight"] * 4.0**i for i in range(BLOCKS)}
-    params = fm.Params._make(params.spec, {**params.flat(), **sharper})
+    params = fm.tree.at(params, list(sharper), list(sharper.values()))
     scales = torch.logspace(-3, 1, BATCH)[:, None]
     x = fm.random.normal(fm.key(1), (BATCH, WIDTH)) * scales
 
     def at(threshold: float) -> fm.Params:
-        return fm.Params._make(dataclasses.replace(params.spec, threshold=threshold), params.flat())
+        return params.with_spec(dataclasses.replace(params.spec, threshold=threshold))
 
     with torch.no_grad():
         sweep = []

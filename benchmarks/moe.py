@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     t = b * s
     sync = cuda_sync(dev)
     params = fm.init(fm.key(0), layer(), device=dev)
-    cap_params = fm.Params._make(layer(1.25), params.flat())
+    cap_params = params.with_spec(layer(1.25))
     x = torch.randn(b, s, D, device=dev)
     precision = "float32"
     if cuda:

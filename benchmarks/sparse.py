@@ -189,8 +189,8 @@ def training(layer: tuple[fm.Params, fm.State], repeats: int) -> list[str]:
         raise AssertionError(f"expected kernel='auto', got {auto_p.spec.kernel!r}")
     dense_spec = dataclasses.replace(auto_p.spec, kernel="dense")
     dense_kernel = (
-        leaves(fm.Params(dense_spec, auto_p.flat())),
-        fm.State(dense_spec, state.flat()),
+        leaves(auto_p.with_spec(dense_spec)),
+        state.with_spec(dense_spec),
     )
     auto = (leaves(auto_p), state)
     if not uses_csr(fm.apply(auto[0], x, state=auto[1])):

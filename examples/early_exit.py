@@ -75,7 +75,7 @@ def per_sample(
     params: fm.Params, threshold: float, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, float]:
     """Accuracy and mean blocks run with per-sample exits at ``threshold``."""
-    p = fm.Params._make(dataclasses.replace(params.spec, threshold=threshold), params.flat())
+    p = params.with_spec(dataclasses.replace(params.spec, threshold=threshold))
     with torch.no_grad():
         out = fm.run(p, x)
     return (out.out.argmax(-1) == y).float().mean().item(), out.aux[""][

@@ -4,18 +4,17 @@ Each step of DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CC
 
 1. a batch by Poisson sampling: each training example is in it with probability
    ``q = batch_size / n``, independently (``transforms.dp.poisson_batches``), so batch
-   sizes vary, as the privacy analysis assumes;
-2. the clipped, summed gradient ``sum_i min(1, C / |g_i|) g_i`` from
-   ``transforms.dp.clipped_grad``: per-example norms from each layer's input and output
-   gradient (closed forms for the convolutions, GroupNorm and Linear here), no
-   per-example gradient formed;
-3. Gaussian noise of std ``noise_multiplier * C`` on every coordinate
-   (``transforms.dp.add_noise``, from a key folded from the step number), then division
-   by the expected batch size ``q * n``; the optimiser takes it from there.
+   sizes vary, as the privacy analysis assumes, and a batch may be empty;
+2. one call of the step made by ``transforms.dp.private_step``: the clipped, summed
+   gradient ``sum_i min(1, C / |g_i|) g_i`` (``transforms.dp.clipped_grad``: per-example
+   norms from each layer's input and output gradient, closed forms for the convolutions,
+   GroupNorm and Linear here, no per-example gradient formed), Gaussian noise of std
+   ``noise_multiplier * C`` on every coordinate from the step's key (a key folded from
+   the step number), division by the expected batch size ``q * n``, and Adam's update.
 
 The non-private run uses the same model, optimiser, batches and epochs with the plain mean
 gradient, to show what privacy costs in accuracy; the script prints the time of one
-gradient step of each, and the privacy spent, ``(epsilon, delta)`` with
+training step of each, and the privacy spent, ``(epsilon, delta)`` with
 ``delta = 1e-5``, from Opacus's RDP accountant (``transforms.dp.epsilon``).
 
 Hyperparameters (defaults):
@@ -41,6 +40,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,8 @@ SPEC = nn.Sequential(
     nn.Linear(16 * 4 * 4, 10),
 )
 
-GradFn = Callable[[fm.Params, torch.Tensor, torch.Tensor, int], fm.Params]
+#: ``step(key, params, opt_state, x, y) -> (params, opt_state)``: one training step
+StepFn = Callable[[torch.Tensor, fm.Params, Any, torch.Tensor, torch.Tensor], tuple[fm.Params, Any]]
 
 
 def example_losses(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,50 +76,62 @@ def example_losses(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> torch
     return F.cross_entropy(fm.apply(params, x), y, reduction="none")
 
 
-def private_grad_fn(
-    clip: float, noise_multiplier: float, noise_key: torch.Tensor, expected_batch: float = 0.0
-) -> GradFn:
-    """The DP-SGD gradient: clipped per-example gradients, summed, noised, divided by the
-    expected batch size (by the batch's own size when ``expected_batch`` is 0)."""
-    clipped_grad = dp.clipped_grad(example_losses, max_norm=clip)
+def private_step_fn(
+    opt: fm.optim.GradientTransformation,
+    clip: float,
+    noise_multiplier: float,
+    expected_batch: float,
+) -> StepFn:
+    """The DP-SGD step: clipped per-example gradients, summed, noised from the step's key,
+    divided by the expected batch size, then ``opt``'s update."""
+    step = dp.private_step(
+        example_losses,
+        opt,
+        max_norm=clip,
+        noise_multiplier=noise_multiplier,
+        expected_batch_size=expected_batch,
+    )
 
-    def private_grad(params: fm.Params, x: torch.Tensor, y: torch.Tensor, step: int) -> fm.Params:
-        if len(y):
-            grads, _ = clipped_grad(params, x, y)
-        else:  # Poisson sampling may draw an empty batch: the noise alone
-            grads = fm.tree.map(torch.zeros_like, params)
-        noisy = dp.add_noise(
-            grads, fm.fold_in(noise_key, step), noise_multiplier=noise_multiplier, max_norm=clip
-        )
-        divisor = expected_batch or max(len(y), 1)
-        return fm.tree.map(lambda g: g / divisor, noisy)
+    def private(key: torch.Tensor, params: fm.Params, opt_state: Any, x, y):
+        params, opt_state, _ = step(key, params, opt_state, x, y)
+        return params, opt_state
 
-    return private_grad
+    return private
 
 
-def plain_grad(params: fm.Params, x: torch.Tensor, y: torch.Tensor, step: int) -> fm.Params:
+def plain_grad(params: fm.Params, x: torch.Tensor, y: torch.Tensor) -> fm.Params:
     """Gradient of the mean loss over the batch (the non-private baseline)."""
     if not len(y):
         return fm.tree.map(torch.zeros_like, params)
     return grad(lambda p: example_losses(p, x, y).mean())(params)
 
 
+def plain_step_fn(opt: fm.optim.GradientTransformation) -> StepFn:
+    """The non-private step: the mean gradient, then ``opt``'s update (the key unused)."""
+
+    def plain(key: torch.Tensor, params: fm.Params, opt_state: Any, x, y):
+        updates, opt_state = opt.update(plain_grad(params, x, y), opt_state, params)
+        return fm.optim.apply_updates(params, updates), opt_state
+
+    return plain
+
+
 def train(
     name: str,
-    grad_fn: GradFn,
+    step_fn: StepFn,
+    opt: fm.optim.GradientTransformation,
     data: Digits,
-    init_key: torch.Tensor,
-    sample_key: torch.Tensor,
+    keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     args: argparse.Namespace,
 ) -> tuple[fm.Params, float]:
-    """Train ``SPEC`` with Adam on Poisson-sampled batches, taking gradients from
-    ``grad_fn``; return the params and the median time of one gradient, in seconds.
+    """Train ``SPEC`` on Poisson-sampled batches with ``step_fn``; return the params and
+    the median time of one step, in seconds.
 
-    Both runs get the same keys, so they start from the same weights and see the same
-    batches: the only difference is the gradient.
+    Both runs get the same ``keys`` (init, sampling, noise), so they start from the same
+    weights and see the same batches: the only difference is the step.
     """
+    init_key, sample_key, noise_key = keys
     params = fm.init(init_key, SPEC)
-    opt = fm.optim.adam(args.lr)
     opt_state = opt.init(params)
     n = len(data.y_train)
     times = []
@@ -131,10 +144,10 @@ def train(
         )
     ):
         start = time.perf_counter()
-        grads = grad_fn(params, data.x_train[idx], data.y_train[idx], step)
+        params, opt_state = step_fn(
+            fm.fold_in(noise_key, step), params, opt_state, data.x_train[idx], data.y_train[idx]
+        )
         times.append(time.perf_counter() - start)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = fm.optim.apply_updates(params, updates)
     return params, statistics.median(times)
 
 
@@ -165,9 +178,11 @@ def main() -> None:
     data_key, init_key, sample_key, noise_key = fm.split(fm.key(args.seed), 4)
     data = load(data_key)
     n = len(data.y_train)
-    dp_grad = private_grad_fn(args.clip, args.noise_multiplier, noise_key, args.batch_size)
-    private, private_time = train("dp-sgd", dp_grad, data, init_key, sample_key, args)
-    baseline, plain_time = train("non-private", plain_grad, data, init_key, sample_key, args)
+    opt = fm.optim.adam(args.lr)
+    keys = (init_key, sample_key, noise_key)
+    dp_step = private_step_fn(opt, args.clip, args.noise_multiplier, args.batch_size)
+    private, private_time = train("dp-sgd", dp_step, opt, data, keys, args)
+    baseline, plain_time = train("non-private", plain_step_fn(opt), opt, data, keys, args)
     print(
         f"clip C={args.clip}, noise multiplier={args.noise_multiplier}, "
         f"expected batch size={args.batch_size} (q={args.batch_size / n:.4f}), "
@@ -176,7 +191,7 @@ def main() -> None:
     print(f"test accuracy (dp-sgd): {accuracy(private, data.x_test, data.y_test):.4f}")
     print(f"test accuracy (non-private): {accuracy(baseline, data.x_test, data.y_test):.4f}")
     print(
-        f"gradient step, median: dp-sgd {private_time * 1e3:.2f} ms, non-private "
+        f"training step, median: dp-sgd {private_time * 1e3:.2f} ms, non-private "
         f"{plain_time * 1e3:.2f} ms ({private_time / plain_time:.2f}x)"
     )
     try:

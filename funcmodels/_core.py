@@ -14,7 +14,7 @@ from ._context import Context, Run, call, detect_mode, layer_name
 from ._shapes import prepare
 from ._spec import Spec, expected_entries, init_tree, state_dict_order
 from ._tap import active_tap
-from ._tree import Params, State, check_fits
+from ._tree import Params, State, check_fits, misfits
 
 
 class Output(NamedTuple):
@@ -325,24 +325,51 @@ def describe_mismatch(expected: Spec, got: Spec) -> str:
     return f"expected {expected!r}, got {got!r}"
 
 
-def check_params(spec: Spec, params: Params) -> None:
-    """Raise ``ValueError`` unless ``params`` were made for ``spec``.
+def check_params(
+    spec_or_params: Spec | Params | State, params: Params | State | None = None
+) -> None:
+    """Raise unless the params fit a spec: names, shapes and dtypes of every entry.
+
+    Called as ``check_params(params)`` (against their own spec) or ``check_params(spec,
+    params)`` (the params must also have been made for ``spec``). A :class:`State` is
+    checked the same way.
 
     Arguments:
-        spec: the spec the params should belong to.
-        params: :class:`Params`, from :func:`init` or :func:`from_state_dict`.
+        spec_or_params: the spec, or the params to check against their own spec.
+        params: the params (or state), when a spec comes first.
+
+    Returns:
+        ``None``; the params fit.
 
     Raises:
-        TypeError: ``spec`` is not a spec or ``params`` are not :class:`Params`.
-        ValueError: ``params`` were made for another spec; the message names the first
-            layer where the two differ.
+        TypeError: no Params (or State) where expected, or no spec first in the two-argument
+            form.
+        ValueError: the params were made for another spec (the first layer where the specs
+            differ is named), or an entry is missing, unexpected, not a tensor, or of
+            another shape or dtype than its spec's (every such entry is named).
     """
-    _check_spec(spec, "check_params")
-    if not isinstance(params, Params):
-        raise TypeError(f"expected Params, got {type(params).__name__}")
-    if params.spec != spec:
+    where = "fm.check_params"
+    if params is None:
+        tree = spec_or_params
+        if not isinstance(tree, (Params, State)):
+            raise TypeError(
+                f"{where}: expected Params (or a spec and Params), got {type(tree).__name__}"
+            )
+    else:
+        spec = _check_spec(spec_or_params, f"{where}(spec, params)")
+        tree = params
+        if not isinstance(tree, (Params, State)):
+            raise TypeError(f"{where}: expected Params, got {type(tree).__name__}")
+        if tree.spec != spec:
+            raise ValueError(
+                f"{where}: params were made for a different spec: "
+                + describe_mismatch(spec, tree.spec)
+            )
+    problems = misfits(tree)
+    if problems:
         raise ValueError(
-            "params were made for a different spec: " + describe_mismatch(spec, params.spec)
+            f"{where}: {type(tree).__name__} do not fit their spec {tree.spec.type_name}: "
+            + "; ".join(problems)
         )
 
 

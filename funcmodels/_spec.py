@@ -141,6 +141,15 @@ class Spec:
         """Own buffers, on ``device``; ``key`` is the layer's key (for random masks)."""
         return {}
 
+    def stack_size(self) -> int | None:
+        """``n`` for a layer that keeps ``n`` members' tensors stacked on dim 0 under the
+        members' own names (:class:`~funcmodels.nn.Stack`), ``None`` for any other layer.
+
+        Read by error messages only: a tensor of such a layer that has a member's shape
+        comes from a ``vmap`` over the stacked params, and the message says so.
+        """
+        return None
+
     # -- computation ------------------------------------------------------------------
     def forward(self, ctx: Context, x: Any) -> Any:
         """The layer's computation on a batch ``x``; see :class:`~funcmodels.Context`."""

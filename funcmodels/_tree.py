@@ -58,9 +58,12 @@ class _Tree(Mapping):
     top-level names (own tensors first, then children) in parameter order.
 
     ``Params(spec, flat)`` checks that ``flat`` has exactly the spec's entries, each a
-    tensor. Shapes are checked where the tensors are used (:func:`funcmodels.run`,
-    :func:`funcmodels.save`, ...), since a tree of per-sample gradients or of an
-    ensemble's stacked params legitimately has other shapes.
+    tensor of the spec's shape and dtype (params floating; a buffer of the dtype its layer
+    names, else floating), and raises ``ValueError`` (``TypeError`` for a non-tensor)
+    naming the first entry that does not fit. Trees that legitimately have other shapes
+    (per-sample gradients, an ensemble stacked by ``vmap(fm.init)``) come from
+    ``torch.func`` and ``fm.tree``, which rebuild trees without these checks;
+    :func:`funcmodels.extend.unchecked` does the same for code that builds one itself.
     """
 
     __slots__ = ("spec", "_flat")
@@ -90,6 +93,10 @@ class _Tree(Mapping):
                 f"{where}({spec.type_name}, ...): entry '{bad[0]}' is "
                 f"{type(flat[bad[0]]).__name__}, expected a tensor"
             )
+        for k, (shape, dtype) in want.items():
+            problem = entry_problem(spec, self._kind, k, flat[k], shape, dtype)
+            if problem is not None:
+                raise ValueError(f"{where}({spec.type_name}, ...) does not fit its spec: {problem}")
         self.spec = spec
         self._flat = {k: flat[k] for k in want}
 
@@ -177,6 +184,47 @@ class _Tree(Mapping):
 
         return type(self)._make(self.spec, {k: move(t) for k, t in self._flat.items()})
 
+    def with_spec(self, spec: Spec):
+        """The same tensors under another spec: a changed hyperparameter (an early-exit
+        threshold, an MoE's capacity factor), or another layer of the same layout.
+
+        Checked: ``spec`` must have exactly this tree's entries, and each tensor must fit
+        it (shape and dtype, as ``Params(spec, flat)`` checks), or, in a tree that does
+        not fit its own spec (per-sample gradients, an ensemble from ``vmap(fm.init)``),
+        the entry's shape and dtype must be the same under both specs. The tensors are
+        shared, not copied.
+
+        Arguments:
+            spec: the new spec.
+
+        Returns:
+            a tree of the same type (Params or State) whose spec is ``spec``, its entries
+            in the order of ``spec``.
+
+        Raises:
+            TypeError: ``spec`` is not a spec.
+            ValueError: the entries' names differ (each listed), or an entry does not
+                fit ``spec`` (named, with the shape or dtype expected and found).
+        """
+        where = f"{type(self).__name__}.with_spec"
+        if not isinstance(spec, Spec):
+            raise TypeError(f"{where}: expected a Spec, got {type(spec).__name__}")
+        want = expected_entries(spec, self._kind)
+        have = expected_entries(self.spec, self._kind)
+        missing = [k for k in want if k not in self._flat]
+        extra = [k for k in self._flat if k not in want]
+        if missing or extra:
+            parts = [f"{spec.type_name} has entries {missing} these do not"] if missing else []
+            parts += [f"these have entries {extra} that {spec.type_name} has not"] if extra else []
+            raise ValueError(
+                f"{where}({spec.type_name}): the specs differ in their entries: " + "; ".join(parts)
+            )
+        for k, (shape, dtype) in want.items():
+            problem = entry_problem(spec, self._kind, k, self._flat[k], shape, dtype)
+            if problem is not None and have.get(k) != (shape, dtype):
+                raise ValueError(f"{where}({spec.type_name}): {problem}")
+        return type(self)._make(spec, {k: self._flat[k] for k in want})
+
 
 class Params(_Tree):
     """Trainable tensors of a model: a pytree whose leaves are the floating parameters.
@@ -240,7 +288,96 @@ def _misfit(tree: _Tree, k: str, t: Any, shape: tuple[int, ...], where: str) -> 
         got = f"is a {type(t).__name__}, not a tensor"
     else:
         got = f"has shape {tuple(t.shape)}, expected {shape}"
+        got += _stacked_hint(tree.spec, tree._kind, k, tuple(t.shape), shape)
     raise ValueError(f"{where}: {kind} do not fit their spec: entry '{k}' (layer '{layer}') {got}")
+
+
+def owner(spec: Spec, k: str, kind: str) -> tuple[str, Spec]:
+    """``(prefix, layer)``: the layer of ``spec`` whose own tensor entry ``k`` is."""
+    for prefix, s in spec.walk():
+        if k.startswith(prefix):
+            own = s.param_shapes() if kind == "params" else s.state_shapes()
+            if k[len(prefix) :] in own:
+                return prefix, s
+    return "", spec
+
+
+def _stacked_hint(
+    spec: Spec, kind: str, k: str, got: tuple[int, ...], want: tuple[int, ...]
+) -> str:
+    """What to do about a tensor of a stacking layer (a Stack) that has one member's shape:
+    it comes from a ``vmap`` over the stacked params (dim 0 is the members')."""
+    if not want or got != want[1:]:
+        return ""
+    prefix, layer = owner(spec, k, kind)
+    n = layer.stack_size()
+    if n is None or n != want[0]:
+        return ""
+    at = f"layer '{layer_name(prefix)}', a {layer.type_name} of {n}"
+    fix = (
+        "fm.apply(params, x) runs every member itself, without vmap; to map over the "
+        "members yourself, give the tree the member spec: "
+        "vmap(fm.apply, in_dims=(0, None))(fm.tree.stack(fm.tree.unstack(params)), x); "
+        "one member is fm.tree.index(params, i)"
+        if not prefix
+        else "fm.apply runs its members itself, so apply the whole model without a vmap "
+        "over the stacked params"
+    )
+    return (
+        f": one member's shape. These are {at}, which keeps its members' tensors stacked "
+        f"on dim 0; a vmap over dim 0 of them hands each call one member's tensors. {fix}"
+    )
+
+
+def entry_problem(
+    spec: Spec, kind: str, k: str, t: Any, shape: tuple[int, ...], dtype: torch.dtype | None
+) -> str | None:
+    """Why tensor ``t`` does not fit entry ``k`` of ``spec`` (``shape`` and ``dtype`` as
+    :func:`~funcmodels._spec.expected_entries` gives them), or ``None`` when it fits."""
+    if not isinstance(t, torch.Tensor):
+        got = "None" if t is None else type(t).__name__
+        return f"{_entry(spec, kind, k)} is {got}, expected a tensor"
+    if t.shape != shape:
+        got = tuple(t.shape)
+        hint = _stacked_hint(spec, kind, k, got, shape)
+        if not hint and got[1:] == shape:
+            hint = (
+                " (a leading dim: a tree stacked on dim 0, such as an ensemble or per-sample "
+                "gradients, is made by vmap or fm.tree.stack; fm.extend.unchecked wraps one "
+                "built by hand)"
+            )
+        return f"{_entry(spec, kind, k)} has shape {got}, expected {shape}{hint}"
+    if dtype is not None and t.dtype != dtype:
+        return f"{_entry(spec, kind, k)} has dtype {t.dtype}, expected {dtype}"
+    if dtype is None and not t.dtype.is_floating_point:
+        what = "params are floating tensors" if kind == "params" else "the params' dtype"
+        return f"{_entry(spec, kind, k)} has dtype {t.dtype}, expected a floating dtype ({what})"
+    return None
+
+
+def _entry(spec: Spec, kind: str, k: str) -> str:
+    prefix, layer = owner(spec, k, kind)
+    return f"entry '{k}' (layer '{layer_name(prefix)}', {layer.type_name})"
+
+
+def misfits(tree: _Tree) -> list[str]:
+    """Every way ``tree`` does not fit its spec: missing and unexpected entries, and each
+    entry that is not a tensor of the spec's shape and dtype."""
+    want = expected_entries(tree.spec, tree._kind)
+    flat = tree._flat
+    out = []
+    missing = [k for k in want if k not in flat]
+    extra = [k for k in flat if k not in want]
+    if missing:
+        out.append(f"missing entries {missing}")
+    if extra:
+        out.append(f"unexpected entries {extra}")
+    for k, (shape, dtype) in want.items():
+        if k in flat:
+            problem = entry_problem(tree.spec, tree._kind, k, flat[k], shape, dtype)
+            if problem is not None:
+                out.append(problem)
+    return out
 
 
 def _flatten(tree: _Tree):

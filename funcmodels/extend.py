@@ -113,10 +113,12 @@ def unchecked(tree_type: type[Tree], spec: Spec, flat: dict[str, Any]) -> Tree:
     """Params or State around ``flat`` as it is, without the constructor's checks.
 
     ``fm.Params(spec, flat)`` checks that ``flat`` has exactly the spec's entries, each a
-    tensor, and copies it; code that built ``flat`` from the spec's own entries
-    (:func:`expected_entries`) on every call, such as a module wrapping a spec, can skip
-    that. A tree that does not fit its spec is refused later, where it is used, with
-    less precise messages.
+    tensor of the spec's shape and dtype, and copies it; code that built ``flat`` from the
+    spec's own entries (:func:`expected_entries`) on every call, such as a module wrapping
+    a spec, can skip that, and a tree whose tensors legitimately have other shapes (an
+    ensemble or per-sample gradients stacked on dim 0, built by hand) needs to. A tree
+    that does not fit its spec is refused later, where it is used, with less precise
+    messages.
 
     Arguments:
         tree_type: ``fm.Params`` or ``fm.State``.

@@ -295,7 +295,10 @@ def test_save_rejects_bad_inputs(tmp_path):
     other = fm.init_with_state(fm.key(0), nn.BatchNorm2d(4))[1]
     with pytest.raises(ValueError, match="different spec"):
         fm.save(tmp_path / "x", params, other)
-    wrong = fm.Params(params.spec, {**params.flat(), "4.bias": torch.zeros(5)})
+    misfit = {**params.flat(), "4.bias": torch.zeros(5)}
+    with pytest.raises(ValueError, match=r"entry '4\.bias' \(layer '4', Linear\) has shape"):
+        fm.Params(params.spec, misfit)  # the constructor refuses it; save checks anyway
+    wrong = fm.extend.unchecked(fm.Params, params.spec, misfit)
     with pytest.raises(ValueError, match=r"'4\.bias': expected shape \(3,\), got \(5,\)"):
         fm.save(tmp_path / "x", wrong)
     assert not (tmp_path / "x").exists()

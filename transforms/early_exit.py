@@ -388,7 +388,7 @@ def calibrate_threshold(
 
     Returns:
         a :class:`Calibration`; its ``threshold`` (for patience: the patience) goes into
-            ``dataclasses.replace(spec, threshold=...)``.
+            ``params.with_spec(dataclasses.replace(params.spec, threshold=...))``.
 
     Raises:
         TypeError: ``params`` are not an :class:`EarlyExit` model's.

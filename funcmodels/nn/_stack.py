@@ -79,6 +79,9 @@ class Stack(Spec):
             for k, (shape, dtype) in expected_entries(self.spec, "state").items()
         }
 
+    def stack_size(self) -> int:
+        return self.n
+
     def _members(self, key, dtype, device, which):
         members = [
             init_tree(self.spec, _random.fold_in(key, i), dtype=dtype, device=device, state=which)

@@ -177,6 +177,16 @@ def check_state(state: object, cls: type, where: str) -> None:
         )
 
 
+def check_empty(state: object, where: str) -> None:
+    """The state of a piece that keeps none must be its ``EmptyState`` (any empty tuple:
+    optax's is one), not another optimiser's state passed by mistake."""
+    if not (isinstance(state, tuple) and len(state) == 0):
+        raise TypeError(
+            f"{where}: expected the EmptyState made by this transformation's init, got "
+            f"{type(state).__name__} (states are not interchangeable between optimisers)"
+        )
+
+
 def dtype_arg(where: str, name: str, value: object) -> torch.dtype | None:
     """Check an optional dtype argument (``mu_dtype``, ``accumulator_dtype``): ``None``
     or a floating ``torch.dtype``."""
@@ -301,7 +311,14 @@ def flat_transformation(
     needs_params: bool = False,
     fuse: tuple[str, Callable] | None = None,
 ) -> GradientTransformation:
-    """A GradientTransformation from its list form ``fn`` (see :class:`Flat`)."""
+    """A GradientTransformation from its list form ``fn`` (see :class:`Flat`); with
+    ``init_empty_state`` as its ``init``, ``update`` checks that it gets an empty state."""
+    if init is init_empty_state:
+        stateful = fn
+
+        def fn(us, state, ps, spec, own):
+            check_empty(state, where)
+            return stateful(us, state, ps, spec, own)
 
     def update(updates, state, params=None):
         us, ps, spec = leaves_of(updates, params, where, need_params=needs_params)
@@ -411,9 +428,13 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
 
     def fn(us, state, ps, spec, own):
         if not isinstance(state, tuple) or len(state) != len(transformations):
+            got = type(state).__name__
+            if type(state) is tuple:
+                got = f"a tuple of {len(state)}"
             raise TypeError(
                 f"fm.optim.chain: expected the tuple of {len(transformations)} states made by "
-                f"this chain's init, got {type(state).__name__}"
+                f"this chain's init, got {got} (states are not interchangeable between "
+                "optimisers)"
             )
         # (the registry is read in eager mode only: dynamo does not trace weakrefs)
         reading, eager = not torch.compiler.is_compiling(), _eager_in_place()

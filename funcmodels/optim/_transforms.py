@@ -17,6 +17,7 @@ from ._base import (
     EmptyState,
     GradientTransformation,
     Scalar,
+    check_empty,
     check_state,
     count_like,
     flat_transformation,
@@ -68,7 +69,11 @@ def scale(step_size: Scalar) -> GradientTransformation:
     def fn(us, state, ps, spec, own):
         return _scaled(us, step_size, own), state, True
 
-    fuse = ("scale", lambda state: (step_size, state))
+    def value(state):
+        check_empty(state, "fm.optim.scale")
+        return step_size, state
+
+    fuse = ("scale", value)
     return flat_transformation("fm.optim.scale", init_empty_state, fn, fuse=fuse)
 
 
@@ -157,6 +162,7 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
         if scheduled:
             check_state(state, WeightDecayScheduleState, where)
             return wd(state.count), WeightDecayScheduleState(state.count + 1)
+        check_empty(state, where)
         return wd, state
 
     def fn(us, state, ps, spec, own):
@@ -240,6 +246,54 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
         return _scaled(us, factor, own), state, True
 
     return flat_transformation("fm.optim.clip_by_global_norm", init_empty_state, fn)
+
+
+def clip_by_global_norm_per_member(max_norm: Scalar) -> GradientTransformation:
+    """:func:`clip_by_global_norm` for an ensemble: each member clipped by its own global
+    norm, in one call.
+
+    Dim 0 of every leaf is the member axis (the layout of :class:`~funcmodels.nn.Stack`
+    params and of an ensemble made by ``vmap(fm.init)``); member ``i``'s updates
+    ``[u[i] for u in leaves]`` are scaled by ``max_norm / norm_i`` where their global
+    2-norm ``norm_i`` is at least ``max_norm``. The result equals ``vmap`` over the members
+    of ``clip_by_global_norm(max_norm)``; ``clip_by_global_norm`` itself clips all members
+    together, as one model. (No optax counterpart: optax's ensembles are vmapped.)
+
+    Arguments:
+        max_norm: the largest global norm let through per member, ``>= 0``.
+
+    Returns:
+        A GradientTransformation keeping no state; its ``update`` raises ``ValueError``
+            for a leaf without dim 0 or with another size there than the first leaf (its
+            position and shape named).
+    """
+    where = "fm.optim.clip_by_global_norm_per_member"
+    bound = number(where, "max_norm", max_norm)
+
+    def fn(us, state, ps, spec, own):
+        return _clipped_members(us, bound, where), state, True
+
+    return flat_transformation(where, init_empty_state, fn)
+
+
+def _clipped_members(us: Tensors, bound: Scalar, where: str) -> Tensors:
+    """Each member's updates (dim 0 of every leaf) scaled by ``max_norm / norm`` where
+    its own global norm ``norm`` is at least ``max_norm``."""
+    if not us:
+        return us
+    n = us[0].shape[0] if us[0].dim() else None
+    for i, u in enumerate(us):
+        if u.dim() == 0 or u.shape[0] != n:
+            got = "no dim 0" if u.dim() == 0 else f"{u.shape[0]} members on dim 0"
+            first = f", the first leaf {n}" if n is not None and i else ""
+            raise ValueError(
+                f"{where}: leaf {i} (shape {tuple(u.shape)}) has {got}{first}; every leaf "
+                "must hold the members on dim 0"
+            )
+    norms = torch.stack([torch.linalg.vector_norm(u.reshape(n, -1), dim=1) for u in us])
+    norm = torch.linalg.vector_norm(norms, dim=0)
+    factor = torch.where(norm < bound, torch.ones_like(norm), bound / norm)
+    return [u * factor.to(u.dtype).reshape(n, *[1] * (u.dim() - 1)) for u in us]
 
 
 def scale_by_trust_ratio(

@@ -18,6 +18,9 @@ per-example norms ``|g_i|``, equal to materialising every example's gradient wit
 3. the clipped sum from the same inputs and gradients with the clip factors as weights
    (the book-keeping of Bu et al. 2023): no second backward pass.
 
+:func:`private_step` is a whole DP-SGD step in one call: the clipped sum, noise from the
+step's key, division by the expected batch size and an ``fm.optim`` optimiser's update.
+
 The rest of DP-SGD, functional: :func:`add_noise` (Gaussian noise from a key),
 :func:`poisson_batches` / :func:`poisson_mask` (Poisson sampling) and :func:`epsilon`
 (privacy accounting by Opacus's accountants, an optional dependency).
@@ -31,12 +34,15 @@ that names it and the fix (GroupNorm).
 from ._accounting import add_noise, epsilon, poisson_batches, poisson_mask
 from ._bounds import total_norm
 from ._clip import clipped_grad
+from ._step import PrivateStepInfo, private_step
 
 __all__ = [
+    "PrivateStepInfo",
     "add_noise",
     "clipped_grad",
     "epsilon",
     "poisson_batches",
     "poisson_mask",
+    "private_step",
     "total_norm",
 ]

@@ -142,6 +142,9 @@ def clipped_grad(
     is therefore the same for every example (each draws the same dropout mask); for one
     mask per example pass ``fm.split(key, B)`` as a batch argument instead.
 
+    An empty batch (``B = 0``, which Poisson sampling may draw) gives zero gradients and
+    norms of shape ``(0,)``.
+
     The result equals ``vmap(grad)``, clipping and summing (tested to 1e-5 relative);
     layers with a closed form never have their per-example gradients formed.
 
@@ -175,6 +178,8 @@ def clipped_grad(
                 f"transforms.dp.clipped_grad: expected Params first, got {type(params).__name__}"
             )
         layout = _layout(batch, kwargs)
+        if _batch_size(batch) == 0:  # an empty Poisson batch: nothing to clip or plan
+            return _nothing(params)
         if plan is None or plan.spec is not params.spec or plan.layout != layout:
             plan = _make_plan(loss, params, batch, kwargs, bounds, layout)
         per_group = [bounds] if plan.groups is None else list(bounds.values())
@@ -233,7 +238,7 @@ def _clipped(loss, params, batch, kwargs, plan: _Plan, bounds: list[float]):
     steps of the module docstring. ``bounds``: one per clipping group."""
     flat = {n: t.detach() for n, t in params.flat().items()}
     closed = [c for c in plan.calls if c.rule is not None]
-    b = next(a.shape[0] for a in batch if isinstance(a, torch.Tensor) and a.dim() > 0)
+    b = _batch_size(batch)
     g_probes, g_free, inputs = _per_example(
         loss, params.spec, flat, batch, kwargs, plan.calls, closed, b
     )
@@ -243,6 +248,22 @@ def _clipped(loss, params, batch, kwargs, plan: _Plan, bounds: list[float]):
     factors = [(c / (s.sqrt() + 1e-6)).clamp(max=1.0) for c, s in zip(bounds, sq, strict=True)]
     grads = _clipped_sum(flat, finishers, g_free, factors, group)
     return fm.Params(params.spec, grads), norms
+
+
+def _batch_size(batch: tuple[Any, ...]) -> int:
+    """The number of examples (dim 0 of the batch's tensors, checked alike by ``_layout``)."""
+    return next(a.shape[0] for a in batch if isinstance(a, torch.Tensor) and a.dim() > 0)
+
+
+def _nothing(params: fm.Params) -> tuple[fm.Params, torch.Tensor]:
+    """What an empty batch gives: zero gradients and no norms ``(0,)``, in the dtype and
+    on the device the norms of a non-empty batch have."""
+    flat = params.flat()
+    dtype = torch.float32
+    for t in flat.values():
+        dtype = torch.promote_types(dtype, t.dtype)
+    zeros = {n: torch.zeros_like(t) for n, t in flat.items()}
+    return fm.Params(params.spec, zeros), torch.zeros(0, dtype=dtype, device=_device(flat))
 
 
 def _per_example(loss, spec, flat, batch, kwargs, calls, closed, b):
