@@ -62,13 +62,6 @@ def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:  # noqa: A001 (ja
 
     Returns:
         A tree of ``tree``'s structure holding ``fn``'s results.
-
-    Example:
-        ```python
-        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
-        zeros = fm.tree.map(torch.zeros_like, params)
-        assert float(zeros["weight"].abs().sum()) == 0.0
-        ```
     """
     return pytree.tree_map(fn, tree, *rest)
 
@@ -87,13 +80,6 @@ def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
     Raises:
         ValueError: a tree of ``rest`` has another structure.
-
-    Example:
-        ```python
-        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
-        decay = fm.tree.map_with_path(lambda path, t: path.endswith("weight"), params)
-        assert decay["weight"] is True and decay["bias"] is False
-        ```
     """
     leaves_, spec = pytree.tree_flatten(tree)
     others = [pytree.tree_flatten(r)[0] for r in rest]
@@ -242,14 +228,6 @@ def combine(*trees: Any) -> Any:
     Raises:
         TypeError: no tree given.
         ValueError: the trees have different structures.
-
-    Example:
-        ```python
-        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
-        weights, rest = fm.tree.partition(params, lambda path, t: path == "weight")
-        back = fm.tree.combine(weights, rest)
-        assert back["weight"] is params["weight"] and back["bias"] is params["bias"]
-        ```
     """
     if not trees:
         raise TypeError("fm.tree.combine: expected at least one tree")
@@ -335,14 +313,6 @@ def stack(trees: Sequence[Any], *, as_stack: bool = False) -> Any:
     Raises:
         ValueError: no tree given.
         TypeError: ``as_stack=True`` for trees that are not Params or State.
-
-    Example:
-        ```python
-        members = [fm.init(fm.key(i), fm.nn.Linear(3, 2)) for i in range(4)]
-        ensemble = fm.tree.stack(members, as_stack=True)
-        assert ensemble["weight"].shape == (4, 2, 3)
-        assert fm.apply(ensemble, torch.ones(5, 3)).shape == (4, 5, 2)
-        ```
     """
     if not trees:
         raise ValueError("fm.tree.stack: expected at least one tree")

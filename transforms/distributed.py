@@ -94,8 +94,7 @@ def all_reduce(tree: Any, op: str = "mean", group=None) -> Any:
     Arguments:
         tree: a pytree of tensors (Params, gradients, an optimiser state).
         op: ``'mean'`` or ``'sum'``.
-        group (torch.distributed.ProcessGroup | None): the process group; ``None`` for
-            the default one.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
 
     Returns:
         A tree of ``tree``'s structure, each tensor of its leaf's shape and dtype.
@@ -134,8 +133,7 @@ def broadcast(tree: Any, src: int = 0, group=None) -> Any:
     Arguments:
         tree: a pytree of tensors, of the same structure and shapes on every rank.
         src: the rank whose values are sent.
-        group (torch.distributed.ProcessGroup | None): the process group; ``None`` for
-            the default one.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
 
     Returns:
         A new tree of ``tree``'s structure holding rank ``src``'s values.
@@ -191,13 +189,6 @@ def shard(x: torch.Tensor, rank: int | None = None, world: int | None = None) ->
     Raises:
         TypeError: ``rank`` or ``world`` is not an int.
         ValueError: ``x`` is not a tensor with a dim 0, or ``rank`` is out of range.
-
-    Example:
-        ```python
-        x = torch.arange(10)
-        parts = [transforms.distributed.shard(x, r, 3) for r in range(3)]
-        assert [len(p) for p in parts] == [4, 3, 3] and torch.equal(torch.cat(parts), x)
-        ```
     """
     rank, world = _rank_and_world(rank, world, "shard")
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
@@ -238,8 +229,7 @@ def data_parallel(
     Arguments:
         loss: ``loss(params, *batch, **kwargs)`` returning a scalar tensor, the mean over
             the batch.
-        group (torch.distributed.ProcessGroup | None): the process group; ``None`` for
-            the default one.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
 
     Returns:
         ``step(params, *batch, **kwargs) -> (grads, loss)``: ``grads`` a
@@ -321,8 +311,6 @@ class ExpertParallelMoE(fm.Spec):
     same tokens, and so do the gradients (the exchange is differentiable). Eager mode
     only: the number of tokens each rank receives is data. The aux values it sows are the
     ``MoE``'s for this rank's tokens (``dropped_fraction`` is 0: dropless).
-
-    Usually made by :func:`expert_parallel` rather than by hand.
 
     Arguments:
         moe: the single-process :class:`MoE` (dropless: ``capacity_factor=None``).
@@ -499,8 +487,7 @@ def gather(
     Arguments:
         params: the expert-parallel model's Params (this rank's).
         state: its State, if it has one.
-        group (torch.distributed.ProcessGroup | None): the process group; ``None`` for
-            the default one.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
 
     Returns:
         ``(params, state)`` of the single-process spec, the same on every rank.

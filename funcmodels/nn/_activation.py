@@ -62,10 +62,7 @@ class Identity(_Elementwise):
 
 @dataclass(frozen=True)
 class ReLU(_Elementwise):
-    """``max(x, 0)``. Never in place: inputs are not mutated.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``max(x, 0)``, never in place; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
@@ -96,10 +93,7 @@ class GELU(_Elementwise):
 
 @dataclass(frozen=True)
 class SiLU(_Elementwise):
-    """``x * sigmoid(x)``.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``x * sigmoid(x)``; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x)
@@ -107,10 +101,7 @@ class SiLU(_Elementwise):
 
 @dataclass(frozen=True)
 class Sigmoid(_Elementwise):
-    """``1 / (1 + exp(-x))``.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``1 / (1 + exp(-x))``; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
@@ -118,10 +109,7 @@ class Sigmoid(_Elementwise):
 
 @dataclass(frozen=True)
 class Tanh(_Elementwise):
-    """Hyperbolic tangent.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """Hyperbolic tangent; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
@@ -195,10 +183,8 @@ class CELU(_Elementwise):
 
 @dataclass(frozen=True)
 class SELU(_Elementwise):
-    """Scaled ELU with torch's fixed ``alpha`` and ``scale``, as :class:`torch.nn.SELU`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """Scaled ELU with torch's fixed ``alpha`` and ``scale``, as :class:`torch.nn.SELU`; any
+    shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.selu(x)
@@ -206,10 +192,7 @@ class SELU(_Elementwise):
 
 @dataclass(frozen=True)
 class Mish(_Elementwise):
-    """``x * tanh(softplus(x))``, as :class:`torch.nn.Mish`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``x * tanh(softplus(x))``, as :class:`torch.nn.Mish`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.mish(x)
@@ -217,10 +200,7 @@ class Mish(_Elementwise):
 
 @dataclass(frozen=True)
 class Hardswish(_Elementwise):
-    """``x * relu6(x + 3) / 6``, as :class:`torch.nn.Hardswish`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``x * relu6(x + 3) / 6``, as :class:`torch.nn.Hardswish`; any shape in, the same out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardswish(x)
@@ -228,10 +208,7 @@ class Hardswish(_Elementwise):
 
 @dataclass(frozen=True)
 class Hardsigmoid(_Elementwise):
-    """``relu6(x + 3) / 6``, as :class:`torch.nn.Hardsigmoid`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``relu6(x + 3) / 6``, as :class:`torch.nn.Hardsigmoid`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardsigmoid(x)
@@ -269,10 +246,8 @@ class Hardtanh(_Elementwise):
 
 @dataclass(frozen=True)
 class ReLU6(_Elementwise):
-    """``min(max(x, 0), 6)``, as :class:`torch.nn.ReLU6` (a Hardtanh from 0 to 6).
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``min(max(x, 0), 6)``, as :class:`torch.nn.ReLU6` (a Hardtanh from 0 to 6); any shape
+    in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardtanh(x, 0.0, 6.0)
@@ -306,10 +281,7 @@ class Softplus(_Elementwise):
 
 @dataclass(frozen=True)
 class Softsign(_Elementwise):
-    """``x / (1 + |x|)``, as :class:`torch.nn.Softsign`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``x / (1 + |x|)``, as :class:`torch.nn.Softsign`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.softsign(x)
@@ -356,10 +328,7 @@ class Hardshrink(_Elementwise):
 
 @dataclass(frozen=True)
 class Tanhshrink(_Elementwise):
-    """``x - tanh(x)``, as :class:`torch.nn.Tanhshrink`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``x - tanh(x)``, as :class:`torch.nn.Tanhshrink`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.tanhshrink(x)
@@ -389,10 +358,8 @@ class Threshold(_Elementwise):
 
 @dataclass(frozen=True)
 class LogSigmoid(_Elementwise):
-    """``log(sigmoid(x))``, computed stably, as :class:`torch.nn.LogSigmoid`.
-
-    Shapes: input ``(*)``, any shape; output of the same shape.
-    """
+    """``log(sigmoid(x))``, computed stably, as :class:`torch.nn.LogSigmoid`; any shape in,
+    the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.logsigmoid(x)

@@ -387,19 +387,15 @@ class LSTM(_Recurrent):
         h_t = sigmoid(o) * tanh(c_t)        # then h_t W_hr^T with a projection
 
     Arguments:
-        input_size: ``H_in``, the features of one step; ``None`` (or left out) to infer
-            it from the input shape given to :func:`funcmodels.init`.
+        input_size: ``H_in``; ``None`` (or left out) to infer it, as :class:`RNN`.
         hidden_size: the features of the hidden state.
-        num_layers: stacked recurrent layers; layer ``k > 0`` reads layer ``k - 1``'s
-            output.
+        num_layers: stacked recurrent layers.
         bias: learn ``bias_ih`` and ``bias_hh``.
         batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
-        dropout: in train mode, dropout of this probability on the output of every layer
-            but the last, as :class:`RNN`.
+        dropout: dropout between layers in train mode, as :class:`RNN`.
         bidirectional: also run each layer backwards in time (``D = 2``, else 1).
-        proj_size: if positive, ``h_t`` is projected to this many features, fewer than
-            ``hidden_size``, by ``weight_hr``; ``H_out`` is ``proj_size`` if set, else
-            ``hidden_size``.
+        proj_size: if positive, ``h_t`` is projected by ``weight_hr`` to this many features,
+            fewer than ``hidden_size``; ``H_out`` is ``proj_size`` if set, else ``hidden_size``.
 
     Input: as :class:`RNN`, with ``hx`` a pair ``(h_0, c_0)``: ``h_0 (D * num_layers, N,
     H_out)`` and ``c_0 (D * num_layers, N, hidden_size)`` (without ``N`` unbatched).
@@ -464,15 +460,12 @@ class GRU(_Recurrent):
         h_t = (1 - z) * n + z * h_{t-1}
 
     Arguments:
-        input_size: ``H_in``, the features of one step; ``None`` (or left out) to infer
-            it from the input shape given to :func:`funcmodels.init`.
+        input_size: ``H_in``; ``None`` (or left out) to infer it, as :class:`RNN`.
         hidden_size: the features of the hidden state.
-        num_layers: stacked recurrent layers; layer ``k > 0`` reads layer ``k - 1``'s
-            output.
+        num_layers: stacked recurrent layers.
         bias: learn ``bias_ih`` and ``bias_hh``.
         batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
-        dropout: in train mode, dropout of this probability on the output of every layer
-            but the last, as :class:`RNN`.
+        dropout: dropout between layers in train mode, as :class:`RNN`.
         bidirectional: also run each layer backwards in time (``D = 2``, else 1).
 
     Input and output: as :class:`RNN` (``hx`` is ``h_0``; the output ``(output, h_n)``).

@@ -278,13 +278,11 @@ def warmup_exponential_decay_schedule(
         init_value: the value at step 0.
         peak_value: the value at the end of the warmup.
         warmup_steps: the length of the linear warmup.
-        transition_steps: the decay's time scale: the value is multiplied by ``decay_rate`` every
-            ``transition_steps`` steps.
+        transition_steps: the value is multiplied by ``decay_rate`` every this many steps.
         decay_rate: the factor per ``transition_steps``.
         transition_begin: steps after the warmup before the decay starts.
         staircase: decay in discrete jumps (integer division of the steps).
-        end_value: a bound the value does not pass (a floor when decaying, a ceiling when growing);
-            ``None``: none.
+        end_value: a bound the value does not pass (or ``None``).
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
