@@ -69,6 +69,20 @@ def from_config(
 
     Returns:
         A :class:`~funcmodels.nn.Sequential` for a list, the layer itself for one entry.
+
+    Raises:
+        TypeError: ``config`` is not a list or a dict, or an entry has a wrong type.
+        ValueError: an entry names an unknown layer or parameter, a value is out of range,
+            or the shapes do not chain; the message names the entry.
+
+    Example:
+        ```python
+        spec = fm.from_config(
+            [{"type": "linear", "name": "fc", "params": {"out_features": 4}}, {"type": "relu"}],
+            input_shape=(3,),
+        )
+        assert fm.init(fm.key(0), spec)["fc.weight"].shape == (4, 3)
+        ```
     """
     decoder = Decoder(_check_variables(variables))
     shape = None if input_shape is None else check_input_shape(input_shape, "fm.from_config")
@@ -150,8 +164,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         The list of layer entries (or one entry dict) for :func:`from_config`.
 
     Raises:
-        ValueError: the extension, the contents, or a bound above.
         OSError: the file cannot be read.
+        ValueError: another extension, a malformed or too deeply nested document, a
+            repeated key, a document that is not a list or a dict, or a bound above.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()

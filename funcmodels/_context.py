@@ -87,8 +87,8 @@ def cached(spec: Any, name: str, make) -> Any:
         spec: the spec the value belongs to.
         name: the attribute to keep it under; prefix it with your package's name so that
             it clashes with no field and no other cache (``'_mylib_table'``).
-        make: ``make()`` computes the value; it must not return ``None`` (which reads as
-            not computed yet).
+        make (Callable[[], Any]): ``make()`` computes the value; it must not return
+            ``None`` (which reads as not computed yet).
 
     Returns:
         the value, ``make()`` on the first call for this spec object.
@@ -158,6 +158,16 @@ class Context(_lifted.LiftedMethods):
     * ``ctx.train``, ``ctx.path``, ``ctx.mode`` (``'eager'``, ``'transform'`` inside a
       torch.func transform, ``'compile'`` under torch.compile: computed once per call;
       only ``'eager'`` allows data-dependent shapes).
+
+    Contexts are made by :func:`funcmodels.run` and by ``ctx.apply``, never by a layer.
+
+    Arguments:
+        run: the state of the whole call (params, buffers, key, mode), shared by every
+            layer's context.
+        spec: the layer this context runs.
+        prefix: the layer's dotted path followed by ``'.'`` (``''`` for the root).
+        parent (Context | None): the parent layer's context (``None`` for the root).
+        name (str | None): the layer's name in its parent (``None`` for the root).
     """
 
     __slots__ = ("_run", "spec", "_prefix", "_parent", "_name", "_key")

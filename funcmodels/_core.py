@@ -18,7 +18,13 @@ from ._tree import Params, State, check_fits, misfits
 
 
 class Output(NamedTuple):
-    """What :func:`run` returns."""
+    """What :func:`run` returns: the output, the new state and the auxiliary outputs.
+
+    Attributes:
+        out: the model's output (for most models a tensor of shape ``(batch, *)``).
+        state: the updated state (``None`` when no state was given).
+        aux: auxiliary outputs by layer path (losses, statistics), empty for most models.
+    """
 
     out: Any
     """the model's output"""
@@ -119,7 +125,20 @@ def init(
 
     Returns:
         :class:`Params`, leaves in ``state_dict`` order; ``params.spec`` is the spec with
-        the inferred sizes filled in. The values do not depend on the device.
+            the inferred sizes filled in. The values do not depend on the device.
+
+    Raises:
+        TypeError: ``key`` is not a key, ``spec`` not a spec, or ``dtype`` not a floating
+            dtype.
+        ValueError: ``input_shape`` does not fit the spec, or the spec leaves a size out
+            and no ``input_shape`` is given; the message names the layer.
+
+    Example:
+        ```python
+        spec = fm.nn.Sequential(fm.nn.Linear(out_features=8), fm.nn.ReLU(), fm.nn.Linear(8, 2))
+        params = fm.init(fm.key(0), spec, input_shape=(3,))
+        assert params["0.weight"].shape == (8, 3)
+        ```
     """
     spec, (params, _) = _init(key, spec, dtype, device, input_shape, "fm.init", False)
     return Params._make(spec, params)
@@ -133,8 +152,27 @@ def init_with_state(
     device: torch.device | str | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> tuple[Params, State]:
-    """Like :func:`init`, also returning the initial :class:`State` (buffers), on the
-    same device."""
+    """Like :func:`init`, also returning the initial :class:`State` (buffers), on the same device.
+
+    Arguments:
+        key: a key from :func:`funcmodels.key`.
+        spec: the model's spec.
+        dtype: floating dtype of the parameters (and of floating buffers such as
+            BatchNorm's running statistics).
+        device: where every leaf goes; by default the key's device (see :func:`init`).
+        input_shape: the shape of one example, without the batch dim; needed when the
+            spec omits sizes (see :func:`init`).
+
+    Returns:
+        ``(params, state)``: the :class:`Params` that :func:`init` returns and the
+            :class:`State` (buffers, torch's ``num_batches_tracked`` included; empty for a
+            model without any).
+
+    Raises:
+        TypeError: ``key`` is not a key, ``spec`` not a spec, or ``dtype`` not a floating
+            dtype.
+        ValueError: ``input_shape`` does not fit the spec, or a size is missing.
+    """
     spec, (params, state) = _init(key, spec, dtype, device, input_shape, "fm.init_with_state", True)
     return Params._make(spec, params), State._make(spec, state)
 
@@ -183,11 +221,15 @@ def run(
 
     Returns:
         ``Output(out, state, aux)``; ``state`` is a new :class:`State`, never the input
-        mutated; ``aux`` maps the path of each layer that sowed values
-        (``ctx.sow``) to a dict of them.
+            mutated; ``aux`` maps the path of each layer that sowed values (``ctx.sow``)
+            to a dict of them.
 
-    Errors raised inside a layer, by the layer or by torch, name the layer's path and
-    type.
+    Raises:
+        TypeError: ``params`` are not :class:`Params`, ``state`` not a :class:`State`, or
+            ``train`` not a bool.
+        ValueError: ``state`` belongs to another spec, the key is on another device than
+            the input, or the input does not fit a layer. Errors raised inside a layer, by
+            the layer or by torch, name the layer's path and type.
     """
     where = "fm.run/fm.apply"
     if not isinstance(params, Params):
@@ -246,6 +288,30 @@ def apply(
 
     Eval mode unless ``train=True``, whether or not a ``key`` is given: for dropout, pass
     both (``fm.apply(params, x, key=k, train=True)``).
+
+    Arguments:
+        params: from :func:`init` (their spec says what to compute).
+        x: a batch, for most models a tensor of shape ``(batch, *example_shape)``, or a
+            single example of shape ``example_shape`` wherever ``torch.nn`` accepts one
+            (the output then has no batch dim either).
+        state: buffers from :func:`init_with_state`; required when the spec has any. The
+            updated state is dropped: use :func:`run` to keep it.
+        key: PRNG key for stochastic layers (dropout) in train mode, on the input's device.
+        train: train-mode semantics (dropout active, BatchNorm batch statistics).
+
+    Returns:
+        The model's output: for a ``Linear(3, 2)`` and ``x`` of shape ``(batch, 3)``, a
+            tensor of shape ``(batch, 2)``.
+
+    Raises:
+        TypeError: as :func:`run`.
+        ValueError: as :func:`run`.
+
+    Example:
+        ```python
+        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
+        assert fm.apply(params, torch.ones(5, 3)).shape == (5, 2)
+        ```
     """
     return run(params, x, state=state, key=key, train=train).out
 
@@ -318,6 +384,20 @@ def to_state_dict(params: Params, state: State | None = None) -> dict[str, torch
 
     The tensors are the same objects as in ``params``/``state`` (no copy). Trees of other
     shapes than the spec's (per-sample gradients, say) convert too.
+
+    Arguments:
+        params: :class:`Params` (or a tree of the same structure, such as gradients).
+        state: the model's :class:`State`, to include the buffers; ``None`` for params
+            only.
+
+    Returns:
+        A dict from dotted names (``'0.weight'``) to tensors, in the order of the
+            ``state_dict()`` of the matching ``torch.nn`` module.
+
+    Raises:
+        TypeError: ``params`` are not :class:`Params` or ``state`` not a :class:`State`.
+        ValueError: ``state`` belongs to another spec than ``params``, or an entry is
+            missing.
     """
     if not isinstance(params, Params):
         raise TypeError(f"fm.to_state_dict: expected Params, got {type(params).__name__}")
@@ -404,6 +484,20 @@ def from_state_dict(spec: Spec, state_dict: Mapping[str, torch.Tensor]) -> tuple
     ``nn.ModuleList`` of them has them). Tensors are detached copies: later changes to
     ``state_dict`` (an optimizer step on the torch module, say) do not leak into the
     returned params.
+
+    Arguments:
+        spec: the model's spec, with every size given (as after :func:`init`).
+        state_dict: a mapping of dotted names to tensors, as ``module.state_dict()``
+            returns; buffers included when the spec has state.
+
+    Returns:
+        ``(params, state)``: :class:`Params` and :class:`State` holding copies of the
+            tensors.
+
+    Raises:
+        TypeError: ``spec`` is not a spec or ``state_dict`` not a mapping.
+        ValueError: names, shapes or dtypes do not match the spec; every difference is
+            listed.
     """
     _check_spec(spec, "fm.from_state_dict(spec, state_dict)")
     if not isinstance(state_dict, Mapping):

@@ -174,9 +174,9 @@ def value_and_grad(
 
     Returns:
         a function of the same arguments returning ``(loss, grads)``, or
-        ``((loss, aux), grads)`` with ``has_aux``. ``loss`` is 0-d, ``aux`` detached;
-        ``grads`` has the structure and shapes of the differentiated argument (a tuple of
-        them for a tuple ``argnums``), with zeros for leaves the loss does not depend on.
+            ``((loss, aux), grads)`` with ``has_aux``. ``loss`` is 0-d, ``aux`` detached;
+            ``grads`` has the structure and shapes of the differentiated argument (a tuple of
+            them for a tuple ``argnums``), with zeros for leaves the loss does not depend on.
 
     Raises:
         TypeError: ``fn`` not callable, ``argnums`` not an int or tuple, ``has_aux`` not a
@@ -213,7 +213,7 @@ def grad(
 
     Returns:
         a function of the same arguments returning ``grads`` (the structure of the
-        differentiated argument, or a tuple of them), or ``(grads, aux)`` with ``has_aux``.
+            differentiated argument, or a tuple of them), or ``(grads, aux)`` with ``has_aux``.
 
     Raises:
         TypeError: a bad ``fn``, ``argnums`` or ``has_aux`` (at once); torch.func's errors
@@ -395,9 +395,10 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
         a function with ``fn``'s signature and results.
 
     Raises:
-        TypeError: ``fn`` is not callable. ValueError: ``fullgraph=False`` or
-        ``disable=True`` (at once); a graph break (when called). torch's
-        ``RuntimeError`` when dynamo is disabled and nothing could be compiled.
+        TypeError: ``fn`` is not callable.
+        ValueError: ``fullgraph=False`` or ``disable=True`` (at once); a graph break (when
+            called).
+        RuntimeError: from torch, when dynamo is disabled and nothing could be compiled.
     """
     if not callable(fn):
         raise TypeError(f"fm.jit: fn must be callable, got {type(fn).__name__}")

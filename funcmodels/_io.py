@@ -47,6 +47,7 @@ def save(
         state: the model's :class:`State`, if it has one to keep.
 
     Raises:
+        TypeError: ``params`` are not :class:`Params`.
         OSError: the directory is missing, ``path`` is a directory, or the write failed
             (a full disk, no permission); the message names the path.
         ValueError: tensors that do not fit the spec, tensors on the meta device (refused
@@ -98,14 +99,20 @@ def load(
 
     Returns:
         ``(params, state)``, each tensor a fresh 64-byte-aligned allocation (not a view
-        into a file buffer), so outputs equal those before the save bitwise. ``state`` is
-        ``None`` when the spec has buffers but the file holds none (saved without state);
-        otherwise a :class:`State` (empty for models without buffers). Names, shapes and
-        dtypes are checked against the spec, every problem listed. A stored spec nested
-        more than 100 levels deep, or holding more than 100,000 layers, is refused with a
-        ``ValueError`` (see :mod:`funcmodels._encode`), as is metadata too deeply nested
-        for JSON to read, and a malformed or truncated file (before anything is
-        allocated).
+            into a file buffer), so outputs equal those before the save bitwise. ``state`` is
+            ``None`` when the spec has buffers but the file holds none (saved without state);
+            otherwise a :class:`State` (empty for models without buffers). Names, shapes and
+            dtypes are checked against the spec, every problem listed. A stored spec nested
+            more than 100 levels deep, or holding more than 100,000 layers, is refused with a
+            ``ValueError`` (see :mod:`funcmodels._encode`), as is metadata too deeply nested
+            for JSON to read, and a malformed or truncated file (before anything is
+            allocated).
+
+    Raises:
+        TypeError: ``spec`` is not a spec.
+        OSError: the file is missing, is a directory, or cannot be read.
+        ValueError: the file holds another spec, its entries do not fit the spec, or it
+            is malformed, truncated or beyond the limits above.
     """
     if spec is not None and not isinstance(spec, Spec):
         raise TypeError(f"fm.load: spec must be a layer spec, got {type(spec).__name__}")

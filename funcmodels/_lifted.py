@@ -386,8 +386,8 @@ class LiftedMethods:
 
         Returns:
             the last member's output; the members' new buffers and sown values join the
-            call's, stacked on dim 0. ``ValueError`` when a member's output does not fit
-            its input, or for ``remat`` under compile of a ``torch.func`` transform.
+                call's, stacked on dim 0. ``ValueError`` when a member's output does not fit
+                its input, or for ``remat`` under compile of a ``torch.func`` transform.
         """
 
         def fail(why: str) -> Exception:
@@ -406,7 +406,7 @@ class LiftedMethods:
 
         Returns:
             ``spec``'s output; its new buffers and sown values (of the forward pass, not
-            the recomputation) join the call's.
+                the recomputation) join the call's.
 
         Raises:
             ValueError: under ``torch.compile`` of a ``torch.func`` transform, where

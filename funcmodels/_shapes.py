@@ -171,8 +171,8 @@ def shapes(spec: Spec | Params | State, input_shape: Sequence[int | None]) -> di
 
     Returns:
         ``{layer path: output shape}`` in parameter order, the whole model first under
-        ``''``, then every layer by its dotted path (``'0'``, ``'block.main_branch.0'``).
-        Shapes are per example; a batch of ``N`` gives ``(N, *shape)``.
+            ``''``, then every layer by its dotted path (``'0'``, ``'block.main_branch.0'``).
+            Shapes are per example; a batch of ``N`` gives ``(N, *shape)``.
     """
     spec = _spec_of(spec, "fm.shapes")
     shape = check_input_shape(input_shape, "fm.shapes")

@@ -61,7 +61,16 @@ _CHECKED: set[type] = set()
 
 class Spec:
     """Base class of all layer specs. Subclasses are ``@dataclass(frozen=True)`` (making an
-    instance of one that is not raises ``TypeError``)."""
+    instance of one that is not raises ``TypeError``).
+
+    A spec says what a layer computes (its fields, its children), never holds tensors, and
+    is immutable and hashable. The guide "Writing a layer" and :mod:`funcmodels.extend`
+    show how to write one.
+
+    Arguments:
+        *args: the subclass's fields, by position.
+        **kwargs: the subclass's fields, by name.
+    """
 
     #: rank of a single example (``None``: any rank, or decided by the layer itself)
     example_ndim: ClassVar[int | None] = None
@@ -183,7 +192,7 @@ class Spec:
 
         Returns:
             The output shape in the same notation. Raises ``ValueError`` naming the layer
-            when the input does not fit the spec.
+                when the input does not fit the spec.
         """
         raise self._error(
             path,
@@ -212,8 +221,8 @@ class Spec:
 
         Returns:
             A list of layer entries for a :class:`~funcmodels.nn.Sequential`, one entry
-            dict for any other layer; JSON- and YAML-able, and ``fm.from_config`` of it
-            equals this spec.
+                dict for any other layer; JSON- and YAML-able, and ``fm.from_config`` of it
+                equals this spec.
         """
         return _encode.encode(self, defaults=defaults)
 
@@ -305,7 +314,7 @@ def expected_entries(spec: Spec, which: str) -> dict[str, tuple[tuple[int, ...],
 
     Returns:
         ``{dotted path: (shape, dtype)}`` in parameter order; the dtype is ``None`` for
-        every param and for a buffer that follows the params' dtype.
+            every param and for a buffer that follows the params' dtype.
     """
 
     def make():

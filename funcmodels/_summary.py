@@ -122,7 +122,12 @@ def summary(
 
     Returns:
         A :class:`Summary`: ``print(fm.summary(spec, (1, 8, 8)))`` shows the table with
-        totals (trainable parameters, state values, bytes); its ``rows`` hold the numbers.
+            totals (trainable parameters, state values, bytes); its ``rows`` hold the numbers.
+
+    Raises:
+        TypeError: ``spec_or_params`` is neither a spec nor Params.
+        ValueError: ``input_shape`` does not fit the spec, or the spec leaves a size out
+            and no ``input_shape`` is given.
     """
     if isinstance(spec_or_params, Params):
         spec = spec_or_params.spec

@@ -31,6 +31,11 @@ class _Hole:
 
 #: the single hole; ``fm.tree.combine`` fills it from another tree
 HOLE = _Hole()
+"""The placeholder :func:`funcmodels.tree.partition` leaves where a leaf was taken out.
+
+A hole is no leaf to ``torch.func`` or an optimiser; :func:`funcmodels.tree.combine` fills
+it from another tree.
+"""
 pytree.register_pytree_node(
     _Hole,
     lambda hole: ([], None),
@@ -222,14 +227,32 @@ class _Tree(Mapping):
 
 
 class Params(_Tree):
-    """Trainable tensors of a model: a pytree whose leaves are the floating parameters."""
+    """Trainable tensors of a model: a pytree whose leaves are the floating parameters.
+
+    Usually made by :func:`funcmodels.init` or :func:`funcmodels.from_state_dict`.
+    ``params['0.weight']`` is a tensor, ``params['0']`` the child's Params.
+
+    Arguments:
+        spec: the model's spec, every size given.
+        flat: ``{dotted path: tensor}`` with exactly the spec's parameter entries (as
+            :func:`funcmodels.to_state_dict` names them). Shapes are checked where the
+            tensors are used.
+    """
 
     __slots__ = ()
     _kind = "params"
 
 
 class State(_Tree):
-    """Buffers of a model (BatchNorm running statistics, masks): a pytree of tensors."""
+    """Buffers of a model (BatchNorm running statistics, masks): a pytree of tensors.
+
+    Usually made by :func:`funcmodels.init_with_state`; :func:`funcmodels.run` returns the
+    updated one.
+
+    Arguments:
+        spec: the model's spec, every size given.
+        flat: ``{dotted path: tensor}`` with exactly the spec's buffer entries.
+    """
 
     __slots__ = ()
     _kind = "state"

@@ -91,7 +91,7 @@ def subtree(tree: Tree, path: str) -> Tree:
 
     Returns:
         a tree of the same type whose spec is the layer's, with the layer's entries under
-        their names relative to it (``'weight'``, ``'0.bias'``).
+            their names relative to it (``'weight'``, ``'0.bias'``).
 
     Raises:
         TypeError: ``tree`` is not Params or State, or ``path`` not a string.
@@ -176,7 +176,7 @@ def conv_padding(spec: Conv1d | Conv2d | Conv3d) -> tuple[int, ...]:
 
     Returns:
         ``2 * n`` ints for ``n`` spatial dims, the last dim first: ``(left, right, top,
-        bottom, ...)``.
+            bottom, ...)``.
 
     Raises:
         TypeError: ``spec`` is not such a convolution.

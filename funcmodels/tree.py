@@ -53,12 +53,34 @@ def _paths(tree: Any) -> list[str]:
 
 def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:  # noqa: A001 (jax's name)
     """``fn`` applied to the leaves of ``tree`` (and the matching leaves of ``rest``);
-    the result has ``tree``'s structure (Params keep their spec)."""
+    the result has ``tree``'s structure (Params keep their spec).
+
+    Arguments:
+        fn: ``fn(leaf, *other_leaves)``, returning the new leaf.
+        tree: any tree.
+        *rest: trees of ``tree``'s structure, whose leaves are passed alongside.
+
+    Returns:
+        A tree of ``tree``'s structure holding ``fn``'s results.
+    """
     return pytree.tree_map(fn, tree, *rest)
 
 
 def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Like :func:`map`, ``fn(path, leaf, *other_leaves)`` with the leaf's dotted path."""
+    """Like :func:`map`, ``fn(path, leaf, *other_leaves)`` with the leaf's dotted path.
+
+    Arguments:
+        fn: ``fn(path, leaf, *other_leaves)``, returning the new leaf; ``path`` is the
+            dotted path (``'0.weight'``).
+        tree: any tree.
+        *rest: trees of ``tree``'s structure, whose leaves are passed alongside.
+
+    Returns:
+        A tree of ``tree``'s structure holding ``fn``'s results.
+
+    Raises:
+        ValueError: a tree of ``rest`` has another structure.
+    """
     leaves_, spec = pytree.tree_flatten(tree)
     others = [pytree.tree_flatten(r)[0] for r in rest]
     for r, o in zip(rest, others, strict=True):
@@ -69,12 +91,26 @@ def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
 
 def leaves(tree: Any) -> list[Any]:
-    """The leaves of ``tree``, in order (``state_dict`` order for Params)."""
+    """The leaves of ``tree``, in order (``state_dict`` order for Params).
+
+    Arguments:
+        tree: any tree.
+
+    Returns:
+        The list of leaves.
+    """
     return pytree.tree_leaves(tree)
 
 
 def structure(tree: Any) -> pytree.TreeSpec:
-    """The structure of ``tree`` (``pytree.tree_unflatten(leaves, structure)`` rebuilds it)."""
+    """The structure of ``tree`` (``pytree.tree_unflatten(leaves, structure)`` rebuilds it).
+
+    Arguments:
+        tree: any tree.
+
+    Returns:
+        torch's ``TreeSpec`` of ``tree``; Params and State keep their spec in it.
+    """
     return pytree.tree_structure(tree)
 
 
@@ -85,8 +121,14 @@ def ravel(tree: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     leaf's device; ``unravel`` casts each part back to its leaf's dtype and shape. As
     ``jax.flatten_util.ravel_pytree``.
 
+    Arguments:
+        tree: a tree whose leaves are all tensors.
+
     Returns:
         ``(flat, unravel)``; ``unravel(flat)`` equals ``tree``.
+
+    Raises:
+        TypeError: a leaf is not a tensor.
     """
     leaves_, spec = pytree.tree_flatten(tree)
     if not all(isinstance(t, torch.Tensor) for t in leaves_):
@@ -161,10 +203,10 @@ def partition(tree: Any, predicate: Predicate) -> tuple[Any, Any]:
 
     Returns:
         ``(selected, rest)``: two trees of ``tree``'s structure, each with :data:`HOLE` in
-        place of the other's leaves. A hole is no leaf to ``torch.func`` or an optimiser:
-        ``grad(loss)(selected, rest)`` differentiates the selected ones only, with
-        ``loss`` calling ``fm.apply(fm.tree.combine(selected, rest), x)``, and
-        ``opt.init(selected)`` keeps state for them alone.
+            place of the other's leaves. A hole is no leaf to ``torch.func`` or an optimiser:
+            ``grad(loss)(selected, rest)`` differentiates the selected ones only, with
+            ``loss`` calling ``fm.apply(fm.tree.combine(selected, rest), x)``, and
+            ``opt.init(selected)`` keeps state for them alone.
     """
     flags = _selection(tree, predicate, "fm.tree.partition")
     leaves_, spec = pytree.tree_flatten(tree)
@@ -175,7 +217,18 @@ def partition(tree: Any, predicate: Predicate) -> tuple[Any, Any]:
 
 def combine(*trees: Any) -> Any:
     """Merge trees of one structure made by :func:`partition`: each leaf from the first
-    tree that has one there (not a :data:`HOLE`)."""
+    tree that has one there (not a :data:`HOLE`).
+
+    Arguments:
+        *trees: trees of one structure, with holes.
+
+    Returns:
+        One tree of that structure; a position that is a hole in every tree stays a hole.
+
+    Raises:
+        TypeError: no tree given.
+        ValueError: the trees have different structures.
+    """
     if not trees:
         raise TypeError("fm.tree.combine: expected at least one tree")
 
@@ -206,6 +259,16 @@ def index(tree: Any, i: int) -> Any:
     (its spec is the member spec, ``fm.apply`` runs it alone); for any other tree (an
     ensemble made by ``vmap(fm.init)``, per-sample gradients), every leaf indexed at ``i``
     along dim 0, the structure kept.
+
+    Arguments:
+        tree: a Stack's Params or State, or any tree whose leaves share a dim 0.
+        i: the member, negative counting from the end.
+
+    Returns:
+        Member ``i``: its leaves have the shapes of the stacked ones without dim 0.
+
+    Raises:
+        IndexError: ``i`` is out of range.
     """
     if isinstance(tree, _Tree) and isinstance(tree.spec, Stack):
         n = tree.spec.n
@@ -216,7 +279,17 @@ def index(tree: Any, i: int) -> Any:
 
 
 def unstack(tree: Any) -> list[Any]:
-    """Every member of stacked params or state, as :func:`index` gives them."""
+    """Every member of stacked params or state, as :func:`index` gives them.
+
+    Arguments:
+        tree: a Stack's Params or State, or any tree whose leaves share a dim 0.
+
+    Returns:
+        The list of the ``n`` members, ``n`` the size of dim 0.
+
+    Raises:
+        ValueError: the tree has no leaves.
+    """
     if isinstance(tree, _Tree) and isinstance(tree.spec, Stack):
         return [index(tree, i) for i in range(tree.spec.n)]
     first = pytree.tree_leaves(tree)
@@ -233,6 +306,13 @@ def stack(trees: Sequence[Any], *, as_stack: bool = False) -> Any:
         as_stack: for Params/State, give the result the spec ``fm.nn.Stack(spec, n)``
             (so ``fm.apply`` runs all members); otherwise the structure is kept, as
             ``vmap(fm.init)`` makes an ensemble.
+
+    Returns:
+        A tree whose leaves have a new dim 0 of size ``len(trees)``.
+
+    Raises:
+        ValueError: no tree given.
+        TypeError: ``as_stack=True`` for trees that are not Params or State.
     """
     if not trees:
         raise ValueError("fm.tree.stack: expected at least one tree")

@@ -89,7 +89,21 @@ def all_reduce(tree: Any, op: str = "mean", group=None) -> Any:
     and device (the leaves are packed into one flat buffer). New tensors come back, of the
     leaves' dtypes: the mean of an integer leaf is floor-divided (exact where the ranks
     agree, as optimiser step counts do); the result is not differentiable. Under
-    ``torch.compile`` it uses torch's functional collectives, which dynamo traces."""
+    ``torch.compile`` it uses torch's functional collectives, which dynamo traces.
+
+    Arguments:
+        tree: a pytree of tensors (Params, gradients, an optimiser state).
+        op: ``'mean'`` or ``'sum'``.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
+
+    Returns:
+        A tree of ``tree``'s structure, each tensor of its leaf's shape and dtype.
+
+    Raises:
+        TypeError: a leaf is not a tensor.
+        ValueError: ``op`` is neither ``'mean'`` nor ``'sum'``.
+        RuntimeError: no process group is initialised.
+    """
     if op not in _OPS:
         raise ValueError(
             f"transforms.distributed.all_reduce: op must be 'mean' or 'sum', got {op!r}"
@@ -114,7 +128,20 @@ def all_reduce(tree: Any, op: str = "mean", group=None) -> Any:
 
 def broadcast(tree: Any, src: int = 0, group=None) -> Any:
     """Every tensor of ``tree`` as rank ``src`` holds it, on every rank (one collective per
-    dtype and device)."""
+    dtype and device).
+
+    Arguments:
+        tree: a pytree of tensors, of the same structure and shapes on every rank.
+        src: the rank whose values are sent.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
+
+    Returns:
+        A new tree of ``tree``'s structure holding rank ``src``'s values.
+
+    Raises:
+        TypeError: a leaf is not a tensor.
+        RuntimeError: no process group is initialised.
+    """
     _group_size(group, "broadcast")
 
     def send(flat: torch.Tensor) -> torch.Tensor:
@@ -149,7 +176,20 @@ def _rank_and_world(rank: int | None, world: int | None, where: str) -> tuple[in
 
 def shard(x: torch.Tensor, rank: int | None = None, world: int | None = None) -> torch.Tensor:
     """This rank's contiguous share of dim 0 of ``x`` (the first ``n % world`` ranks get one
-    row more). ``rank`` and ``world`` default to the default process group's."""
+    row more). ``rank`` and ``world`` default to the default process group's.
+
+    Arguments:
+        x: a tensor with examples on dim 0, shape ``(n, *)``.
+        rank: this rank; ``None`` for the default process group's.
+        world: the number of ranks; ``None`` for the default process group's.
+
+    Returns:
+        A view of ``x`` of shape ``(n // world + (rank < n % world), *)``.
+
+    Raises:
+        TypeError: ``rank`` or ``world`` is not an int.
+        ValueError: ``x`` is not a tensor with a dim 0, or ``rank`` is out of range.
+    """
     rank, world = _rank_and_world(rank, world, "shard")
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         what = "a 0-dim tensor" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -185,6 +225,20 @@ def data_parallel(
     load-balance loss, BatchNorm's batch statistics) is computed per shard, as it is on
     every data-parallel engine, and a key passed in reaches every rank alike (fold the
     rank in, ``fm.fold_in(key, dist.get_rank())``, for independent dropout masks).
+
+    Arguments:
+        loss: ``loss(params, *batch, **kwargs)`` returning a scalar tensor, the mean over
+            the batch.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
+
+    Returns:
+        ``step(params, *batch, **kwargs) -> (grads, loss)``: ``grads`` a
+            :class:`~funcmodels.Params` like ``params``, ``loss`` a 0-dim tensor.
+
+    Raises:
+        TypeError: ``loss`` is not callable (at once).
+        ValueError: when called, batch tensors without a dim 0 or of different lengths,
+            fewer examples than ranks, or a loss that is not a scalar.
     """
     if not callable(loss):
         raise TypeError(
@@ -257,6 +311,12 @@ class ExpertParallelMoE(fm.Spec):
     same tokens, and so do the gradients (the exchange is differentiable). Eager mode
     only: the number of tokens each rank receives is data. The aux values it sows are the
     ``MoE``'s for this rank's tokens (``dropped_fraction`` is 0: dropless).
+
+    Arguments:
+        moe: the single-process :class:`MoE` (dropless: ``capacity_factor=None``).
+        world_size: the number of ranks; must divide ``moe.num_experts``.
+
+    Shapes: as :class:`MoE`'s: input ``(..., D)``, output the same.
     """
 
     moe: MoE
@@ -356,7 +416,15 @@ def _moe_layers(spec: fm.Spec, kind: type) -> list[tuple[str, fm.Spec]]:
 
 def local_names(spec: fm.Spec) -> frozenset[str]:
     """The params of ``spec`` that live on one rank only (experts of expert-parallel
-    layers), by name."""
+    layers), by name.
+
+    Arguments:
+        spec: a model's spec.
+
+    Returns:
+        The dotted names of those params (``'1.experts.0.weight'``), empty for a model
+            without an :class:`ExpertParallelMoE`.
+    """
 
     def names() -> frozenset[str]:
         out = set()
@@ -377,7 +445,22 @@ def expert_parallel(
     """Split every dropless :class:`MoE` of a single-process model over the ranks: it
     becomes an :class:`ExpertParallelMoE` holding this rank's experts (a slice of the
     stacked ``experts.*`` tensors), the rest of the model unchanged. ``world_size`` and
-    ``rank`` default to the default process group's (the one the exchange uses)."""
+    ``rank`` default to the default process group's (the one the exchange uses).
+
+    Arguments:
+        params: the single-process model's Params.
+        state: its State, if it has one.
+        world_size: the number of ranks; must divide every MoE's ``num_experts``.
+        rank: this rank.
+
+    Returns:
+        ``(params, state)`` of the expert-parallel spec; the inputs are not modified.
+
+    Raises:
+        TypeError: ``rank`` or ``world_size`` is not an int.
+        ValueError: the model has no MoE layer, ``rank`` is out of range, or a MoE cannot
+            be split (experts that do not divide evenly, routing with a capacity).
+    """
     rank, world_size = _rank_and_world(rank, world_size, "expert_parallel")
     entries = model_entries(params, state, "transforms.distributed.expert_parallel")
     layers = _moe_layers(params.spec, MoE)
@@ -399,7 +482,20 @@ def gather(
 ) -> tuple[fm.Params, fm.State]:
     """The single-process model of an expert-parallel one, on every rank: each
     :class:`ExpertParallelMoE` becomes its :class:`MoE` again, with every rank's experts
-    (``all_gather``). Save it from rank 0: ``fm.save`` of the result loads in one process."""
+    (``all_gather``). Save it from rank 0: ``fm.save`` of the result loads in one process.
+
+    Arguments:
+        params: the expert-parallel model's Params (this rank's).
+        state: its State, if it has one.
+        group (torch.distributed.ProcessGroup | None): the group (``None``: the default).
+
+    Returns:
+        ``(params, state)`` of the single-process spec, the same on every rank.
+
+    Raises:
+        ValueError: a layer was split over another number of ranks than the group has.
+        RuntimeError: no process group is initialised.
+    """
     world = _group_size(group, "gather")
     entries = model_entries(params, state, "transforms.distributed.gather")
     replaced = {}

@@ -325,6 +325,10 @@ def deep_supervision_loss(
 
     Returns:
         a 0-dim tensor.
+
+    Raises:
+        ValueError: ``aux`` is not an EarlyExit layer's train-mode aux, or ``weights`` is not
+            ``'uniform'``, ``'depth'`` or one number per exit.
     """
     if not isinstance(aux, Mapping) or "exit_logits" not in aux:
         raise ValueError(
@@ -380,7 +384,8 @@ def calibrate_threshold(
 
     Arguments:
         params: an :class:`EarlyExit` model's params (the layer at the root).
-        x: validation inputs; ``y``: their class indices ``(N,)``.
+        x: validation inputs, a batch of ``N`` examples.
+        y: their class indices, an integer tensor of shape ``(N,)``.
         state: its buffers, if it has any.
         max_drop: the accuracy (a fraction) that may be given up.
         thresholds: candidates; by default 101 points over the criterion's range (for
@@ -388,7 +393,11 @@ def calibrate_threshold(
 
     Returns:
         a :class:`Calibration`; its ``threshold`` (for patience: the patience) goes into
-        ``params.with_spec(dataclasses.replace(params.spec, threshold=...))``.
+            ``params.with_spec(dataclasses.replace(params.spec, threshold=...))``.
+
+    Raises:
+        TypeError: ``params`` are not an :class:`EarlyExit` model's.
+        ValueError: no candidate keeps the accuracy within ``max_drop``.
     """
     spec = params.spec
     if not isinstance(spec, EarlyExit):

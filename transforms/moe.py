@@ -241,8 +241,16 @@ def moe_aux_loss(
     over any leading axes the values gained, under a Stack); the defaults are Switch's and
     ST-MoE's coefficients.
 
+    Arguments:
+        aux: ``fm.run(...).aux``, the sown values by layer path.
+        load_balance: the weight of each MoE layer's ``load_balance_loss``.
+        z_loss: the weight of each MoE layer's ``z_loss`` (the router's logit penalty).
+
     Returns:
         a 0-dim tensor (``0.`` for a model without MoE layers), to add to the task loss.
+
+    Raises:
+        TypeError: ``aux`` is not a mapping.
     """
     if not isinstance(aux, Mapping):
         raise TypeError(

@@ -101,7 +101,10 @@ def prepare(
 
     Returns:
         the prepared ``GraphModule``, in train mode; its ``.parameters()`` train with
-        :mod:`torch.optim`, and ``.train()`` / ``.eval()`` switch BatchNorm and dropout.
+            :mod:`torch.optim`, and ``.train()`` / ``.eval()`` switch BatchNorm and dropout.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``, or ``example_inputs`` not a tuple.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(
@@ -167,6 +170,9 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
 
     Returns:
         the quantized ``GraphModule``, in eval mode.
+
+    Raises:
+        TypeError: ``prepared`` is not the ``GraphModule`` from :func:`prepare`.
     """
     if not isinstance(prepared, fx.GraphModule):
         raise TypeError(

@@ -45,6 +45,12 @@ class Identity(_Elementwise):
     Like torch's, the constructor takes any arguments and ignores them, so
     ``Identity(54, unused_argument=0.1)`` stands in for a layer it replaces; they are not
     kept, so every ``Identity`` is the same spec. Any input, a tuple of tensors included.
+
+    Arguments:
+        *args: ignored, as torch ignores them.
+        **kwargs: ignored, as torch ignores them.
+
+    Shapes: the output is the input itself.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -56,7 +62,7 @@ class Identity(_Elementwise):
 
 @dataclass(frozen=True)
 class ReLU(_Elementwise):
-    """``max(x, 0)``. Never in place: inputs are not mutated."""
+    """``max(x, 0)``, never in place; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
@@ -64,7 +70,14 @@ class ReLU(_Elementwise):
 
 @dataclass(frozen=True)
 class GELU(_Elementwise):
-    """Gaussian error linear unit; ``approximate`` is ``'none'`` or ``'tanh'``, as in torch."""
+    """Gaussian error linear unit, ``x * Phi(x)``, as :class:`torch.nn.GELU`.
+
+    Arguments:
+        approximate: ``'none'`` for the exact ``Phi`` (the normal CDF), ``'tanh'`` for
+            torch's tanh approximation.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     approximate: str = "none"
 
@@ -80,7 +93,7 @@ class GELU(_Elementwise):
 
 @dataclass(frozen=True)
 class SiLU(_Elementwise):
-    """``x * sigmoid(x)``."""
+    """``x * sigmoid(x)``; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x)
@@ -88,7 +101,7 @@ class SiLU(_Elementwise):
 
 @dataclass(frozen=True)
 class Sigmoid(_Elementwise):
-    """``1 / (1 + exp(-x))``."""
+    """``1 / (1 + exp(-x))``; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
@@ -96,7 +109,7 @@ class Sigmoid(_Elementwise):
 
 @dataclass(frozen=True)
 class Tanh(_Elementwise):
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
@@ -110,7 +123,13 @@ def _set_number(spec: Spec, field: str, **bounds: Any) -> None:
 
 @dataclass(frozen=True)
 class LeakyReLU(_Elementwise):
-    """``max(x, 0) + negative_slope * min(x, 0)``, as :class:`torch.nn.LeakyReLU`."""
+    """``max(x, 0) + negative_slope * min(x, 0)``, as :class:`torch.nn.LeakyReLU`.
+
+    Arguments:
+        negative_slope: the slope for negative inputs.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     negative_slope: float = 0.01
 
@@ -123,7 +142,13 @@ class LeakyReLU(_Elementwise):
 
 @dataclass(frozen=True)
 class ELU(_Elementwise):
-    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``, as :class:`torch.nn.ELU`."""
+    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``, as :class:`torch.nn.ELU`.
+
+    Arguments:
+        alpha: the scale of the negative part.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     alpha: float = 1.0
 
@@ -136,8 +161,14 @@ class ELU(_Elementwise):
 
 @dataclass(frozen=True)
 class CELU(_Elementwise):
-    """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``, as :class:`torch.nn.CELU`;
-    ``alpha`` must not be 0 (torch refuses it when called)."""
+    """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``, as :class:`torch.nn.CELU`.
+
+    Arguments:
+        alpha: the scale of the negative part; must not be 0 (torch refuses it when
+            called).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     alpha: float = 1.0
 
@@ -152,7 +183,8 @@ class CELU(_Elementwise):
 
 @dataclass(frozen=True)
 class SELU(_Elementwise):
-    """Scaled ELU with torch's fixed ``alpha`` and ``scale``, as :class:`torch.nn.SELU`."""
+    """Scaled ELU with torch's fixed ``alpha`` and ``scale``, as :class:`torch.nn.SELU`; any
+    shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.selu(x)
@@ -160,7 +192,7 @@ class SELU(_Elementwise):
 
 @dataclass(frozen=True)
 class Mish(_Elementwise):
-    """``x * tanh(softplus(x))``, as :class:`torch.nn.Mish`."""
+    """``x * tanh(softplus(x))``, as :class:`torch.nn.Mish`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.mish(x)
@@ -168,7 +200,7 @@ class Mish(_Elementwise):
 
 @dataclass(frozen=True)
 class Hardswish(_Elementwise):
-    """``x * relu6(x + 3) / 6``, as :class:`torch.nn.Hardswish`."""
+    """``x * relu6(x + 3) / 6``, as :class:`torch.nn.Hardswish`; any shape in, the same out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardswish(x)
@@ -176,7 +208,7 @@ class Hardswish(_Elementwise):
 
 @dataclass(frozen=True)
 class Hardsigmoid(_Elementwise):
-    """``relu6(x + 3) / 6``, as :class:`torch.nn.Hardsigmoid`."""
+    """``relu6(x + 3) / 6``, as :class:`torch.nn.Hardsigmoid`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardsigmoid(x)
@@ -188,6 +220,12 @@ class Hardtanh(_Elementwise):
 
     ``min_val`` must be below ``max_val``, as torch's module asserts. torch's deprecated
     aliases ``min_value`` / ``max_value`` are not accepted: give ``min_val`` / ``max_val``.
+
+    Arguments:
+        min_val: the lower bound.
+        max_val: the upper bound.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
     """
 
     min_val: float = -1.0
@@ -208,7 +246,8 @@ class Hardtanh(_Elementwise):
 
 @dataclass(frozen=True)
 class ReLU6(_Elementwise):
-    """``min(max(x, 0), 6)``, as :class:`torch.nn.ReLU6` (a Hardtanh from 0 to 6)."""
+    """``min(max(x, 0), 6)``, as :class:`torch.nn.ReLU6` (a Hardtanh from 0 to 6); any shape
+    in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.hardtanh(x, 0.0, 6.0)
@@ -217,7 +256,15 @@ class ReLU6(_Elementwise):
 @dataclass(frozen=True)
 class Softplus(_Elementwise):
     """``log(1 + exp(beta * x)) / beta``, linear where ``beta * x > threshold``, as
-    :class:`torch.nn.Softplus`; ``beta`` must not be 0."""
+    :class:`torch.nn.Softplus`.
+
+    Arguments:
+        beta: the sharpness; must not be 0.
+        threshold: where ``beta * x > threshold`` the output is ``x`` (for numerical
+            stability).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     beta: float = 1.0
     threshold: float = 20.0
@@ -234,7 +281,7 @@ class Softplus(_Elementwise):
 
 @dataclass(frozen=True)
 class Softsign(_Elementwise):
-    """``x / (1 + |x|)``, as :class:`torch.nn.Softsign`."""
+    """``x / (1 + |x|)``, as :class:`torch.nn.Softsign`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.softsign(x)
@@ -243,7 +290,13 @@ class Softsign(_Elementwise):
 @dataclass(frozen=True)
 class Softshrink(_Elementwise):
     """``x - lambd`` above ``lambd``, ``x + lambd`` below ``-lambd``, else 0, as
-    :class:`torch.nn.Softshrink`; ``lambd >= 0`` as torch requires."""
+    :class:`torch.nn.Softshrink`.
+
+    Arguments:
+        lambd: the half-width of the zero band; ``lambd >= 0`` as torch requires.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     lambd: float = 0.5
 
@@ -256,7 +309,13 @@ class Softshrink(_Elementwise):
 
 @dataclass(frozen=True)
 class Hardshrink(_Elementwise):
-    """``x`` where ``|x| > lambd``, else 0, as :class:`torch.nn.Hardshrink`."""
+    """``x`` where ``|x| > lambd``, else 0, as :class:`torch.nn.Hardshrink`.
+
+    Arguments:
+        lambd: the half-width of the zero band.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     lambd: float = 0.5
 
@@ -269,7 +328,7 @@ class Hardshrink(_Elementwise):
 
 @dataclass(frozen=True)
 class Tanhshrink(_Elementwise):
-    """``x - tanh(x)``, as :class:`torch.nn.Tanhshrink`."""
+    """``x - tanh(x)``, as :class:`torch.nn.Tanhshrink`; any shape in, the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.tanhshrink(x)
@@ -279,7 +338,11 @@ class Tanhshrink(_Elementwise):
 class Threshold(_Elementwise):
     """``x`` where ``x > threshold``, else ``value``, as :class:`torch.nn.Threshold`.
 
-    Arguments: ``threshold`` and ``value``, both required as in torch.
+    Arguments:
+        threshold: inputs at or below it are replaced (required, as in torch).
+        value: what replaces them (required, as in torch).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
     """
 
     threshold: float
@@ -295,7 +358,8 @@ class Threshold(_Elementwise):
 
 @dataclass(frozen=True)
 class LogSigmoid(_Elementwise):
-    """``log(sigmoid(x))``, computed stably, as :class:`torch.nn.LogSigmoid`."""
+    """``log(sigmoid(x))``, computed stably, as :class:`torch.nn.LogSigmoid`; any shape in,
+    the same shape out."""
 
     def forward(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
         return F.logsigmoid(x)
@@ -376,6 +440,8 @@ class RReLU(_Elementwise):
     Arguments:
         lower: the smallest slope.
         upper: the largest slope, at least ``lower``.
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
     """
 
     lower: float = 1.0 / 8

@@ -144,7 +144,9 @@ class MultiheadAttention(Spec):
         add_bias_kv: learn a bias row appended to the keys and to the values.
         add_zero_attn: append a row of zeros to the keys and values (after the heads are
             split).
-        kdim, vdim: sizes of keys and values; ``None`` means ``embed_dim`` (stored as
+        kdim: the size of the keys; ``None`` means ``embed_dim`` (stored as
+            ``embed_dim``).
+        vdim: the size of the values; ``None`` means ``embed_dim`` (stored as
             ``embed_dim``).
         batch_first: batched inputs are ``(N, L, E)`` rather than torch's default
             ``(L, N, E)``.

@@ -244,7 +244,15 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation over ``(N, C, H, W)``, as :class:`torch.nn.BatchNorm2d`.
 
-    Arguments: as :class:`BatchNorm1d`.
+    Arguments:
+        num_features: the channel count ``C``; ``None`` (or left out) to infer it from the
+            input shape given to :func:`funcmodels.init`.
+        eps: added to the variance for stability.
+        momentum: weight of the batch statistics in the running estimates; ``None`` gives
+            the cumulative average over all batches seen, as in torch.
+        affine: learn a per-channel ``weight`` and ``bias``.
+        track_running_stats: keep running statistics (used in eval mode); without them
+            the batch statistics are used in both modes.
 
     Shapes: input ``(N, C, H, W)`` (or one example ``(C, H, W)`` given to
     :func:`funcmodels.apply`, which batches it), output the same. Params and state as
@@ -261,8 +269,15 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm3d(_BatchNorm):
     """Batch normalisation over ``(N, C, D, H, W)``, as :class:`torch.nn.BatchNorm3d`.
 
-    Arguments: as :class:`BatchNorm1d` (``num_features`` omitted: torch's
-    :class:`torch.nn.LazyBatchNorm3d`).
+    Arguments:
+        num_features: the channel count ``C``; ``None`` (or left out) to infer it from the
+            input shape given to :func:`funcmodels.init`.
+        eps: added to the variance for stability.
+        momentum: weight of the batch statistics in the running estimates; ``None`` gives
+            the cumulative average over all batches seen, as in torch.
+        affine: learn a per-channel ``weight`` and ``bias``.
+        track_running_stats: keep running statistics (used in eval mode); without them
+            the batch statistics are used in both modes.
 
     Shapes: input ``(N, C, D, H, W)`` (or one example ``(C, D, H, W)`` given to
     :func:`funcmodels.apply`, which batches it), output the same. Params and state as

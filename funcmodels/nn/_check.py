@@ -116,7 +116,10 @@ def number(
         layer: the layer's name, the start of the message.
         field: the field's name.
         value: what was given (an int or a float; a bool is refused).
-        lo, hi: the bounds, ``None`` for none; inclusive unless ``lo_open``/``hi_open``.
+        lo: the lower bound, ``None`` for none; inclusive unless ``lo_open``.
+        hi: the upper bound, ``None`` for none; inclusive unless ``hi_open``.
+        lo_open: exclude ``lo`` itself.
+        hi_open: exclude ``hi`` itself.
 
     Returns:
         ``value`` as a float.

@@ -33,6 +33,19 @@ class Sequential(Spec):
     ``Sequential({'stem': a, 'head': b})`` names them explicitly. Parameter paths are
     ``'<child>.<param>'``, so ``params['0']['weight']`` and the state_dict key
     ``'0.weight'`` agree with :class:`torch.nn.Sequential`.
+
+    Arguments:
+        *layers: the child specs in order, or one mapping from names to specs.
+
+    Shapes: the input of the first child; the output of the last.
+
+    Example:
+        ```python
+        spec = fm.nn.Sequential({"hidden": fm.nn.Linear(3, 8), "act": fm.nn.Tanh()})
+        params = fm.init(fm.key(0), spec)
+        assert params["hidden.weight"].shape == (8, 3)
+        assert fm.apply(params, torch.ones(2, 3)).shape == (2, 8)
+        ```
     """
 
     layers_field: ClassVar[str | None] = "layers"
@@ -122,6 +135,13 @@ class Flatten(Spec):
 
     The batch dim is dim 0 (a single example given to :func:`funcmodels.apply` is batched
     first when the model's first layer knows its example rank, e.g. a conv).
+
+    Arguments:
+        start_dim: the first dim to flatten (of the batch, so ``1`` keeps the batch dim).
+        end_dim: the last dim to flatten; negative counts from the end.
+
+    Shapes: input ``(N, *dims)``; output with dims ``start_dim..end_dim`` merged into one,
+    ``(N, prod(dims))`` with the defaults.
     """
 
     start_dim: int = 1

@@ -205,11 +205,20 @@ class _ConvNd(_ConvBase):
 class Conv1d(_ConvNd):
     """1-d convolution over ``(N, C, L)`` or ``(C, L)``, as :class:`torch.nn.Conv1d`.
 
-    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
-    (int, tuple, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
-    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
-    ``in_channels`` may be ``None`` (or left out, as in ``Conv2d(out_channels=16,
-    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out, as in
+            ``Conv1d(out_channels=16, kernel_size=3)``) to infer it from the input shape
+            given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a 1-tuple.
+        stride: the stride ``s``, an int or a 1-tuple.
+        padding: the zero padding ``p`` on both sides, an int or a 1-tuple, or
+            ``'same'`` or ``'valid'``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a 1-tuple.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+
     Params: ``weight (out, in/groups, k)``, ``bias (out,)``.
     """
 
@@ -233,11 +242,20 @@ class Conv1d(_ConvNd):
 class Conv2d(_ConvNd):
     """2-d convolution over ``(N, C, H, W)`` or ``(C, H, W)``, as :class:`torch.nn.Conv2d`.
 
-    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
-    (int, pair, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
-    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
-    ``in_channels`` may be ``None`` (or left out, as in ``Conv2d(out_channels=16,
-    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out, as in
+            ``Conv2d(out_channels=16, kernel_size=3)``) to infer it from the input shape
+            given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a pair.
+        stride: the stride ``s``, an int or a pair.
+        padding: the zero padding ``p`` on both sides, an int or a pair, or
+            ``'same'`` or ``'valid'``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a pair.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+
     Params: ``weight (out, in/groups, kh, kw)``, ``bias (out,)``.
     """
 
@@ -262,11 +280,19 @@ class Conv3d(_ConvNd):
     """3-d convolution over ``(N, C, D, H, W)`` or ``(C, D, H, W)``, as
     :class:`torch.nn.Conv3d`.
 
-    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0``
-    (int, triple, ``'same'`` or ``'valid'``), ``dilation=1, groups=1, bias=True,
-    padding_mode='zeros'`` (or ``'reflect'``, ``'replicate'``, ``'circular'``).
-    ``in_channels`` may be ``None`` (or left out, as in ``Conv3d(out_channels=16,
-    kernel_size=3)``) to infer it from the input shape given to :func:`funcmodels.init`.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out, as in
+            ``Conv3d(out_channels=16, kernel_size=3)``) to infer it from the input shape
+            given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a triple.
+        stride: the stride ``s``, an int or a triple.
+        padding: the zero padding ``p`` on both sides, an int or a triple, or
+            ``'same'`` or ``'valid'``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a triple.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
 
     Shapes: input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output ``(N, out, D', H', W')``
     with ``D' = floor((D + 2p - d(k - 1) - 1) / s) + 1``, likewise ``H'`` and ``W'``.
@@ -381,11 +407,20 @@ class ConvTranspose1d(_ConvTransposeNd):
     """1-d transposed convolution over ``(N, C, L)`` or ``(C, L)``, as
     :class:`torch.nn.ConvTranspose1d`.
 
-    Arguments: as torch: ``in_channels, out_channels, kernel_size, stride=1, padding=0,
-    output_padding=0, groups=1, bias=True, dilation=1, padding_mode='zeros'`` ('zeros' is
-    the only mode torch allows). ``in_channels`` may be ``None`` (or left out) to infer it
-    from the input shape given to :func:`funcmodels.init`. ``output_padding`` (each entry
-    smaller than the stride or the dilation) adds to one side of the output.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out) to infer it
+            from the input shape given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a 1-tuple.
+        stride: the stride ``s``, an int or a 1-tuple.
+        padding: ``p``, an int or a 1-tuple; ``d(k - 1) - p`` zeros are added on both
+            sides of the input.
+        output_padding: added to one side of the output, an int or a 1-tuple; each entry
+            smaller than the stride or the dilation.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a 1-tuple.
+        padding_mode: ``'zeros'``, the only mode torch allows.
 
     Shapes: input ``(N, C, L)`` or ``(C, L)``; output ``(N, out, L')`` with
     ``L' = (L - 1) s - 2p + d(k - 1) + output_padding + 1``.
@@ -420,7 +455,20 @@ class ConvTranspose2d(_ConvTransposeNd):
     """2-d transposed convolution over ``(N, C, H, W)`` or ``(C, H, W)``, as
     :class:`torch.nn.ConvTranspose2d`.
 
-    Arguments: as :class:`ConvTranspose1d`, with ints or pairs.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out) to infer it
+            from the input shape given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a pair.
+        stride: the stride ``s``, an int or a pair.
+        padding: ``p``, an int or a pair; ``d(k - 1) - p`` zeros are added on both
+            sides of the input.
+        output_padding: added to one side of the output, an int or a pair; each entry
+            smaller than the stride or the dilation.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a pair.
+        padding_mode: ``'zeros'``, the only mode torch allows.
 
     Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, out, H', W')`` with
     ``H' = (H - 1) s - 2p + d(k - 1) + output_padding + 1``, likewise ``W'``.
@@ -455,7 +503,20 @@ class ConvTranspose3d(_ConvTransposeNd):
     """3-d transposed convolution over ``(N, C, D, H, W)`` or ``(C, D, H, W)``, as
     :class:`torch.nn.ConvTranspose3d`.
 
-    Arguments: as :class:`ConvTranspose1d`, with ints or triples.
+    Arguments:
+        in_channels: the input's channel count ``C``; ``None`` (or left out) to infer it
+            from the input shape given to :func:`funcmodels.init`.
+        out_channels: the output's channel count ``out``.
+        kernel_size: the kernel's size ``k``, an int or a triple.
+        stride: the stride ``s``, an int or a triple.
+        padding: ``p``, an int or a triple; ``d(k - 1) - p`` zeros are added on both
+            sides of the input.
+        output_padding: added to one side of the output, an int or a triple; each entry
+            smaller than the stride or the dilation.
+        groups: the number of blocked connections; must divide both channel counts.
+        bias: learn a bias of shape ``(out,)``.
+        dilation: the spacing ``d`` of the kernel's taps, an int or a triple.
+        padding_mode: ``'zeros'``, the only mode torch allows.
 
     Shapes: input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output ``(N, out, D', H', W')``
     with ``D' = (D - 1) s - 2p + d(k - 1) + output_padding + 1``, likewise ``H'``, ``W'``.

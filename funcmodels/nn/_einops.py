@@ -306,6 +306,8 @@ class Rearrange(_Einops):
             They are stored as ``axes_lengths``, ``(name, size)`` pairs sorted by name,
             which may also be given directly (``axes_lengths=[('h', 4)]``, as configs
             write them). No axis may be called ``pattern`` or ``axes_lengths``.
+        axes_lengths: the same sizes as ``(name, size)`` pairs or a mapping, instead of
+            (or with) ``**axes``.
 
     Returns (from ``forward``): ``einops.rearrange(x, pattern, **axes)``, the input's
     values moved to the output axes.
@@ -358,6 +360,8 @@ class Reduce(_Einops):
         axes: the sizes of axes the input does not determine, positive ints; stored as
             ``axes_lengths`` (sorted ``(name, size)`` pairs), as for :class:`Rearrange`.
             No axis may be called ``pattern``, ``reduction`` or ``axes_lengths``.
+        axes_lengths: the same sizes as ``(name, size)`` pairs or a mapping, instead of
+            (or with) ``**axes``.
 
     Returns (from ``forward``): ``einops.reduce(x, pattern, reduction, **axes)``.
 

@@ -399,11 +399,15 @@ class LSTM(_Recurrent):
         h_t = sigmoid(o) * tanh(c_t)        # then h_t W_hr^T with a projection
 
     Arguments:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
-            as :class:`RNN` (``input_size`` may be left out, to be inferred).
-        proj_size: if positive, ``h_t`` is projected to this many features, fewer than
-            ``hidden_size``, by ``weight_hr``; ``H_out`` is ``proj_size`` if set, else
-            ``hidden_size``.
+        input_size: ``H_in``; ``None`` (or left out) to infer it, as :class:`RNN`.
+        hidden_size: the features of the hidden state.
+        num_layers: stacked recurrent layers.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
+        dropout: dropout between layers in train mode, as :class:`RNN`.
+        bidirectional: also run each layer backwards in time (``D = 2``, else 1).
+        proj_size: if positive, ``h_t`` is projected by ``weight_hr`` to this many features,
+            fewer than ``hidden_size``; ``H_out`` is ``proj_size`` if set, else ``hidden_size``.
 
     Input: as :class:`RNN`, with ``hx`` a pair ``(h_0, c_0)``: ``h_0 (D * num_layers, N,
     H_out)`` and ``c_0 (D * num_layers, N, hidden_size)`` (without ``N`` unbatched).
@@ -470,8 +474,13 @@ class GRU(_Recurrent):
         h_t = (1 - z) * n + z * h_{t-1}
 
     Arguments:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional:
-            as :class:`RNN` (``input_size`` may be left out, to be inferred).
+        input_size: ``H_in``; ``None`` (or left out) to infer it, as :class:`RNN`.
+        hidden_size: the features of the hidden state.
+        num_layers: stacked recurrent layers.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        batch_first: the input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
+        dropout: dropout between layers in train mode, as :class:`RNN`.
+        bidirectional: also run each layer backwards in time (``D = 2``, else 1).
 
     Input and output: as :class:`RNN` (``hx`` is ``h_0``; the output ``(output, h_n)``).
 

@@ -26,9 +26,10 @@ class ResidualBlock(Spec):
     """``activation(main_branch(x) [* se(.)] + shortcut(x))``, a basic ResNet block.
 
     Arguments:
-        in_channels, out_channels: channel counts of input and output; ``in_channels``
-            may be ``None`` (or left out: ``ResidualBlock(out_channels=32)``) to infer it
-            from the input shape given to :func:`funcmodels.init`.
+        in_channels: the input's channel count; ``None`` (or left out:
+            ``ResidualBlock(out_channels=32)``) to infer it from the input shape given to
+            :func:`funcmodels.init`.
+        out_channels: the output's channel count.
         stride: stride of the first 3x3 conv and of the projection.
         groups: groups of both 3x3 convs; must divide both channel counts.
         dilation: dilation (and padding) of both 3x3 convs, so the size is kept at stride 1.

@@ -38,7 +38,13 @@ def _check_dim_for_example(spec: Spec, path: str, in_shape: Shape, dim: int) -> 
 
 @dataclass(frozen=True)
 class Softmax(_Elementwise):
-    """Softmax over ``dim`` (default the last, which is the same batched or not)."""
+    """Softmax over ``dim`` (default the last, which is the same batched or not).
+
+    Arguments:
+        dim: the dim to normalise over, of the batch (negative dims count from the end).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     dim: int = -1
 
@@ -55,7 +61,13 @@ class Softmax(_Elementwise):
 
 @dataclass(frozen=True)
 class LogSoftmax(_Elementwise):
-    """Log-softmax over ``dim`` (default the last)."""
+    """Log-softmax over ``dim`` (default the last).
+
+    Arguments:
+        dim: the dim to normalise over, of the batch (negative dims count from the end).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
+    """
 
     dim: int = -1
 
@@ -76,6 +88,11 @@ class Softmin(_Elementwise):
 
     The default ``dim`` is the last (as :class:`Softmax` here); torch's default ``None``,
     its deprecated implicit choice of dim, is not accepted.
+
+    Arguments:
+        dim: the dim to normalise over, of the batch (negative dims count from the end).
+
+    Shapes: input ``(*)``, any shape; output of the same shape.
     """
 
     dim: int = -1
@@ -94,7 +111,10 @@ class Softmin(_Elementwise):
 @dataclass(frozen=True)
 class Softmax2d(_Elementwise):
     """Softmax over the channels of ``(N, C, H, W)`` or one example ``(C, H, W)``, as
-    :class:`torch.nn.Softmax2d`."""
+    :class:`torch.nn.Softmax2d`.
+
+    Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output of the same shape.
+    """
 
     example_ndim: ClassVar[int] = 3
 

@@ -152,11 +152,19 @@ _ENCODER_LAYER_ARGS = {
 class TransformerEncoderLayer(_TransformerLayer):
     """Self-attention and a feed-forward block, as :class:`torch.nn.TransformerEncoderLayer`.
 
-    Arguments (torch's): ``d_model``, ``nhead`` (must divide ``d_model``),
-    ``dim_feedforward=2048``, ``dropout=0.1``, ``activation='relu'`` (``'relu'``,
-    ``'gelu'`` or a layer spec such as ``fm.nn.GELU('tanh')``), ``layer_norm_eps=1e-5``,
-    ``batch_first=False``, ``norm_first=False`` (pre-norm), ``bias=True`` (of the linear
-    layers and the norms).
+    Arguments:
+        d_model: the embedding size ``E`` of the input and output.
+        nhead: the number of attention heads; must divide ``d_model``.
+        dim_feedforward: the hidden size of the feed-forward block.
+        dropout: the dropout probability (after attention, in and after the
+            feed-forward block).
+        activation: the feed-forward block's activation: ``'relu'``, ``'gelu'`` or a layer
+            spec such as ``fm.nn.GELU('tanh')``.
+        layer_norm_eps: the ``eps`` of the layer norms.
+        batch_first: inputs and outputs are ``(N, L, E)`` rather than ``(L, N, E)``.
+        norm_first: pre-norm (norm before attention and feed-forward) rather than
+            post-norm.
+        bias: whether the linear layers and the norms have biases.
 
     Input: a tensor ``src``, or a mapping with torch's forward arguments ``src``,
     ``src_mask``, ``src_key_padding_mask``, ``is_causal`` (see the module docstring).
@@ -223,7 +231,16 @@ class TransformerDecoderLayer(_TransformerLayer):
     """Self-attention, attention over the encoder's memory and a feed-forward block, as
     :class:`torch.nn.TransformerDecoderLayer`.
 
-    Arguments: as :class:`TransformerEncoderLayer` (torch's).
+    Arguments:
+        d_model: the embedding size ``E`` of ``tgt``, ``memory`` and the output.
+        nhead: the number of attention heads; must divide ``d_model``.
+        dim_feedforward: the hidden size of the feed-forward block.
+        dropout: the dropout probability.
+        activation: ``'relu'``, ``'gelu'`` or a layer spec.
+        layer_norm_eps: the ``eps`` of the layer norms.
+        batch_first: inputs and outputs are batch first, ``(N, T, E)``.
+        norm_first: pre-norm rather than post-norm.
+        bias: whether the linear layers and the norms have biases.
 
     Input: a mapping with torch's forward arguments ``tgt``, ``memory`` (both required),
     ``tgt_mask``, ``memory_mask``, ``tgt_key_padding_mask``, ``memory_key_padding_mask``,

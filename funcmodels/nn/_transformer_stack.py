@@ -103,8 +103,9 @@ class TransformerEncoder(Spec):
             ``num_layers`` layers of it.
         num_layers: the number of layers.
         norm: a spec applied to the output (``fm.nn.LayerNorm(d_model)``), or ``None``.
-        enable_nested_tensor, mask_check: torch's switches of its nested-tensor fast
-            path; they change nothing here and are kept for :func:`transforms.to_module`.
+        enable_nested_tensor: torch's switch of its nested-tensor fast path; it changes
+            nothing here and is kept for :func:`transforms.to_module`.
+        mask_check: torch's check of the mask for that fast path; likewise kept only.
 
     Input: a tensor ``src``, or a mapping with torch's forward arguments ``src``,
     ``mask``, ``src_key_padding_mask``, ``is_causal`` (``None``, the default, counts as
@@ -254,12 +255,21 @@ _TRANSFORMER_ARGS = {
 class Transformer(Spec):
     """An encoder-decoder transformer, as :class:`torch.nn.Transformer`.
 
-    Arguments (torch's): ``d_model=512``, ``nhead=8``, ``num_encoder_layers=6``,
-    ``num_decoder_layers=6``, ``dim_feedforward=2048``, ``dropout=0.1``,
-    ``activation='relu'`` (or ``'gelu'``, or a layer spec), ``custom_encoder=None``,
-    ``custom_decoder=None`` (specs taking the encoder's / decoder's mapping, used instead
-    of the default stacks), ``layer_norm_eps=1e-5``, ``batch_first=False``,
-    ``norm_first=False``, ``bias=True``.
+    Arguments:
+        d_model: the embedding size ``E``.
+        nhead: the number of attention heads; must divide ``d_model``.
+        num_encoder_layers: the number of encoder layers.
+        num_decoder_layers: the number of decoder layers.
+        dim_feedforward: the hidden size of every feed-forward block.
+        dropout: the dropout probability.
+        activation: ``'relu'``, ``'gelu'`` or a layer spec.
+        custom_encoder: a spec taking the encoder's mapping, used instead of the default
+            stack; ``None`` for the default.
+        custom_decoder: likewise for the decoder.
+        layer_norm_eps: the ``eps`` of the layer norms.
+        batch_first: inputs and outputs are batch first, ``(N, S, E)`` and ``(N, T, E)``.
+        norm_first: pre-norm rather than post-norm.
+        bias: whether the linear layers and the norms have biases.
 
     Input: a mapping with torch's forward arguments ``src``, ``tgt`` (both required),
     ``src_mask``, ``tgt_mask``, ``memory_mask``, ``src_key_padding_mask``,

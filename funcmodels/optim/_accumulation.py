@@ -22,6 +22,8 @@ from ._wrappers import _select
 
 
 class ApplyEveryState(NamedTuple):
+    """The state of :func:`apply_every` (``ApplyEvery`` is optax's name for it)."""
+
     count: torch.Tensor
     """updates done modulo ``k``, a 0-dim int64 tensor"""
     grad_acc: Any
@@ -33,11 +35,14 @@ ApplyEvery = ApplyEveryState
 
 
 class MultiStepsState(NamedTuple):
+    """The state of :func:`multi_steps` and :class:`MultiSteps`."""
+
     mini_step: torch.Tensor
     """micro-batches accumulated since the last update, a 0-dim int64 tensor"""
     gradient_step: torch.Tensor
     """updates of the inner optimiser so far, a 0-dim int64 tensor"""
     inner_opt_state: Any
+    """the state of the inner optimiser"""
     acc_grads: Any
     """the mean (or sum) of the gradients accumulated so far"""
     skip_state: Any = ()
@@ -55,6 +60,9 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     Returns:
         A GradientTransformation; its state is an :class:`ApplyEveryState`.
+
+    Raises:
+        ValueError: ``k`` is not a positive int.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"fm.optim.apply_every: k must be a positive int, got {k!r}")
@@ -81,7 +89,9 @@ def skip_not_finite(updates: Any, gradient_step: torch.Tensor, params: Any) -> t
     updates hold an inf or a NaN.
 
     Arguments:
-        updates, gradient_step, params: what :class:`MultiSteps` passes.
+        updates: the micro-batch's updates, a pytree, as :class:`MultiSteps` passes them.
+        gradient_step: the inner optimiser's step count, a 0-dim int64 tensor.
+        params: the params (not looked at).
 
     Returns:
         ``(should_skip, {"should_skip": ..., "num_not_finite": ...})``, 0-dim tensors.
@@ -102,7 +112,9 @@ def skip_large_updates(
     ``max_squared_norm`` (NaN included).
 
     Arguments:
-        updates, gradient_step, params: what :class:`MultiSteps` passes.
+        updates: the micro-batch's updates, a pytree, as :class:`MultiSteps` passes them.
+        gradient_step: the inner optimiser's step count, a 0-dim int64 tensor.
+        params: the params (not looked at).
         max_squared_norm: the bound.
 
     Returns:
@@ -237,8 +249,13 @@ def multi_steps(
     """:class:`MultiSteps` as a GradientTransformation.
 
     Arguments:
-        opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype:
-            as :class:`MultiSteps`'s.
+        opt: the optimiser to step.
+        every_k_schedule: micro-batches per step: an int, or a function of the step count returning
+            one.
+        use_grad_mean: average (``True``) or sum the gradients.
+        should_skip_update_fn: ``fn(updates, gradient_step, params) -> (bool tensor, info)``; a
+            micro-batch it rejects is as if it never came (see :func:`skip_not_finite`).
+        accumulator_dtype: the dtype of the accumulated gradients (``None``: the params').
 
     Returns:
         A GradientTransformation; its state is a :class:`MultiStepsState`.

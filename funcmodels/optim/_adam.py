@@ -30,6 +30,8 @@ from ._transforms import add_decayed_weights, scale_by_learning_rate
 
 
 class ScaleByAdamState(NamedTuple):
+    """The state of :func:`scale_by_adam` (and so of :func:`adam`, :func:`adamw`, ...)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     mu: Any
@@ -39,10 +41,14 @@ class ScaleByAdamState(NamedTuple):
 
 
 class ScaleByAmsgradState(NamedTuple):
+    """The state of :func:`scale_by_amsgrad` (and so of :func:`amsgrad`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     mu: Any
+    """first-moment estimates, a pytree like the params"""
     nu: Any
+    """second-moment estimates, a pytree like the params"""
     nu_max: Any
     """the largest second-moment estimate so far"""
 
@@ -76,7 +82,8 @@ def scale_by_adam(
     ``nesterov``, Dozat's NAdam).
 
     Arguments:
-        b1, b2: decay rates of the first and second moments, in ``[0, 1)``.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
         eps: added to the denominator outside the square root.
         eps_root: added inside the square root (to differentiate through the update).
         mu_dtype: dtype of the first moment (``None``: the param's).
@@ -159,9 +166,13 @@ def scale_by_amsgrad(
     ``m_hat / (sqrt(max(nu_hat) + eps_root) + eps)``.
 
     Arguments:
-        b1, b2, eps, eps_root, mu_dtype: as :func:`scale_by_adam`'s.
-        bias_correction_mu, bias_correction_nu: correct the first moment; the second
-            before the maximum is taken.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        bias_correction_mu: bias-correct the first moment.
+        bias_correction_nu: bias-correct the second moment before the maximum is taken.
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByAmsgradState`.
@@ -222,7 +233,7 @@ def scale_by_adamax(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByAdamState` (``nu`` the
-        infinity norm).
+            infinity norm).
     """
     where = "fm.optim.scale_by_adamax"
     b1 = number(where, "b1", b1, below=1.0)
@@ -268,7 +279,13 @@ def amsgrad(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        others: as :func:`scale_by_amsgrad`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        bias_correction_mu: bias-correct the first moment.
+        bias_correction_nu: bias-correct the second moment before the maximum is taken.
 
     Returns:
         The chained GradientTransformation.
@@ -288,7 +305,9 @@ def adamax(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps: as :func:`scale_by_adamax`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay of the infinity norm, in ``[0, 1)``.
+        eps: added to ``|u|``.
 
     Returns:
         The chained GradientTransformation.
@@ -310,8 +329,13 @@ def adamaxw(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps: as :func:`scale_by_adamax`'s.
-        weight_decay, mask: as :func:`add_decayed_weights`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay of the infinity norm, in ``[0, 1)``.
+        eps: added to ``|u|``.
+        weight_decay: the decoupled weight decay coefficient, ``>= 0``: a number, a 0-dim tensor or
+            a schedule of the step count.
+        mask: which params decay: a pytree of bools like the params (or a prefix of it), or a
+            function of the params returning one; ``None`` decays all.
 
     Returns:
         The chained GradientTransformation.

@@ -68,6 +68,9 @@ def sgd(
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).
+
+    Raises:
+        TypeError: ``nesterov`` is not a bool.
     """
     where = "fm.optim.sgd"
     lr = _lr(where, learning_rate)
@@ -95,7 +98,12 @@ def adam(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        nesterov: Nesterov momentum (Dozat's NAdam).
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).
@@ -125,7 +133,12 @@ def adamw(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        nesterov: Nesterov momentum (Dozat's NAdam).
         weight_decay: the decay coefficient (a number, tensor or schedule).
         mask: the params that decay (a pytree of bools, or a function of the params
             returning one, as :func:`add_decayed_weights`); the others get plain Adam, as
@@ -154,6 +167,15 @@ def nadam(
 ) -> GradientTransformation:
     """NAdam: :func:`adam` with ``nesterov=True`` (the same arguments).
 
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        nesterov: Nesterov momentum (on by default: that is NAdam).
+
     Returns:
         The chained GradientTransformation.
     """
@@ -173,6 +195,19 @@ def nadamw(
     nesterov: bool = True,
 ) -> GradientTransformation:
     """NAdamW: :func:`adamw` with ``nesterov=True`` (the same arguments).
+
+    Arguments:
+        learning_rate: a number, a 0-dim tensor or a schedule.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        mu_dtype: the dtype of the first moment (``None``: the param's).
+        weight_decay: the decoupled weight decay coefficient, ``>= 0``: a number, a 0-dim
+            tensor or a schedule of the step count.
+        mask: which params decay: a pytree of bools like the params (or a prefix of it), or
+            a function of the params returning one; ``None`` decays all.
+        nesterov: Nesterov momentum (on by default: that is NAdamW).
 
     Returns:
         The chained GradientTransformation.
@@ -197,8 +232,14 @@ def lamb(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root: as :func:`scale_by_adam`'s.
-        weight_decay, mask: as :func:`add_decayed_weights`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
+        eps_root: added inside the square root (to differentiate through the update).
+        weight_decay: the decoupled weight decay coefficient, ``>= 0``: a number, a 0-dim tensor or
+            a schedule of the step count.
+        mask: which params decay: a pytree of bools like the params (or a prefix of it), or a
+            function of the params returning one; ``None`` decays all.
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).
@@ -225,8 +266,13 @@ def lion(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, mu_dtype: as :func:`scale_by_lion`'s.
-        weight_decay, mask: as :func:`add_decayed_weights`'s.
+        b1: the weight of the momentum in the update's direction.
+        b2: the decay of the momentum.
+        mu_dtype: the dtype of the momentum (``None``: the param's).
+        weight_decay: the decoupled weight decay coefficient, ``>= 0``: a number, a 0-dim tensor or
+            a schedule of the step count.
+        mask: which params decay: a pytree of bools like the params (or a prefix of it), or a
+            function of the params returning one; ``None`` decays all.
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).
@@ -259,12 +305,21 @@ def rmsprop(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        decay, eps, initial_scale, eps_in_sqrt, bias_correction: as :func:`scale_by_rms`'s.
+        decay: the decay of the moving average of squared updates, in ``[0, 1]``.
+        eps: added inside (``eps_in_sqrt``) or outside the square root.
+        initial_scale: the moving average's start.
+        eps_in_sqrt: put ``eps`` inside the square root (optax's form) or, ``False``, outside
+            (:class:`torch.optim.RMSprop`'s).
+        bias_correction: divide the moving average by ``1 - decay**t``.
         centered: :func:`scale_by_stddev` instead of :func:`scale_by_rms`.
-        momentum, nesterov: a :func:`trace` after the scaling (``None``: none).
+        momentum: the decay of a :func:`trace` (momentum) after the scaling; ``None``: no momentum.
+        nesterov: Nesterov momentum in that trace.
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).
+
+    Raises:
+        TypeError: ``centered`` is not a bool.
     """
     where = "fm.optim.rmsprop"
     lr = _lr(where, learning_rate)
@@ -290,7 +345,8 @@ def adagrad(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        initial_accumulator_value, eps: as :func:`scale_by_rss`'s.
+        initial_accumulator_value: the start of the sum of squared updates, ``>= 0``.
+        eps: added inside the square root.
 
     Returns:
         The chained GradientTransformation (its state: the tuple of the pieces' states).

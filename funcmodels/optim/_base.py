@@ -33,10 +33,23 @@ class GradientTransformation(NamedTuple):
     :func:`chain`, in eager mode, a piece may write into updates an earlier piece made),
     and step counts are tensors, so a training step composes with ``vmap`` (an ensemble)
     and ``torch.compile``.
+
+    Example:
+        ```python
+        params = fm.init(fm.key(0), fm.nn.Linear(3, 2))
+        opt = fm.optim.chain(fm.optim.clip_by_global_norm(1.0), fm.optim.sgd(0.1))
+        state = opt.init(params)
+        grads = fm.grad(lambda p: fm.apply(p, torch.ones(4, 3)).sum())(params)
+        updates, state = opt.update(grads, state, params)
+        new = fm.optim.apply_updates(params, updates)
+        assert new["weight"].shape == (2, 3)
+        ```
     """
 
     init: Callable[[Any], Any]
+    """``init(params) -> state``: the initial state for ``params``."""
     update: Callable[..., tuple[Any, Any]]
+    """``update(updates, state, params=None) -> (updates, new_state)``."""
 
 
 class EmptyState(NamedTuple):
@@ -44,7 +57,14 @@ class EmptyState(NamedTuple):
 
 
 def init_empty_state(params: Any) -> EmptyState:
-    """The ``init`` of a transformation that keeps no state."""
+    """The ``init`` of a transformation that keeps no state.
+
+    Arguments:
+        params: the params (not looked at).
+
+    Returns:
+        An empty :class:`EmptyState`.
+    """
     return EmptyState()
 
 
@@ -311,7 +331,11 @@ def flat_transformation(
 
 
 def identity() -> GradientTransformation:
-    """Passes the updates through unchanged."""
+    """Passes the updates through unchanged.
+
+    Returns:
+        A :class:`GradientTransformation` whose state is an :class:`EmptyState`.
+    """
     return flat_transformation(
         "fm.optim.identity", init_empty_state, lambda us, s, ps, spec, own: (us, s, own)
     )
@@ -319,7 +343,11 @@ def identity() -> GradientTransformation:
 
 def set_to_zero() -> GradientTransformation:
     """Makes every update zero: the transformation for frozen parameters (see
-    :func:`multi_transform`)."""
+    :func:`multi_transform`).
+
+    Returns:
+        A :class:`GradientTransformation` whose state is an :class:`EmptyState`.
+    """
 
     def fn(us, state, ps, spec, own):
         return [torch.zeros_like(u) for u in us], state, True

@@ -21,6 +21,8 @@ from ._base import Scalar, check_state, flatten, flatten_like, is_schedule, numb
 
 
 class DonatedAdamWState(NamedTuple):
+    """The state of :class:`DonatedAdamW`, updated in place by its ``step``."""
+
     step: torch.Tensor
     """updates done, a 0-dim float32 tensor on the params' device (torch's fused AdamW
     keeps its step this way)"""
@@ -36,6 +38,14 @@ class DonatedAdamW:
     Build it with :func:`donated_adamw`. ``init(params)`` makes the state (zeros);
     ``step(grads, state, params)`` updates ``params`` and ``state`` in place and returns
     them. The gradients are only read.
+
+    Arguments:
+        learning_rate (float | Callable[[torch.Tensor], Any]): a number, or a schedule of
+            the step count.
+        b1 (float): the decay rate of the first moment, in ``[0, 1)``.
+        b2 (float): the decay rate of the second moment, in ``[0, 1)``.
+        eps (float): added to the denominator, outside the square root.
+        weight_decay (float): the decoupled weight decay coefficient.
     """
 
     def __init__(self, learning_rate, b1, b2, eps, weight_decay):
@@ -137,11 +147,13 @@ def donated_adamw(
     Arguments:
         learning_rate: a number, or a schedule of the step count (read on the host once
             per step, as ``torch.optim.lr_scheduler`` does).
-        b1, b2, eps: Adam's, as :func:`adamw`'s.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
+        eps: added to the denominator, outside the square root.
         weight_decay: the decoupled weight decay coefficient (a number).
 
     Returns:
         A :class:`DonatedAdamW`: ``state = opt.init(params)``, then ``params, state =
-        opt.step(grads, state, params)`` each step.
+            opt.step(grads, state, params)`` each step.
     """
     return DonatedAdamW(learning_rate, b1, b2, eps, weight_decay)

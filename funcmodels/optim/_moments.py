@@ -33,11 +33,15 @@ from ._ops import Ops, Tensors, cast, eager, grouped, promoted, scalar
 
 
 class ScaleByRmsState(NamedTuple):
+    """The state of :func:`scale_by_rms` (without bias correction)."""
+
     nu: Any
     """running mean of squared updates"""
 
 
 class ScaleByRmsWithCountState(NamedTuple):
+    """The state of :func:`scale_by_rms` with ``bias_correction=True``."""
+
     count: torch.Tensor
     """updates done (``bias_correction=True``)"""
     nu: Any
@@ -45,6 +49,8 @@ class ScaleByRmsWithCountState(NamedTuple):
 
 
 class ScaleByRStdDevState(NamedTuple):
+    """The state of :func:`scale_by_stddev` (without bias correction)."""
+
     mu: Any
     """running mean of updates"""
     nu: Any
@@ -52,18 +58,26 @@ class ScaleByRStdDevState(NamedTuple):
 
 
 class ScaleByRStdDevWithCountState(NamedTuple):
+    """The state of :func:`scale_by_stddev` with ``bias_correction=True``."""
+
     count: torch.Tensor
     """updates done (``bias_correction=True``)"""
     mu: Any
+    """running mean of updates"""
     nu: Any
+    """running mean of squared updates"""
 
 
 class ScaleByRssState(NamedTuple):
+    """The state of :func:`scale_by_rss` (and so of :func:`adagrad`)."""
+
     sum_of_squares: Any
     """accumulated squared updates"""
 
 
 class ScaleByLionState(NamedTuple):
+    """The state of :func:`scale_by_lion` (and so of :func:`lion`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     mu: Any
@@ -71,11 +85,15 @@ class ScaleByLionState(NamedTuple):
 
 
 class TraceState(NamedTuple):
+    """The state of :func:`trace` (momentum)."""
+
     trace: Any
     """the momentum buffers"""
 
 
 class EmaState(NamedTuple):
+    """The state of :func:`ema`."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     ema: Any
@@ -154,7 +172,7 @@ def scale_by_rms(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByRmsState` (with
-        ``bias_correction``: :class:`ScaleByRmsWithCountState`).
+            ``bias_correction``: :class:`ScaleByRmsWithCountState`).
     """
     return _rms(
         "fm.optim.scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction
@@ -173,11 +191,16 @@ def scale_by_stddev(
     ``centered=True`` and ``eps_in_sqrt=False``).
 
     Arguments:
-        decay, eps, initial_scale, eps_in_sqrt, bias_correction: as :func:`scale_by_rms`'s.
+        decay: the decay of the moving averages of updates and squared updates, in ``[0, 1]``.
+        eps: added inside (``eps_in_sqrt``) or outside the square root.
+        initial_scale: the start of the average of squared updates.
+        eps_in_sqrt: put ``eps`` inside the square root (optax's form) or, ``False``, outside
+            (:class:`torch.optim.RMSprop`'s).
+        bias_correction: divide the moving averages by ``1 - decay**t``.
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByRStdDevState` (with
-        ``bias_correction``: :class:`ScaleByRStdDevWithCountState`).
+            ``bias_correction``: :class:`ScaleByRStdDevWithCountState`).
     """
     return _rms(
         "fm.optim.scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction
@@ -306,6 +329,9 @@ def scale_by_lion(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByLionState`.
+
+    Raises:
+        ValueError: ``mode`` is not ``'hard'``, ``'smooth'`` or ``'refined'``.
     """
     where = "fm.optim.scale_by_lion"
     b1 = number(where, "b1", b1, below=1.0 + 1e-12)

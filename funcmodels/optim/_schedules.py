@@ -72,9 +72,11 @@ def polynomial_schedule(
     optax's.
 
     Arguments:
-        init_value, end_value: the values before and after the transition.
+        init_value: the value before the transition.
+        end_value: the value after it.
         power: the exponent of the decay.
-        transition_steps, transition_begin: its length and start, in steps.
+        transition_steps: the transition's length, in steps.
+        transition_begin: the step where it starts (the value is ``init_value`` before).
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
@@ -102,8 +104,10 @@ def linear_schedule(
     (:func:`polynomial_schedule` with ``power=1``).
 
     Arguments:
-        init_value, end_value: the values before and after the transition.
-        transition_steps, transition_begin: its length and start, in steps.
+        init_value: the value before the transition.
+        end_value: the value after it.
+        transition_steps: the transition's length, in steps.
+        transition_begin: the step where it starts (the value is ``init_value`` before).
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
@@ -149,7 +153,8 @@ def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps:
     ``peak_value``.
 
     Arguments:
-        init_value, peak_value: the values at step 0 and after the warmup.
+        init_value: the value at step 0.
+        peak_value: the value after the warmup, kept from then on.
         warmup_steps: the length of the warmup.
 
     Returns:
@@ -171,9 +176,11 @@ def warmup_cosine_decay_schedule(
     optax's).
 
     Arguments:
-        init_value, peak_value, end_value: the values at step 0, after the warmup and at
-            ``decay_steps``.
-        warmup_steps, decay_steps: the warmup's length; the whole schedule's.
+        init_value: the value at step 0.
+        peak_value: the value at the end of the warmup.
+        end_value: the value at ``decay_steps`` and after.
+        warmup_steps: the length of the linear warmup.
+        decay_steps: the length of the whole schedule, warmup included.
         exponent: the power of the cosine factor.
 
     Returns:
@@ -222,6 +229,11 @@ def exponential_decay(
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+
+    Raises:
+        TypeError: a value that is not a finite number, a step count that is not an int,
+            or ``staircase`` not a bool.
+        ValueError: ``decay_rate`` is negative.
     """
     where = "fm.optim.exponential_decay"
     init = _real(where, "init_value", init_value)
@@ -263,9 +275,14 @@ def warmup_exponential_decay_schedule(
     end).
 
     Arguments:
-        init_value, peak_value, warmup_steps: the warmup's.
-        transition_steps, decay_rate, transition_begin, staircase, end_value: the
-            decay's, as :func:`exponential_decay`'s.
+        init_value: the value at step 0.
+        peak_value: the value at the end of the warmup.
+        warmup_steps: the length of the linear warmup.
+        transition_steps: the value is multiplied by ``decay_rate`` every this many steps.
+        decay_rate: the factor per ``transition_steps``.
+        transition_begin: steps after the warmup before the decay starts.
+        staircase: decay in discrete jumps (integer division of the steps).
+        end_value: a bound the value does not pass (or ``None``).
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
@@ -319,6 +336,9 @@ def piecewise_interpolate_schedule(
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
+
+    Raises:
+        ValueError: ``interpolate_type`` is neither ``'linear'`` nor ``'cosine'``.
     """
     where = "fm.optim.piecewise_interpolate_schedule"
     if interpolate_type not in ("linear", "cosine"):
@@ -362,8 +382,11 @@ def linear_onecycle_schedule(
     Arguments:
         transition_steps: the length of the cycle, positive.
         peak_value: the highest value.
-        pct_start, pct_final: the fractions of the cycle where the rise and the fall end.
-        div_factor, final_div_factor: the start's and the end's divisors.
+        pct_start: the fraction of the cycle where the rise ends.
+        pct_final: the fraction of the cycle where the fall ends.
+        div_factor: the start's divisor: the schedule starts at ``peak_value / div_factor``.
+        final_div_factor: the end's divisor: it ends at ``peak_value / (div_factor *
+            final_div_factor)``.
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
@@ -395,7 +418,9 @@ def cosine_onecycle_schedule(
         transition_steps: the length of the cycle, positive.
         peak_value: the highest value.
         pct_start: the fraction of the cycle where the rise ends.
-        div_factor, final_div_factor: the start's and the end's divisors.
+        div_factor: the start's divisor: the schedule starts at ``peak_value / div_factor``.
+        final_div_factor: the end's divisor: it ends at ``peak_value / (div_factor *
+            final_div_factor)``.
 
     Returns:
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
@@ -439,7 +464,8 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         A schedule: ``count`` (an int or a 0-dim int64 tensor) -> a 0-dim float64 tensor.
 
     Raises:
-        TypeError, ValueError: not schedules; boundaries of the wrong number or order.
+        TypeError: ``schedules`` is not a non-empty list of schedules.
+        ValueError: boundaries of the wrong number or not increasing.
     """
     where = "fm.optim.join_schedules"
     if not schedules or not all(callable(s) for s in schedules):

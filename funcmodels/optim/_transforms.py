@@ -31,11 +31,15 @@ from ._wrappers import masked
 
 
 class ScaleByScheduleState(NamedTuple):
+    """The state of :func:`scale_by_schedule`."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
 
 
 class WeightDecayScheduleState(NamedTuple):
+    """The state of :func:`add_decayed_weights` with a schedule as ``weight_decay``."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor (the weight decay is a schedule of it)"""
 
@@ -78,10 +82,14 @@ def scale_by_schedule(step_size_fn) -> GradientTransformation:
     (a 0-dim int64 tensor); the value is cast to each leaf's dtype.
 
     Arguments:
-        step_size_fn: a schedule.
+        step_size_fn (Callable[[torch.Tensor], Any]): a schedule: a function of the step
+            count returning the factor (a number or a 0-dim tensor).
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByScheduleState`.
+
+    Raises:
+        TypeError: ``step_size_fn`` is not callable.
     """
     where = "fm.optim.scale_by_schedule"
     if not callable(step_size_fn):
@@ -113,7 +121,7 @@ def scale_by_learning_rate(
 
     Returns:
         A GradientTransformation (:func:`scale`, :func:`scale_by_schedule` or
-        :func:`identity`).
+            :func:`identity`).
     """
     if learning_rate is None:
         return identity()
@@ -137,8 +145,8 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Any = None) -> Gradien
 
     Returns:
         A GradientTransformation needing the params; its state is empty, or a
-        :class:`WeightDecayScheduleState` for a schedule (a :class:`MaskedState` around
-        it with a mask).
+            :class:`WeightDecayScheduleState` for a schedule (a :class:`MaskedState` around
+            it with a mask).
     """
     where = "fm.optim.add_decayed_weights"
     wd = number(where, "weight_decay", weight_decay, schedule=True)
@@ -256,8 +264,8 @@ def clip_by_global_norm_per_member(max_norm: Scalar) -> GradientTransformation:
 
     Returns:
         A GradientTransformation keeping no state; its ``update`` raises ``ValueError``
-        for a leaf without dim 0 or with another size there than the first leaf (its
-        position and shape named).
+            for a leaf without dim 0 or with another size there than the first leaf (its
+            position and shape named).
     """
     where = "fm.optim.clip_by_global_norm_per_member"
     bound = number(where, "max_norm", max_norm)

@@ -52,13 +52,14 @@ def periodic_update(
     traces under ``torch.compile`` and maps under ``vmap``).
 
     Arguments:
-        new_tensors, old_tensors: two pytrees of the same structure.
+        new_tensors: the online network's params, a pytree of tensors.
+        old_tensors: the target network's params, a pytree of the same structure.
         steps: the online network's step count (an int or an integer tensor).
         update_period: a positive int.
 
     Returns:
         ``new_tensors`` or ``old_tensors`` (with a tensor ``steps``: a new tree whose
-        leaves come from one or the other).
+            leaves come from one or the other).
     """
     news, spec = pytree.tree_flatten(new_tensors)
     olds = flatten_like(old_tensors, spec, "old_tensors", "new_tensors")

@@ -22,24 +22,33 @@ from ._base import (
 
 
 class MaskedState(NamedTuple):
+    """The state of :func:`masked`."""
+
     inner_state: Any
     """the state of the masked transformation, over the selected leaves only"""
 
 
 class MultiTransformState(NamedTuple):
+    """The state of :func:`multi_transform`."""
+
     inner_states: dict[str, Any]
     """label -> the state of that label's transformation"""
 
 
 class InjectHyperparamsState(NamedTuple):
+    """The state of :func:`inject_hyperparams`."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     hyperparams: dict[str, torch.Tensor]
     """name -> the current value (a 0-dim tensor); replace an entry to change it"""
     inner_state: Any
+    """the state of the wrapped transformation"""
 
 
 class ApplyIfFiniteState(NamedTuple):
+    """The state of :func:`apply_if_finite`."""
+
     notfinite_count: torch.Tensor
     """consecutive steps with a non-finite update (reset by a finite one), int64"""
     last_finite: torch.Tensor
@@ -47,6 +56,7 @@ class ApplyIfFiniteState(NamedTuple):
     total_notfinite: torch.Tensor
     """steps with a non-finite update since init, int64"""
     inner_state: Any
+    """the state of the wrapped transformation (unchanged by a non-finite step)"""
 
 
 def _resolve(tree_or_fn: Any, params: Any) -> Any:
@@ -135,6 +145,10 @@ def multi_transform(
 
     Returns:
         A GradientTransformation; its state is a :class:`MultiTransformState`.
+
+    Raises:
+        TypeError: ``transforms`` is not a non-empty dict of transformations.
+        ValueError: a label of ``param_labels`` has no transformation.
     """
     where = "fm.optim.multi_transform"
     if not isinstance(transforms, Mapping) or not transforms:
@@ -204,8 +218,8 @@ def inject_hyperparams(
         A function taking ``inner_factory``'s arguments and returning the transformation.
 
     Raises:
-        TypeError: a non-callable factory; ValueError: ``static_args`` not among its
-            arguments.
+        TypeError: a non-callable factory.
+        ValueError: ``static_args`` not among its arguments.
     """
     where = "fm.optim.inject_hyperparams"
     if not callable(inner_factory):
@@ -304,6 +318,9 @@ def apply_if_finite(
 
     Returns:
         The transformation; its state is an :class:`ApplyIfFiniteState`.
+
+    Raises:
+        TypeError: ``max_consecutive_errors`` is not an int.
     """
     where = "fm.optim.apply_if_finite"
     inner = as_transformation(where, "inner", inner)

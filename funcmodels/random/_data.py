@@ -28,12 +28,17 @@ def permutation(
         x: an int ``n`` (permute ``range(n)``) or a tensor (permute its slices along
             ``dim``).
         dim: the dim of ``x`` to shuffle.
-        device: for an int ``x``, where the result goes (default the key's device).
+        device (torch.device | str | None): for an int ``x``, where the result goes
+            (default the key's device).
 
     Returns:
         ``(n,)`` int64 indices, or ``x`` with its slices along ``dim`` reordered. The order
-        comes from integer draws only, so it is the same on every device and under
-        ``vmap`` over keys.
+            comes from integer draws only, so it is the same on every device and under
+            ``vmap`` over keys.
+
+    Raises:
+        TypeError: ``x`` is neither a non-negative int nor a tensor.
+        ValueError: ``x`` is a 0-d tensor.
     """
     check_key(k, "fm.random.permutation")
     if isinstance(x, torch.Tensor):
@@ -75,13 +80,20 @@ def choice(
         replace: with replacement (independent picks) or without (distinct picks; the
             number of picks must not exceed ``n``).
         p: optional ``(n,)`` probabilities (non-negative; normalised here).
-        device: for an int ``a``, where the result goes (default the key's device).
+        device (torch.device | str | None): for an int ``a``, where the result goes
+            (default the key's device).
 
     Returns:
         int64 indices of ``shape`` for an int ``a``; else ``a``'s rows at those indices,
-        of shape ``(*shape, *a.shape[1:])``. Without ``p`` the indices come from integer
-        draws (the same on every device); with ``p`` from floats (Gumbel top-k without
-        replacement, the inverse CDF with it), equal across devices up to rounding.
+            of shape ``(*shape, *a.shape[1:])``. Without ``p`` the indices come from integer
+            draws (the same on every device); with ``p`` from floats (Gumbel top-k without
+            replacement, the inverse CDF with it), equal across devices up to rounding.
+
+    Raises:
+        TypeError: ``a`` is neither a positive int nor a tensor, ``replace`` not a bool, or ``p``
+            not a 1-d floating tensor.
+        ValueError: ``a`` is a 0-d tensor, more distinct picks than choices, or ``p`` of the wrong
+            length.
     """
     where = "fm.random.choice"
     check_key(k, where)
@@ -131,6 +143,10 @@ def categorical(
 
     Returns:
         int64 category indices of ``shape``.
+
+    Raises:
+        TypeError: ``logits`` is not a floating tensor.
+        ValueError: ``logits`` is 0-d.
     """
     where = "fm.random.categorical"
     check_key(k, where)
@@ -162,6 +178,17 @@ def batches(
 
     Yields:
         tuples of ``len(arrays)`` tensors of ``batch_size`` examples each.
+
+    Raises:
+        TypeError: no arrays, or one that is not a tensor with a batch dim.
+        ValueError: arrays of different sizes, or ``batch_size`` not a positive int.
+
+    Example:
+        ```python
+        x, y = torch.arange(10.0), torch.arange(10)
+        sizes = [len(bx) for bx, by in fm.random.batches(fm.key(0), x, y, batch_size=4)]
+        assert sizes == [4, 4]
+        ```
     """
     where = "fm.random.batches"
     if not arrays or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in arrays):

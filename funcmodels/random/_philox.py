@@ -58,6 +58,10 @@ def key(seed: int, *, device: torch.device | str | None = None) -> torch.Tensor:
 
     Returns:
         ``int64`` tensor of shape ``(2,)``.
+
+    Raises:
+        TypeError: ``seed`` is not an int.
+        ValueError: ``seed`` does not fit in 64 bits.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"fm.key(seed): expected an int seed, got {type(seed).__name__}")
@@ -72,6 +76,16 @@ def check_key(k: object, where: str = "key") -> torch.Tensor:
 
     Under :func:`torch.func.vmap` a batch of keys looks like a single key, so the check is
     the same inside and outside transforms.
+
+    Arguments:
+        k: the object to check.
+        where: what to name in the error message (the function and argument).
+
+    Returns:
+        ``k`` itself.
+
+    Raises:
+        TypeError: ``k`` is not an ``int64`` tensor of shape ``(2,)``.
     """
     if not isinstance(k, torch.Tensor):
         raise TypeError(
@@ -88,7 +102,14 @@ def check_key(k: object, where: str = "key") -> torch.Tensor:
 
 
 def is_plain(t: torch.Tensor) -> bool:
-    """True for an ordinary eager tensor (not under vmap/grad wrappers or compilation)."""
+    """True for an ordinary eager tensor (not under vmap/grad wrappers or compilation).
+
+    Arguments:
+        t: a tensor.
+
+    Returns:
+        Whether its values can be read here (``.item()``, ``.tolist()``).
+    """
     if torch.compiler.is_compiling():
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(t)
@@ -370,6 +391,12 @@ def _numel(shape: Shape, where: str) -> tuple[tuple[int, ...], int]:
 def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
     """Uniform random 32-bit words.
 
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+
     Returns:
         ``int64`` tensor of ``shape`` with values in ``[0, 2**32)``.
     """
@@ -381,8 +408,22 @@ def bits(k: torch.Tensor, shape: Shape, *, device=None) -> torch.Tensor:
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     """Split a key into ``num`` new, independent keys.
 
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)``.
+        num: how many keys to make, a positive int.
+
     Returns:
         ``int64`` tensor of shape ``(num, 2)``; ``k1, k2 = fm.split(key)`` unpacks it.
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: ``num`` is not a positive int.
+
+    Example:
+        ```python
+        k1, k2 = fm.split(fm.key(0))
+        assert fm.split(fm.key(0), 4).shape == (4, 2)
+        ```
     """
     check_key(k, "fm.split")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -405,7 +446,12 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             batched under vmap).
 
     Returns:
-        a new key, independent of ``k``'s other derived keys.
+        a new key, an ``int64`` tensor of shape ``(2,)``, independent of ``k``'s other
+            derived keys.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``data`` is not an integer.
+        ValueError: ``data`` is out of ``[0, 2**32)``, or a tensor that is not 0-d.
     """
     check_key(k, "fm.fold_in")
     if isinstance(data, torch.Tensor):

@@ -80,6 +80,28 @@ def uniform(
     identical on every device and never round up to 1. Other intervals are computed in
     float32 (float64 for ``dtype=torch.float64``), cast to ``dtype`` and kept below
     ``maxval``.
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        dtype: a floating dtype.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+        minval: the lower bound, included.
+        maxval: the upper bound, excluded.
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, ``dtype`` not floating, or ``shape`` not ints.
+        ValueError: ``minval >= maxval`` (with a non-empty ``shape``), or a negative size.
+
+    Example:
+        ```python
+        u = fm.random.uniform(fm.key(0), (2, 3), minval=-1.0, maxval=1.0)
+        assert u.shape == (2, 3) and bool(((u >= -1) & (u < 1)).all())
+        ```
     """
     check_key(k, "fm.random.uniform")
     _float_dtype(dtype, "fm.random.uniform")
@@ -109,6 +131,20 @@ def normal(
 
     Computed in float32 (float64 for ``dtype=torch.float64``) and cast to ``dtype``; always
     finite.
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        dtype: a floating dtype.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, ``dtype`` not floating, or ``shape`` not ints.
+        ValueError: a negative size in ``shape``.
     """
     check_key(k, "fm.random.normal")
     _float_dtype(dtype, "fm.random.normal")
@@ -127,7 +163,24 @@ def truncated_normal(
     dtype: torch.dtype = torch.float32,
     device=None,
 ) -> torch.Tensor:
-    """Standard normal floats truncated to ``[lower, upper]``, by the inverse CDF."""
+    """Standard normal floats truncated to ``[lower, upper]``, by the inverse CDF.
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        lower: the lower bound.
+        upper: the upper bound, above ``lower``.
+        shape: the shape of the result, an int or a sequence of ints.
+        dtype: a floating dtype.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``, values in ``[lower, upper]``.
+
+    Raises:
+        TypeError: ``k`` is not a key, ``dtype`` not floating, or ``shape`` not ints.
+        ValueError: ``lower >= upper``, or a negative size.
+    """
     check_key(k, "fm.random.truncated_normal")
     _float_dtype(dtype, "fm.random.truncated_normal")
     if not lower < upper:
@@ -159,10 +212,17 @@ def bernoulli(
         p: a probability in ``[0, 1]``, or a floating tensor of them (one per draw).
         shape: shape of the result (default ``p``'s shape); a tensor ``p`` must broadcast
             to it.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
 
     Returns:
         ``bool`` tensor of ``shape``. ``p`` is resolved to a multiple of ``2**-32``: a draw
-        is ``True`` when its 32-bit word is below ``round(p * 2**32)``.
+            is ``True`` when its 32-bit word is below ``round(p * 2**32)``.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``p`` neither a float nor a floating tensor.
+        ValueError: ``p`` outside ``[0, 1]``, or a tensor ``p`` that does not broadcast to
+            ``shape``.
     """
     check_key(k, "fm.random.bernoulli")
     where = "fm.random.bernoulli"
@@ -203,7 +263,25 @@ def randint(
     dtype: torch.dtype = torch.int64,
     device=None,
 ) -> torch.Tensor:
-    """Integers in ``[minval, maxval)``, from 64 random bits each (bias below 2**-32)."""
+    """Integers in ``[minval, maxval)``, from 64 random bits each (bias below 2**-32).
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        minval: the lower bound, included.
+        maxval: the upper bound, excluded; at most ``minval + 2**31``.
+        dtype: an integer dtype that holds the range.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, ``dtype`` not an integer dtype, or a bound not an
+            int.
+        ValueError: an empty range, one wider than ``2**31``, or one ``dtype`` cannot hold.
+    """
     check_key(k, "fm.random.randint")
     where = "fm.random.randint"
     integer = isinstance(dtype, torch.dtype) and not (
@@ -241,6 +319,20 @@ def gumbel(
     Computed in float32 (float64 for ``dtype=torch.float64``) from the centred lattice of
     :func:`normal` (so never infinite) and cast to ``dtype``. Adding them to logits and
     taking the argmax draws from the softmax (the Gumbel-max trick of :func:`categorical`).
+
+    Arguments:
+        k: a key, an ``int64`` tensor of shape ``(2,)`` (see :func:`key`).
+        shape: the shape of the result, an int or a sequence of ints.
+        dtype: a floating dtype.
+        device (torch.device | str | None): where the result goes (default the key's
+            device).
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, ``dtype`` not floating, or ``shape`` not ints.
+        ValueError: a negative size in ``shape``.
     """
     check_key(k, "fm.random.gumbel")
     _float_dtype(dtype, "fm.random.gumbel")

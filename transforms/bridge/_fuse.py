@@ -81,7 +81,14 @@ class FoldedBatchNorm1d(fm.Spec):
 
 class FoldedBatchNorm1dModule(nn.Module):
     """The torch form of :class:`FoldedBatchNorm1d`: identity on ``(N, C)``, else an
-    assertion error (fx-traceable)."""
+    assertion error (fx-traceable).
+
+    Arguments:
+        *args: passed to ``nn.Module`` (none are needed).
+        **kwargs: passed to ``nn.Module``.
+
+    Shapes: input ``(N, C)``, output the same.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch._assert(
@@ -205,9 +212,10 @@ def fuse(module: nn.Module) -> fx.GraphModule:
 
     Returns:
         a new ``torch.fx.GraphModule`` (deep copies of the layers, sharing no tensor with
-        ``module``) whose outputs match ``module``'s up to floating-point rounding.
+            ``module``) whose outputs match ``module``'s up to floating-point rounding.
 
     Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
         ValueError: some submodule is in train mode (named in the message).
     """
     if not isinstance(module, nn.Module):
@@ -364,8 +372,11 @@ def fold_batchnorm(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.St
 
     Returns:
         ``(params, state)`` of the folded spec (``params.spec``); ``state`` holds the
-        buffers of the BatchNorms that remain (empty when all were folded). Inputs are not
-        modified.
+            buffers of the BatchNorms that remain (empty when all were folded). Inputs are not
+            modified.
+
+    Raises:
+        TypeError: ``params`` are not Params or ``state`` not a State.
     """
     if not isinstance(params, fm.Params):
         raise TypeError(f"transforms.fold_batchnorm: expected Params, got {type(params).__name__}")

@@ -68,7 +68,13 @@ class BilinearModule(nn.Bilinear):
     arguments, parameters and ``state_dict`` as torch's; ``torch.fx`` traces it inside a
     container (the pair is indexed, not unpacked).
 
-    Arguments: as :class:`torch.nn.Bilinear`.
+    Arguments:
+        in1_features (int): size of the last dim of the first input.
+        in2_features (int): size of the last dim of the second input.
+        out_features (int): size of the last dim of the output.
+        bias (bool): whether to add a learned bias.
+        device (torch.device | str | None): where the parameters are made.
+        dtype (torch.dtype | None): the parameters' dtype.
 
     Shapes: inputs ``(*, in1_features)`` and ``(*, in2_features)``, output
     ``(*, out_features)``.

@@ -66,6 +66,9 @@ def register_converter(
             cannot express; the message is prefixed with the module's path and type.
 
     Registering a spec type or module type again replaces its converter.
+
+    Raises:
+        TypeError: ``spec_type`` is not a Spec subclass, or a converter is not callable.
     """
     if not (isinstance(spec_type, type) and issubclass(spec_type, fm.Spec)):
         raise TypeError(f"register_converter: spec_type must be a Spec subclass, got {spec_type!r}")
@@ -242,7 +245,12 @@ def to_module(params: fm.Params, state: fm.State | None = None) -> nn.Module:
 
     Returns:
         the module, in eval mode (as ``fm.apply`` defaults to ``train=False``); call
-        ``.train()`` to fine-tune it.
+            ``.train()`` to fine-tune it.
+
+    Raises:
+        TypeError: ``params`` are not Params.
+        ValueError: the spec has state and no ``state`` is given, or a layer cannot be converted
+            (named in the message).
     """
     if not isinstance(params, fm.Params):
         raise TypeError(

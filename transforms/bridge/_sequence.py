@@ -59,6 +59,21 @@ class MultiheadAttentionModule(nn.MultiheadAttention):
     as the spec does inside ``fm.nn.Sequential``. Called with a key (torch's way,
     ``module(q, k, v, ...)``), it is torch's layer: ``(output, weights)``, ``need_weights``
     true by default. Same arguments, parameters and ``state_dict`` as torch's.
+
+    Arguments:
+        embed_dim (int): the model size ``E``.
+        num_heads (int): the number of heads; must divide ``embed_dim``.
+        dropout (float): dropout probability on the attention weights.
+        bias (bool): learn the input and output projection biases.
+        add_bias_kv (bool): learn a bias row appended to the keys and to the values.
+        add_zero_attn (bool): append a row of zeros to the keys and values.
+        kdim (int | None): the size of the keys (``None``: ``embed_dim``).
+        vdim (int | None): the size of the values (``None``: ``embed_dim``).
+        batch_first (bool): batched inputs are ``(N, L, E)`` rather than ``(L, N, E)``.
+        device (torch.device | str | None): where the parameters are made.
+        dtype (torch.dtype | None): the parameters' dtype.
+
+    Shapes: as :class:`funcmodels.nn.MultiheadAttention`.
     """
 
     def forward(self, query, key=None, value=None, **kwargs):

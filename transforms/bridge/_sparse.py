@@ -27,7 +27,13 @@ from ._module import register_converter
 class SparseLinearModule(nn.Module):
     """``y = x @ (weight * mask).T + bias``, the :mod:`torch.nn` form of
     :class:`~transforms.SparseLinear`; ``state_dict`` keys ``weight``, ``bias``, ``mask``.
-    The spec's other fields (initial sparsity, kernel choice) are kept as ``self.spec``."""
+    The spec's other fields (initial sparsity, kernel choice) are kept as ``self.spec``.
+
+    Arguments:
+        spec: the :class:`~transforms.SparseLinear` it stands for; the tensors (made
+            empty, the mask all true) are filled by ``load_state_dict``.
+
+    Shapes: input ``(*, in_features)``, output ``(*, out_features)``."""
 
     def __init__(self, spec: SparseLinear):
         super().__init__()
@@ -53,7 +59,13 @@ class CompressedLinearModule(nn.Module):
     """The :mod:`torch.nn` form of :class:`~transforms.CompressedLinear`: the kept weights
     (``values``) and int32 CSR indices (``crow_indices``, ``col_indices``); without autograd
     the forward is a sparse-dense product, with it a dense product of the scattered
-    weight (the same values)."""
+    weight (the same values).
+
+    Arguments:
+        spec: the :class:`~transforms.CompressedLinear` it stands for; the tensors are
+            filled by ``load_state_dict``.
+
+    Shapes: input ``(*, in_features)``, output ``(*, out_features)``."""
 
     def __init__(self, spec: CompressedLinear):
         super().__init__()

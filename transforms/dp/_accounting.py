@@ -24,9 +24,23 @@ def add_noise(
 ) -> Any:
     """``grads`` plus Gaussian noise of std ``noise_multiplier * max_norm`` on every entry,
     drawn from ``key`` with each param's name folded in (the same key gives the same
-    noise; nothing global is drawn from). ``grads``: Params or a dict of tensors.
-    ``max_norm`` as given to :func:`clipped_grad`: per-layer bounds count as their
-    :func:`total_norm`."""
+    noise; nothing global is drawn from).
+
+    Arguments:
+        grads: the summed clipped gradients, Params or a dict of tensors.
+        key: a key; use a new one every step (``fm.fold_in(key, step)``).
+        noise_multiplier: the noise's std relative to the clipping bound, ``>= 0``.
+        max_norm: the clipping bound as given to :func:`clipped_grad`: a number, or
+            per-layer bounds, which count as their :func:`total_norm`.
+
+    Returns:
+        ``grads``' structure, each tensor plus its noise (same shape and dtype).
+
+    Raises:
+        TypeError: ``noise_multiplier`` is not a number.
+        ValueError: ``noise_multiplier`` is negative, or ``max_norm`` is not a valid
+            bound.
+    """
     if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)):
         raise TypeError(
             "transforms.dp.add_noise: noise_multiplier must be a number, got "
@@ -49,7 +63,19 @@ def poisson_mask(key: torch.Tensor, n: int, sample_rate: float) -> torch.Tensor:
     """Poisson sampling as a fixed-shape mask: each of ``n`` examples is in the batch with
     probability ``sample_rate``, independently (``(n,)`` bool, from ``key``). Multiply the
     per-example losses by it (or pass it as per-example weights) to keep shapes static for
-    ``torch.compile``; an example left out contributes a zero gradient."""
+    ``torch.compile``; an example left out contributes a zero gradient.
+
+    Arguments:
+        key: a key.
+        n: the number of examples.
+        sample_rate: the probability of each example, in ``(0, 1]``.
+
+    Returns:
+        A ``bool`` tensor of shape ``(n,)``.
+
+    Raises:
+        ValueError: ``sample_rate`` is out of ``(0, 1]``.
+    """
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"transforms.dp: sample_rate must be in (0, 1], got {sample_rate!r}")
     return fm.random.uniform(key, (n,)) < sample_rate
@@ -59,7 +85,24 @@ def poisson_batches(
     key: torch.Tensor, n: int, sample_rate: float, steps: int
 ) -> Iterator[torch.Tensor]:
     """``steps`` Poisson-sampled batches of the indices ``0..n-1`` (variable sizes, as the
-    privacy analysis of DP-SGD assumes), the ``i``-th from ``fold_in(key, i)``."""
+    privacy analysis of DP-SGD assumes), the ``i``-th from ``fold_in(key, i)``.
+
+    Arguments:
+        key: a key.
+        n: the number of examples.
+        sample_rate: the probability of each example in each batch, in ``(0, 1]``.
+        steps: how many batches.
+
+    Yields:
+        ``int64`` index tensors of shape ``(b,)``, ``b`` varying (possibly 0).
+
+    Example:
+        ```python
+        batches = list(transforms.dp.poisson_batches(fm.key(0), 100, 0.1, steps=3))
+        assert len(batches) == 3
+        assert all(bool((b >= 0).all() & (b < 100).all()) for b in batches)
+        ```
+    """
     for i in range(steps):
         yield torch.nonzero(poisson_mask(fm.fold_in(key, i), n, sample_rate)).squeeze(1)
 
@@ -74,7 +117,21 @@ def epsilon(
 ) -> float:
     """The ``epsilon`` of ``(epsilon, delta)``-DP after ``steps`` steps of DP-SGD with
     Poisson sampling, from Opacus's accountants (``'rdp'``, ``'prv'`` or ``'gdp'``).
-    Needs the ``dp`` extra: ``pip install funcmodels[dp]``."""
+    Needs the ``dp`` extra: ``pip install funcmodels[dp]``.
+
+    Arguments:
+        noise_multiplier: the noise's std relative to the clipping bound.
+        sample_rate: the Poisson sampling rate (expected batch size / dataset size).
+        steps: the number of steps taken.
+        delta: the ``delta`` of the guarantee (typically below ``1 / dataset size``).
+        accountant: ``'rdp'``, ``'prv'`` or ``'gdp'``.
+
+    Returns:
+        The ``epsilon``, a float.
+
+    Raises:
+        ImportError: Opacus is not installed.
+    """
     try:
         from opacus.accountants import create_accountant
     except ImportError as err:  # pragma: no cover - depends on the environment

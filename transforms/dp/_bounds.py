@@ -41,7 +41,23 @@ def check_bounds(max_norm: Any, where: str) -> float | dict[str, float]:
 def total_norm(max_norm: float | Mapping[str, float]) -> float:
     """The bound of a whole example's clipped gradient: ``max_norm`` itself for global
     clipping, ``sqrt(sum of squares)`` of the per-layer bounds (the sensitivity that
-    :func:`add_noise` scales its noise to)."""
+    :func:`add_noise` scales its noise to).
+
+    Arguments:
+        max_norm: a positive number, or a mapping of layer paths to positive numbers.
+
+    Returns:
+        The bound, a float.
+
+    Raises:
+        TypeError: a key of the mapping is not a string (a layer path).
+        ValueError: a bound that is not a positive finite number, or an empty mapping.
+
+    Example:
+        ```python
+        assert transforms.dp.total_norm({"0": 3.0, "2": 4.0}) == 5.0
+        ```
+    """
     return total(max_norm, "total_norm")
 
 

@@ -147,6 +147,22 @@ def clipped_grad(
 
     The result equals ``vmap(grad)``, clipping and summing (tested to 1e-5 relative);
     layers with a closed form never have their per-example gradients formed.
+
+    Arguments:
+        loss: ``loss(params, *batch, **kwargs)`` returning the per-example losses, a
+            tensor of shape ``(B,)``.
+        max_norm: the clipping bound, a positive number, or per-layer bounds (a mapping
+            of layer paths to positive numbers).
+
+    Returns:
+        A function of ``loss``'s arguments returning ``(grads, norms)``: ``grads`` a
+            :class:`~funcmodels.Params` like ``params``, ``norms`` a tensor of shape
+            ``(B,)``.
+
+    Raises:
+        TypeError: ``loss`` is not callable (at once), or the first argument is not
+            Params (when called).
+        ValueError: ``max_norm`` is not a valid bound.
     """
     if not callable(loss):
         raise TypeError(f"transforms.dp.clipped_grad: loss must be callable, got {loss!r}")

@@ -69,9 +69,9 @@ def private_step(
 
     Returns:
         ``step(key, params, opt_state, *batch, **kwargs) -> (params, opt_state, info)``:
-        ``batch`` tensors with the examples on dim 0 (``B >= 0``), ``kwargs`` shared by
-        all examples (``state=...``); ``info`` a :class:`PrivateStepInfo` with the
-        per-example ``norms (B,)`` and ``batch_size`` ``B``.
+            ``batch`` tensors with the examples on dim 0 (``B >= 0``), ``kwargs`` shared by
+            all examples (``state=...``); ``info`` a :class:`PrivateStepInfo` with the
+            per-example ``norms (B,)`` and ``batch_size`` ``B``.
 
     Raises:
         TypeError: ``loss_fn`` is not callable, ``optimizer`` has no ``update``, or a

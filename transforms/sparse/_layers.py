@@ -50,17 +50,29 @@ from ._kernels import (
 )
 
 PATTERNS = ("unstructured", "2:4")
+"""The sparsity patterns of :class:`SparseLinear` and :func:`sparsify`."""
 INIT_MASKS = ("magnitude", "random")
+"""How :class:`SparseLinear` draws its initial mask (its ``init_mask`` field)."""
 KERNELS = ("auto", "dense", "sparse")
-#: default sparsity from which ``kernel='auto'`` takes the CSR kernel (measured, NOTES.md)
+"""The kernels :class:`SparseLinear` may run (its ``kernel`` field)."""
 CROSSOVER = 0.9
+"""The default sparsity from which ``kernel='auto'`` takes the CSR kernel (measured, see
+NOTES.md)."""
 
 
 # -- masks ----------------------------------------------------------------------------------
 
 
 def kept_count(numel: int, sparsity: float) -> int:
-    """How many of ``numel`` weights a mask of ``sparsity`` keeps: ``numel - round(s * n)``."""
+    """How many of ``numel`` weights a mask of ``sparsity`` keeps: ``numel - round(s * n)``.
+
+    Arguments:
+        numel: the number of weights.
+        sparsity: the fraction pruned, in ``[0, 1]``.
+
+    Returns:
+        The number kept.
+    """
     return numel - int(round(sparsity * numel))
 
 
@@ -70,6 +82,15 @@ def magnitude_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch
     ``pattern='unstructured'`` keeps ``kept_count(numel, sparsity)`` of the whole tensor;
     ``'2:4'`` keeps the two largest of every four consecutive entries of a row (the
     sparsity is then 0.5 whatever ``sparsity`` says).
+
+    Arguments:
+        scores: a tensor of any shape (for ``'2:4'`` its last dim divisible by 4); the
+            largest entries are kept.
+        sparsity: the fraction to prune, in ``[0, 1]``.
+        pattern: ``'unstructured'`` or ``'2:4'``.
+
+    Returns:
+        A ``bool`` tensor of ``scores``' shape, ``True`` where kept.
     """
     if pattern == "2:4":
         groups = scores.reshape(*scores.shape[:-1], -1, 4)
@@ -100,7 +121,10 @@ class SparseLinear(fm.nn.Linear):
     weights outside a fixed boolean mask are zero and stay zero.
 
     Arguments:
-        in_features, out_features, bias: as :class:`~funcmodels.nn.Linear`.
+        in_features: size of the last input dimension; ``None`` (or left out) to infer it
+            from the input shape given to :func:`funcmodels.init`.
+        out_features: size of the last output dimension.
+        bias: whether to add a learned bias.
         sparsity: the fraction of weights the initial mask prunes, in ``[0, 1)``:
             ``round(sparsity * in * out)`` of them (ignored by ``'2:4'``, which prunes half).
         pattern: ``'unstructured'`` (any positions) or ``'2:4'`` (two of every four
@@ -116,6 +140,9 @@ class SparseLinear(fm.nn.Linear):
     Params: ``weight (out_features, in_features)``, ``bias (out_features,)``, initialised as
     torch's Linear (pruned entries keep their values but never contribute or change).
     State: ``mask (out_features, in_features)``, bool, from the init key.
+
+    Shapes: input ``(*, in_features)``, output ``(*, out_features)``, as
+    :class:`~funcmodels.nn.Linear`.
     """
 
     inferred_fields: ClassVar[tuple[str, ...]] = ("in_features",)
@@ -219,12 +246,15 @@ class CompressedLinear(fm.Spec):
     the kept weights only, in CSR order.
 
     Arguments:
-        in_features, out_features: the dense weight's shape.
+        in_features: the dense weight's number of columns (the input size).
+        out_features: the dense weight's number of rows (the output size).
         nnz: how many weights are kept.
         bias: whether there is a bias.
 
     Params: ``values (nnz,)`` (the kept weights, row by row), ``bias (out_features,)``.
     State: ``crow_indices (out_features + 1,)`` and ``col_indices (nnz,)``, int32.
+
+    Shapes: input ``(*, in_features)``, output ``(*, out_features)``.
 
     Also the fastest way to train with a fixed mask: in eager mode on the CPU the
     gradient of ``values`` is an ``(nnz,)`` tensor from an SDDMM at the kept positions,

@@ -68,7 +68,8 @@ def sparsify(
     :func:`polynomial_sparsity`.
 
     Arguments:
-        params, state: the model (``state`` may be left out for a model without state).
+        params: the model's Params.
+        state: its State (may be left out for a model without state).
         sparsity: the fraction of weights to prune, in ``[0, 1)``.
         scope: ``'layer'`` (each layer loses ``sparsity`` of its weights) or ``'global'``
             (one magnitude threshold over all the layers together).
@@ -79,8 +80,14 @@ def sparsify(
 
     Returns:
         ``(params, state)`` of the new spec; the weights are the same tensors' values
-        (pruned ones keep their values: the mask zeroes them), the masks are new. The
-        inputs are not modified.
+            (pruned ones keep their values: the mask zeroes them), the masks are new. The
+            inputs are not modified.
+
+    Raises:
+        TypeError: ``sparsity`` is not a number.
+        ValueError: a value out of range, an unknown ``scope`` or ``pattern``, ``'2:4'`` with
+            ``scope='global'``, a model without a layer to prune, or an ``in_features`` that
+            ``'2:4'`` cannot divide.
     """
     where = "transforms.sparsify"
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
@@ -150,13 +157,18 @@ def compress(
     the crossover the dense product is the faster one). Outputs are unchanged.
 
     Arguments:
-        params, state: a model with :class:`SparseLinear` layers.
+        params: the Params of a model with :class:`SparseLinear` layers.
+        state: its State (holding the masks).
         crossover: the sparsity from which a layer is stored in CSR form; ``None``: each
             layer's own ``crossover`` field.
 
     Returns:
         ``(params, state)`` of the compressed spec; other layers are untouched, and the
-        inputs are not modified. :func:`decompress` turns the CSR layers back.
+            inputs are not modified. :func:`decompress` turns the CSR layers back.
+
+    Raises:
+        ValueError: ``crossover`` out of ``[0, 1]``, or a model without a :class:`SparseLinear`
+            layer.
     """
     where = "transforms.compress"
     entries = model_entries(params, state, where)
@@ -191,7 +203,18 @@ def compress(
 def decompress(params: fm.Params, state: fm.State) -> tuple[fm.Params, fm.State]:
     """The training form of :func:`compress`'s output: every :class:`CompressedLinear`
     becomes a :class:`SparseLinear` with the dense weight (zeros where pruned) and its mask.
-    Layers that ``compress`` stored dense stay plain ``Linear`` layers."""
+    Layers that ``compress`` stored dense stay plain ``Linear`` layers.
+
+    Arguments:
+        params: the Params of a model with :class:`CompressedLinear` layers.
+        state: its State (holding the CSR indices).
+
+    Returns:
+        ``(params, state)`` of the new spec; the inputs are not modified.
+
+    Raises:
+        ValueError: the model has no :class:`CompressedLinear` layer.
+    """
     where = "transforms.decompress"
     entries = model_entries(params, state, where)
     replaced = {}
@@ -231,6 +254,27 @@ def polynomial_sparsity(
     between ``begin_step`` and ``end_step`` (``initial`` before, ``final`` after), held
     constant between multiples of ``frequency`` steps after ``begin_step`` (prune every
     ``frequency`` steps and fine-tune in between).
+
+    Arguments:
+        final: the sparsity reached at ``end_step``, in ``[0, 1)``.
+        begin_step: the step where pruning starts.
+        end_step: the step where it reaches ``final``, after ``begin_step``.
+        initial: the sparsity before ``begin_step``, in ``[0, 1)``.
+        frequency: the sparsity changes every ``frequency`` steps, a positive int.
+        power: the exponent of the decay.
+
+    Returns:
+        ``schedule(step) -> sparsity``, a float, for :func:`sparsify`.
+
+    Raises:
+        ValueError: a sparsity out of ``[0, 1)``, a negative step, ``end_step <=
+            begin_step`` or ``frequency < 1``.
+
+    Example:
+        ```python
+        schedule = transforms.polynomial_sparsity(0.9, begin_step=0, end_step=100)
+        assert schedule(0) == 0.0 and schedule(100) == 0.9
+        ```
     """
     where = "transforms.polynomial_sparsity"
     for name, v in (("final", final), ("initial", initial)):
