@@ -45,7 +45,8 @@ from ._batchnorm import (
     InstanceNorm3d,
 )
 from ._container import Flatten, Sequential, Unflatten
-from ._conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
+from ._conv import Conv1d, Conv2d, Conv3d
+from ._conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from ._dropout import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
 from ._einops import Rearrange, Reduce
 from ._embedding import Embedding
