@@ -44,7 +44,12 @@ def radam(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root, threshold, nesterov: as :func:`scale_by_radam`'s.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the second moment.
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root.
+        threshold: the smallest ``rho_t`` at which the adaptive step is taken.
+        nesterov: Nesterov momentum.
 
     Returns:
         The chained GradientTransformation.
@@ -72,7 +77,11 @@ def adabelief(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root, nesterov: as :func:`scale_by_belief`'s.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the prediction error's second moment.
+        eps: added to the denominator outside the square root.
+        eps_root: added to the error's second moment.
+        nesterov: Nesterov momentum.
 
     Returns:
         The chained GradientTransformation.
@@ -93,7 +102,9 @@ def yogi(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps: as :func:`scale_by_yogi`'s.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the second moment.
+        eps: added to the denominator outside the square root.
 
     Returns:
         The chained GradientTransformation.
@@ -120,7 +131,11 @@ def adan(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, b3, eps, eps_root: as :func:`scale_by_adan`'s.
+        b1: the decay rate of the updates' moving average.
+        b2: the decay rate of the moving average of the updates' differences.
+        b3: the decay rate of the second moment.
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root.
         weight_decay: decoupled weight decay (a number, 0-dim tensor or schedule).
         mask: which params decay (as :func:`add_decayed_weights`'s).
 
@@ -152,7 +167,8 @@ def adadelta(
     Arguments:
         learning_rate: a number, a 0-dim tensor, a schedule, or ``None`` (no scaling;
             the update then ascends, as optax's).
-        rho, eps: as :func:`scale_by_adadelta`'s.
+        rho: the decay rate of the moving averages.
+        eps: added inside the square roots.
         weight_decay: an L2 term added to the gradients first.
         weight_decay_mask: which params decay.
 
@@ -182,7 +198,11 @@ def novograd(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        b1, b2, eps, eps_root, weight_decay: as :func:`scale_by_novograd`'s.
+        b1: the momentum.
+        b2: the decay rate of the second moment (a squared norm per leaf).
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root.
+        weight_decay: the coefficient on the params.
 
     Returns:
         The chained GradientTransformation (its ``update`` needs the params).
@@ -215,7 +235,12 @@ def optimistic_adam(
     Arguments:
         learning_rate: a number or a 0-dim tensor (no schedule, as optax's).
         optimism: the negative momentum's coefficient.
-        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`'s.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the second moment.
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root.
+        mu_dtype: the first moment's dtype (``None``: the param's).
+        nesterov: Nesterov momentum.
 
     Returns:
         The chained GradientTransformation.
@@ -258,8 +283,14 @@ def optimistic_adam_v2(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        alpha, beta: as :func:`scale_by_optimistic_gradient`'s.
-        b1, b2, eps, eps_root, mu_dtype, nesterov: as :func:`scale_by_adam`'s.
+        alpha: the step on the current updates.
+        beta: the step on the change of the updates (the optimism).
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the second moment.
+        eps: added to the denominator outside the square root.
+        eps_root: added inside the square root.
+        mu_dtype: the first moment's dtype (``None``: the param's).
+        nesterov: Nesterov momentum.
 
     Returns:
         The chained GradientTransformation.
@@ -296,8 +327,10 @@ def adafactor(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor, a schedule, or ``None`` (none).
-        min_dim_size_to_factor, decay_rate, eps, factored: as
-            :func:`scale_by_factored_rms`'s (``eps`` is its ``epsilon``).
+        min_dim_size_to_factor: the smallest second-largest dimension factored.
+        decay_rate: the exponent of the second moment's decay.
+        eps: added to the squared updates (:func:`scale_by_factored_rms`'s ``epsilon``).
+        factored: factor the second moment where the leaf allows.
         decay_offset: its ``step_offset``.
         multiply_by_parameter_scale: scale by the params' RMS.
         clipping_threshold: the block RMS clip (``None``: none).

@@ -14,6 +14,8 @@ from ._more_common import hyper, leafwise, rebuild, state_leaves, work_dtype
 
 
 class FactoredState(NamedTuple):
+    """The state of :func:`scale_by_factored_rms` (and so of :func:`adafactor`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     v_row: Any
@@ -65,11 +67,11 @@ def scale_by_factored_rms(
 
     Returns:
         A GradientTransformation needing the params; its state is a
-        :class:`FactoredState`.
+            :class:`FactoredState`.
 
     Raises:
-        ValueError, TypeError: a hyperparameter out of range or of the wrong type; from
-            ``update``, no params.
+        ValueError: a hyperparameter out of range; from ``update``, no params.
+        TypeError: a hyperparameter of the wrong type.
     """
     where = "fm.optim.scale_by_factored_rms"
     if not isinstance(factored, bool):

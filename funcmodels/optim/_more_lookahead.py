@@ -12,6 +12,8 @@ from ._base import GradientTransformation, as_transformation, check_state, count
 
 
 class LookaheadState(NamedTuple):
+    """The state of :func:`lookahead`."""
+
     fast_state: Any
     """the fast optimiser's state"""
     steps_since_sync: torch.Tensor
@@ -23,7 +25,9 @@ class LookaheadParams(NamedTuple):
     ones (the ones to evaluate with)."""
 
     fast: Any
+    """the fast params, the ones the inner optimiser updates"""
     slow: Any
+    """the slow params, the ones to evaluate with"""
 
     @classmethod
     def init_synced(cls, params: Any) -> LookaheadParams:

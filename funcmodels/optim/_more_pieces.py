@@ -26,6 +26,8 @@ from ._utilities import safe_norm, safe_root_mean_squares
 
 
 class ScaleByRpropState(NamedTuple):
+    """The state of :func:`scale_by_rprop` (and so of :func:`rprop`)."""
+
     step_sizes: Any
     """each element's step size"""
     prev_updates: Any
@@ -33,6 +35,8 @@ class ScaleByRpropState(NamedTuple):
 
 
 class ScaleBySM3State(NamedTuple):
+    """The state of :func:`scale_by_sm3` (and so of :func:`sm3`)."""
+
     mu: Any
     """per leaf (a list in the params' leaf order), one accumulator per dimension"""
     nu: Any
@@ -40,6 +44,8 @@ class ScaleBySM3State(NamedTuple):
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
+    """The state of :func:`scale_by_optimistic_gradient`."""
+
     is_initial_step: torch.Tensor
     """a 0-dim bool tensor, true before the first update"""
     previous_gradient: Any
@@ -64,7 +70,8 @@ def scale_by_rprop(
         learning_rate: every element's first step size.
         eta_minus: the factor on a step size where the sign flips.
         eta_plus: the factor on a step size where the sign holds.
-        min_step_size, max_step_size: the step sizes' bounds.
+        min_step_size: the smallest step size.
+        max_step_size: the largest step size.
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByRpropState`.
@@ -324,6 +331,8 @@ def scale_by_polyak(
 
 
 class ScaleByDistanceOverGradientsState(NamedTuple):
+    """The state of :func:`scale_by_distance_over_gradients`."""
+
     max_dist: Any
     """per leaf, a 0-dim tensor: the largest distance from the first params so far"""
     grad_sum_of_squares: Any
@@ -354,7 +363,7 @@ def scale_by_distance_over_gradients(
 
     Returns:
         A GradientTransformation needing the params; its state is a
-        :class:`ScaleByDistanceOverGradientsState`.
+            :class:`ScaleByDistanceOverGradientsState`.
 
     Raises:
         ValueError: from ``update``, no params.

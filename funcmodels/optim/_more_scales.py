@@ -26,6 +26,8 @@ from ._more_common import flag, full, hyper, leafwise, per_leaf, rebuild, state_
 
 
 class ScaleByBeliefState(NamedTuple):
+    """The state of :func:`scale_by_belief` (and so of :func:`adabelief`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     mu: Any
@@ -35,6 +37,8 @@ class ScaleByBeliefState(NamedTuple):
 
 
 class ScaleByAdanState(NamedTuple):
+    """The state of :func:`scale_by_adan` (and so of :func:`adan`)."""
+
     m: Any
     """moving average of the updates"""
     v: Any
@@ -48,6 +52,8 @@ class ScaleByAdanState(NamedTuple):
 
 
 class ScaleByAdaDeltaState(NamedTuple):
+    """The state of :func:`scale_by_adadelta` (and so of :func:`adadelta`)."""
+
     e_g: Any
     """moving average of the squared updates"""
     e_x: Any
@@ -55,6 +61,8 @@ class ScaleByAdaDeltaState(NamedTuple):
 
 
 class ScaleByNovogradState(NamedTuple):
+    """The state of :func:`scale_by_novograd` (and so of :func:`novograd`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     mu: Any
@@ -97,7 +105,8 @@ def scale_by_radam(
     first moment alone before.
 
     Arguments:
-        b1, b2: decay rates of the first and second moments, in ``[0, 1)``.
+        b1: the decay rate of the first moment, in ``[0, 1)``.
+        b2: the decay rate of the second moment, in ``[0, 1)``.
         eps: added to the denominator outside the square root.
         eps_root: added inside the square root.
         threshold: the smallest ``rho_t`` at which the adaptive step is taken.
@@ -159,7 +168,8 @@ def scale_by_belief(
     prediction error ``u - mu`` in place of ``u**2``, ``eps_root`` added to it each step.
 
     Arguments:
-        b1, b2: decay rates of the first moment and of the error's second moment.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the prediction error's second moment.
         eps: added to the denominator outside the square root.
         eps_root: added to the error's second moment.
         nesterov: Nesterov momentum.
@@ -210,7 +220,8 @@ def scale_by_yogi(
     ``initial_accumulator_value``.
 
     Arguments:
-        b1, b2: decay rates of the first and second moments.
+        b1: the decay rate of the first moment.
+        b2: the decay rate of the second moment.
         eps: added to the denominator outside the square root.
         eps_root: added inside the square root.
         initial_accumulator_value: both moments' start.
@@ -366,7 +377,7 @@ def scale_by_novograd(
 
     Returns:
         A GradientTransformation needing the params; its state is a
-        :class:`ScaleByNovogradState`.
+            :class:`ScaleByNovogradState`.
 
     Raises:
         ValueError, TypeError: a hyperparameter out of range or of the wrong type; from

@@ -34,8 +34,11 @@ def rprop(
     update lags its state by one step: see :func:`scale_by_rprop`).
 
     Arguments:
-        learning_rate, eta_minus, eta_plus, min_step_size, max_step_size: as
-            :func:`scale_by_rprop`'s.
+        learning_rate: every element's first step size.
+        eta_minus: the factor on a step size where the sign flips.
+        eta_plus: the factor on a step size where the sign holds.
+        min_step_size: the smallest step size.
+        max_step_size: the largest step size.
 
     Returns:
         The chained GradientTransformation.
@@ -67,7 +70,8 @@ def lars(
         learning_rate: a number, a 0-dim tensor or a schedule.
         weight_decay: an L2 term added to the gradients first.
         weight_decay_mask: which params decay (``True``: all).
-        trust_coefficient, eps: as :func:`scale_by_trust_ratio`'s.
+        trust_coefficient: the factor on the trust ratio.
+        eps: added to the trust ratio's denominator.
         trust_ratio_mask: which params take the trust ratio (``True``: all).
         momentum: the trace's decay.
         nesterov: Nesterov momentum.
@@ -143,7 +147,10 @@ def noisy_sgd(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        eta, gamma, key, seed: as :func:`add_noise`'s.
+        eta: the noise's initial variance.
+        gamma: the decay exponent of the variance.
+        key: an ``fm.key`` or an int seed (``None``: seed 0, as optax).
+        seed: optax's older name for an int ``key``.
 
     Returns:
         The chained GradientTransformation.
@@ -159,7 +166,9 @@ class PolyakSGD(NamedTuple):
     """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``."""
 
     init: Any
+    """``init(params)``: the initial state"""
     update: Any
+    """``update(updates, state, params=None, *, value)``: the new updates and state"""
 
 
 def polyak_sgd(
@@ -174,7 +183,10 @@ def polyak_sgd(
     optax's. The state is the pair of the two states, as optax's chain's.
 
     Arguments:
-        max_learning_rate, f_min, eps, variant: as :func:`scale_by_polyak`'s.
+        max_learning_rate: the largest step size.
+        f_min: a lower bound of the loss.
+        eps: added to the squared norm of the updates.
+        variant: ``'sps'`` or ``'sps+'`` (``value - f_min`` floored at 0).
         scaling: the learning rate of the SGD in front (a number, tensor or schedule).
 
     Returns:
@@ -229,7 +241,8 @@ def optimistic_gradient_descent(
 
     Arguments:
         learning_rate: a number, a 0-dim tensor or a schedule.
-        alpha, beta: as :func:`scale_by_optimistic_gradient`'s.
+        alpha: the step on the current updates.
+        beta: the step on the change of the updates (the optimism).
 
     Returns:
         The chained GradientTransformation.

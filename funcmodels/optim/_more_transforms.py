@@ -25,6 +25,8 @@ from ._more_common import hyper, leafwise, work_dtype
 
 
 class AddNoiseState(NamedTuple):
+    """The state of :func:`add_noise` (and so of :func:`noisy_sgd`)."""
+
     count: torch.Tensor
     """updates done, a 0-dim int64 tensor"""
     rng_key: torch.Tensor
@@ -32,6 +34,8 @@ class AddNoiseState(NamedTuple):
 
 
 class ZeroNansState(NamedTuple):
+    """The state of :func:`zero_nans`."""
+
     found_nan: Any
     """per leaf, a 0-dim bool tensor: whether that leaf's last updates held a NaN"""
 
@@ -306,7 +310,7 @@ def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any,
 
     Returns:
         ``(clipped sum, a tree like one example's gradients; the number of examples
-        clipped, a 0-dim int64 tensor)``.
+            clipped, a 0-dim int64 tensor)``.
 
     Raises:
         ValueError: leaves without a common batch dimension.

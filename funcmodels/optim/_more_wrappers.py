@@ -29,28 +29,40 @@ from ._wrappers import MultiTransformState, _select, masked, multi_transform
 
 
 class PartitionState(NamedTuple):
+    """The state of :func:`partition`."""
+
     inner_states: Mapping[Hashable, Any]
     """label -> the state of that label's transformation"""
 
 
 class ConditionallyTransformState(NamedTuple):
+    """The state of :func:`conditionally_transform`."""
+
     inner_state: Any
+    """the inner transformation's state"""
     step: torch.Tensor
     """steps done, a 0-dim int64 tensor"""
 
 
 class ConditionallyMaskState(NamedTuple):
+    """The state of :func:`conditionally_mask`."""
+
     step: torch.Tensor
     """steps done, a 0-dim int64 tensor"""
     inner_state: Any
+    """the inner transformation's state"""
 
 
 class SnapshotState(NamedTuple):
+    """The state of :func:`snapshot`."""
+
     measurement: dict[str, Any]
     """the measure's name -> its value on the last updates (the params at init)"""
 
 
 class MonitorState(NamedTuple):
+    """The state of :func:`monitor`."""
+
     measurements: dict[str, Any]
     """each measure's name -> its value on the last updates"""
     measure_states: tuple
@@ -334,7 +346,9 @@ def measure_with_ema(
 
     Arguments:
         measure: a function of the updates.
-        decay, debias, accumulator_dtype: as :func:`ema`'s.
+        decay: the average's decay, in ``[0, 1]``.
+        debias: divide by ``1 - decay**t``.
+        accumulator_dtype: the average's dtype (``None``: the measurement's).
 
     Returns:
         A transformation whose output is the averaged measurement.
