@@ -173,6 +173,9 @@ def _expanded_size(node: Any, where: str) -> int:
     """The number of values ``node`` stands for with every alias copied out, computed
     once per node (so an alias bomb is measured, not expanded), and iteratively."""
     sizes: dict[int, int] = {}
+    # the nodes being expanded: the ancestors of the node popped (a node met again among
+    # them is an alias inside its own anchor, a document without end)
+    expanding: set[int] = set()
     stack = [(node, False)]
     while stack:
         n, ready = stack.pop()
@@ -180,9 +183,18 @@ def _expanded_size(node: Any, where: str) -> int:
             continue
         kids = _yaml_children(n)
         if not ready:
+            if id(n) in expanding:
+                line = getattr(getattr(n, "start_mark", None), "line", None)
+                at = f", line {line + 1}" if line is not None else ""
+                raise ValueError(
+                    f"{where}{at}: an alias refers to a node that contains it, so the document "
+                    "never ends; a config is a tree (use one anchor per repeated part)"
+                )
+            expanding.add(id(n))
             stack.append((n, True))
             stack.extend((k, False) for k in kids if id(k) not in sizes)
             continue
+        expanding.discard(id(n))
         size = 1 + sum(sizes[id(k)] for k in kids)
         if size > MAX_VALUES:
             raise ValueError(
