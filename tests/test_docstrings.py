@@ -172,11 +172,17 @@ def parse(name: str, doc: str, sig: inspect.Signature) -> tuple[list[Any], list[
     """griffe's Google sections of ``doc`` and the warnings it logged parsing them."""
     handler = _Records()
     log = logging.getLogger("griffe")
+    # another test's logging configuration (a dictConfig disables the loggers that exist
+    # then, a level may be raised) must not silence what this check reads
+    disabled, level = log.disabled, log.level
+    log.disabled = False
+    log.setLevel(logging.WARNING)
     log.addHandler(handler)
     try:
         sections = griffe.Docstring(doc, parent=_griffe_parent(name, sig)).parse("google")
     finally:
         log.removeHandler(handler)
+        log.disabled, log.level = disabled, level
     return sections, handler.messages
 
 
