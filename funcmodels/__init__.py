@@ -11,17 +11,16 @@ from ._core import (
     Output,
     apply,
     check_params,
-    from_state_dict,
     init,
     init_with_state,
     run,
-    to_state_dict,
 )
 from ._grad import grad, jit, value_and_grad
 from ._io import load, save
 from ._registry import register_layer
 from ._shapes import shapes
 from ._spec import Spec
+from ._state_dict import from_state_dict, to_state_dict
 from ._summary import summary
 from ._tree import Params, State
 from .random import fold_in, key, split

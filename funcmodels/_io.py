@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from . import _documents, _safetensors, nn
-from ._core import adapted, as_device, describe_mismatch, to_state_dict, validate_entries
+from ._core import as_device, describe_mismatch
 from ._encode import MAX_DEPTH, decode
 from ._spec import Spec, depth, expected_entries
+from ._state_dict import adapted, to_state_dict, validate_entries
 from ._tree import Params, State
 
 _FORMAT = "funcmodels"

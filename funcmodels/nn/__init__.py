@@ -80,7 +80,6 @@ from ._pool import (
     MaxPool2d,
     MaxPool3d,
 )
-from ._recurrent import GRU, LSTM, RNN
 from ._remat import Remat
 from ._repeat import Repeat
 from ._resample import (
@@ -91,6 +90,7 @@ from ._resample import (
     UpsamplingNearest2d,
 )
 from ._residual import ResidualBlock
+from ._rnn import GRU, LSTM, RNN
 from ._rnn_cell import GRUCell, LSTMCell, RNNCell
 from ._softmax import GLU, LogSoftmax, Softmax, Softmax2d, Softmin
 from ._stack import Stack
