@@ -171,9 +171,12 @@ class _Records(logging.Handler):
 def parse(name: str, doc: str, sig: inspect.Signature) -> tuple[list[Any], list[str]]:
     """griffe's Google sections of ``doc`` and the warnings it logged parsing them."""
     handler = _Records()
-    log = logging.getLogger("griffe")
-    # another test's logging configuration (a dictConfig disables the loggers that exist
-    # then, a level may be raised) must not silence what this check reads
+    # griffe logs through its own logger object, which mkdocstrings re-points at
+    # "mkdocs.plugins.griffe" once imported (the docs tests import it); and another
+    # test's logging configuration may disable a logger or raise its level: neither may
+    # silence what this check reads
+    log = getattr(griffe.logger, "_logger", None) or logging.getLogger("griffe")
+    log = getattr(log, "logger", log)  # a LoggerAdapter's logger
     disabled, level = log.disabled, log.level
     log.disabled = False
     log.setLevel(logging.WARNING)
