@@ -110,8 +110,8 @@ def grouped(
     record, fast = _scan(lists, hyper)
     ops = Ops(fast, record)
     first = lists[0]
-    if not first:
-        return fn(ops, torch.float32, None, *lists)
+    if not first:  # no leaves (an empty tree, or none chosen by a mask): no foreach op
+        return fn(Ops(False, record), torch.float32, None, *lists)
     keys = [(d, x.device) for d, x in zip(dtypes, first, strict=True)]
     parts = _parts(keys)
     if len(parts) == 1:  # the usual case: one dtype, one device

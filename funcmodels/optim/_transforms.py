@@ -320,6 +320,8 @@ def scale_by_trust_ratio(
 
     def fn(us, state, ps, spec, own):
         def math(ops, dtype, device, us, ps):
+            if not us:  # no leaves: nothing to stack
+                return ([],)
             floor = scalar(min_norm, dtype, device)
             pn = torch.stack(ops.norms(cast(ps, [dtype] * len(ps)))).clamp(min=floor)
             un = torch.stack(ops.norms(cast(us, [dtype] * len(us)))).clamp(min=floor)
