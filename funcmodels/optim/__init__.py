@@ -188,6 +188,12 @@ from ._schedules import (
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
 )
+from ._stateful_inject import (
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_stateful_hyperparams,
+)
 from ._transforms import (
     ScaleByScheduleState,
     WeightDecayScheduleState,
@@ -201,6 +207,22 @@ from ._transforms import (
     scale_by_schedule,
     scale_by_sign,
     scale_by_trust_ratio,
+)
+from ._types import (
+    MaskedNode,
+    MaskOrFn,
+    OptState,
+    ScalarOrSchedule,
+    Schedule,
+    ShouldSkipUpdateFunction,
+    StatefulSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
+    Updates,
+)
+from ._types import (
+    Params as Params,
 )
 from ._update import incremental_update, periodic_update
 from ._utilities import (
@@ -415,3 +437,12 @@ __all__ += [
     "yogi",
     "zero_nans",
 ]
+
+# optax's stateful hyperparameter injection
+__all__ += ["InjectStatefulHyperparamsState", "WrappedSchedule", "WrappedScheduleState"]
+__all__ += ["inject_stateful_hyperparams"]
+# optax's type names, for annotations (``Params`` is reachable but kept out of __all__, so
+# a star import never rebinds funcmodels.Params; see _types.py)
+__all__ += ["MaskOrFn", "MaskedNode", "OptState", "ScalarOrSchedule", "Schedule"]
+__all__ += ["ShouldSkipUpdateFunction", "StatefulSchedule"]
+__all__ += ["TransformInitFn", "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates"]
