@@ -172,6 +172,7 @@ from ._more_wrappers import (
     selective_transform,
     snapshot,
 )
+from ._numerics import matrix_inverse_pth_root, multi_normal, nnls, power_iteration
 from ._schedules import (
     constant_schedule,
     cosine_decay_schedule,
@@ -446,3 +447,5 @@ __all__ += ["inject_stateful_hyperparams"]
 __all__ += ["MaskOrFn", "MaskedNode", "OptState", "ScalarOrSchedule", "Schedule"]
 __all__ += ["ShouldSkipUpdateFunction", "StatefulSchedule"]
 __all__ += ["TransformInitFn", "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates"]
+# optax's numerics
+__all__ += ["matrix_inverse_pth_root", "multi_normal", "nnls", "power_iteration"]
