@@ -59,6 +59,8 @@ MODULES = (
     "funcmodels",
     "funcmodels.nn",
     "funcmodels.optim",
+    "funcmodels.optim.losses",
+    "funcmodels.optim.projections",
     "funcmodels.tree",
     "funcmodels.random",
     "funcmodels.checkpoint",

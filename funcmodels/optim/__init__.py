@@ -449,3 +449,36 @@ __all__ += ["ShouldSkipUpdateFunction", "StatefulSchedule"]
 __all__ += ["TransformInitFn", "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates"]
 # optax's numerics
 __all__ += ["matrix_inverse_pth_root", "multi_normal", "nnls", "power_iteration"]
+# optax's submodules
+from . import losses, projections  # noqa: E402
+
+__all__ += ["losses", "projections"]
+# optax's losses at its top level (optax keeps these aliases of optax.losses)
+from .losses import (  # noqa: E402
+    convex_kl_divergence,
+    cosine_distance,
+    cosine_similarity,
+    ctc_loss,
+    ctc_loss_with_forward_probs,
+    generalized_kl_divergence,
+    hinge_loss,
+    huber_loss,
+    kl_divergence,
+    l2_loss,
+    log_cosh,
+    ntxent,
+    safe_softmax_cross_entropy,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
+    smooth_labels,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+    squared_error,
+)
+
+__all__ += ["convex_kl_divergence", "cosine_distance", "cosine_similarity", "ctc_loss"]
+__all__ += ["ctc_loss_with_forward_probs", "generalized_kl_divergence", "hinge_loss"]
+__all__ += ["huber_loss", "kl_divergence", "l2_loss", "log_cosh", "ntxent"]
+__all__ += ["safe_softmax_cross_entropy", "sigmoid_binary_cross_entropy", "sigmoid_focal_loss"]
+__all__ += ["smooth_labels", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
+__all__ += ["squared_error"]
