@@ -449,10 +449,10 @@ __all__ += ["ShouldSkipUpdateFunction", "StatefulSchedule"]
 __all__ += ["TransformInitFn", "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates"]
 # optax's numerics
 __all__ += ["matrix_inverse_pth_root", "multi_normal", "nnls", "power_iteration"]
-# optax's submodules
-from . import losses, projections  # noqa: E402
+# optax's submodules: losses, projections, second_order, and namespaces over names above
+from . import losses, projections, schedules, second_order, transforms, tree_utils  # noqa: E402
 
-__all__ += ["losses", "projections"]
+__all__ += ["losses", "projections", "schedules", "second_order", "transforms", "tree_utils"]
 # optax's losses at its top level (optax keeps these aliases of optax.losses)
 from .losses import (  # noqa: E402
     convex_kl_divergence,

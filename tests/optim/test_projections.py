@@ -1,5 +1,5 @@
 """fm.optim.projections against optax.projections 0.2.8 (float64, 1e-10) on pytrees, the
-sets' defining properties, and ``vmap``/``grad``."""
+sets' defining properties, and ``vmap``/``grad``; plus the submodule aliases."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
+from funcmodels import optim
 from funcmodels.optim import projections as P
 
 jax = pytest.importorskip("jax")
@@ -105,3 +106,19 @@ def test_signatures_match_optax(name):
     theirs = inspect.signature(getattr(optax.projections, name)).parameters
     assert list(ours) == list(theirs)
     assert [p.default for p in ours.values()] == [p.default for p in theirs.values()]
+
+
+@pytest.mark.parametrize("module", ["schedules", "transforms", "tree_utils"])
+def test_submodule_aliases_are_fm_optims_objects(module):
+    ours = getattr(optim, module)
+    for name in ours.__all__:
+        assert getattr(ours, name) is getattr(optim, name), name
+        assert hasattr(getattr(optax, module), name), name
+    assert optim.schedules.cosine_decay_schedule is optim.cosine_decay_schedule
+
+
+def test_submodule_aliases_cover_what_fm_optim_has():
+    for module in ("schedules", "transforms", "tree_utils"):
+        theirs = {n for n in dir(getattr(optax, module)) if not n.startswith("_")}
+        have = {n for n in theirs if hasattr(optim, n)}
+        assert have == set(getattr(optim, module).__all__), module
