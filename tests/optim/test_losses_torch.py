@@ -184,3 +184,16 @@ def test_per_example_gradients_under_vmap(name):
     (want,) = torch.autograd.grad(total, xs)
     close(per_example, want, 1e-12)
     assert bool(torch.isfinite(per_example).all())
+
+
+def test_float32_inputs_give_float32_losses():
+    from .test_losses_parity import CASES
+
+    for case, (name, args, kwargs) in CASES.items():
+        args = [a.float() if torch.is_tensor(a) and a.dtype == D else a for a in args]
+        kwargs = {
+            k: v.float() if torch.is_tensor(v) and v.dtype == D else v for k, v in kwargs.items()
+        }
+        out = getattr(losses, name)(*args, **kwargs)
+        for t in out if isinstance(out, tuple) else (out,):
+            assert t.dtype == torch.float32, case
