@@ -202,3 +202,25 @@ class ShouldSkipUpdateFunction(Protocol):
             A 0-dim bool tensor (skip or not) and a pytree kept in
             ``MultiStepsState.skip_state``.
         """
+
+
+class ConditionFn(Protocol):
+    """The condition of :func:`conditionally_transform` and :func:`conditionally_mask`:
+    ``fn(step, **extra_args) -> bool tensor``.
+
+    Arguments:
+        *args (Any): none (an annotation, not instantiated).
+        **kwargs (Any): none.
+    """
+
+    def __call__(self, step: torch.Tensor, **extra_args: Any) -> torch.Tensor:
+        """Whether the inner transformation runs at this step.
+
+        Arguments:
+            step: the step count, a 0-dim integer tensor.
+            **extra_args: what the optimiser's ``update`` was given beyond its three
+                arguments.
+
+        Returns:
+            A 0-dim bool tensor.
+        """

@@ -1,5 +1,5 @@
-"""optax.transforms' names that fm.optim has, the same objects as ``fm.optim``'s
-(not yet: ``ConditionFn``, ``unitwise_clip``, ``unitwise_norm``)."""
+"""optax.transforms' names: the same objects as ``fm.optim``'s, and the three optax keeps
+only here (``ConditionFn``, ``unitwise_clip``, ``unitwise_norm``)."""
 
 from . import (
     AddNoiseState,
@@ -46,8 +46,13 @@ from . import (
     trace,
     zero_nans,
 )
+from ._types import ConditionFn
+from ._unitwise import unitwise_clip, unitwise_norm
 
 __all__ = [
+    "ConditionFn",
+    "unitwise_clip",
+    "unitwise_norm",
     "AddNoiseState",
     "ApplyIfFiniteState",
     "ConditionallyMaskState",

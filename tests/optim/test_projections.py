@@ -108,17 +108,58 @@ def test_signatures_match_optax(name):
     assert [p.default for p in ours.values()] == [p.default for p in theirs.values()]
 
 
+# names optax keeps only in optax.transforms, defined there in fm.optim.transforms too
+ONLY_IN_SUBMODULE = {"ConditionFn", "unitwise_clip", "unitwise_norm"}
+
+
 @pytest.mark.parametrize("module", ["schedules", "transforms", "tree_utils"])
 def test_submodule_aliases_are_fm_optims_objects(module):
     ours = getattr(optim, module)
     for name in ours.__all__:
-        assert getattr(ours, name) is getattr(optim, name), name
         assert hasattr(getattr(optax, module), name), name
+        if name not in ONLY_IN_SUBMODULE:
+            assert getattr(ours, name) is getattr(optim, name), name
     assert optim.schedules.cosine_decay_schedule is optim.cosine_decay_schedule
 
 
 def test_submodule_aliases_cover_what_fm_optim_has():
     for module in ("schedules", "transforms", "tree_utils"):
         theirs = {n for n in dir(getattr(optax, module)) if not n.startswith("_")}
-        have = {n for n in theirs if hasattr(optim, n)}
+        have = {n for n in theirs if hasattr(optim, n)} | (theirs & ONLY_IN_SUBMODULE)
         assert have == set(getattr(optim, module).__all__), module
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 4), (3, 4), (2, 3, 4), (2, 2, 3, 4), (2, 2, 2, 3, 2)])
+def test_unitwise_norm_and_clip_match_optax(shape):
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    ours = optim.transforms.unitwise_norm(x)
+    theirs = optax.transforms.unitwise_norm(jnp.asarray(x.numpy()))
+    assert ours.shape == x.shape and np.abs(ours.numpy() - np.asarray(theirs)).max() <= TOL
+    ours = optim.transforms.unitwise_norm(x, axis=-1)
+    theirs = optax.transforms.unitwise_norm(jnp.asarray(x.numpy()), axis=-1)
+    assert np.abs(ours.numpy() - np.asarray(theirs)).max() <= TOL
+    grad_ = torch.randn(shape, generator=g, dtype=torch.float64)
+    g_norm = optim.transforms.unitwise_norm(grad_)
+    max_norm = torch.full(shape, 0.8, dtype=torch.float64)
+    ours = optim.transforms.unitwise_clip(g_norm, max_norm, grad_)
+    theirs = optax.transforms.unitwise_clip(
+        *(jnp.asarray(t.numpy()) for t in (g_norm, max_norm, grad_))
+    )
+    assert np.abs(ours.numpy() - np.asarray(theirs)).max() <= TOL
+
+
+def test_unitwise_bad_input():
+    with pytest.raises(ValueError, match="1 to 5 dimensions"):
+        optim.transforms.unitwise_norm(torch.ones(2, 2, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match="same shape"):
+        optim.transforms.unitwise_clip(torch.ones(2), torch.ones(3), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["unitwise_norm", "unitwise_clip"])
+def test_unitwise_signatures_match_optax(name):
+    ours = inspect.signature(getattr(optim.transforms, name)).parameters
+    theirs = inspect.signature(getattr(optax.transforms, name)).parameters
+    assert [(k, p.kind, p.default) for k, p in ours.items()] == [
+        (k, p.kind, p.default) for k, p in theirs.items()
+    ]
