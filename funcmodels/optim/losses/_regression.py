@@ -109,7 +109,7 @@ def cosine_similarity(
     name = "fm.optim.losses.cosine_similarity"
     a = floating(name, "predictions", predictions)
     b = floating(name, "targets", targets)
-    ndim = torch.broadcast_shapes(a.shape, b.shape).__len__()
+    ndim = len(torch.broadcast_shapes(a.shape, b.shape))
     d = dims(axis, ndim)
     a_norm = torch.sqrt(torch.clamp(masked_sum(a * a, d, where, keepdim=True), min=epsilon))
     b_norm = torch.sqrt(torch.clamp(masked_sum(b * b, d, where, keepdim=True), min=epsilon))
