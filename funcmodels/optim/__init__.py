@@ -172,6 +172,7 @@ from ._more_wrappers import (
     selective_transform,
     snapshot,
 )
+from ._numerics import matrix_inverse_pth_root, multi_normal, nnls, power_iteration
 from ._schedules import (
     constant_schedule,
     cosine_decay_schedule,
@@ -188,6 +189,12 @@ from ._schedules import (
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
 )
+from ._stateful_inject import (
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_stateful_hyperparams,
+)
 from ._transforms import (
     ScaleByScheduleState,
     WeightDecayScheduleState,
@@ -201,6 +208,22 @@ from ._transforms import (
     scale_by_schedule,
     scale_by_sign,
     scale_by_trust_ratio,
+)
+from ._types import (
+    MaskedNode,
+    MaskOrFn,
+    OptState,
+    ScalarOrSchedule,
+    Schedule,
+    ShouldSkipUpdateFunction,
+    StatefulSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
+    Updates,
+)
+from ._types import (
+    Params as Params,
 )
 from ._update import incremental_update, periodic_update
 from ._utilities import (
@@ -415,3 +438,47 @@ __all__ += [
     "yogi",
     "zero_nans",
 ]
+
+# optax's stateful hyperparameter injection
+__all__ += ["InjectStatefulHyperparamsState", "WrappedSchedule", "WrappedScheduleState"]
+__all__ += ["inject_stateful_hyperparams"]
+# optax's type names, for annotations (``Params`` is reachable but kept out of __all__, so
+# a star import never rebinds funcmodels.Params; see _types.py)
+__all__ += ["MaskOrFn", "MaskedNode", "OptState", "ScalarOrSchedule", "Schedule"]
+__all__ += ["ShouldSkipUpdateFunction", "StatefulSchedule"]
+__all__ += ["TransformInitFn", "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates"]
+# optax's numerics
+__all__ += ["matrix_inverse_pth_root", "multi_normal", "nnls", "power_iteration"]
+# optax's submodules: losses, projections, second_order, and namespaces over names above
+from . import losses, projections, schedules, second_order, transforms, tree_utils  # noqa: E402
+
+__all__ += ["losses", "projections", "schedules", "second_order", "transforms", "tree_utils"]
+# optax's losses at its top level (optax keeps these aliases of optax.losses)
+from .losses import (  # noqa: E402
+    convex_kl_divergence,
+    cosine_distance,
+    cosine_similarity,
+    ctc_loss,
+    ctc_loss_with_forward_probs,
+    generalized_kl_divergence,
+    hinge_loss,
+    huber_loss,
+    kl_divergence,
+    l2_loss,
+    log_cosh,
+    ntxent,
+    safe_softmax_cross_entropy,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
+    smooth_labels,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+    squared_error,
+)
+
+__all__ += ["convex_kl_divergence", "cosine_distance", "cosine_similarity", "ctc_loss"]
+__all__ += ["ctc_loss_with_forward_probs", "generalized_kl_divergence", "hinge_loss"]
+__all__ += ["huber_loss", "kl_divergence", "l2_loss", "log_cosh", "ntxent"]
+__all__ += ["safe_softmax_cross_entropy", "sigmoid_binary_cross_entropy", "sigmoid_focal_loss"]
+__all__ += ["smooth_labels", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
+__all__ += ["squared_error"]

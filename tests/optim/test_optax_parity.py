@@ -326,6 +326,8 @@ def _default(value):
     """A default as a comparable value (optax's float32 dtype is torch's float32)."""
     if value is jnp.float32:
         return torch.float32
+    if type(value).__name__ == "Precision":  # jax.lax.Precision.HIGHEST is "highest"
+        return value.name.lower()
     if getattr(value, "__qualname__", None) == "_decay_rate_pow":  # Adafactor's default decay
         return optim._more_factored._decay_rate_pow
     return value
