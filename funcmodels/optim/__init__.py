@@ -66,6 +66,7 @@ from ._alias import (
 from ._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     apply_updates,
     chain,
     identity,
@@ -414,4 +415,5 @@ __all__ += [
     "with_extra_args_support",
     "yogi",
     "zero_nans",
+    "GradientTransformationExtraArgs",
 ]

@@ -52,6 +52,18 @@ class GradientTransformation(NamedTuple):
     """``update(updates, state, params=None) -> (updates, new_state)``."""
 
 
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A :class:`GradientTransformation` whose ``update`` takes extra keyword arguments:
+    ``update(updates, state, params=None, **extra_args)``, as optax's.
+
+    The line searches take the loss this way (``value=``, ``grad=``, ``value_fn=``).
+    :func:`chain` and the wrappers pass a call's extra arguments to the members of this
+    type and drop them for the others (see :func:`with_extra_args_support`).
+    """
+
+    __slots__ = ()
+
+
 class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
@@ -413,11 +425,15 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     earlier piece made (never into the caller's gradients, params or state), which saves a
     full-size allocation per piece.
 
+    Extra keyword arguments of ``update`` (``value=``, ``value_fn=`` for a line search)
+    go to the members that are :class:`GradientTransformationExtraArgs` and are dropped
+    for the others, as optax's ``chain`` does.
+
     Arguments:
         *args: GradientTransformations (or objects with ``init`` and ``update``).
 
     Returns:
-        The chained transformation.
+        The chained transformation, a :class:`GradientTransformationExtraArgs`.
     """
     transformations = tuple(
         as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
@@ -426,7 +442,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
-    def fn(us, state, ps, spec, own):
+    def fn(us, state, ps, spec, own, extra=None):
         if not isinstance(state, tuple) or len(state) != len(transformations):
             got = type(state).__name__
             if type(state) is tuple:
@@ -442,6 +458,8 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
         owned, new_state, i = own and eager, [], 0
         while i < len(transformations):
             flat, n = flats[i], _fusion(flats, i)
+            if extra and isinstance(transformations[i], GradientTransformationExtraArgs):
+                flat, n = None, 0  # the tree form is the one that takes the extra arguments
             if n:
                 us, states = _fused(flats[i : i + n], us, state[i : i + n], ps, spec)
                 new_state.extend(states)
@@ -454,21 +472,28 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 owned = owned and eager
             else:
                 params = None if ps is None else unflatten(ps, spec)
-                tree, s = transformations[i].update(unflatten(us, spec), state[i], params)
+                tree, s = _call(transformations[i], unflatten(us, spec), state[i], params, extra)
                 us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
             i += 1
         return us, tuple(new_state), owned
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if params is not None:
             ps, spec = flatten(params)
             us = flatten_like(updates, spec, "grads")
         else:
             ps, (us, spec) = None, flatten(updates)
-        out, state, _ = fn(us, state, ps, spec, False)
+        out, state, _ = fn(us, state, ps, spec, False, extra_args)
         return unflatten(out, spec), state
 
     if not torch.compiler.is_compiling():
         _FLAT[update] = Flat(fn, False, "fm.optim.chain")
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
+
+
+def _call(t: GradientTransformation, updates, state, params, extra: dict | None):
+    """``t.update``, given the extra arguments when it takes them (optax's rule)."""
+    if extra and isinstance(t, GradientTransformationExtraArgs):
+        return t.update(updates, state, params, **extra)
+    return t.update(updates, state, params)

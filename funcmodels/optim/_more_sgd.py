@@ -4,12 +4,20 @@ gradient descent)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from ._alias import sgd
-from ._base import EmptyState, GradientTransformation, Scalar, chain, is_schedule, number
+from ._base import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    Scalar,
+    chain,
+    is_schedule,
+    number,
+)
 from ._moments import trace
 from ._more_aliases import _lr
 from ._more_pieces import (
@@ -162,13 +170,10 @@ def noisy_sgd(
     return chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(lr))
 
 
-class PolyakSGD(NamedTuple):
+class PolyakSGD(GradientTransformationExtraArgs):
     """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``."""
 
-    init: Any
-    """``init(params)``: the initial state"""
-    update: Any
-    """``update(updates, state, params=None, *, value)``: the new updates and state"""
+    __slots__ = ()
 
 
 def polyak_sgd(
