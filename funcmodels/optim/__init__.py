@@ -74,6 +74,18 @@ from ._base import (
     set_to_zero,
 )
 from ._donated import DonatedAdamW, DonatedAdamWState, donated_adamw
+from ._lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs
+from ._linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from ._linesearch_zoom import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
 from ._moments import (
     EmaState,
     ScaleByLionState,
@@ -416,4 +428,14 @@ __all__ += [
     "yogi",
     "zero_nans",
     "GradientTransformationExtraArgs",
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLBFGSState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "lbfgs",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
 ]

@@ -472,7 +472,9 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 owned = owned and eager
             else:
                 params = None if ps is None else unflatten(ps, spec)
-                tree, s = _call(transformations[i], unflatten(us, spec), state[i], params, extra)
+                tree, s = call_update(
+                    transformations[i], unflatten(us, spec), state[i], params, extra
+                )
                 us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
             i += 1
@@ -492,7 +494,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     return GradientTransformationExtraArgs(init, update)
 
 
-def _call(t: GradientTransformation, updates, state, params, extra: dict | None):
+def call_update(t: GradientTransformation, updates, state, params, extra: dict | None):
     """``t.update``, given the extra arguments when it takes them (optax's rule)."""
     if extra and isinstance(t, GradientTransformationExtraArgs):
         return t.update(updates, state, params, **extra)
