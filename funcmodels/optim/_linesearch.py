@@ -2,8 +2,10 @@
 search, the tree arithmetic the searches share, and :func:`value_and_grad_from_state`.
 
 A line search is a loop whose length depends on the values it meets: it runs in eager
-mode, one host read per trial step (as ``torch.optim.LBFGS``'s), and refuses to run
-inside ``torch.func`` transforms or while ``torch.compile`` traces (see NOTES.md).
+mode, one host read per trial step (as ``torch.optim.LBFGS``'s). Inside ``torch.func``
+transforms (``vmap`` has no single truth value) it refuses to run; under
+``torch.compile`` dynamo breaks the graph at each of its tests, so the search runs
+eagerly between compiled pieces (``fullgraph=True`` fails; see NOTES.md).
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def add_scale(xs: list[torch.Tensor], s: torch.Tensor, ys: list[torch.Tensor]) -
 
 def check_eager(where: str) -> None:
     """Refuse where a data-dependent loop cannot run: under ``torch.func`` transforms
-    (``vmap`` has no single truth value) and while ``torch.compile`` traces."""
-    if torch.compiler.is_compiling() or maybe_current_level() is not None:
+    (``vmap`` has no single truth value)."""
+    if maybe_current_level() is not None:
         raise ValueError(
             f"{where}: a line search is a loop whose length depends on the values it meets; "
-            "it runs in eager mode only (not under torch.func transforms or torch.compile). "
-            "Compile or vmap the loss given as value_fn instead."
+            "it cannot run under torch.func transforms (vmap, grad). Call update outside "
+            "them and vmap or compile the loss given as value_fn instead."
         )
 
 
@@ -128,10 +130,11 @@ def scale_by_backtracking_linesearch(
 
     ``update(updates, state, params, *, value, grad, value_fn, **extra_args)``: the loss
     ``value`` and its gradient ``grad`` at ``params``, ``value_fn(params, **kwargs)`` the
-    loss (a 0-dim tensor), and the extra arguments ``value_fn`` takes (data). Eager mode
-    only (a data-dependent loop; refused under ``torch.func`` transforms and
-    ``torch.compile``). Without a sufficient decrease in ``max_backtracking_steps + 1``
-    trials the last step size is used, and 0 where the loss was not finite.
+    loss (a 0-dim tensor), and the extra arguments ``value_fn`` takes (data). A
+    data-dependent loop: refused under ``torch.func`` transforms, run eagerly between
+    graph breaks under ``torch.compile``. Without a sufficient decrease in
+    ``max_backtracking_steps + 1`` trials the last step size is used, and 0 where the
+    loss was not finite.
 
     Arguments:
         max_backtracking_steps: the most decreases of the step size per search.
@@ -151,7 +154,7 @@ def scale_by_backtracking_linesearch(
 
     Raises:
         TypeError: (update) an extra argument ``value_fn`` does not take.
-        ValueError: (update) inside a ``torch.func`` transform or ``torch.compile``.
+        ValueError: (update) inside a ``torch.func`` transform.
     """
     where = "fm.optim.scale_by_backtracking_linesearch"
 

@@ -235,8 +235,9 @@ def scale_by_zoom_linesearch(
     ``value`` and its gradient ``grad`` at ``params``, ``value_fn(params, **kwargs)`` the
     loss (a 0-dim tensor; its gradient is taken with ``torch.func``), and the extra
     arguments ``value_fn`` takes (data). The state keeps the value and gradient at the
-    chosen step for :func:`value_and_grad_from_state`. Eager mode only (a
-    data-dependent loop; refused under ``torch.func`` transforms and ``torch.compile``).
+    chosen step for :func:`value_and_grad_from_state`. A data-dependent loop: refused
+    under ``torch.func`` transforms, run eagerly between graph breaks under
+    ``torch.compile``.
 
     Arguments:
         max_linesearch_steps: the most trial steps per search.
@@ -258,7 +259,7 @@ def scale_by_zoom_linesearch(
 
     Raises:
         ValueError: an unknown ``initial_guess_strategy``; (update) inside a
-            ``torch.func`` transform or ``torch.compile``.
+            ``torch.func`` transform.
         TypeError: (update) an extra argument ``value_fn`` does not take.
     """
     where = "fm.optim.scale_by_zoom_linesearch"

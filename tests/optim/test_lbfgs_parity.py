@@ -61,7 +61,10 @@ START = {
     "quadratic": {"x": np.array([1.0, -2.0, 0.5, 3.0])},
     "rosenbrock": {"x": np.array([-1.2, 1.0])},
     "rosenbrock5": {"x": np.array([-1.2, 1.0, -0.5, 0.8, 1.3])},
-    "least_squares": {"b": np.array([0.1, -0.2]), "w": np.array([[0.5, -1.0], [0.2, 0.3], [1.0, 0.0]])},
+    "least_squares": {
+        "b": np.array([0.1, -0.2]),
+        "w": np.array([[0.5, -1.0], [0.2, 0.3], [1.0, 0.0]]),
+    },
 }
 
 # name -> (expression of a library, problem, iterations, whether the state keeps the grad)
@@ -93,9 +96,7 @@ CASES = {
         True,
     ),
     "lbfgs-backtracking": (
-        lambda o: o.lbfgs(
-            linesearch=o.scale_by_backtracking_linesearch(20, store_grad=True)
-        ),
+        lambda o: o.lbfgs(linesearch=o.scale_by_backtracking_linesearch(20, store_grad=True)),
         "rosenbrock5",
         15,
         True,
