@@ -59,6 +59,11 @@ class GradientTransformationExtraArgs(GradientTransformation):
     The line searches take the loss this way (``value=``, ``grad=``, ``value_fn=``).
     :func:`chain` and the wrappers pass a call's extra arguments to the members of this
     type and drop them for the others (see :func:`with_extra_args_support`).
+
+    Attributes:
+        init: ``init(params) -> state``, the initial state for ``params``.
+        update: ``update(updates, state, params=None, **extra_args) -> (updates,
+            new_state)``.
     """
 
     __slots__ = ()

@@ -85,7 +85,7 @@ def scale_by_lbfgs(
 
     Returns:
         A GradientTransformation; its state is a :class:`ScaleByLBFGSState` (the memory
-        holds ``2 * memory_size`` copies of the params).
+            holds ``2 * memory_size`` copies of the params).
 
     Raises:
         ValueError: ``memory_size < 1``; (update) no params.
@@ -173,15 +173,23 @@ def lbfgs(
     With the default zoom line search, ``update`` takes the loss as optax's does:
     ``opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)``, and
     ``value_and_grad_from_state(loss)(params, state=state)`` reuses the value and
-    gradient the search found (a full-batch loop, eager mode)::
+    gradient the search found (a full-batch loop, eager mode):
 
-        opt = fm.optim.lbfgs()
-        state = opt.init(params)
-        value_and_grad = fm.optim.value_and_grad_from_state(loss)
-        for _ in range(50):
-            value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-            params = fm.optim.apply_updates(params, updates)
+    ```python
+    def loss(p):
+        x = p["x"]
+        return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+    params = {"x": torch.tensor([-1.2, 1.0], dtype=torch.float64)}
+    opt = fm.optim.lbfgs()
+    state = opt.init(params)
+    value_and_grad = fm.optim.value_and_grad_from_state(loss)
+    for _ in range(40):
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        params = fm.optim.apply_updates(params, updates)
+    assert loss(params) < 1e-8
+    ```
 
     Not ``torch.optim.LBFGS``, a different algorithm (its own line search and stopping
     rules, a closure that it calls several times per ``step``).
@@ -197,7 +205,7 @@ def lbfgs(
 
     Returns:
         A :class:`GradientTransformationExtraArgs`; its state is the tuple of the three
-        pieces' states.
+            pieces' states.
 
     Raises:
         ValueError: ``memory_size < 1``.

@@ -150,7 +150,7 @@ def scale_by_backtracking_linesearch(
 
     Returns:
         A :class:`GradientTransformationExtraArgs`; its state is a
-        :class:`ScaleByBacktrackingLinesearchState`.
+            :class:`ScaleByBacktrackingLinesearchState`.
 
     Raises:
         TypeError: (update) an extra argument ``value_fn`` does not take.
@@ -246,11 +246,13 @@ def value_and_grad_from_state(
 
     Returns:
         A function ``(params, *args, state, **kwargs) -> (value, grad)`` (``grad`` a tree
-        like the params).
+            like the params).
 
     Raises:
+        TypeError: ``value_fn`` is not callable.
         ValueError: (the returned function) the state holds no value or gradient (a
-            search without ``store_grad``, or no search); KeyError: several.
+            search without ``store_grad``, or no search).
+        KeyError: (the returned function) the state holds several.
     """
     where = "fm.optim.value_and_grad_from_state"
     if not callable(value_fn):

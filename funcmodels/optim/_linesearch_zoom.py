@@ -255,7 +255,7 @@ def scale_by_zoom_linesearch(
 
     Returns:
         A :class:`GradientTransformationExtraArgs`; its state is a
-        :class:`ScaleByZoomLinesearchState`.
+            :class:`ScaleByZoomLinesearchState`.
 
     Raises:
         ValueError: an unknown ``initial_guess_strategy``; (update) inside a

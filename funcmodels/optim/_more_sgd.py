@@ -171,7 +171,13 @@ def noisy_sgd(
 
 
 class PolyakSGD(GradientTransformationExtraArgs):
-    """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``."""
+    """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``.
+
+    Attributes:
+        init: ``init(params)``: the initial state.
+        update: ``update(updates, state, params=None, *, value)``: the new updates and
+            state.
+    """
 
     __slots__ = ()
 

@@ -101,7 +101,7 @@ def partition(
 
     Returns:
         The transformation (a :class:`GradientTransformationExtraArgs`); its state is a
-        :class:`PartitionState`.
+            :class:`PartitionState`.
 
     Raises:
         ValueError: a label without a transformation (from ``init``).
@@ -148,7 +148,7 @@ def named_chain(*args: tuple[str, GradientTransformation]) -> GradientTransforma
 
     Returns:
         The chained transformation, a :class:`GradientTransformationExtraArgs` (extra
-        update arguments go to the pieces that take them); its state is an ``OrderedDict``.
+            update arguments go to the pieces that take them); its state is an ``OrderedDict``.
 
     Raises:
         ValueError: two pieces of the same name.

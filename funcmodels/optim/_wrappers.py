@@ -95,8 +95,8 @@ def masked(
 
     Returns:
         The transformation (a :class:`GradientTransformationExtraArgs`: extra update
-        arguments go to ``inner`` if it takes them); its state holds ``inner``'s state
-        over the selected leaves.
+            arguments go to ``inner`` if it takes them); its state holds ``inner``'s state
+            over the selected leaves.
     """
     where = "fm.optim.masked"
     inner = as_transformation(where, "inner", inner)
@@ -157,7 +157,7 @@ def multi_transform(
 
     Returns:
         A :class:`GradientTransformationExtraArgs` (extra update arguments go to the
-        transformations that take them); its state is a :class:`MultiTransformState`.
+            transformations that take them); its state is a :class:`MultiTransformState`.
 
     Raises:
         TypeError: ``transforms`` is not a non-empty dict of transformations.
