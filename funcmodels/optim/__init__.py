@@ -86,6 +86,7 @@ from ._linesearch_zoom import (
     ZoomLinesearchInfo,
     scale_by_zoom_linesearch,
 )
+from ._microbatch import AccumulationType, Accumulator, microbatch
 from ._moments import (
     EmaState,
     ScaleByLionState,
@@ -438,4 +439,7 @@ __all__ += [
     "scale_by_lbfgs",
     "scale_by_zoom_linesearch",
     "value_and_grad_from_state",
+    "AccumulationType",
+    "Accumulator",
+    "microbatch",
 ]

@@ -332,6 +332,8 @@ def _default(value):
         # lbfgs's default line search, an object of each library; that the two search
         # alike is what tests/optim/test_lbfgs_parity.py's default cases check
         return inspect.signature(optim.lbfgs).parameters["linesearch"].default
+    if isinstance(value, optax.microbatching.AccumulationType):  # each library's enum
+        return getattr(optim.AccumulationType, value.name)
     return value
 
 
