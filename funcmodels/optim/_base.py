@@ -53,17 +53,13 @@ class GradientTransformation(NamedTuple):
 
 
 class GradientTransformationExtraArgs(GradientTransformation):
-    """A :class:`GradientTransformation` whose ``update`` takes extra keyword arguments:
-    ``update(updates, state, params=None, **extra_args)``, as optax's.
-
-    The line searches take the loss this way (``value=``, ``grad=``, ``value_fn=``).
-    :func:`chain` and the wrappers pass a call's extra arguments to the members of this
-    type and drop them for the others (see :func:`with_extra_args_support`).
+    """A :class:`GradientTransformation` whose ``update`` takes extra keyword arguments
+    (a line search's ``value=``, ``grad=``, ``value_fn=``), as optax's; :func:`chain` and
+    the wrappers pass them to such members and drop them for the others.
 
     Attributes:
-        init: ``init(params) -> state``, the initial state for ``params``.
-        update: ``update(updates, state, params=None, **extra_args) -> (updates,
-            new_state)``.
+        init: ``init(params) -> state``.
+        update: ``update(updates, state, params=None, **extra_args) -> (updates, state)``.
     """
 
     __slots__ = ()
@@ -430,9 +426,8 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     earlier piece made (never into the caller's gradients, params or state), which saves a
     full-size allocation per piece.
 
-    Extra keyword arguments of ``update`` (``value=``, ``value_fn=`` for a line search)
-    go to the members that are :class:`GradientTransformationExtraArgs` and are dropped
-    for the others, as optax's ``chain`` does.
+    Extra keyword arguments of ``update`` go to the members that take them (the
+    :class:`GradientTransformationExtraArgs`), as optax's, and are dropped for the others.
 
     Arguments:
         *args: GradientTransformations (or objects with ``init`` and ``update``).
@@ -462,8 +457,8 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
         flats = [_FLAT.get(t.update) if reading else None for t in transformations]
         owned, new_state, i = own and eager, [], 0
         while i < len(transformations):
-            flat, n = flats[i], _fusion(flats, i)
-            if extra and isinstance(transformations[i], GradientTransformationExtraArgs):
+            t, flat, n = transformations[i], flats[i], _fusion(flats, i)
+            if extra and isinstance(t, GradientTransformationExtraArgs):
                 flat, n = None, 0  # the tree form is the one that takes the extra arguments
             if n:
                 us, states = _fused(flats[i : i + n], us, state[i : i + n], ps, spec)
@@ -477,9 +472,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 owned = owned and eager
             else:
                 params = None if ps is None else unflatten(ps, spec)
-                tree, s = call_update(
-                    transformations[i], unflatten(us, spec), state[i], params, extra
-                )
+                tree, s = call_update(t, unflatten(us, spec), state[i], params, extra)
                 us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
             i += 1

@@ -70,6 +70,33 @@ def _identity_scale(count, us, d_params, d_updates, dtype) -> torch.Tensor:
     return torch.where(count > 0, gamma, capped)
 
 
+def _remember(state: ScaleByLBFGSState, ps: list, us: list, spec: Any, memory_size: int):
+    """The newest differences of params and updates (zero at the first update) and the
+    memory with them in the slot of the previous update: ``(d_params, d_updates, params
+    memory leaves, updates memory leaves, weights)``."""
+    count, dtype = state.count, state.weights_memory.dtype
+    d_params = [p - q for p, q in zip(ps, flatten_like(state.params, spec, "state"), strict=True)]
+    d_updates = [u - v for u, v in zip(us, flatten_like(state.updates, spec, "state"), strict=True)]
+    inner = vdot(d_updates, d_params).to(dtype)
+    weight = torch.where(inner == 0.0, torch.zeros_like(inner), 1.0 / inner)
+    started = count > 0
+    d_params = [torch.where(started, d, torch.zeros_like(d)) for d in d_params]
+    d_updates = [torch.where(started, d, torch.zeros_like(d)) for d in d_updates]
+    weight = torch.where(started, weight, torch.zeros_like(weight))
+    prev = ((count - 1) % memory_size).reshape(1)
+
+    def push(memory, new):
+        leaves = flatten_like(memory, spec, "the L-BFGS memory")
+        return [
+            m.index_copy(0, prev, d.unsqueeze(0).to(m.dtype))
+            for m, d in zip(leaves, new, strict=True)
+        ]
+
+    dws, dus = push(state.diff_params_memory, d_params), push(state.diff_updates_memory, d_updates)
+    rhos = state.weights_memory.index_copy(0, prev, weight.reshape(1))
+    return d_params, d_updates, dws, dus, rhos
+
+
 def scale_by_lbfgs(
     memory_size: int = 10, scale_init_precond: bool = True
 ) -> GradientTransformation:
@@ -116,34 +143,8 @@ def scale_by_lbfgs(
             raise ValueError(f"{where}: needs the params; call update(updates, state, params)")
         ps, spec = flatten(params)
         us = flatten_like(updates, spec, "updates")
-        rhos = state.weights_memory
-        dtype, count = rhos.dtype, state.count
-        d_params = [
-            p - q for p, q in zip(ps, flatten_like(state.params, spec, "state"), strict=True)
-        ]
-        d_updates = [
-            u - v for u, v in zip(us, flatten_like(state.updates, spec, "state"), strict=True)
-        ]
-        inner = vdot(d_updates, d_params).to(dtype)
-        weight = torch.where(inner == 0.0, torch.zeros_like(inner), 1.0 / inner)
-        started = count > 0
-        d_params = [torch.where(started, d, torch.zeros_like(d)) for d in d_params]
-        d_updates = [torch.where(started, d, torch.zeros_like(d)) for d in d_updates]
-        weight = torch.where(started, weight, torch.zeros_like(weight))
-        prev = ((count - 1) % memory_size).reshape(1)
-        dws = [
-            m.index_copy(0, prev, d.unsqueeze(0).to(m.dtype))
-            for m, d in zip(
-                flatten_like(state.diff_params_memory, spec, "state"), d_params, strict=True
-            )
-        ]
-        dus = [
-            m.index_copy(0, prev, d.unsqueeze(0).to(m.dtype))
-            for m, d in zip(
-                flatten_like(state.diff_updates_memory, spec, "state"), d_updates, strict=True
-            )
-        ]
-        rhos = rhos.index_copy(0, prev, weight.reshape(1))
+        dtype, count = state.weights_memory.dtype, state.count
+        d_params, d_updates, dws, dus, rhos = _remember(state, ps, us, spec, memory_size)
         if scale_init_precond:
             gamma = _identity_scale(count, [u.detach() for u in us], d_params, d_updates, dtype)
         else:
