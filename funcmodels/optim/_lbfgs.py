@@ -19,7 +19,7 @@ from ._base import (
     identity,
     unflatten,
 )
-from ._linesearch import value_dtype, vdot
+from ._linesearch import first_device, value_dtype, vdot
 from ._linesearch_zoom import scale_by_zoom_linesearch
 from ._transforms import scale, scale_by_learning_rate
 
@@ -129,12 +129,12 @@ def scale_by_lbfgs(
         ]
         zeros = [torch.zeros_like(p) for p in leaves]
         return ScaleByLBFGSState(
-            count=torch.zeros((), dtype=torch.int64, device=leaves[0].device),
+            count=torch.zeros((), dtype=torch.int64, device=first_device(leaves)),
             params=unflatten(zeros, spec),
             updates=unflatten([z.clone() for z in zeros], spec),
             diff_params_memory=unflatten(stacked, spec),
             diff_updates_memory=unflatten([s.clone() for s in stacked], spec),
-            weights_memory=torch.zeros(memory_size, dtype=dtype, device=leaves[0].device),
+            weights_memory=torch.zeros(memory_size, dtype=dtype, device=first_device(leaves)),
         )
 
     def update(updates, state, params=None):

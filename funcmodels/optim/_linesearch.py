@@ -29,9 +29,10 @@ from ._extra_args import extract_fns_kwargs
 
 
 def value_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
-    """The dtype of a search's scalars: the real dtype of the first param leaf (optax's)."""
+    """The dtype of a search's scalars: the real dtype of the first param leaf (optax's;
+    torch's default dtype for a tree with no leaves)."""
     if not leaves:
-        raise ValueError("fm.optim: a line search needs params with at least one leaf")
+        return torch.get_default_dtype()
     dtype = leaves[0].dtype
     return dtype.to_real() if dtype.is_complex else dtype
 
@@ -47,6 +48,21 @@ def vdot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
 def add_scale(xs: list[torch.Tensor], s: torch.Tensor, ys: list[torch.Tensor]) -> list:
     """``x + s * y`` leaf by leaf, each in ``x``'s dtype (``s`` never promotes a leaf)."""
     return [(x + s.to(x.dtype) * y).to(x.dtype) for x, y in zip(xs, ys, strict=True)]
+
+
+def first_device(leaves: list[torch.Tensor]) -> torch.device | None:
+    """The device of the first leaf (``None`` for a tree with no leaves)."""
+    return leaves[0].device if leaves else None
+
+
+def needs_loss(where: str, value: Any, grad: Any, value_fn: Any) -> None:
+    """A search's ``update`` needs the loss: ``value=``, ``grad=`` and ``value_fn=``."""
+    if value is None or grad is None or value_fn is None:
+        raise TypeError(
+            f"{where}: update needs the keyword arguments value= (the loss at params), "
+            "grad= (its gradient) and value_fn= (the loss function); see "
+            "fm.optim.value_and_grad_from_state"
+        )
 
 
 def check_eager(where: str) -> None:
@@ -153,7 +169,8 @@ def scale_by_backtracking_linesearch(
             :class:`ScaleByBacktrackingLinesearchState`.
 
     Raises:
-        TypeError: (update) an extra argument ``value_fn`` does not take.
+        TypeError: (update) an extra argument ``value_fn`` does not take, or no
+            ``value``, ``grad`` or ``value_fn``.
         ValueError: (update) inside a ``torch.func`` transform.
     """
     where = "fm.optim.scale_by_backtracking_linesearch"
@@ -161,13 +178,16 @@ def scale_by_backtracking_linesearch(
     def init(params):
         leaves, spec = flatten(params)
         dtype = value_dtype(leaves)
-        inf = torch.full((), float("inf"), dtype=dtype, device=leaves[0].device)
+        inf = torch.full((), float("inf"), dtype=dtype, device=first_device(leaves))
         grad = unflatten([torch.zeros_like(p) for p in leaves], spec) if store_grad else None
         info = BacktrackingLinesearchInfo(torch.zeros((), dtype=torch.int64), inf.clone())
         return ScaleByBacktrackingLinesearchState(torch.ones_like(inf), inf, grad, info)
 
-    def update(updates, state, params=None, *, value, grad, value_fn, **extra_args):
+    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
         check_state(state, ScaleByBacktrackingLinesearchState, where)
+        if not flatten(updates)[0]:  # a tree with no leaves: nothing to search
+            return updates, state
+        needs_loss(where, value, grad, value_fn)
         check_eager(where)
         if params is None:
             raise ValueError(f"{where}: needs the params; call update(updates, state, params)")

@@ -21,6 +21,8 @@ from ._base import (
 from ._linesearch import (
     add_scale,
     check_eager,
+    first_device,
+    needs_loss,
     scalar,
     split_value_fn_kwargs,
     value_dtype,
@@ -260,7 +262,8 @@ def scale_by_zoom_linesearch(
     Raises:
         ValueError: an unknown ``initial_guess_strategy``; (update) inside a
             ``torch.func`` transform.
-        TypeError: (update) an extra argument ``value_fn`` does not take.
+        TypeError: (update) an extra argument ``value_fn`` does not take, or no
+            ``value``, ``grad`` or ``value_fn``.
     """
     where = "fm.optim.scale_by_zoom_linesearch"
     if initial_guess_strategy not in ("one", "keep"):
@@ -273,13 +276,16 @@ def scale_by_zoom_linesearch(
     def init(params):
         leaves, spec = flatten(params)
         dtype = value_dtype(leaves)
-        inf = torch.full((), float("inf"), dtype=dtype, device=leaves[0].device)
+        inf = torch.full((), float("inf"), dtype=dtype, device=first_device(leaves))
         info = ZoomLinesearchInfo(torch.zeros((), dtype=torch.int64), inf.clone(), inf.clone())
         grad = unflatten([torch.zeros_like(p) for p in leaves], spec)
         return ScaleByZoomLinesearchState(torch.ones_like(inf), inf, grad, info)
 
-    def update(updates, state, params=None, *, value, grad, value_fn, **extra_args):
+    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
         check_state(state, ScaleByZoomLinesearchState, where)
+        if not flatten(updates)[0]:  # a tree with no leaves: nothing to search
+            return updates, state
+        needs_loss(where, value, grad, value_fn)
         check_eager(where)
         if params is None:
             raise ValueError(f"{where}: needs the params; call update(updates, state, params)")

@@ -301,6 +301,7 @@ def scale_by_polyak(
 
     Raises:
         ValueError: an unknown ``variant``, a hyperparameter out of range.
+        TypeError: (update) no ``value`` for a tree with leaves.
     """
     where = "fm.optim.scale_by_polyak"
     f_min = number(where, "f_min", f_min, lo=-float("inf"))
@@ -309,9 +310,13 @@ def scale_by_polyak(
     if variant not in ("sps", "sps+"):
         raise ValueError(f"{where}: variant must be 'sps' or 'sps+', got {variant!r}")
 
-    def update(updates, state, params=None, *, value, **extra_args):
+    def update(updates, state, params=None, *, value=None, **extra_args):
         check_state(state, EmptyState, where)
         us, spec = flatten(updates)
+        if not us:  # a tree with no leaves: no step to scale
+            return updates, state
+        if value is None:
+            raise TypeError(f"{where}: update needs value= (the loss at params)")
         sq = sum((torch.linalg.vector_norm(u) ** 2 for u in us), torch.zeros(()))
         sq = sq.to(work_dtype(*us)) if us else sq
         gap = torch.as_tensor(value).to(sq.dtype) - hyper(f_min, sq)

@@ -214,7 +214,7 @@ def polyak_sgd(
     def init(params):
         return (inner.init(params), EmptyState())
 
-    def update(updates, state, params=None, *, value, **extra_args):
+    def update(updates, state, params=None, *, value=None, **extra_args):
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError(
                 "fm.optim.polyak_sgd: expected the pair of states made by this optimiser's "

@@ -212,3 +212,28 @@ def test_lbfgs_step_under_compile_matches_eager():
     want, _ = step(p, state)
     got, _ = torch.compile(step)(p, state)
     torch.testing.assert_close(got["x"], want["x"], rtol=0, atol=0)
+
+
+def test_empty_trees_and_masks_choosing_no_leaf():
+    """optax's optimisers run on a tree with no leaves; so do these (a search has
+    nothing to do there and needs no loss)."""
+    for opt in (
+        optim.scale_by_lbfgs(),
+        optim.scale_by_zoom_linesearch(5),
+        optim.scale_by_backtracking_linesearch(5, store_grad=True),
+    ):
+        state = opt.init({})
+        for _ in range(2):
+            updates, state = opt.update({}, state, {})
+            assert updates == {}
+    params = {"a": torch.ones(3), "b": torch.full((2,), 2.0)}
+    grads = {"a": torch.full((3,), 0.5), "b": torch.full((2,), -1.0)}
+    for piece in (optim.scale_by_lbfgs(), optim.scale_by_zoom_linesearch(5)):
+        masked = optim.masked(piece, {"a": False, "b": False})
+        state = masked.init(params)
+        for _ in range(2):
+            updates, state = masked.update(grads, state, params)
+            assert all(torch.equal(updates[k], grads[k]) for k in grads)
+    search = optim.scale_by_zoom_linesearch(5)
+    with pytest.raises(TypeError, match="value= "):
+        search.update(grads, search.init(params), params)
