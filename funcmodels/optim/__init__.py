@@ -66,6 +66,7 @@ from ._alias import (
 from ._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     apply_updates,
     chain,
     identity,
@@ -73,6 +74,19 @@ from ._base import (
     set_to_zero,
 )
 from ._donated import DonatedAdamW, DonatedAdamWState, donated_adamw
+from ._lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs
+from ._linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from ._linesearch_zoom import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+from ._microbatch import AccumulationType, Accumulator, microbatch
 from ._moments import (
     EmaState,
     ScaleByLionState,
@@ -437,6 +451,20 @@ __all__ += [
     "with_extra_args_support",
     "yogi",
     "zero_nans",
+    "GradientTransformationExtraArgs",
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLBFGSState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "lbfgs",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "AccumulationType",
+    "Accumulator",
+    "microbatch",
 ]
 
 # optax's stateful hyperparameter injection

@@ -11,7 +11,9 @@ import torch.utils._pytree as pytree
 
 from ._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
+    call_update,
     check_state,
     count_like,
     dtype_arg,
@@ -184,9 +186,11 @@ class MultiSteps:
         )
         return MultiStepsState(step, step.clone(), self._opt.init(params), acc, skip_state)
 
-    def update(self, updates: Any, state: MultiStepsState, params: Any = None) -> tuple:
+    def update(
+        self, updates: Any, state: MultiStepsState, params: Any = None, **extra_args: Any
+    ) -> tuple:
         """Accumulate ``updates``; the inner step's updates on the last micro-batch,
-        zeros before."""
+        zeros before. Extra keyword arguments go to ``opt`` if it takes them."""
         check_state(state, MultiStepsState, "fm.optim.MultiSteps")
         k = self._every_k if isinstance(self._every_k, int) else self._every_k(state.gradient_step)
         us, spec = pytree.tree_flatten(updates)
@@ -197,8 +201,8 @@ class MultiSteps:
         else:
             acc = [u + a for u, a in zip(us, olds, strict=True)]
         given = [a.to(u.dtype) for a, u in zip(acc, us, strict=True)]
-        stepped, inner = self._opt.update(
-            pytree.tree_unflatten(given, spec), state.inner_opt_state, params
+        stepped, inner = call_update(
+            self._opt, pytree.tree_unflatten(given, spec), state.inner_opt_state, params, extra_args
         )
         emit = n == k - 1
         gradient_step = torch.where(emit, state.gradient_step + 1, state.gradient_step)
@@ -235,8 +239,8 @@ class MultiSteps:
         """Whether the last ``update`` stepped the inner optimiser (a bool tensor)."""
         return (state.mini_step == 0) & (state.gradient_step > 0)
 
-    def gradient_transformation(self) -> GradientTransformation:
-        return GradientTransformation(self.init, self.update)
+    def gradient_transformation(self) -> GradientTransformationExtraArgs:
+        return GradientTransformationExtraArgs(self.init, self.update)
 
 
 def multi_steps(

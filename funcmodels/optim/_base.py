@@ -52,6 +52,19 @@ class GradientTransformation(NamedTuple):
     """``update(updates, state, params=None) -> (updates, new_state)``."""
 
 
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A :class:`GradientTransformation` whose ``update`` takes extra keyword arguments
+    (a line search's ``value=``, ``grad=``, ``value_fn=``), as optax's; :func:`chain` and
+    the wrappers pass them to such members and drop them for the others.
+
+    Attributes:
+        init: ``init(params) -> state``.
+        update: ``update(updates, state, params=None, **extra_args) -> (updates, state)``.
+    """
+
+    __slots__ = ()
+
+
 class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
@@ -413,11 +426,14 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     earlier piece made (never into the caller's gradients, params or state), which saves a
     full-size allocation per piece.
 
+    Extra keyword arguments of ``update`` go to the members that take them (the
+    :class:`GradientTransformationExtraArgs`), as optax's, and are dropped for the others.
+
     Arguments:
         *args: GradientTransformations (or objects with ``init`` and ``update``).
 
     Returns:
-        The chained transformation.
+        The chained transformation, a :class:`GradientTransformationExtraArgs`.
     """
     transformations = tuple(
         as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
@@ -426,7 +442,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
-    def fn(us, state, ps, spec, own):
+    def fn(us, state, ps, spec, own, extra=None):
         if not isinstance(state, tuple) or len(state) != len(transformations):
             got = type(state).__name__
             if type(state) is tuple:
@@ -441,7 +457,9 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
         flats = [_FLAT.get(t.update) if reading else None for t in transformations]
         owned, new_state, i = own and eager, [], 0
         while i < len(transformations):
-            flat, n = flats[i], _fusion(flats, i)
+            t, flat, n = transformations[i], flats[i], _fusion(flats, i)
+            if extra and isinstance(t, GradientTransformationExtraArgs):
+                flat, n = None, 0  # the tree form is the one that takes the extra arguments
             if n:
                 us, states = _fused(flats[i : i + n], us, state[i : i + n], ps, spec)
                 new_state.extend(states)
@@ -454,21 +472,28 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 owned = owned and eager
             else:
                 params = None if ps is None else unflatten(ps, spec)
-                tree, s = transformations[i].update(unflatten(us, spec), state[i], params)
+                tree, s = call_update(t, unflatten(us, spec), state[i], params, extra)
                 us, owned = flatten_like(tree, spec, "updates", "the params"), False
             new_state.append(s)
             i += 1
         return us, tuple(new_state), owned
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if params is not None:
             ps, spec = flatten(params)
             us = flatten_like(updates, spec, "grads")
         else:
             ps, (us, spec) = None, flatten(updates)
-        out, state, _ = fn(us, state, ps, spec, False)
+        out, state, _ = fn(us, state, ps, spec, False, extra_args)
         return unflatten(out, spec), state
 
     if not torch.compiler.is_compiling():
         _FLAT[update] = Flat(fn, False, "fm.optim.chain")
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
+
+
+def call_update(t: GradientTransformation, updates, state, params, extra: dict | None):
+    """``t.update``, given the extra arguments when it takes them (optax's rule)."""
+    if extra and isinstance(t, GradientTransformationExtraArgs):
+        return t.update(updates, state, params, **extra)
+    return t.update(updates, state, params)

@@ -13,6 +13,7 @@ import torch.utils._pytree as pytree
 from ._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     Scalar,
     check_state,
     count_like,
@@ -276,24 +277,18 @@ def _block_scale(where: str, min_scale: Scalar, measure: Callable) -> GradientTr
     return leafwise(where, init_empty_state, step, needs_params=True)
 
 
-class _Polyak(NamedTuple):
-    init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
-
-
 def scale_by_polyak(
     f_min: Scalar = 0.0,
     max_learning_rate: Scalar = 1.0,
     eps: Scalar = 0.0,
     variant: str = "sps",
-) -> Any:
+) -> GradientTransformationExtraArgs:
     """Polyak's step size (Loizou et al., 2021): the updates times ``min((value - f_min) /
     (|u|^2 + eps), max_learning_rate)`` (0 where ``|u|^2 + eps`` is below float64's
     machine epsilon), ``|u|`` the global norm; ``'sps+'`` floors ``value - f_min`` at 0.
 
-    ``update(updates, state, params=None, *, value)`` takes the loss's value, as optax's
-    (a ``GradientTransformationExtraArgs`` there): it cannot sit inside :func:`chain`,
-    whose updates take no extra arguments; :func:`polyak_sgd` is the composed optimiser.
+    ``update(updates, state, params=None, *, value)`` takes the loss's value, as optax's:
+    inside :func:`chain`, pass ``value=`` to the chain's ``update``.
 
     Arguments:
         f_min: a lower bound of the loss.
@@ -302,10 +297,11 @@ def scale_by_polyak(
         variant: ``'sps'`` or ``'sps+'``.
 
     Returns:
-        An object with ``init`` and ``update`` (the state: :class:`EmptyState`).
+        A :class:`GradientTransformationExtraArgs` (the state: :class:`EmptyState`).
 
     Raises:
         ValueError: an unknown ``variant``, a hyperparameter out of range.
+        TypeError: (update) no ``value`` for a tree with leaves.
     """
     where = "fm.optim.scale_by_polyak"
     f_min = number(where, "f_min", f_min, lo=-float("inf"))
@@ -314,9 +310,13 @@ def scale_by_polyak(
     if variant not in ("sps", "sps+"):
         raise ValueError(f"{where}: variant must be 'sps' or 'sps+', got {variant!r}")
 
-    def update(updates, state, params=None, *, value, **extra_args):
+    def update(updates, state, params=None, *, value=None, **extra_args):
         check_state(state, EmptyState, where)
         us, spec = flatten(updates)
+        if not us:  # a tree with no leaves: no step to scale
+            return updates, state
+        if value is None:
+            raise TypeError(f"{where}: update needs value= (the loss at params)")
         sq = sum((torch.linalg.vector_norm(u) ** 2 for u in us), torch.zeros(()))
         sq = sq.to(work_dtype(*us)) if us else sq
         gap = torch.as_tensor(value).to(sq.dtype) - hyper(f_min, sq)
@@ -327,7 +327,7 @@ def scale_by_polyak(
         rate = torch.where(denom <= torch.finfo(torch.float64).eps, torch.zeros_like(rate), rate)
         return unflatten([u * rate.to(u.dtype) for u in us], spec), state
 
-    return _Polyak(init_empty_state, update)
+    return GradientTransformationExtraArgs(init_empty_state, update)
 
 
 class ScaleByDistanceOverGradientsState(NamedTuple):

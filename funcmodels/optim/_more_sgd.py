@@ -4,12 +4,20 @@ gradient descent)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from ._alias import sgd
-from ._base import EmptyState, GradientTransformation, Scalar, chain, is_schedule, number
+from ._base import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    Scalar,
+    chain,
+    is_schedule,
+    number,
+)
 from ._moments import trace
 from ._more_aliases import _lr
 from ._more_pieces import (
@@ -162,13 +170,16 @@ def noisy_sgd(
     return chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(lr))
 
 
-class PolyakSGD(NamedTuple):
-    """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``."""
+class PolyakSGD(GradientTransformationExtraArgs):
+    """:func:`polyak_sgd`'s optimiser: ``update(updates, state, params=None, *, value)``.
 
-    init: Any
-    """``init(params)``: the initial state"""
-    update: Any
-    """``update(updates, state, params=None, *, value)``: the new updates and state"""
+    Attributes:
+        init: ``init(params)``: the initial state.
+        update: ``update(updates, state, params=None, *, value)``: the new updates and
+            state.
+    """
+
+    __slots__ = ()
 
 
 def polyak_sgd(
@@ -203,7 +214,7 @@ def polyak_sgd(
     def init(params):
         return (inner.init(params), EmptyState())
 
-    def update(updates, state, params=None, *, value, **extra_args):
+    def update(updates, state, params=None, *, value=None, **extra_args):
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError(
                 "fm.optim.polyak_sgd: expected the pair of states made by this optimiser's "

@@ -18,7 +18,9 @@ import torch.utils._pytree as pytree
 from ._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
+    call_update,
     check_state,
     count_like,
     set_to_zero,
@@ -95,26 +97,29 @@ def partition(
         transforms: label -> the transformation for the params of that label.
         param_labels: a pytree of labels like the params (or a prefix of it), or a
             function of the params returning one.
-        mask_compatible_extra_args: optax's flag; fm.optim's updates take no extra
-            arguments, so there is nothing to mask.
+        mask_compatible_extra_args: as :func:`masked`'s.
 
     Returns:
-        The transformation; its state is a :class:`PartitionState`.
+        The transformation (a :class:`GradientTransformationExtraArgs`); its state is a
+            :class:`PartitionState`.
 
     Raises:
         ValueError: a label without a transformation (from ``init``).
     """
-    inner = multi_transform(transforms, param_labels)
+    inner = multi_transform(
+        transforms, param_labels, mask_compatible_extra_args=mask_compatible_extra_args
+    )
 
     def init(params):
         return PartitionState(inner.init(params).inner_states)
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, PartitionState, "fm.optim.partition")
-        out, new = inner.update(updates, MultiTransformState(state.inner_states), params)
+        inner_state = MultiTransformState(state.inner_states)
+        out, new = inner.update(updates, inner_state, params, **extra_args)
         return out, PartitionState(new.inner_states)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def selective_transform(
@@ -142,7 +147,8 @@ def named_chain(*args: tuple[str, GradientTransformation]) -> GradientTransforma
         *args: ``(name, transformation)`` pairs; the names must differ.
 
     Returns:
-        The chained transformation; its state is an ``OrderedDict``.
+        The chained transformation, a :class:`GradientTransformationExtraArgs` (extra
+            update arguments go to the pieces that take them); its state is an ``OrderedDict``.
 
     Raises:
         ValueError: two pieces of the same name.
@@ -160,22 +166,26 @@ def named_chain(*args: tuple[str, GradientTransformation]) -> GradientTransforma
     def init(params):
         return collections.OrderedDict((name, t.init(params)) for name, t in pieces)
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         new = collections.OrderedDict()
         for name, t in pieces:
-            updates, new[name] = t.update(updates, state[name], params)
+            updates, new[name] = call_update(t, updates, state[name], params, extra_args)
         return updates, new
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
-def _conditional(where, inner, should_transform_fn, forward_extra_args):
+def _conditional(where, inner, should_transform_fn):
     inner = as_transformation(where, "inner", inner)
     if not callable(should_transform_fn):
         raise TypeError(f"{where}: should_transform_fn must be callable")
-    if forward_extra_args:
-        raise ValueError(f"{where}: fm.optim's updates take no extra arguments to forward")
     return inner
+
+
+def _keep(should_transform_fn, state, forward_extra_args, extra_args) -> torch.Tensor:
+    """``should_transform_fn(step)``, given the extra arguments with ``forward_extra_args``."""
+    kwargs = extra_args if forward_extra_args else {}
+    return torch.as_tensor(should_transform_fn(state.step, **kwargs), device=state.step.device)
 
 
 def conditionally_transform(
@@ -189,29 +199,30 @@ def conditionally_transform(
     Arguments:
         inner: the transformation.
         should_transform_fn: step count (a 0-dim int64 tensor) -> a bool (tensor).
-        forward_extra_args: optax's flag; must be ``False`` (no extra arguments here).
+        forward_extra_args: also pass the extra update arguments to
+            ``should_transform_fn`` (``inner`` gets them in any case, if it takes them).
 
     Returns:
         The transformation; its state is a :class:`ConditionallyTransformState`.
 
     Raises:
-        TypeError: ``should_transform_fn`` not callable; ValueError: ``forward_extra_args``.
+        TypeError: ``should_transform_fn`` not callable.
     """
     where = "fm.optim.conditionally_transform"
-    inner = _conditional(where, inner, should_transform_fn, forward_extra_args)
+    inner = _conditional(where, inner, should_transform_fn)
 
     def init(params):
         return ConditionallyTransformState(inner.init(params), count_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, ConditionallyTransformState, where)
-        keep = torch.as_tensor(should_transform_fn(state.step), device=state.step.device)
-        new, inner_state = inner.update(updates, state.inner_state, params)
+        keep = _keep(should_transform_fn, state, forward_extra_args, extra_args)
+        new, inner_state = call_update(inner, updates, state.inner_state, params, extra_args)
         out = pytree.tree_map(lambda n, u: torch.where(keep, n, u), new, updates)
         inner_state = _select(keep, inner_state, state.inner_state)
         return out, ConditionallyTransformState(inner_state, state.step + 1)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def conditionally_mask(
@@ -225,29 +236,30 @@ def conditionally_mask(
     Arguments:
         inner: the transformation.
         should_transform_fn: step count (a 0-dim int64 tensor) -> a bool (tensor).
-        forward_extra_args: optax's flag; must be ``False`` (no extra arguments here).
+        forward_extra_args: also pass the extra update arguments to
+            ``should_transform_fn`` (``inner`` gets them in any case, if it takes them).
 
     Returns:
         The transformation; its state is a :class:`ConditionallyMaskState`.
 
     Raises:
-        TypeError: ``should_transform_fn`` not callable; ValueError: ``forward_extra_args``.
+        TypeError: ``should_transform_fn`` not callable.
     """
     where = "fm.optim.conditionally_mask"
-    inner = _conditional(where, inner, should_transform_fn, forward_extra_args)
+    inner = _conditional(where, inner, should_transform_fn)
 
     def init(params):
         return ConditionallyMaskState(count_like(params), inner.init(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, ConditionallyMaskState, where)
-        keep = torch.as_tensor(should_transform_fn(state.step), device=state.step.device)
-        new, inner_state = inner.update(updates, state.inner_state, params)
+        keep = _keep(should_transform_fn, state, forward_extra_args, extra_args)
+        new, inner_state = call_update(inner, updates, state.inner_state, params, extra_args)
         out = pytree.tree_map(lambda n: torch.where(keep, n, torch.zeros_like(n)), new)
         inner_state = _select(keep, inner_state, state.inner_state)
         return out, ConditionallyMaskState(state.step + 1, inner_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def flatten(inner: GradientTransformation) -> GradientTransformation:
@@ -269,15 +281,15 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     def init(params):
         return inner.init(vector(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         leaves, spec = pytree.tree_flatten(updates)
         flat = None if params is None else vector(params)
-        out, state = inner.update(vector(updates), state, flat)
+        out, state = call_update(inner, vector(updates), state, flat, extra_args)
         parts = torch.split(out, [leaf.numel() for leaf in leaves])
         shaped = [p.reshape(leaf.shape) for p, leaf in zip(parts, leaves, strict=True)]
         return pytree.tree_unflatten(shaped, spec), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransformation:

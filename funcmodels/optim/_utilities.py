@@ -13,7 +13,13 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ._base import EmptyState, GradientTransformation, as_transformation, init_empty_state
+from ._base import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    as_transformation,
+    init_empty_state,
+)
 from ._moments import _bias_correction
 from ._more_common import hyper
 
@@ -277,22 +283,25 @@ def stateless_with_tree_map(
     return GradientTransformation(init_empty_state, update)
 
 
-def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
-    """``tx`` with an ``update`` that accepts extra keyword arguments and drops them (the
-    form optax's ``GradientTransformationExtraArgs`` callers pass, ``value=loss``, ...).
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx`` as a :class:`GradientTransformationExtraArgs`: returned as it is when it is
+    one, else with an ``update`` that accepts extra keyword arguments and drops them (as
+    optax's).
 
     Arguments:
         tx: a GradientTransformation (or an object with ``init`` and ``update``).
 
     Returns:
-        A GradientTransformation with the same ``init`` and state.
+        A GradientTransformationExtraArgs with the same ``init`` and state.
 
     Raises:
         TypeError: ``tx`` is not a transformation.
     """
     tx = as_transformation("fm.optim.with_extra_args_support", "tx", tx)
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
 
     def update(updates, state, params=None, **extra_args):
         return tx.update(updates, state, params)
 
-    return GradientTransformation(tx.init, update)
+    return GradientTransformationExtraArgs(tx.init, update)

@@ -13,12 +13,15 @@ import torch.utils._pytree as pytree
 
 from ._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
+    call_update,
     check_state,
     count_like,
     flatten_like,
     is_schedule,
 )
+from ._extra_args import mask_extra_args
 
 
 class MaskedState(NamedTuple):
@@ -87,11 +90,13 @@ def masked(
         mask: a pytree of bools like the params or a prefix of it (``{"encoder": True,
             "head": False}``), or a function of the params returning one (see
             ``fm.tree.map_with_path``).
-        mask_compatible_extra_args: optax's flag for masking extra update arguments;
-            fm.optim's ``update`` takes none, so there is nothing to mask.
+        mask_compatible_extra_args: also select the leaves of the extra update
+            arguments that have the structure of the updates (optax's flag).
 
     Returns:
-        The transformation; its state holds ``inner``'s state over the selected leaves.
+        The transformation (a :class:`GradientTransformationExtraArgs`: extra update
+            arguments go to ``inner`` if it takes them); its state holds ``inner``'s state
+            over the selected leaves.
     """
     where = "fm.optim.masked"
     inner = as_transformation(where, "inner", inner)
@@ -108,20 +113,27 @@ def masked(
         chosen = [p for p, f in zip(pytree.tree_leaves(params), flags, strict=True) if f]
         return MaskedState(inner.init(chosen))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, MaskedState, where)
         us, spec = pytree.tree_flatten(updates)
         flags = selection(params if params is not None else updates)
         ps = flatten_like(params, spec, "params", "the updates") if params is not None else None
         idx = [i for i, f in enumerate(flags) if f]
         chosen_ps = None if ps is None else [ps[i] for i in idx]
-        new, inner_state = inner.update([us[i] for i in idx], state.inner_state, chosen_ps)
+
+        def pick(tree):
+            leaves = pytree.tree_leaves(tree)
+            return [leaves[i] for i in idx]
+
+        extra = mask_extra_args(extra_args, updates, pick, mask_compatible_extra_args)
+        chosen = [us[i] for i in idx]
+        new, inner_state = call_update(inner, chosen, state.inner_state, chosen_ps, extra)
         out = list(us)
         for i, u in zip(idx, new, strict=True):
             out[i] = u
         return pytree.tree_unflatten(out, spec), MaskedState(inner_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def multi_transform(
@@ -141,10 +153,11 @@ def multi_transform(
         param_labels: a pytree of labels like the params, or a function of the params
             returning one (``fm.tree.map_with_path`` builds it from layer paths); a
             prefix of the params' structure labels whole subtrees.
-        mask_compatible_extra_args: as :func:`masked`'s (nothing to mask here).
+        mask_compatible_extra_args: as :func:`masked`'s.
 
     Returns:
-        A GradientTransformation; its state is a :class:`MultiTransformState`.
+        A :class:`GradientTransformationExtraArgs` (extra update arguments go to the
+            transformations that take them); its state is a :class:`MultiTransformState`.
 
     Raises:
         TypeError: ``transforms`` is not a non-empty dict of transformations.
@@ -171,24 +184,28 @@ def multi_transform(
     def for_label(label: str, params: Any) -> GradientTransformation:
         flags = masks(params)[label]
         _, spec = pytree.tree_flatten(params)
-        return masked(transforms[label], pytree.tree_unflatten(flags, spec))
+        return masked(
+            transforms[label],
+            pytree.tree_unflatten(flags, spec),
+            mask_compatible_extra_args=mask_compatible_extra_args,
+        )
 
     def init(params):
         return MultiTransformState(
             {label: for_label(label, params).init(params) for label in transforms}
         )
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, MultiTransformState, where)
         like = params if params is not None else updates
         new_states = {}
         for label in transforms:
             updates, new_states[label] = for_label(label, like).update(
-                updates, state.inner_states[label], params
+                updates, state.inner_states[label], params, **extra_args
             )
         return updates, MultiTransformState(new_states)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def inject_hyperparams(
@@ -292,15 +309,15 @@ def _injected(factory, scheduled, numeric, other, hyperparam_dtype) -> GradientT
         hp = values(count, numeric, _hyper_dtype(hyperparam_dtype, params))
         return InjectHyperparamsState(count, hp, factory(**other, **hp).init(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, InjectHyperparamsState, where)
         dtype = _hyper_dtype(hyperparam_dtype, params if params is not None else updates)
         hp = values(state.count, state.hyperparams, dtype)
         inner = as_transformation(where, "the factory's result", factory(**other, **hp))
-        updates, inner_state = inner.update(updates, state.inner_state, params)
+        updates, inner_state = call_update(inner, updates, state.inner_state, params, extra_args)
         return updates, InjectHyperparamsState(state.count + 1, hp, inner_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def apply_if_finite(
@@ -332,7 +349,7 @@ def apply_if_finite(
         finite = torch.ones((), dtype=torch.bool, device=zero.device)
         return ApplyIfFiniteState(zero, finite, zero.clone(), inner.init(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_state(state, ApplyIfFiniteState, where)
         leaves = pytree.tree_leaves(updates)
         finite = torch.ones((), dtype=torch.bool, device=state.notfinite_count.device)
@@ -341,14 +358,14 @@ def apply_if_finite(
         errors = torch.where(
             finite, torch.zeros_like(state.notfinite_count), state.notfinite_count + 1
         )
-        new, inner_state = inner.update(updates, state.inner_state, params)
+        new, inner_state = call_update(inner, updates, state.inner_state, params, extra_args)
         keep = finite | (errors > max_consecutive_errors)
         out = pytree.tree_map(lambda u: torch.where(keep, u, torch.zeros_like(u)), new)
         inner_state = _select(keep, inner_state, state.inner_state)
         total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
         return out, ApplyIfFiniteState(errors, finite, total, inner_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def _select(keep: torch.Tensor, new: Any, old: Any) -> Any:

@@ -330,6 +330,12 @@ def _default(value):
         return value.name.lower()
     if getattr(value, "__qualname__", None) == "_decay_rate_pow":  # Adafactor's default decay
         return optim._more_factored._decay_rate_pow
+    if isinstance(value, optax.GradientTransformation):
+        # lbfgs's default line search, an object of each library; that the two search
+        # alike is what tests/optim/test_lbfgs_parity.py's default cases check
+        return inspect.signature(optim.lbfgs).parameters["linesearch"].default
+    if isinstance(value, optax.microbatching.AccumulationType):  # each library's enum
+        return getattr(optim.AccumulationType, value.name)
     return value
 
 
