@@ -227,6 +227,7 @@ from ._wrappers import (
     masked,
     multi_transform,
 )
+from . import contrib  # optax.contrib's optimisers
 
 # optax's names for the states of stateless pieces
 AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState
@@ -415,3 +416,4 @@ __all__ += [
     "yogi",
     "zero_nans",
 ]
+__all__ += ["contrib"]
