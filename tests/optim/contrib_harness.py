@@ -39,18 +39,19 @@ def to_lib(lib, tree):
     return tree if lib is FM else _to_jax(tree)
 
 
-def run(lib, make, shapes=TREE, steps=STEPS, extra=None, grads=None):
-    """``[(updates, params), ...]`` after each step; ``extra(step)`` the keyword arguments
-    of ``update`` (``value=``), ``grads(step)`` the gradients (a torch tree)."""
+def run(lib, make, shapes=TREE, steps=STEPS, extra=None, grads=None, jit=True):
+    """``([(updates, params), ...] after each step, the last state)``; ``extra(lib, step)``
+    the keyword arguments of ``update`` (``value=``), ``grads(step, g)`` the gradients
+    (a torch tree); ``jit=False`` calls optax's update without ``jax.jit``."""
     params = to_lib(lib, make_tree(shapes, 0))
     opt = make(lib)
     state = opt.init(params)
-    update = opt.update if lib is FM else jax.jit(opt.update)
+    update = opt.update if lib is FM or not jit else jax.jit(opt.update)
     seen = []
     for step in range(steps):
         g = make_tree(shapes, 100 + step, SCALES[step % len(SCALES)])
         g = to_lib(lib, g if grads is None else grads(step, g))
-        kwargs = {} if extra is None else extra(step)
+        kwargs = {} if extra is None else extra(lib, step)
         updates, state = update(g, state, params, **kwargs)
         params = lib.apply_updates(params, updates)
         seen.append((updates, params))
@@ -80,12 +81,14 @@ def max_diff(ours, theirs, dtypes: bool = True) -> dict:
     return worst
 
 
-def compare(make, shapes=TREE, steps=STEPS, extra=None, grads=None) -> dict:
-    """The largest difference per dtype of any step's updates and params."""
-    ours, _ = run(FM, make, shapes, steps, extra, grads)
-    theirs, _ = run(OPTAX, make, shapes, steps, extra, grads)
+def compare(make, shapes=TREE, steps=STEPS, extra=None, grads=None, jit=True, dtypes=True):
+    """The largest difference per dtype (ours) of any step's updates and params;
+    ``dtypes=False`` lets optax's dtypes differ (it promotes float32 leaves where the
+    dtype rule of fm.optim keeps them)."""
+    ours, _ = run(FM, make, shapes, steps, extra, grads, jit)
+    theirs, _ = run(OPTAX, make, shapes, steps, extra, grads, jit)
     worst: dict = {}
     for a, b in zip(ours, theirs, strict=True):
-        for k, v in max_diff(a, b).items():
+        for k, v in max_diff(a, b, dtypes).items():
             worst[k] = max(worst.get(k, 0.0), v)
     return worst

@@ -21,7 +21,7 @@ TOL, TOL32 = 1e-10, 1e-6
 VALUES = [5.0, 4.0, 4.0, 4.1, 3.9999, 4.0, 3.0, 3.0, 3.5, 3.2, 3.1, 3.0, 3.0, 2.99, 3.0]
 
 
-def _values(step):
+def _values(lib, step):
     return {"value": VALUES[step]}
 
 

@@ -6,7 +6,11 @@ names, registered with :mod:`funcmodels.checkpoint`. Updates that take the loss
 (``reduce_on_plateau``'s ``value=``) are called directly.
 """
 
+from ._cocob import COCOBState, cocob, scale_by_cocob
+from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
+from ._mechanic import MechanicState, mechanize
 from ._plateau import ReduceLROnPlateauState, reduce_on_plateau
+from ._sam import NormalizeState, SAMState, normalize, sam
 from ._schedule_free import (
     ScheduleFreeState,
     schedule_free,
@@ -16,6 +20,19 @@ from ._schedule_free import (
 )
 
 __all__ = [
+    "COCOBState",
+    "DAdaptAdamWState",
+    "MechanicState",
+    "NormalizeState",
+    "ProdigyState",
+    "SAMState",
+    "cocob",
+    "dadapt_adamw",
+    "mechanize",
+    "normalize",
+    "prodigy",
+    "sam",
+    "scale_by_cocob",
     "ReduceLROnPlateauState",
     "ScheduleFreeState",
     "reduce_on_plateau",
