@@ -6,9 +6,19 @@ names, registered with :mod:`funcmodels.checkpoint`. Updates that take the loss
 (``reduce_on_plateau``'s ``value=``) are called directly.
 """
 
+from ._ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    ademamix,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+    simplified_ademamix,
+)
+from ._adopt import adopt, scale_by_adopt
 from ._cocob import COCOBState, cocob, scale_by_cocob
 from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
 from ._mechanic import MechanicState, mechanize
+from ._muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
 from ._plateau import ReduceLROnPlateauState, reduce_on_plateau
 from ._sam import NormalizeState, SAMState, normalize, sam
 from ._schedule_free import (
@@ -23,21 +33,33 @@ __all__ = [
     "COCOBState",
     "DAdaptAdamWState",
     "MechanicState",
+    "MuonDimensionNumbers",
+    "MuonState",
     "NormalizeState",
     "ProdigyState",
+    "ReduceLROnPlateauState",
     "SAMState",
+    "ScaleByAdemamixState",
+    "ScaleBySimplifiedAdEMAMixState",
+    "ScheduleFreeState",
+    "ademamix",
+    "adopt",
     "cocob",
     "dadapt_adamw",
     "mechanize",
+    "muon",
     "normalize",
     "prodigy",
-    "sam",
-    "scale_by_cocob",
-    "ReduceLROnPlateauState",
-    "ScheduleFreeState",
     "reduce_on_plateau",
+    "sam",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_cocob",
+    "scale_by_muon",
+    "scale_by_simplified_ademamix",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
+    "simplified_ademamix",
 ]
