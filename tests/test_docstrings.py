@@ -59,6 +59,7 @@ MODULES = (
     "funcmodels",
     "funcmodels.nn",
     "funcmodels.optim",
+    "funcmodels.optim.contrib",
     "funcmodels.tree",
     "funcmodels.random",
     "funcmodels.checkpoint",

@@ -38,7 +38,7 @@ def scale_by_cocob(alpha: Scalar = 100.0, eps: Scalar = 1e-8) -> GradientTransfo
 
     Returns:
         A GradientTransformation whose ``update`` needs the params; its state is a
-        :class:`COCOBState`. The updates include the sign (add them).
+            :class:`COCOBState`. The updates include the sign (add them).
 
     Raises:
         ValueError, TypeError: a hyperparameter out of range or of the wrong type.

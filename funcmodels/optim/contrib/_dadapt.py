@@ -109,7 +109,7 @@ def dadapt_adamw(
 
     Returns:
         A GradientTransformation whose ``update`` needs the params; its state is a
-        :class:`DAdaptAdamWState`. The updates include the sign (add them).
+            :class:`DAdaptAdamWState`. The updates include the sign (add them).
 
     Raises:
         ValueError, TypeError: a hyperparameter out of range or of the wrong type.
@@ -188,7 +188,7 @@ def prodigy(
 
     Returns:
         A GradientTransformation whose ``update`` needs the params; its state is a
-        :class:`ProdigyState`. The updates include the sign (add them).
+            :class:`ProdigyState`. The updates include the sign (add them).
 
     Raises:
         ValueError, TypeError: a hyperparameter out of range or of the wrong type.

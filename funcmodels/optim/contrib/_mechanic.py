@@ -80,10 +80,11 @@ def mechanize(
 
     Returns:
         A GradientTransformation whose ``update`` needs the params (and passes extra
-        keyword arguments to the base optimiser); its state is a :class:`MechanicState`.
+            keyword arguments to the base optimiser); its state is a :class:`MechanicState`.
 
     Raises:
-        ValueError, TypeError: a hyperparameter out of range or of the wrong type.
+        ValueError: a hyperparameter out of range (``num_betas`` not a positive int).
+        TypeError: a hyperparameter of the wrong type, a base optimiser that is not one.
     """
     where = "fm.optim.contrib.mechanize"
     base = with_extra_args_support(as_transformation(where, "base_optimizer", base_optimizer))

@@ -350,7 +350,7 @@ def muon(
 
     Returns:
         A GradientTransformation; its state is a ``PartitionState`` with the keys
-        ``'muon'`` and ``'adam'`` (only those with leaves).
+            ``'muon'`` and ``'adam'`` (only those with leaves).
 
     Raises:
         ValueError: an unknown ``ns_coeffs`` preset, or as :func:`scale_by_muon`.

@@ -99,7 +99,7 @@ def reduce_on_plateau(
 
     Returns:
         A GradientTransformation whose ``update`` needs ``value=``; the state is a
-        :class:`ReduceLROnPlateauState`.
+            :class:`ReduceLROnPlateauState`.
 
     Raises:
         ValueError: ``factor``, ``rtol`` or ``atol`` out of range.

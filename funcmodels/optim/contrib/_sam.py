@@ -100,7 +100,7 @@ def sam(
 
     Returns:
         A GradientTransformation whose ``update(updates, state, params, *,
-        grad_fn=None)`` needs the params; its state is a :class:`SAMState`.
+            grad_fn=None)`` needs the params; its state is a :class:`SAMState`.
 
     Raises:
         ValueError: ``sync_period < 1``, a ``batch_axis_name``, or (at ``update``) no

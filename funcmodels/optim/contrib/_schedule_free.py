@@ -125,7 +125,7 @@ def schedule_free(
 
     Returns:
         A GradientTransformation (``update`` accepts extra keyword arguments and passes
-        them on); its state is a :class:`ScheduleFreeState`. ``update`` needs the params.
+            them on); its state is a :class:`ScheduleFreeState`. ``update`` needs the params.
 
     Raises:
         TypeError: ``base_optimizer`` is not a transformation, ``state_dtype`` not a

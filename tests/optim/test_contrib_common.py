@@ -1,0 +1,191 @@
+"""What every ``fm.optim.contrib`` name shares: optax.contrib's signatures (by
+``inspect``), states that go through ``fm.checkpoint``, the dtype rule of fm.optim (each
+leaf keeps its dtype, float64 tensor hyperparameters never promote a float32 0-dim leaf),
+inputs never written, and the leaf-by-leaf path under ``vmap`` over an ensemble equal to a
+loop over its members."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+import funcmodels as fm
+from funcmodels.checkpoint import _registry
+from funcmodels.optim import contrib
+
+from ..checkpoint.test_format import same
+from .contrib_harness import jnp, optax
+
+FUNCTIONS = [n for n in contrib.__all__ if n[0].islower()]
+STATES = [n for n in contrib.__all__ if n.endswith("State")]
+
+
+def test_every_name_is_optax_contribs():
+    assert set(contrib.__all__) <= set(dir(optax.contrib))
+
+
+def _same_default(ours, theirs) -> bool:
+    if theirs is inspect.Parameter.empty:
+        return ours is inspect.Parameter.empty
+    if theirs is jnp.float32:
+        return ours is torch.float32
+    if callable(theirs) and callable(ours):  # ADOPT's clip value, count**0.25
+        return all(
+            float(ours(torch.tensor(c, dtype=torch.float64))) == pytest.approx(float(theirs(c)))
+            for c in (0, 1, 7, 100)
+        )
+    return ours == theirs or ours is theirs
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_signatures_match_optax(name):
+    ours = inspect.signature(getattr(contrib, name)).parameters
+    theirs = inspect.signature(getattr(optax.contrib, name)).parameters
+    assert list(ours) == list(theirs)
+    for key, p in theirs.items():
+        assert ours[key].kind == p.kind, key
+        assert _same_default(ours[key].default, p.default), (key, ours[key].default, p.default)
+
+
+@pytest.mark.parametrize("name", STATES)
+def test_states_have_optax_fields_and_are_registered(name):
+    cls = getattr(contrib, name)
+    theirs = getattr(optax.contrib, name)
+    assert cls._fields == theirs._fields
+    assert _registry.resolve(_registry.name_of(cls)) is cls
+
+
+def _params():
+    spec = fm.nn.Sequential(fm.nn.Linear(3, 4), fm.nn.ReLU(), fm.nn.Linear(4, 2))
+    params = fm.init(fm.key(0), spec)
+    x = fm.random.normal(fm.key(1), (5, 3))
+    grads = torch.func.grad(lambda p: fm.apply(p, x).square().sum())(params)
+    return params, grads
+
+
+OPTIMISERS = {
+    "schedule_free_adamw": lambda: contrib.schedule_free_adamw(1e-2),
+    "prodigy": lambda: contrib.prodigy(),
+    "dadapt_adamw": lambda: contrib.dadapt_adamw(),
+    "sam": lambda: contrib.sam(fm.optim.adam(1e-2), fm.optim.sgd(0.05)),
+    "mechanize": lambda: contrib.mechanize(fm.optim.adam(1e-2)),
+    "cocob": lambda: contrib.cocob(),
+    "ademamix": lambda: contrib.ademamix(1e-2),
+    "simplified_ademamix": lambda: contrib.simplified_ademamix(1e-2),
+    "adopt": lambda: contrib.adopt(1e-2),
+    "muon": lambda: contrib.muon(1e-2),
+}
+
+
+@pytest.mark.parametrize("name", [*OPTIMISERS, "reduce_on_plateau"])
+def test_states_round_trip_through_checkpoints(name, tmp_path):
+    params, grads = _params()
+    plateau = name == "reduce_on_plateau"
+    opt = contrib.reduce_on_plateau(0.5, 1) if plateau else OPTIMISERS[name]()
+    kw = {"value": torch.tensor(1.0)} if plateau else {}
+    s = opt.init(params)
+    _, s = opt.update(grads, s, params, **kw)  # a state past its first step
+    tree = {"params": params, "opt": s}
+    fm.checkpoint.save(tmp_path / "c", tree)
+    got = fm.checkpoint.load(tmp_path / "c", like=tree)
+    same(got, tree)
+    want_u, want_s = opt.update(grads, s, params, **kw)
+    got_u, got_s = opt.update(grads, got["opt"], got["params"], **kw)
+    same(got_u, want_u)
+    same(got_s, want_s)
+
+
+def _f64(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# hyperparameters as float64 0-dim tensors, for float32 params
+TENSOR_HYPER = {
+    "schedule_free_adamw": lambda: contrib.schedule_free_adamw(_f64(1e-2), b1=_f64(0.9)),
+    "prodigy": lambda: contrib.prodigy(_f64(1.0), (_f64(0.9), _f64(0.99)), eps=_f64(1e-8)),
+    "dadapt_adamw": lambda: contrib.dadapt_adamw(_f64(1.0), (_f64(0.9), _f64(0.99))),
+    "cocob": lambda: contrib.cocob(_f64(1.0), _f64(100.0), _f64(1e-8)),
+    "ademamix": lambda: contrib.ademamix(_f64(1e-2), _f64(0.9), _f64(0.99), _f64(0.999)),
+    "simplified_ademamix": lambda: contrib.simplified_ademamix(_f64(1e-2), _f64(0.9)),
+    "adopt": lambda: contrib.adopt(_f64(1e-2), _f64(0.9), _f64(0.99), _f64(1e-6)),
+    "mechanize": lambda: contrib.mechanize(fm.optim.sgd(0.1), _f64(1e-2), _f64(1e-8)),
+    "muon": lambda: contrib.muon(_f64(1e-2), beta=_f64(0.9)),
+}
+
+
+def _dtypes(tree):
+    return [x.dtype for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
+
+
+@pytest.mark.parametrize("name", list(TENSOR_HYPER))
+def test_leaves_keep_their_dtype(name):
+    """float32 params (a 0-dim leaf among them) with float64 tensor hyperparameters:
+    updates, params and state keep their dtypes over steps; nothing passed in changes."""
+    params = {"w": torch.randn(4, 3), "b": torch.randn(3), "s": torch.randn(())}
+    opt = TENSOR_HYPER[name]()
+    state = opt.init(params)
+    before = _dtypes(state)
+    for step in range(3):
+        grads = pytree.tree_map(lambda p: torch.randn_like(p) * (step + 1), params)
+        copies = [x.clone() for x in pytree.tree_leaves((grads, state, params))]
+        updates, new_state = opt.update(grads, state, params)
+        for a, b in zip(pytree.tree_leaves((grads, state, params)), copies, strict=True):
+            assert torch.equal(a, b), "an input was written"
+        assert _dtypes(updates) == [torch.float32] * 3
+        assert _dtypes(new_state) == before
+        params, state = fm.optim.apply_updates(params, updates), new_state
+        assert _dtypes(params) == [torch.float32] * 3
+
+
+def test_reduce_on_plateau_keeps_dtypes_and_takes_a_float64_value():
+    params = {"w": torch.randn(4, 3), "s": torch.randn(())}
+    opt = contrib.reduce_on_plateau(0.5, 1)
+    state = opt.init(params)
+    for v in (3.0, 3.0, 3.0):
+        updates, state = opt.update(params, state, params, value=_f64(v))
+        assert _dtypes(updates) == [torch.float32] * 2
+    # the first value is the best; each later one is a plateau of patience 1
+    assert state.scale.dtype == torch.float32 and float(state.scale) == 0.25
+
+
+VMAPPED = {
+    "ademamix": lambda: contrib.ademamix(1e-2, alpha=2.0),
+    "adopt": lambda: contrib.adopt(1e-2, nesterov=True),
+    "cocob": lambda: contrib.cocob(),
+    "schedule_free_adamw": lambda: contrib.schedule_free_adamw(1e-2),
+    "prodigy": lambda: contrib.prodigy(),
+    "muon": lambda: contrib.muon(1e-2),
+}
+
+
+@pytest.mark.parametrize("name", list(VMAPPED))
+def test_vmap_over_an_ensemble_equals_a_loop(name):
+    """Three members trained at once under ``vmap`` (the leaf-by-leaf path) against each
+    member alone, over three steps, within 1e-12 (float64)."""
+    members = 3
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(members, *shape, generator=g, dtype=torch.float64)
+
+    params = {"w": rand(4, 3), "b": rand(3), "s": rand()}
+    grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
+    opt = VMAPPED[name]()
+
+    def step(p, s, gr):
+        u, s = opt.update(gr, s, p)
+        return fm.optim.apply_updates(p, u), s
+
+    p, s = params, torch.func.vmap(opt.init)(params)
+    for gr in grads:
+        p, s = torch.func.vmap(step)(p, s, gr)
+    for i in range(members):
+        pi = {k: v[i] for k, v in params.items()}
+        si = opt.init(pi)
+        for gr in grads:
+            pi, si = step(pi, si, {k: v[i] for k, v in gr.items()})
+        for k in pi:
+            torch.testing.assert_close(p[k][i], pi[k], rtol=0, atol=1e-12)
