@@ -30,6 +30,7 @@ torch.optim's arithmetic is reached through optax's own flags and pieces
 the table in ``fm.optim._alias``).
 """
 
+from . import contrib  # optax.contrib's optimisers
 from ._accumulation import (
     ApplyEvery,
     ApplyEveryState,
@@ -227,7 +228,6 @@ from ._wrappers import (
     masked,
     multi_transform,
 )
-from . import contrib  # optax.contrib's optimisers
 
 # optax's names for the states of stateless pieces
 AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState

@@ -129,7 +129,7 @@ def test_leaves_keep_their_dtype(name):
     state = opt.init(params)
     before = _dtypes(state)
     for step in range(3):
-        grads = pytree.tree_map(lambda p: torch.randn_like(p) * (step + 1), params)
+        grads = {k: torch.randn_like(p) * (step + 1) for k, p in params.items()}
         copies = [x.clone() for x in pytree.tree_leaves((grads, state, params))]
         updates, new_state = opt.update(grads, state, params)
         for a, b in zip(pytree.tree_leaves((grads, state, params)), copies, strict=True):
