@@ -16,10 +16,17 @@ from ._ademamix import (
 )
 from ._adopt import adopt, scale_by_adopt
 from ._cocob import COCOBState, cocob, scale_by_cocob
+from ._complex import (
+    SplitRealAndImaginaryArrays,
+    SplitRealAndImaginaryState,
+    split_real_and_imaginary,
+)
 from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
+from ._madgrad import MadgradState, acprop, madgrad, scale_by_acprop, scale_by_madgrad
 from ._mechanic import MechanicState, mechanize
 from ._muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
 from ._plateau import ReduceLROnPlateauState, reduce_on_plateau
+from ._privacy import DifferentiallyPrivateAggregateState, differentially_private_aggregate, dpsgd
 from ._sam import NormalizeState, SAMState, normalize, sam
 from ._schedule_free import (
     ScheduleFreeState,
@@ -32,6 +39,8 @@ from ._schedule_free import (
 __all__ = [
     "COCOBState",
     "DAdaptAdamWState",
+    "DifferentiallyPrivateAggregateState",
+    "MadgradState",
     "MechanicState",
     "MuonDimensionNumbers",
     "MuonState",
@@ -42,19 +51,27 @@ __all__ = [
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScheduleFreeState",
+    "SplitRealAndImaginaryArrays",
+    "SplitRealAndImaginaryState",
+    "acprop",
     "ademamix",
     "adopt",
     "cocob",
     "dadapt_adamw",
+    "differentially_private_aggregate",
+    "dpsgd",
+    "madgrad",
     "mechanize",
     "muon",
     "normalize",
     "prodigy",
     "reduce_on_plateau",
     "sam",
+    "scale_by_acprop",
     "scale_by_ademamix",
     "scale_by_adopt",
     "scale_by_cocob",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_simplified_ademamix",
     "schedule_free",
@@ -62,4 +79,5 @@ __all__ = [
     "schedule_free_eval_params",
     "schedule_free_sgd",
     "simplified_ademamix",
+    "split_real_and_imaginary",
 ]

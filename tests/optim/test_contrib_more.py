@@ -1,0 +1,134 @@
+"""``fm.optim.contrib``'s MADGRAD, ACProp, ``split_real_and_imaginary`` and the private
+aggregation (``differentially_private_aggregate``, ``dpsgd``) against ``optax.contrib``,
+side by side in float64 (``1e-10`` absolute). The private noise cannot match JAX's random
+bits (it is drawn from fm's keys): the deterministic part is compared with
+``noise_multiplier=0``, the noise's statistics separately. Skipped when jax or optax is
+absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import funcmodels as fm
+from funcmodels.optim import contrib
+
+from .contrib_harness import FM, MIXED, OPTAX, TREE, compare, jax, jnp, make_tree
+
+TOL, TOL32 = 1e-10, 1e-6
+
+CASES = {
+    "madgrad": lambda L: L.contrib.madgrad(1e-2),
+    "madgrad-all": lambda L: L.contrib.madgrad(0.1, 0.5, 0.1, 1e-4),
+    "madgrad-schedule": lambda L: L.contrib.madgrad(L.at64(L.linear_schedule(0.1, 0.01, 4))),
+    "acprop": lambda L: L.contrib.acprop(1e-2),
+    "acprop-all": lambda L: L.contrib.acprop(1e-2, 0.8, 0.99, 1e-8, 1e-10, 0.1),
+    "scale_by_acprop": lambda L: L.contrib.scale_by_acprop(),
+}
+
+
+@pytest.mark.parametrize("shapes", [TREE, MIXED], ids=["float64", "mixed"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_optax(name, shapes):
+    worst = compare(CASES[name], shapes, dtypes=shapes is TREE)
+    assert worst[torch.float64] <= TOL
+    assert worst.get(torch.float32, 0.0) <= TOL32
+
+
+COMPLEX = {"w": (3, 4), "v": (5,)}
+
+
+def _complex_tree(lib, seed):
+    t = make_tree(COMPLEX, seed)
+    u = make_tree(COMPLEX, seed + 50)
+    tree = {"w": torch.complex(t["w"], u["w"]), "v": t["v"]}
+    return tree if lib is FM else jax.tree.map(lambda x: jnp.asarray(x.numpy()), tree)
+
+
+@pytest.mark.parametrize("inner", ["adam", "sgd"])
+def test_split_real_and_imaginary_matches_optax(inner):
+    def run(L):
+        opt = L.contrib.split_real_and_imaginary(
+            L.adam(1e-2) if inner == "adam" else L.sgd(0.1, 0.9)
+        )
+        params = _complex_tree(L, 0)
+        state = opt.init(params)
+        seen = []
+        for step in range(4):
+            updates, state = opt.update(_complex_tree(L, 100 + step), state, params)
+            params = L.apply_updates(params, updates)
+            seen.append(params)
+        return seen
+
+    for a, b in zip(run(FM), run(OPTAX), strict=True):
+        for k in a:
+            assert a[k].dtype == (torch.complex128 if k == "w" else torch.float64)
+            np.testing.assert_allclose(a[k].numpy(), np.asarray(b[k]), rtol=0, atol=TOL)
+
+
+BATCH = {"w": (8, 4, 3), "b": (8, 3), "s": (8,)}  # 8 examples' gradients
+
+
+def _per_example(step, g):
+    return make_tree(BATCH, 100 + step, [1.0, 0.1, 3.0, 10.0, 1.0, 0.3][step])
+
+
+def _run_private(L, make):
+    params = make_tree({"w": (4, 3), "b": (3,), "s": ()}, 0)
+    params = params if L is FM else jax.tree.map(lambda x: jnp.asarray(x.numpy()), params)
+    opt = make(L)
+    state = opt.init(params)
+    seen = []
+    for step in range(6):
+        g = _per_example(step, None)
+        g = g if L is FM else jax.tree.map(lambda x: jnp.asarray(x.numpy()), g)
+        updates, state = opt.update(g, state, params)
+        params = L.apply_updates(params, updates)
+        seen.append(params)
+    return seen
+
+
+PRIVATE = {
+    "dpsgd": lambda L: L.contrib.dpsgd(0.1, 1.0, 0.0, 0),
+    "dpsgd-momentum": lambda L: L.contrib.dpsgd(0.1, 0.5, 0.0, 1, momentum=0.9, nesterov=True),
+    "aggregate": lambda L: L.chain(
+        L.contrib.differentially_private_aggregate(2.0, 0.0, 3), L.sgd(0.1)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PRIVATE))
+def test_private_aggregation_without_noise_matches_optax(name):
+    ours, theirs = _run_private(FM, PRIVATE[name]), _run_private(OPTAX, PRIVATE[name])
+    for a, b in zip(ours, theirs, strict=True):
+        for k in a:
+            np.testing.assert_allclose(a[k].numpy(), np.asarray(b[k]), rtol=0, atol=TOL)
+
+
+def test_private_noise_has_optax_distribution_and_comes_from_the_key():
+    """Zero gradients: the update is the noise over the batch size, of standard deviation
+    ``l2_norm_clip * noise_multiplier / batch`` (20000 draws, within 3%), mean 0, fresh
+    each step and leaf, the same from the same key."""
+    clip, mult, batch = 0.5, 2.0, 4
+    grads = {"a": torch.zeros(batch, 20000, dtype=torch.float64), "b": torch.zeros(batch, 5)}
+    opt = contrib.differentially_private_aggregate(clip, mult, fm.key(7))
+    state = opt.init(grads)
+    first, state = opt.update(grads, state)
+    second, _ = opt.update(grads, state)
+    sd = float(first["a"].std())
+    assert sd == pytest.approx(clip * mult / batch, rel=0.03)
+    assert abs(float(first["a"].mean())) < 4 * clip * mult / batch / 20000**0.5
+    assert first["b"].dtype == torch.float32 and first["b"].shape == (5,)
+    assert not torch.equal(first["a"], second["a"])
+    again, _ = opt.update(grads, opt.init(grads))
+    assert torch.equal(again["a"], first["a"])
+    other, _ = contrib.differentially_private_aggregate(clip, mult, 8).update(
+        grads, contrib.differentially_private_aggregate(clip, mult, 8).init(grads)
+    )
+    assert not torch.equal(other["a"], first["a"])
+
+
+def test_private_aggregate_refuses_key_and_seed():
+    with pytest.raises(ValueError, match="seed or key"):
+        contrib.differentially_private_aggregate(1.0, 1.0, 3, seed=4)
