@@ -85,6 +85,8 @@ OPTIMISERS = {
     "muon": lambda: contrib.muon(1e-2),
     "madgrad": lambda: contrib.madgrad(1e-2),
     "acprop": lambda: contrib.acprop(1e-2),
+    "dog": lambda: contrib.dog(),
+    "dowg": lambda: contrib.dowg(),
     "split_real_and_imaginary": lambda: contrib.split_real_and_imaginary(fm.optim.adam(1e-2)),
 }
 
@@ -126,6 +128,8 @@ TENSOR_HYPER = {
     "muon": lambda: contrib.muon(_f64(1e-2), beta=_f64(0.9)),
     "madgrad": lambda: contrib.madgrad(_f64(1e-2), _f64(0.9), _f64(0.1), _f64(1e-6)),
     "acprop": lambda: contrib.acprop(_f64(1e-2), _f64(0.9), _f64(0.99), _f64(1e-16)),
+    "dog": lambda: contrib.dog(_f64(1.0), ("distance", _f64(1e-3)), _f64(1e-8)),
+    "dowg": lambda: contrib.dowg(_f64(1.0), _f64(1e-3), _f64(1e-4)),
 }
 
 
@@ -173,6 +177,8 @@ VMAPPED = {
     "muon": lambda: contrib.muon(1e-2),
     "madgrad": lambda: contrib.madgrad(1e-2),
     "acprop": lambda: contrib.acprop(1e-2),
+    "dog": lambda: contrib.dog(),
+    "dowg": lambda: contrib.dowg(),
 }
 
 

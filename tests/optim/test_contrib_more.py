@@ -25,15 +25,24 @@ CASES = {
     "acprop": lambda L: L.contrib.acprop(1e-2),
     "acprop-all": lambda L: L.contrib.acprop(1e-2, 0.8, 0.99, 1e-8, 1e-10, 0.1),
     "scale_by_acprop": lambda L: L.contrib.scale_by_acprop(),
+    "dog": lambda L: L.contrib.dog(0.5),
+    "dog-distance": lambda L: L.contrib.dog(1.0, ("distance", 1e-3), 1e-6, 0.1),
+    "dog-learning-rate": lambda L: L.contrib.dog(init_step=("learning_rate", 1e-2)),
+    "dowg": lambda L: L.contrib.dowg(0.5),
+    "dowg-all": lambda L: L.contrib.dowg(1.0, 1e-3, 1e-6, 0.1),
 }
+# global norms: a float32 leaf enters the float64 leaves' step size rounded to float32 in
+# each library's own summation order (as in test_contrib_tuners.COUPLED)
+COUPLED = {"dog", "dowg"}
 
 
 @pytest.mark.parametrize("shapes", [TREE, MIXED], ids=["float64", "mixed"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_optax(name, shapes):
     worst = compare(CASES[name], shapes, dtypes=shapes is TREE)
-    assert worst[torch.float64] <= TOL
-    assert worst.get(torch.float32, 0.0) <= TOL32
+    coupled = shapes is MIXED and name.split("-")[0] in COUPLED
+    assert worst[torch.float64] <= (1e-5 if coupled else TOL)
+    assert worst.get(torch.float32, 0.0) <= (1e-5 if coupled else TOL32)
 
 
 COMPLEX = {"w": (3, 4), "v": (5,)}

@@ -22,6 +22,7 @@ from ._complex import (
     split_real_and_imaginary,
 )
 from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
+from ._dog import DoGState, DoWGState, dog, dowg
 from ._madgrad import MadgradState, acprop, madgrad, scale_by_acprop, scale_by_madgrad
 from ._mechanic import MechanicState, mechanize
 from ._muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
@@ -40,6 +41,8 @@ __all__ = [
     "COCOBState",
     "DAdaptAdamWState",
     "DifferentiallyPrivateAggregateState",
+    "DoGState",
+    "DoWGState",
     "MadgradState",
     "MechanicState",
     "MuonDimensionNumbers",
@@ -59,6 +62,8 @@ __all__ = [
     "cocob",
     "dadapt_adamw",
     "differentially_private_aggregate",
+    "dog",
+    "dowg",
     "dpsgd",
     "madgrad",
     "mechanize",
