@@ -91,14 +91,21 @@ OPTIMISERS = {
 }
 
 
-@pytest.mark.parametrize("name", [*OPTIMISERS, "reduce_on_plateau"])
+WITH_VALUE = {
+    "reduce_on_plateau": lambda: contrib.reduce_on_plateau(0.5, 1),
+    "momo": lambda: contrib.momo(adapt_lower_bound=True),
+    "momo_adam": lambda: contrib.momo_adam(),
+}
+
+
+@pytest.mark.parametrize("name", [*OPTIMISERS, *WITH_VALUE])
 def test_states_round_trip_through_checkpoints(name, tmp_path):
     params, grads = _params()
     if name == "split_real_and_imaginary":  # a complex leaf among the params
         params, grads = {"c": torch.randn(3, dtype=torch.complex64)}, {"c": torch.randn(3) * 1j}
-    plateau = name == "reduce_on_plateau"
-    opt = contrib.reduce_on_plateau(0.5, 1) if plateau else OPTIMISERS[name]()
-    kw = {"value": torch.tensor(1.0)} if plateau else {}
+    valued = name in WITH_VALUE
+    opt = WITH_VALUE[name]() if valued else OPTIMISERS[name]()
+    kw = {"value": torch.tensor(1.0)} if valued else {}
     s = opt.init(params)
     _, s = opt.update(grads, s, params, **kw)  # a state past its first step
     tree = {"params": params, "opt": s}

@@ -141,3 +141,34 @@ def test_private_noise_has_optax_distribution_and_comes_from_the_key():
 def test_private_aggregate_refuses_key_and_seed():
     with pytest.raises(ValueError, match="seed or key"):
         contrib.differentially_private_aggregate(1.0, 1.0, 3, seed=4)
+
+
+LOSSES = [2.0, 1.5, 1.7, 0.9, 1.0, 0.4]
+
+
+def _losses(lib, step):
+    return {"value": LOSSES[step]}
+
+
+MOMO = {
+    "momo": lambda L: L.contrib.momo(),
+    "momo-all": lambda L: L.contrib.momo(0.5, 0.8, 0.1, 0.01, True),
+    "momo-schedule": lambda L: L.contrib.momo(L.at64(L.linear_schedule(1.0, 0.1, 4)), 0.9),
+    "momo_adam": lambda L: L.contrib.momo_adam(),
+    "momo_adam-all": lambda L: L.contrib.momo_adam(0.1, 0.8, 0.99, 1e-6, 0.1, 0.01, True),
+    "momo_adam-adapt": lambda L: L.contrib.momo_adam(adapt_lower_bound=True),
+}
+
+
+@pytest.mark.parametrize("name", list(MOMO))
+def test_momo_matches_optax(name):
+    """The loss goes in as ``value=`` (called directly: fm.optim's chain takes no extra
+    arguments yet)."""
+    assert compare(MOMO[name], extra=_losses)[torch.float64] <= TOL
+
+
+def test_momo_needs_the_loss():
+    params = make_tree(TREE, 0)
+    opt = contrib.momo()
+    with pytest.raises(TypeError, match="value"):
+        opt.update(params, opt.init(params), params)

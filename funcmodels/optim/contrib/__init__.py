@@ -25,6 +25,7 @@ from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
 from ._dog import DoGState, DoWGState, dog, dowg
 from ._madgrad import MadgradState, acprop, madgrad, scale_by_acprop, scale_by_madgrad
 from ._mechanic import MechanicState, mechanize
+from ._momo import MomoAdamState, MomoState, momo, momo_adam
 from ._muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
 from ._plateau import ReduceLROnPlateauState, reduce_on_plateau
 from ._privacy import DifferentiallyPrivateAggregateState, differentially_private_aggregate, dpsgd
@@ -45,6 +46,8 @@ __all__ = [
     "DoWGState",
     "MadgradState",
     "MechanicState",
+    "MomoAdamState",
+    "MomoState",
     "MuonDimensionNumbers",
     "MuonState",
     "NormalizeState",
@@ -67,6 +70,8 @@ __all__ = [
     "dpsgd",
     "madgrad",
     "mechanize",
+    "momo",
+    "momo_adam",
     "muon",
     "normalize",
     "prodigy",
