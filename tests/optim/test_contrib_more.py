@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 import funcmodels as fm
 from funcmodels.optim import contrib
@@ -172,3 +173,57 @@ def test_momo_needs_the_loss():
     opt = contrib.momo()
     with pytest.raises(TypeError, match="value"):
         opt.update(params, opt.init(params), params)
+
+
+# a quadratic objective with a diagonal Hessian (2 c): Hutchinson's estimate is exact for
+# any random signs, so the two libraries' estimators agree though their bits differ
+CURVATURE = {"conv": (2, 3, 2), "dense": {"b": (3,), "w": (4, 3)}, "s": ()}
+
+
+def _objective(lib):
+    """``sum_i c_i p_i**2`` with ``c > 0`` fixed, in the library's own arithmetic."""
+    c = pytree.tree_map(lambda x: x.abs() + 0.5, make_tree(CURVATURE, 7))
+    if lib is FM:
+        return lambda params: sum(
+            (ci * p * p).sum()
+            for ci, p in zip(pytree.tree_leaves(c), pytree.tree_leaves(params), strict=True)
+        )
+    cj = jax.tree.map(lambda x: jnp.asarray(x.numpy()), c)
+    return lambda params: sum(
+        (ci * p * p).sum()
+        for ci, p in zip(jax.tree.leaves(cj), jax.tree.leaves(params), strict=True)
+    )
+
+
+SOPHIA = {
+    "sophia": lambda L: L.contrib.sophia(1e-2, update_interval=2),
+    "sophia-all": lambda L: L.contrib.sophia(
+        1e-2,
+        0.9,
+        0.95,
+        1e-6,
+        0.1,
+        None,
+        0.05,
+        0.5,
+        3,
+        L.contrib.hutchinson_estimator_diag_hessian(4 if L is FM else jax.random.PRNGKey(4)),
+    ),
+    "sophia-no-clip": lambda L: L.contrib.sophia(1e-2, clip_threshold=None, update_interval=1),
+}
+
+
+@pytest.mark.slow  # (optax's update runs unjitted: it takes obj_fn)
+@pytest.mark.parametrize("name", list(SOPHIA))
+def test_sophia_matches_optax(name):
+    extra = lambda L, s: {"obj_fn": _objective(L)}  # noqa: E731
+    assert compare(SOPHIA[name], extra=extra, jit=False)[torch.float64] <= TOL
+
+
+def test_hutchinson_estimate_is_exact_for_a_diagonal_hessian():
+    params = make_tree(CURVATURE, 0)
+    est = contrib.hutchinson_estimator_diag_hessian(fm.key(1))
+    diag, state = est.update(params, est.init(params), params, obj_fn=_objective(FM))
+    c = make_tree(CURVATURE, 7)
+    torch.testing.assert_close(diag["dense"]["w"], 2 * (c["dense"]["w"].abs() + 0.5))
+    assert not torch.equal(state.key, est.init(params).key)

@@ -37,6 +37,7 @@ from ._schedule_free import (
     schedule_free_eval_params,
     schedule_free_sgd,
 )
+from ._sophia import HutchinsonState, SophiaState, hutchinson_estimator_diag_hessian, sophia
 
 __all__ = [
     "COCOBState",
@@ -44,6 +45,7 @@ __all__ = [
     "DifferentiallyPrivateAggregateState",
     "DoGState",
     "DoWGState",
+    "HutchinsonState",
     "MadgradState",
     "MechanicState",
     "MomoAdamState",
@@ -57,6 +59,7 @@ __all__ = [
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScheduleFreeState",
+    "SophiaState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "acprop",
@@ -68,6 +71,7 @@ __all__ = [
     "dog",
     "dowg",
     "dpsgd",
+    "hutchinson_estimator_diag_hessian",
     "madgrad",
     "mechanize",
     "momo",
@@ -89,5 +93,6 @@ __all__ = [
     "schedule_free_eval_params",
     "schedule_free_sgd",
     "simplified_ademamix",
+    "sophia",
     "split_real_and_imaginary",
 ]
