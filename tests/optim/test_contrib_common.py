@@ -222,3 +222,19 @@ def test_vmap_over_an_ensemble_equals_a_loop(name):
             pi, si = step(pi, si, {k: v[i] for k, v in gr.items()})
         for k in pi:
             torch.testing.assert_close(p[k][i], pi[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("factory", [contrib.ademamix, contrib.prodigy, contrib.muon])
+def test_inject_hyperparams_rebuilds_contrib_optimisers(factory):
+    """``inject_hyperparams(contrib.X)(learning_rate=...)`` as with optax; a learning rate
+    replaced in the state is the one used (Muon's int ``ns_steps``, held as a tensor, sets
+    its loop)."""
+    params = {
+        "w": torch.randn(3, 2, dtype=torch.float64),
+        "s": torch.randn((), dtype=torch.float64),
+    }
+    opt = fm.optim.inject_hyperparams(factory)(learning_rate=0.01)
+    state = opt.init(params)
+    state.hyperparams["learning_rate"] = torch.tensor(0.0, dtype=torch.float64)
+    updates, _ = opt.update(params, state, params)
+    assert all(float(u.abs().max()) == 0.0 for u in updates.values())

@@ -214,6 +214,8 @@ def scale_by_muon(
     beta, mu_dtype = number(where, "beta", beta), dtype_arg(where, "mu_dtype", mu_dtype)
     flag(where, "nesterov", nesterov)
     flag(where, "adaptive", adaptive)
+    # (an int held as a tensor by inject_hyperparams is read on the host: it sets a loop)
+    ns_steps = int(ns_steps)
     hp = dict(where=where, ns_steps=ns_steps, how=preconditioning, eps=number(where, "eps", eps))
     _coeffs(where, ns_coeffs, ns_steps, None)
 
