@@ -2,8 +2,10 @@
 
 ``fm.optim.contrib.X`` is ``optax.contrib.X``: code written for optax runs with
 ``optax.contrib`` replaced by ``fm.optim.contrib``. The states are named tuples of optax's
-names, registered with :mod:`funcmodels.checkpoint`. Updates that take the loss
-(``reduce_on_plateau``'s ``value=``) are called directly.
+names, registered with :mod:`funcmodels.checkpoint`. Updates that take an extra argument
+(the loss as ``value=`` for ``reduce_on_plateau``, ``momo`` and ``momo_adam``; SAM's
+``grad_fn=``; Sophia's ``obj_fn=``, which ``sophia`` forwards itself) are called directly.
+Not yet here: GaLore (``galore``, ``scale_by_galore``).
 """
 
 from ._ademamix import (
