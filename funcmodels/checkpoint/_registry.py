@@ -90,6 +90,11 @@ def _register_optimiser_states() -> None:
         own = cls.__name__ if getattr(optim, cls.__name__, None) is cls else attr
         register(cls, f"funcmodels.optim.{own}")
         _by_name.setdefault(f"funcmodels.optim.{attr}", cls)
+    # fm.optim.contrib's, under theirs (a class fm.optim exports too keeps that name)
+    for attr in optim.contrib.__all__:
+        cls = getattr(optim.contrib, attr)
+        if _is_named_tuple(cls) and cls not in _by_type:
+            register(cls, f"funcmodels.optim.contrib.{attr}")
 
 
 _register_optimiser_states()

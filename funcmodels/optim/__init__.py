@@ -30,6 +30,7 @@ torch.optim's arithmetic is reached through optax's own flags and pieces
 the table in ``fm.optim._alias``).
 """
 
+from . import contrib  # optax.contrib's optimisers
 from ._accumulation import (
     ApplyEvery,
     ApplyEveryState,
@@ -510,3 +511,4 @@ __all__ += ["huber_loss", "kl_divergence", "l2_loss", "log_cosh", "ntxent"]
 __all__ += ["safe_softmax_cross_entropy", "sigmoid_binary_cross_entropy", "sigmoid_focal_loss"]
 __all__ += ["smooth_labels", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 __all__ += ["squared_error"]
+__all__ += ["contrib"]
