@@ -7,7 +7,16 @@ import sys
 
 import torch
 
-from ._philox import Shape, _draw, _numel, check_key, generate, halves_below, is_plain
+from ._philox import (
+    Shape,
+    _draw,
+    _numel,
+    check_key,
+    generate,
+    halves_below,
+    is_plain,
+    uniform_host,
+)
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
@@ -112,14 +121,18 @@ def uniform(
     default = minval == 0.0 and maxval == 1.0
     p = _precision(dtype if default else work)
     group, lattice = _lattice(p)
+    # m * 2**-p is exact, so scaling by (maxval - minval) * 2**-p in one multiply
+    # rounds exactly as (m * 2**-p) * (maxval - minval) does.
+    scale = 2.0**-p if default else (maxval - minval) * 2.0**-p
+    # Rounding (in the product or the cast) can land on maxval: clamp below it.
+    top = None if default else _below(float(maxval), dtype)
+    if dtype == torch.float32:
+        host = uniform_host(k, n, 32 - p, scale, None if default else (minval, top), device)
+        if host is not None:
+            return host.reshape(shape)
     if default:
-        convert = lambda w: lattice(w).to(work).mul_(2.0**-p).to(dtype)
+        convert = lambda w: lattice(w).to(work).mul_(scale).to(dtype)
     else:
-        # m * 2**-p is exact, so scaling by (maxval - minval) * 2**-p in one multiply
-        # rounds exactly as (m * 2**-p) * (maxval - minval) does.
-        scale = (maxval - minval) * 2.0**-p
-        # Rounding (in the product or the cast) can land on maxval: clamp below it.
-        top = _below(float(maxval), dtype)
         convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp_(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 
