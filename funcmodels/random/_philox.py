@@ -205,54 +205,49 @@ def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -
 
 def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.ndarray:
     """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` words of
-    ``dtype`` (``uint64``, or ``uint32``, the cheaper one to make and to convert).
+    ``dtype`` (``uint64``, or ``uint32``, into which the last round casts its words).
 
-    The CPU's eager path, in numpy's ufuncs: a ufunc call costs a fraction of a
-    microsecond where a torch op costs a few, which is most of a small draw's time, and
-    per element they are as fast. Rounds 0 and 1 are folded as in
-    :func:`_philox_inplace`. From round 2 on, the state is two ``uint64`` lanes, words 0
-    and 2, whose high halves stay zero, and the two products of the previous round, whose
-    low halves are words 1 and 3. A round is six calls instead of ten: the two products;
-    the round keys XORed into the products' high halves; and the new words 0 and 2
-    written into the lanes' low halves as the XOR of ``uint32`` views of the products'
-    high halves and the previous products' low halves. The lanes are rows of one buffer
-    and the views are made once, not per round. Every constant is a numpy scalar (a
-    Python int would promote the arrays to float64 under numpy 1).
+    The CPU's eager path, with the savings of :func:`_philox_inplace`, in numpy's
+    ``uint64`` ufuncs: a ufunc call costs a fraction of a microsecond where a torch op
+    costs a few, which is most of a small draw's time (a dropout mask of 8,192 entries:
+    ~100 calls), and per element they are as fast. Every constant is a ``uint64`` scalar
+    (a Python int would promote the arrays to float64 under numpy 1).
     """
     u = np.uint64
-    buf = np.empty((6, m), dtype=np.uint64)
-    lo = buf.view(np.uint32)[:, 0::2]  # little-endian: the low half of each word first
-    hi = buf.view(np.uint32)[:, 1::2]
-    c0, c2, q0, q1 = buf[0], buf[1], buf[4], buf[5]
-    (k0, k1), (k0b, k1b) = keys[0], keys[1]
-    # Round 0 on (c, stream, 0, 0): word 0 becomes the constant stream ^ k0, word 1 is 0,
-    # word 2 is the product's high half ^ k1, word 3 its low half (kept in q0).
-    np.multiply(np.arange(start, start + m, dtype=np.uint64), u(_M0), out=q0)
-    np.bitwise_xor(np.right_shift(q0, u(32), out=c2), u(k1), out=c2)
-    # Round 1 on (stream ^ k0, 0, c2, lo(q0)): the first product is a constant.
-    a = (stream ^ k0) * _M0
-    np.multiply(c2, u(_M1), out=q1)
-    np.bitwise_xor(np.right_shift(q1, u(32), out=c0), u(k0b), out=c0)
-    np.bitwise_xor(np.bitwise_and(q0, u(_MASK), out=c2), u((a >> 32) ^ k1b), out=c2)
-    q0.fill(a & _MASK)
-    # Rows: 2, 3 this round's products of words 0 and 2; 4, 5 the previous round's.
-    p0, p1, q0, q1 = 2, 3, 4, 5
-    for r in range(2, len(keys)):
-        k0, k1 = keys[r]
-        np.multiply(c0, u(_M0), out=buf[p0])
-        np.multiply(c2, u(_M1), out=buf[p1])
-        np.bitwise_xor(buf[p1], u(k0 << 32), out=buf[p1])
-        np.bitwise_xor(buf[p0], u(k1 << 32), out=buf[p0])
-        if r == len(keys) - 1:
-            break
-        np.bitwise_xor(hi[p1], lo[q1], out=lo[0])
-        np.bitwise_xor(hi[p0], lo[q0], out=lo[1])
-        p0, p1, q0, q1 = q0, q1, p0, p1
+    mask, m0, m1, s32 = u(_MASK), u(_M0), u(_M1), u(32)
+    c0, c1, c2, c3, p0, p1 = np.empty((6, m), dtype=np.uint64)
     out = np.empty((m, 4), dtype=dtype)
-    np.bitwise_xor(hi[p1], lo[q1], out=out[:, 0], casting="unsafe")
-    np.copyto(out[:, 1], lo[p1], casting="unsafe")
-    np.bitwise_xor(hi[p0], lo[q0], out=out[:, 2], casting="unsafe")
-    np.copyto(out[:, 3], lo[p0], casting="unsafe")
+    (k0, k1), (k0b, k1b) = keys[0], keys[1]
+    np.multiply(np.arange(start, start + m, dtype=np.uint64), m0, out=p0)
+    np.bitwise_xor(np.right_shift(p0, s32, out=c2), u(k1), out=c2)
+    q0 = (stream ^ k0) * _M0
+    np.multiply(c2, m1, out=p1)
+    np.bitwise_xor(np.right_shift(p1, s32, out=c0), u(k0b), out=c0)
+    np.bitwise_and(np.bitwise_xor(p0, u((q0 >> 32) ^ k1b), out=c2), mask, out=c2)
+    c1, p1 = p1, c1
+    c3.fill(q0 & _MASK)
+    wide = dtype == np.uint64
+    for r, (k0, k1) in enumerate(keys[2:], start=2):
+        last = r == len(keys) - 1
+        np.multiply(c0, m0, out=p0)
+        np.multiply(c2, m1, out=p1)
+        n0, n2 = (out[:, 0], out[:, 2]) if last and wide else (c0, c2)
+        np.bitwise_xor(np.right_shift(p1, s32, out=n0), c1, out=n0)
+        np.bitwise_xor(np.right_shift(p0, s32, out=n2), c3, out=n2)
+        np.bitwise_xor(n0, u(k0), out=n0)
+        np.bitwise_xor(n2, u(k1), out=n2)
+        if wide or not last:
+            np.bitwise_and(n0, mask, out=n0)
+            np.bitwise_and(n2, mask, out=n2)
+        c1, p1 = p1, c1
+        c3, p0 = p0, c3
+    if wide:
+        np.bitwise_and(c1, mask, out=out[:, 1])
+        np.bitwise_and(c3, mask, out=out[:, 3])
+    else:
+        # numpy's integer casts wrap: the cast into uint32 is the mask.
+        for col, word in enumerate((c0, c1, c2, c3)):
+            out[:, col] = word
     return out
 
 
