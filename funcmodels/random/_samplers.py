@@ -9,16 +9,8 @@ import sys
 import numpy as np
 import torch
 
-from ._philox import (
-    Shape,
-    _draw,
-    _numel,
-    check_key,
-    generate,
-    halves_below,
-    is_plain,
-    uniform_host,
-)
+from ._host import halves_below, uniform_host
+from ._philox import Shape, _draw, _numel, check_key, generate, is_plain
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:

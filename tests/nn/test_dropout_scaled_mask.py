@@ -11,7 +11,7 @@ import torch
 from torch.func import vmap
 
 import funcmodels as fm
-from funcmodels.random import _philox as R
+from funcmodels.random import _host as H
 from funcmodels.random._samplers import keep_mask, scaled_keep_mask
 
 _PS = [0.0024962556165751375, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1e-6]
@@ -41,7 +41,7 @@ def test_the_numpy_path_runs_and_matches_vmap(dtype):
     k = fm.key(8)
     p = _PS[0]
     scale = np.float32 if dtype == torch.float32 else np.float64
-    host = R.halves_below(k, 50, round((1 - p) * 65536) - 32768, None, scale(1.0))
+    host = H.halves_below(k, 50, round((1 - p) * 65536) - 32768, None, scale(1.0))
     assert host is not None and host.dtype == dtype
     got = scaled_keep_mask(k, p, (50,), dtype)
     batched = vmap(lambda kk: scaled_keep_mask(kk, p, (50,), dtype))(k[None])[0]

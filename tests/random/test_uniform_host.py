@@ -1,4 +1,4 @@
-"""float32 uniform draws converted in numpy (``_philox.uniform_host``) against the torch
+"""float32 uniform draws converted in numpy (``_host.uniform_host``) against the torch
 conversion of the functional path (vmap), bit for bit, at the extreme words where the
 clamp below ``maxval`` decides, and across chunks."""
 
@@ -10,6 +10,7 @@ import torch
 from torch.func import vmap
 
 import funcmodels as fm
+from funcmodels.random import _host as H
 from funcmodels.random import _philox as R
 
 # (minval, maxval): intervals where the top lattice point rounds onto maxval (the clamp
@@ -34,7 +35,7 @@ def test_extreme_words_match_the_functional_path(monkeypatch, word, minval, maxv
         R, "_blocks", lambda k, stream, n, device=None: torch.full((n, 4), word, dtype=torch.int64)
     )
     monkeypatch.setattr(
-        R, "_numpy_words", lambda keys, start, m: np.full((m, 4), word, dtype=np.uint32)
+        H, "_numpy_words", lambda keys, start, m: np.full((m, 4), word, dtype=np.uint32)
     )
     k = fm.key(0)
     host = fm.random.uniform(k, 9, minval=minval, maxval=maxval)
@@ -54,6 +55,6 @@ def test_random_words_match_the_functional_path_across_chunks(monkeypatch, minva
 
 
 def test_the_host_path_runs_and_returns_an_ordinary_tensor():
-    host = R.uniform_host(fm.key(1), 10, 8, 2.0**-24, None, None)
+    host = H.uniform_host(fm.key(1), 10, 8, 2.0**-24, None, None)
     assert host is not None and host.dtype == torch.float32 and not host.is_inference()
     assert torch.equal(host, fm.random.uniform(fm.key(1), 10))
