@@ -25,7 +25,7 @@ import torch
 
 from .._shapes import Shape, fit_rank, rank_known, show
 from .._spec import Context, Spec
-from ..random._samplers import keep_mask
+from ..random._samplers import keep_mask, scaled_keep_mask
 from ._check import number
 
 #: SELU's negative saturation, ``scale * alpha``, as torch's alpha dropout takes it
@@ -56,9 +56,8 @@ class _DropoutBase(Spec):
             # A product rather than new zeros, as torch, so NaN and inf still propagate.
             return x * 0.0
         # torch's formula, x * (mask / (1 - p)): a product is about twice as fast as
-        # torch.where here, and dropped NaN/inf entries stay NaN, as in torch. The mask
-        # is a fresh tensor, divided in place.
-        return x * self._keep(ctx, x, shape).div_(1.0 - self.p)
+        # torch.where here, and dropped NaN/inf entries stay NaN, as in torch.
+        return x * scaled_keep_mask(ctx.key(), self.p, tuple(shape), x.dtype, device=x.device)
 
     def _alpha_drop(self, ctx: Context, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """torch's alpha dropout on ``x`` with a mask of ``shape``: kept entries become

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -203,6 +202,12 @@ def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -
         c3, p0 = p0, c3
 
 
+# The round constants as 0-d arrays: a ufunc call with a 0-d array operand costs about
+# two thirds of one with a numpy scalar (0.45 against 0.68 us on 1,024 elements), which
+# is most of a small mask's time.
+_NP_CONSTANTS = tuple(np.array(c, dtype=np.uint64) for c in (_MASK, _M0, _M1, 32))
+
+
 def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.ndarray:
     """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` words of
     ``dtype`` (``uint64``, or ``uint32``, into which the last round casts its words).
@@ -210,11 +215,11 @@ def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.
     The CPU's eager path, with the savings of :func:`_philox_inplace`, in numpy's
     ``uint64`` ufuncs: a ufunc call costs a fraction of a microsecond where a torch op
     costs a few, which is most of a small draw's time (a dropout mask of 8,192 entries:
-    ~100 calls), and per element they are as fast. Every constant is a ``uint64`` scalar
-    (a Python int would promote the arrays to float64 under numpy 1).
+    ~100 calls), and per element they are as fast. Every constant is a ``uint64`` 0-d
+    array or scalar (a Python int would promote the arrays to float64 under numpy 1).
     """
     u = np.uint64
-    mask, m0, m1, s32 = u(_MASK), u(_M0), u(_M1), u(32)
+    mask, m0, m1, s32 = _NP_CONSTANTS
     c0, c1, c2, c3, p0, p1 = np.empty((6, m), dtype=np.uint64)
     out = np.empty((m, 4), dtype=dtype)
     (k0, k1), (k0b, k1b) = keys[0], keys[1]
@@ -318,31 +323,6 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
                     out = torch.empty(n_blocks * per_block, dtype=values.dtype, device=device)
             out[start * per_block : stop * per_block] = values
     return out[:n]
-
-
-def halves_below(k: torch.Tensor, n: int, below: int, device) -> torch.Tensor | None:
-    """``n`` booleans ``h < below`` of the words' 16-bit halves ``h`` read as ``int16``,
-    in element order (block by block, each word's low half first), made in numpy alone;
-    ``None`` where this path does not run (see :func:`generate`), or on a big-endian host.
-
-    Dropout's masks on the CPU: the rounds cast their last words into ``uint32``, numpy
-    compares an ``int16`` view of them, and the booleans become a tensor without a copy
-    (no torch op, so no inference-mode scratch and no copy out of it).
-    """
-    device = k.device if device is None else torch.device(device)
-    n_blocks = -(-n // 8)
-    m = min(_CHUNK, n_blocks)
-    if sys.byteorder != "little" or not (n_blocks and is_plain(k)):
-        return None
-    if device.type != "cpu" or k.device.type != "cpu" or not _numpy_path(device, m):
-        return None
-    keys = _round_keys(*k.tolist())
-    out = np.empty((n_blocks, 8), dtype=np.bool_)
-    for start in range(0, n_blocks, _CHUNK):
-        stop = min(n_blocks, start + _CHUNK)
-        words = _philox_numpy(keys, start, _STREAM_BITS, stop - start, np.uint32)
-        np.less(words.view(np.int16), below, out=out[start:stop])
-    return torch.from_numpy(out.reshape(-1)[:n])
 
 
 def _numpy_path(device: torch.device, m: int) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
+import numpy as np
 import torch
 
-from ._philox import Shape, _draw, _numel, check_key, generate, halves_below, is_plain
+from ._host import halves_below, uniform_host
+from ._philox import Shape, _draw, _numel, check_key, generate, is_plain
 
 
 def _float_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
@@ -112,14 +115,18 @@ def uniform(
     default = minval == 0.0 and maxval == 1.0
     p = _precision(dtype if default else work)
     group, lattice = _lattice(p)
+    # m * 2**-p is exact, so scaling by (maxval - minval) * 2**-p in one multiply
+    # rounds exactly as (m * 2**-p) * (maxval - minval) does.
+    scale = 2.0**-p if default else (maxval - minval) * 2.0**-p
+    # Rounding (in the product or the cast) can land on maxval: clamp below it.
+    top = None if default else _below(float(maxval), dtype)
+    if dtype == torch.float32:
+        host = uniform_host(k, n, 32 - p, scale, None if default else (minval, top), device)
+        if host is not None:
+            return host.reshape(shape)
     if default:
-        convert = lambda w: lattice(w).to(work).mul_(2.0**-p).to(dtype)
+        convert = lambda w: lattice(w).to(work).mul_(scale).to(dtype)
     else:
-        # m * 2**-p is exact, so scaling by (maxval - minval) * 2**-p in one multiply
-        # rounds exactly as (m * 2**-p) * (maxval - minval) does.
-        scale = (maxval - minval) * 2.0**-p
-        # Rounding (in the product or the cast) can land on maxval: clamp below it.
-        top = _below(float(maxval), dtype)
         convert = lambda w: lattice(w).to(work).mul_(scale).add_(minval).to(dtype).clamp_(max=top)
     return _draw(k, n, group, convert, device).reshape(shape)
 
@@ -385,3 +392,45 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
         return ((halves ^ 0x8000) < threshold).reshape(-1)
 
     return generate(k, n, 8, convert, device).reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _inverted_keep(p: float, dtype: torch.dtype) -> float:
+    """``1 / (1 - p)`` as torch's ``ones(dtype).div_(1 - p)`` makes it (the kept value of
+    :func:`scaled_keep_mask`), as a Python float."""
+    return torch.ones((), dtype=dtype).div_(1.0 - p).item()
+
+
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def scaled_keep_mask(
+    k: torch.Tensor, p: float, shape: tuple[int, ...], dtype: torch.dtype, device=None
+) -> torch.Tensor:
+    """Dropout's scaled mask: :func:`keep_mask` of ``1 - p`` in ``dtype``, divided by
+    ``1 - p``, bitwise as ``keep_mask(...).to(dtype).div_(1 - p)``.
+
+    On the CPU, for float32 and float64, the scaled mask is made in numpy from the
+    booleans (one multiply by the kept value torch's division gives; the dropped entries
+    are 0 either way) instead of two torch ops.
+
+    Arguments:
+        k: a key.
+        p: the drop probability, in ``[0, 1)``.
+        shape: the mask's shape.
+        dtype: a floating dtype.
+        device: where it goes (default the key's device).
+
+    Returns:
+        ``dtype`` tensor of ``shape``: 0 or ``1 / (1 - p)``.
+    """
+    threshold = round((1.0 - p) * 65536.0)
+    kind = _NUMPY_FLOATS.get(dtype)
+    # Only where the numpy path can run: under compile ``.item()`` would break the graph.
+    if kind is not None and threshold < 65536 and is_plain(k):
+        n = math.prod(shape)
+        scale = kind(_inverted_keep(p, dtype))
+        host = halves_below(k, n, threshold - 32768, device, scale)
+        if host is not None:
+            return host.reshape(shape)
+    return keep_mask(k, 1.0 - p, shape, device).to(dtype).div_(1.0 - p)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -22,6 +23,7 @@ from torch.func import vmap
 
 import funcmodels as fm
 from funcmodels import random as fmr
+from funcmodels.random import _host as H
 from funcmodels.random import _philox as R
 
 # Random123 kat_vectors for philox4x32_10: (counter words, key words, output words).
@@ -343,6 +345,9 @@ def test_extreme_words_stay_in_range(monkeypatch, word, dtype):
 
     monkeypatch.setattr(R, "_blocks", const_blocks)
     monkeypatch.setattr(R, "_numpy_rounds", lambda keys: lambda start, m: const_blocks(0, 0, m))
+    monkeypatch.setattr(
+        H, "_numpy_words", lambda keys, start, m: np.full((m, 4), word, dtype=np.uint32)
+    )
     k = fm.key(0)
     u = fmr.uniform(k, 8, dtype)
     assert 0.0 <= u.min() and u.max() < 1.0

@@ -1,0 +1,108 @@
+"""Eager draws on the CPU converted in numpy straight into their result: the words of
+the numpy Philox rounds (:func:`funcmodels.random._philox._philox_numpy`) as ``uint32``,
+chunk by chunk, turned into dropout's masks and float32 uniforms without a torch op per
+chunk. The module's settings (chunk size, which path runs) are read from ``_philox`` at
+call time, so one switch governs both."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from . import _philox as P
+
+
+def host_words(k: torch.Tensor, n_blocks: int, device):
+    """The words of blocks ``0 .. n_blocks - 1`` made in numpy, chunk by chunk: an
+    iterator of ``(start, words)``, ``words`` a ``uint32`` array of shape ``(m, 4)``
+    (blocks ``start .. start + m - 1``); ``None`` where this path does not run (see
+    :func:`generate`), or on a big-endian host (the callers read ``uint32`` and ``int16``
+    views).
+
+    For samplers that convert in numpy straight into their result: no ``int64`` words,
+    no torch op per chunk, no copy out of scratch.
+    """
+    device = k.device if device is None else torch.device(device)
+    chunk = P._CHUNK
+    m = min(chunk, n_blocks)
+    if sys.byteorder != "little" or not (n_blocks and P.is_plain(k)):
+        return None
+    if device.type != "cpu" or k.device.type != "cpu" or not P._numpy_path(device, m):
+        return None
+    keys = P._round_keys(*k.tolist())
+    return (
+        (start, _numpy_words(keys, start, min(chunk, n_blocks - start)))
+        for start in range(0, n_blocks, chunk)
+    )
+
+
+def _numpy_words(keys, start: int, m: int) -> np.ndarray:
+    """The ``(m, 4)`` ``uint32`` words of blocks ``start + i`` (a seam for tests)."""
+    return P._philox_numpy(keys, start, P._STREAM_BITS, m, np.uint32)
+
+
+def halves_below(
+    k: torch.Tensor, n: int, below: int, device, scale: np.floating | None = None
+) -> torch.Tensor | None:
+    """``n`` booleans ``h < below`` of the words' 16-bit halves ``h`` read as ``int16``,
+    in element order (block by block, each word's low half first), made in numpy alone;
+    ``None`` where this path does not run (see :func:`host_words`). With ``scale`` (a
+    numpy float32 or float64), the booleans times ``scale`` in its dtype instead.
+
+    Dropout's masks on the CPU: numpy compares an ``int16`` view of the words and the
+    result becomes a tensor without a copy.
+    """
+    n_blocks = -(-n // 8)
+    chunks = host_words(k, n_blocks, device)
+    if chunks is None:
+        return None
+    out = np.empty((n_blocks, 8), dtype=np.bool_)
+    for start, words in chunks:
+        np.less(words.view(np.int16), below, out=out[start : start + len(words)])
+    if scale is not None:
+        out = np.multiply(out, scale, dtype=scale.dtype)
+    return torch.from_numpy(out.reshape(-1)[:n])
+
+
+def uniform_host(
+    k: torch.Tensor, n: int, shift: int, scale: float, shifted: tuple[float, float] | None, device
+) -> torch.Tensor | None:
+    """``n`` float32 values ``(w >> shift) * scale`` of the words ``w``, in element order,
+    then ``+ minval`` and ``min(., top)`` for ``shifted = (minval, top)``, made in numpy
+    straight into the result; ``None`` where this path does not run (see
+    :func:`host_words`).
+
+    The same float32 operations in the same order as the torch path of
+    :func:`funcmodels.random.uniform` (``w >> shift`` is exact in float32 for
+    ``shift >= 8``, and torch rounds a Python scale to float32 before multiplying), so
+    the same bits. The ``min`` (numpy's costs as much as the rest of the conversion) runs
+    only where the largest possible value, ``(2**(32 - shift) - 1) * scale + minval`` in
+    the same float32 operations, exceeds ``top``: rounding is monotonic, so otherwise it
+    changes nothing.
+    """
+    n_blocks = -(-n // 4)
+    chunks = host_words(k, n_blocks, device)
+    if chunks is None:
+        return None
+    f32 = np.float32
+    clamp = False
+    if shifted is not None:
+        largest = f32(f32((1 << (32 - shift)) - 1) * f32(scale)) + f32(shifted[0])
+        clamp = bool(largest > f32(shifted[1]))
+    out = torch.empty(n_blocks * 4, dtype=torch.float32)
+    flat = out.numpy()
+    for start, words in chunks:
+        w = words.reshape(-1)
+        seg = flat[start * 4 : start * 4 + len(w)]
+        np.right_shift(w, np.uint32(shift), out=w)
+        # Below 2**31 after the shift: the int32 view is the same number, and numpy's
+        # int32 -> float32 cast is faster than its uint32 one.
+        np.copyto(seg, w.view(np.int32), casting="unsafe")
+        np.multiply(seg, f32(scale), out=seg)
+        if shifted is not None:
+            np.add(seg, f32(shifted[0]), out=seg)
+        if clamp:
+            np.minimum(seg, f32(shifted[1]), out=seg)
+    return out[:n]
