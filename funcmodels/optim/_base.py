@@ -82,7 +82,9 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     """``torch.utils._pytree.tree_flatten``, with a shortcut for a Params or State of
     tensors (same leaves, same TreeSpec)."""
     cls = type(tree)
-    if (cls is Params or cls is State) and not torch.compiler.is_compiling():
+    if (cls is Params or cls is State) and torch.compiler.is_compiling():
+        return _traced_flatten(cls, tree)
+    if cls is Params or cls is State:
         leaves = list(tree._flat.values())
         if all(map(isinstance, leaves, itertools.repeat(torch.Tensor))):
             key = (cls, id(tree.spec), tuple(tree._flat))
@@ -98,8 +100,42 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     return pytree.tree_flatten(tree)
 
 
+#: the structure of one tensor, shared by the structures :func:`_traced_flatten` makes
+_LEAF = pytree.treespec_leaf()
+
+
+def _traced_flatten(cls: type, tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
+    """:func:`flatten` of a Params or State under ``torch.compile``: the TreeSpec pytree
+    would make, built directly (dynamo traces pytree's generic walk, per leaf and per tree,
+    at a cost that was most of the optimiser's trace)."""
+    leaves = list(tree._flat.values())
+    if not all(isinstance(t, torch.Tensor) for t in leaves):
+        return pytree.tree_flatten(tree)
+    return leaves, pytree.TreeSpec(cls, (tree.spec, tuple(tree._flat)), [_LEAF] * len(leaves))
+
+
+def _same_structure(a: pytree.TreeSpec, b: pytree.TreeSpec) -> bool:
+    """``a == b``, deciding without comparing the layer specs field by field where both
+    are Params/State structures of one spec object (what dynamo would trace otherwise)."""
+    if a is b:
+        return True
+    if (
+        a.type is b.type
+        and (a.type is Params or a.type is State)
+        and a.context[0] is b.context[0]
+        and a.context[1] == b.context[1]
+        and a.num_leaves == b.num_leaves == len(a.context[1])  # no holes: all leaves
+    ):
+        return True
+    return a == b
+
+
 def unflatten(leaves: list[Any], spec: pytree.TreeSpec) -> Any:
     """``torch.utils._pytree.tree_unflatten``, with the shortcut of :func:`flatten`."""
+    if torch.compiler.is_compiling() and (spec.type is Params or spec.type is State):
+        layer_spec, keys = spec.context
+        if spec.num_leaves == len(keys):  # every entry a leaf: as _traced_flatten made it
+            return spec.type._make(layer_spec, dict(zip(keys, leaves, strict=True)))
     fast = _FAST_SPECS.get(id(spec))
     if fast is not None and fast[0] is spec and not torch.compiler.is_compiling():
         cls, (layer_spec, keys) = fast[1], fast[2]
@@ -111,7 +147,7 @@ def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the par
     """The leaves of ``tree``, which must have the structure ``spec`` (that ``of`` names;
     ``what`` names ``tree``)."""
     leaves, got = flatten(tree)
-    if got is not spec and got != spec:
+    if not _same_structure(got, spec):
         models = _model_difference(spec, got)
         detail = (
             f"they were made for a different model: {models}"
@@ -387,6 +423,7 @@ def _fused(flats: list[Flat], us, states, ps, spec) -> tuple[list, list]:
         and factor.device.type == "cpu"
         and factor.dim() == 0
         and not factor.requires_grad
+        and not torch.compiler.is_compiling()
         and maybe_current_level() is None
     ):
         # a schedule's value, read for free on the CPU (as the bias corrections): as a
@@ -423,6 +460,12 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
         as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
     )
 
+    # The list forms are read here, once: under compile too (dynamo traces no weak
+    # registry), a chain built outside the compiled step then traces its pieces' list
+    # forms, without a flatten and an unflatten of every tree per piece.
+    compiling = torch.compiler.is_compiling()
+    flats = [None if compiling else _FLAT.get(t.update) for t in transformations]
+
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
@@ -436,9 +479,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 f"this chain's init, got {got} (states are not interchangeable between "
                 "optimisers)"
             )
-        # (the registry is read in eager mode only: dynamo does not trace weakrefs)
-        reading, eager = not torch.compiler.is_compiling(), _eager_in_place()
-        flats = [_FLAT.get(t.update) if reading else None for t in transformations]
+        eager = _eager_in_place()
         owned, new_state, i = own and eager, [], 0
         while i < len(transformations):
             flat, n = flats[i], _fusion(flats, i)
