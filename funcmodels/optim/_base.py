@@ -16,6 +16,7 @@ from torch._C._functorch import maybe_current_level
 from .._core import describe_mismatch
 from .._tree import Params, State
 from ._ops import Ops, multi_tensor_allowed
+from ._traced import same_structure, traced_flatten, traced_unflatten
 
 #: a schedule: the value of a hyperparameter at a (0-dim int64 tensor) step count
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -83,7 +84,7 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     tensors (same leaves, same TreeSpec)."""
     cls = type(tree)
     if (cls is Params or cls is State) and torch.compiler.is_compiling():
-        return _traced_flatten(cls, tree)
+        return traced_flatten(cls, tree)
     if cls is Params or cls is State:
         leaves = list(tree._flat.values())
         if all(map(isinstance, leaves, itertools.repeat(torch.Tensor))):
@@ -100,44 +101,12 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     return pytree.tree_flatten(tree)
 
 
-#: the structure of one tensor, shared by the structures :func:`_traced_flatten` makes
-_LEAF = pytree.treespec_leaf()
-
-
-def _traced_flatten(cls: type, tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
-    """:func:`flatten` of a Params or State under ``torch.compile``: the TreeSpec pytree
-    would make, built directly (dynamo traces pytree's generic walk, per leaf and per tree,
-    at a cost that was most of the optimiser's trace)."""
-    leaves = list(tree._flat.values())
-    if not all(isinstance(t, torch.Tensor) for t in leaves):
-        return pytree.tree_flatten(tree)
-    return leaves, pytree.TreeSpec(cls, (tree.spec, tuple(tree._flat)), [_LEAF] * len(leaves))
-
-
-def _same_structure(a: pytree.TreeSpec, b: pytree.TreeSpec) -> bool:
-    """``a == b``, deciding without comparing the layer specs field by field where both
-    are Params/State structures of one spec object (what dynamo would trace otherwise)."""
-    if a is b:
-        return True
-    if (
-        a.type is b.type
-        and (a.type is Params or a.type is State)
-        and a.context[0] is b.context[0]
-        and a.context[1] == b.context[1]
-        and a.num_leaves == b.num_leaves == len(a.context[1])  # no holes: all leaves
-    ):
-        return True
-    return a == b
-
-
 def unflatten(leaves: list[Any], spec: pytree.TreeSpec) -> Any:
     """``torch.utils._pytree.tree_unflatten``, with the shortcut of :func:`flatten`."""
-    if torch.compiler.is_compiling() and (spec.type is Params or spec.type is State):
-        layer_spec, keys = spec.context
-        if spec.num_leaves == len(keys):  # every entry a leaf: as _traced_flatten made it
-            return spec.type._make(layer_spec, dict(zip(keys, leaves, strict=True)))
+    if torch.compiler.is_compiling():
+        return traced_unflatten(leaves, spec)
     fast = _FAST_SPECS.get(id(spec))
-    if fast is not None and fast[0] is spec and not torch.compiler.is_compiling():
+    if fast is not None and fast[0] is spec:
         cls, (layer_spec, keys) = fast[1], fast[2]
         return cls._make(layer_spec, dict(zip(keys, leaves, strict=True)))
     return pytree.tree_unflatten(leaves, spec)
@@ -147,7 +116,7 @@ def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the par
     """The leaves of ``tree``, which must have the structure ``spec`` (that ``of`` names;
     ``what`` names ``tree``)."""
     leaves, got = flatten(tree)
-    if not _same_structure(got, spec):
+    if not same_structure(got, spec):
         models = _model_difference(spec, got)
         detail = (
             f"they were made for a different model: {models}"
