@@ -32,7 +32,7 @@ Before timing, each model's gradients are checked against torch's from the same 
 rounds, and ratios are per-round medians. Also reported: the optimiser's share of each
 eager step (the update alone, timed in the same run), and the compile time of the
 ``fm.jit`` step against torch's compiled steps (first call minus a steady call, with
-inductor's on-disk caches off and a fresh kernel cache directory so both compile from
+inductor's on-disk caches off and a fresh kernel cache for each, so each compiles from
 scratch, after one throwaway compile that pays inductor's one-time costs for neither).
 With ``--cpu-time`` a compile is timed by the CPU time of the process and of the C++
 compiler processes it waited for (``os.times()``), with inductor's ``compile_threads = 1``
@@ -67,6 +67,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 import torch._inductor.config  # noqa: E402
+import torch._inductor.utils  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import parse_args, report, row, time_interleaved  # noqa: E402
 
@@ -261,16 +262,19 @@ def _process_cpu_time() -> float:
 
 
 def _compile_times(fns: dict[str, Callable], names: tuple[str, ...], cpu: bool) -> dict:
-    """Per contender: the first call's time minus a steady call's (the compile)."""
+    """Per contender: the first call's time minus a steady call's (the compile), each in
+    a fresh inductor cache (the contenders share kernels: torch's compiled step would
+    reuse those of torch's compiled module)."""
     clock = _process_cpu_time if cpu else time.perf_counter
     times = {}
     for name in names:
-        start = clock()
-        fns[name]()
-        first = clock() - start
-        start = clock()
-        fns[name]()
-        times[name] = first - (clock() - start)
+        with torch._inductor.utils.fresh_cache():
+            start = clock()
+            fns[name]()
+            first = clock() - start
+            start = clock()
+            fns[name]()
+            times[name] = first - (clock() - start)
     return times
 
 
