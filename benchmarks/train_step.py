@@ -283,7 +283,10 @@ def _torch_compiled_step(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> 
     module = copy.deepcopy(problem.module)
     opt = torch.optim.AdamW(module.parameters(), LR, weight_decay=WEIGHT_DECAY, foreach=True)
 
-    @torch.compile
+    # static shapes: compiled a second time in one process, the module's forward would be
+    # retraced with dynamic shapes, which inductor (torch 2.13) failed to compile for the
+    # CNN's train-mode BatchNorm ("Cannot convert expression to float")
+    @torch.compile(dynamic=False)
     def step():
         opt.zero_grad(set_to_none=True)
         loss = problem.out_loss(module(x), y)
