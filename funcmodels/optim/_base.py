@@ -16,6 +16,7 @@ from torch._C._functorch import maybe_current_level
 from .._core import describe_mismatch
 from .._tree import Params, State
 from ._ops import Ops, multi_tensor_allowed
+from ._traced import same_structure, traced_flatten, traced_unflatten
 
 #: a schedule: the value of a hyperparameter at a (0-dim int64 tensor) step count
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -95,7 +96,9 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
     """``torch.utils._pytree.tree_flatten``, with a shortcut for a Params or State of
     tensors (same leaves, same TreeSpec)."""
     cls = type(tree)
-    if (cls is Params or cls is State) and not torch.compiler.is_compiling():
+    if (cls is Params or cls is State) and torch.compiler.is_compiling():
+        return traced_flatten(cls, tree)
+    if cls is Params or cls is State:
         leaves = list(tree._flat.values())
         if all(map(isinstance, leaves, itertools.repeat(torch.Tensor))):
             key = (cls, id(tree.spec), tuple(tree._flat))
@@ -113,8 +116,10 @@ def flatten(tree: Any) -> tuple[list[Any], pytree.TreeSpec]:
 
 def unflatten(leaves: list[Any], spec: pytree.TreeSpec) -> Any:
     """``torch.utils._pytree.tree_unflatten``, with the shortcut of :func:`flatten`."""
+    if torch.compiler.is_compiling():
+        return traced_unflatten(leaves, spec)
     fast = _FAST_SPECS.get(id(spec))
-    if fast is not None and fast[0] is spec and not torch.compiler.is_compiling():
+    if fast is not None and fast[0] is spec:
         cls, (layer_spec, keys) = fast[1], fast[2]
         return cls._make(layer_spec, dict(zip(keys, leaves, strict=True)))
     return pytree.tree_unflatten(leaves, spec)
@@ -124,7 +129,7 @@ def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the par
     """The leaves of ``tree``, which must have the structure ``spec`` (that ``of`` names;
     ``what`` names ``tree``)."""
     leaves, got = flatten(tree)
-    if got is not spec and got != spec:
+    if not same_structure(got, spec):
         models = _model_difference(spec, got)
         detail = (
             f"they were made for a different model: {models}"
@@ -400,6 +405,7 @@ def _fused(flats: list[Flat], us, states, ps, spec) -> tuple[list, list]:
         and factor.device.type == "cpu"
         and factor.dim() == 0
         and not factor.requires_grad
+        and not torch.compiler.is_compiling()
         and maybe_current_level() is None
     ):
         # a schedule's value, read for free on the CPU (as the bias corrections): as a
@@ -439,6 +445,12 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
         as_transformation("fm.optim.chain", f"argument {i}", t) for i, t in enumerate(args)
     )
 
+    # The list forms are read here, once: under compile too (dynamo traces no weak
+    # registry), a chain built outside the compiled step then traces its pieces' list
+    # forms, without a flatten and an unflatten of every tree per piece.
+    compiling = torch.compiler.is_compiling()
+    flats = [None if compiling else _FLAT.get(t.update) for t in transformations]
+
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
@@ -452,9 +464,7 @@ def chain(*args: GradientTransformation) -> GradientTransformation:
                 f"this chain's init, got {got} (states are not interchangeable between "
                 "optimisers)"
             )
-        # (the registry is read in eager mode only: dynamo does not trace weakrefs)
-        reading, eager = not torch.compiler.is_compiling(), _eager_in_place()
-        flats = [_FLAT.get(t.update) if reading else None for t in transformations]
+        eager = _eager_in_place()
         owned, new_state, i = own and eager, [], 0
         while i < len(transformations):
             t, flat, n = transformations[i], flats[i], _fusion(flats, i)
