@@ -379,7 +379,7 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
     Compile time is paid at the first call and at each recompile: on a CPU 9-13 s of
     CPU time for a small MLP's step with AdamW (plus about 10 s once per process for
     inductor itself), about 3x what ``torch.compile`` of the module alone takes (its loss
-    and optimiser run eagerly) and 1.4-1.6x torch's whole step compiled, since the whole step
+    and optimiser run eagerly) and about 1.4x torch's whole step compiled, since the whole step
     (the gradient transform and the optimiser too) is traced and generated, one C++
     kernel per group of fused ops; see NOTES.md. The compiled step then runs at
     0.2-0.5x the eager one.

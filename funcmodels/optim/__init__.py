@@ -271,100 +271,28 @@ AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState
 ScaleState = ScaleByTrustRatioState = EmptyState
 AdaptiveGradClipState = NonNegativeParamsState = EmptyState
 
-__all__ = [
-    "AddDecayedWeightsState",
-    "ApplyEvery",
-    "ApplyEveryState",
-    "ApplyIfFiniteState",
-    "ClipByGlobalNormState",
-    "ClipState",
-    "DonatedAdamW",
-    "DonatedAdamWState",
-    "EmaState",
-    "EmptyState",
-    "GradientTransformation",
-    "InjectHyperparamsState",
-    "MaskedState",
-    "MultiSteps",
-    "MultiStepsState",
-    "MultiTransformState",
-    "ScaleByAdamState",
-    "ScaleByAmsgradState",
-    "ScaleByLionState",
-    "ScaleByRStdDevState",
-    "ScaleByRStdDevWithCountState",
-    "ScaleByRmsState",
-    "ScaleByRmsWithCountState",
-    "ScaleByRssState",
-    "ScaleByScheduleState",
-    "ScaleByTrustRatioState",
-    "ScaleState",
-    "TraceState",
-    "WeightDecayScheduleState",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamaxw",
-    "adamw",
-    "add_decayed_weights",
-    "amsgrad",
-    "apply_every",
-    "apply_if_finite",
-    "apply_updates",
-    "chain",
-    "clip",
-    "clip_by_global_norm",
-    "clip_by_global_norm_per_member",
-    "constant_schedule",
-    "cosine_decay_schedule",
-    "cosine_onecycle_schedule",
-    "donated_adamw",
-    "ema",
-    "exponential_decay",
-    "global_norm",
-    "identity",
-    "incremental_update",
-    "init_empty_state",
-    "inject_hyperparams",
-    "join_schedules",
-    "lamb",
-    "linear_onecycle_schedule",
-    "linear_schedule",
-    "lion",
-    "masked",
-    "multi_steps",
-    "multi_transform",
-    "nadam",
-    "nadamw",
-    "periodic_update",
-    "piecewise_constant_schedule",
-    "piecewise_interpolate_schedule",
-    "polynomial_schedule",
-    "rmsprop",
-    "scale",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_amsgrad",
-    "scale_by_learning_rate",
-    "scale_by_lion",
-    "scale_by_rms",
-    "scale_by_rss",
-    "scale_by_schedule",
-    "scale_by_sign",
-    "scale_by_stddev",
-    "scale_by_trust_ratio",
-    "set_to_zero",
-    "sgd",
-    "sgdr_schedule",
-    "sign_sgd",
-    "signum",
-    "skip_large_updates",
-    "skip_not_finite",
-    "trace",
-    "warmup_constant_schedule",
-    "warmup_cosine_decay_schedule",
-    "warmup_exponential_decay_schedule",
-]
+__all__ = ["AddDecayedWeightsState", "ApplyEvery", "ApplyEveryState", "ApplyIfFiniteState"]
+__all__ += ["ClipByGlobalNormState", "ClipState", "DonatedAdamW", "DonatedAdamWState", "EmaState"]
+__all__ += ["EmptyState", "GradientTransformation", "InjectHyperparamsState", "MaskedState"]
+__all__ += ["MultiSteps", "MultiStepsState", "MultiTransformState", "ScaleByAdamState"]
+__all__ += ["ScaleByAmsgradState", "ScaleByLionState", "ScaleByRStdDevState"]
+__all__ += ["ScaleByRStdDevWithCountState", "ScaleByRmsState", "ScaleByRmsWithCountState"]
+__all__ += ["ScaleByRssState", "ScaleByScheduleState", "ScaleByTrustRatioState", "ScaleState"]
+__all__ += ["TraceState", "WeightDecayScheduleState", "adagrad", "adam", "adamax", "adamaxw"]
+__all__ += ["adamw", "add_decayed_weights", "amsgrad", "apply_every", "apply_if_finite"]
+__all__ += ["apply_updates", "chain", "clip", "clip_by_global_norm"]
+__all__ += ["clip_by_global_norm_per_member", "constant_schedule", "cosine_decay_schedule"]
+__all__ += ["cosine_onecycle_schedule", "donated_adamw", "ema", "exponential_decay", "global_norm"]
+__all__ += ["identity", "incremental_update", "init_empty_state", "inject_hyperparams"]
+__all__ += ["join_schedules", "lamb", "linear_onecycle_schedule", "linear_schedule", "lion"]
+__all__ += ["masked", "multi_steps", "multi_transform", "nadam", "nadamw", "periodic_update"]
+__all__ += ["piecewise_constant_schedule", "piecewise_interpolate_schedule", "polynomial_schedule"]
+__all__ += ["rmsprop", "scale", "scale_by_adam", "scale_by_adamax", "scale_by_amsgrad"]
+__all__ += ["scale_by_learning_rate", "scale_by_lion", "scale_by_rms", "scale_by_rss"]
+__all__ += ["scale_by_schedule", "scale_by_sign", "scale_by_stddev", "scale_by_trust_ratio"]
+__all__ += ["set_to_zero", "sgd", "sgdr_schedule", "sign_sgd", "signum", "skip_large_updates"]
+__all__ += ["skip_not_finite", "trace", "warmup_constant_schedule", "warmup_cosine_decay_schedule"]
+__all__ += ["warmup_exponential_decay_schedule"]
 
 # optax's remaining optimisers, pieces, transforms, wrappers and utilities
 __all__ += [
