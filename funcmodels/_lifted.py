@@ -31,6 +31,7 @@ import torch.utils._pytree as pytree
 from torch._higher_order_ops.scan import scan as _scan_op
 from torch.utils.checkpoint import checkpoint
 
+from . import _region
 from . import random as _random
 
 #: ``member(params, state, key, x) -> (out, new_state, aux)``
@@ -149,6 +150,7 @@ def in_sequence(
     *,
     remat: bool,
     fail: Callable[[str], Exception],
+    region: tuple[int | None, str, bool, str],
 ) -> tuple[Any, dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Run ``size`` members in sequence: member ``i`` on member ``i - 1``'s output.
 
@@ -160,12 +162,25 @@ def in_sequence(
         size: the number of members.
         remat: recompute each member's activations in the backward pass.
         fail: makes the error raised when a member's output cannot be the next input.
+        region: the member's region handle (``None``: none), the path prefix, the train
+            flag and the mode of the call (see :mod:`funcmodels._region`).
 
     Returns:
         the last member's output, the new buffers and the sown values of every member
         (stacked on dim 0).
     """
     if uses_scan_op(remat):
+        if _region.applies(x, region[0]):
+
+            def check(x, out):
+                problem = mismatch(x, out)
+                if problem is not None:
+                    raise fail(problem)
+
+            out, states, auxes = _region.in_region(
+                member, x, params, state, key, size, region, check
+            )
+            return out, stack_states(states), stack_aux(auxes)
         return _with_scan_op(member, x, params, state, key, size)
     step = (lambda *a: rematerialized(member, *a)) if remat else member
     per_p = {n: t.unbind(0) for n, t in params.items()}  # unbind: one backward for all
@@ -390,11 +405,22 @@ class LiftedMethods:
                 its input, or for ``remat`` under compile of a ``torch.func`` transform.
         """
 
+        return self._scan(spec, x, size, remat, None)
+
+    def _scan(self, spec: Any, x: Any, size: int, remat: bool, handle: int | None) -> Any:
+        """:meth:`scan`, under compile through the nested compile region registered as
+        ``handle`` (see :mod:`funcmodels._region`; ``None``: torch's ``scan`` op)."""
+
         def fail(why: str) -> Exception:
             return self._error(not_a_chain(spec, why))
 
+        run = self._run
+        region = (handle, self._prefix, run.train, run.mode)
+
         def how(member, params, state, key):
-            return in_sequence(member, x, params, state, key, size, remat=remat, fail=fail)
+            return in_sequence(
+                member, x, params, state, key, size, remat=remat, fail=fail, region=region
+            )
 
         return self._lift(spec, how, remat=remat)
 

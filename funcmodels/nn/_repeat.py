@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._context import Context, cached
+from .._context import Context, Run, cached
+from .._region import region_handle
 from .._shapes import Shape, rank_known, show
 from .._spec import Spec
 from ._check import boolean, positive_int, within_layer_budget
@@ -66,6 +67,8 @@ class Repeat(Spec):
         positive_int("Repeat", "n", self.n)
         boolean("Repeat", "remat", self.remat)
         within_layer_budget(self, "n")
+        # the constant by which a compiled call reaches the member (see funcmodels._region)
+        object.__setattr__(self, "_fm_region", region_handle(self.spec, Context, Run))
 
     def layer_count(self) -> int:
         """Itself and ``n`` members."""
@@ -100,7 +103,7 @@ class Repeat(Spec):
 
     # -- computation --------------------------------------------------------------------
     def forward(self, ctx: Context, x: Any) -> Any:
-        return ctx.scan(self.spec, x, size=self.n, remat=self.remat)
+        return ctx._scan(self.spec, x, self.n, self.remat, self._fm_region)
 
     # -- shapes -------------------------------------------------------------------------
     def resolve(self, in_shape: Shape, path: str = "") -> Spec:
