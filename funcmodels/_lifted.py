@@ -9,10 +9,10 @@ module sits below ``_context.py``: it makes contexts and runs with the types of 
 context it serves.
 
 * **In sequence** (:func:`in_sequence`): under ``torch.compile`` with no ``torch.func``
-  transform active, torch's ``scan`` higher-order op, so dynamo traces one member however
-  many there are; everywhere else a Python loop over the members (torch 2.13's ``scan``
-  fails under ``torch.func.grad`` and ``vmap``, eager or compiled, with "Expected
-  FakeTensor", and outside compile it compiles itself anyway).
+  transform active, a nested compile region (:mod:`funcmodels._region`: a registered
+  member, one tensor in and out), else torch's ``scan`` op, so dynamo traces one or two
+  members however many; elsewhere a Python loop (in torch 2.13 both fail under a compiled
+  ``torch.func.grad``, "Expected FakeTensor", and ``scan`` compiles itself eagerly).
 * **Recomputed** (:func:`rematerialized`): with plain autograd (eager or compiled),
   ``torch.utils.checkpoint`` without reentry; inside ``torch.func`` transforms, whose
   ``grad`` refuses saved-tensor hooks, an ``autograd.Function`` that saves only its inputs
@@ -31,6 +31,7 @@ import torch.utils._pytree as pytree
 from torch._higher_order_ops.scan import scan as _scan_op
 from torch.utils.checkpoint import checkpoint
 
+from . import _region
 from . import random as _random
 
 #: ``member(params, state, key, x) -> (out, new_state, aux)``
@@ -51,9 +52,9 @@ def _functorch_active() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-def uses_scan_op(remat: bool) -> bool:
-    """Whether :func:`in_sequence` runs torch's ``scan`` op (and so traces the member as a
-    subgraph, where the member must not touch objects outside it)."""
+def compiled_members(remat: bool) -> bool:
+    """Whether :func:`in_sequence` runs the members as a subgraph (a nested compile region
+    or torch's ``scan`` op), where a member must not touch objects outside it."""
     return not remat and torch.compiler.is_compiling() and not _functorch_active()
 
 
@@ -149,6 +150,7 @@ def in_sequence(
     *,
     remat: bool,
     fail: Callable[[str], Exception],
+    region: tuple[int | None, str, bool, str],
 ) -> tuple[Any, dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Run ``size`` members in sequence: member ``i`` on member ``i - 1``'s output.
 
@@ -160,13 +162,23 @@ def in_sequence(
         size: the number of members.
         remat: recompute each member's activations in the backward pass.
         fail: makes the error raised when a member's output cannot be the next input.
+        region: the region handle (or ``None``), the path prefix, train flag and mode.
 
     Returns:
         the last member's output, the new buffers and the sown values of every member
         (stacked on dim 0).
     """
-    if uses_scan_op(remat):
-        return _with_scan_op(member, x, params, state, key, size)
+
+    def check(x, out):
+        problem = mismatch(x, out)
+        if problem is not None:
+            raise fail(problem)
+
+    if compiled_members(remat):
+        if not _region.applies(x, region[0]):
+            return _with_scan_op(member, x, params, state, key, size)
+        x, states, auxes = _region.in_region(member, x, params, state, key, size, region, check)
+        return x, stack_states(states), stack_aux(auxes)
     step = (lambda *a: rematerialized(member, *a)) if remat else member
     per_p = {n: t.unbind(0) for n, t in params.items()}  # unbind: one backward for all
     per_s = None if state is None else {n: t.unbind(0) for n, t in state.items()}
@@ -176,9 +188,7 @@ def in_sequence(
         s = None if per_s is None else {n: ts[i] for n, ts in per_s.items()}
         out, new_state, aux = step(p, s, None if key is None else _random.fold_in(key, i), x)
         if i == 0:
-            problem = mismatch(x, out)
-            if problem is not None:
-                raise fail(problem)
+            check(x, out)
         x = out
         states.append(new_state)
         auxes.append(aux)
@@ -390,11 +400,22 @@ class LiftedMethods:
                 its input, or for ``remat`` under compile of a ``torch.func`` transform.
         """
 
+        return self._scan(spec, x, size, remat, None)
+
+    def _scan(self, spec: Any, x: Any, size: int, remat: bool, handle: int | None) -> Any:
+        """:meth:`scan`, under compile through the nested compile region registered as
+        ``handle`` (see :mod:`funcmodels._region`; ``None``: torch's ``scan`` op)."""
+
         def fail(why: str) -> Exception:
             return self._error(not_a_chain(spec, why))
 
+        run = self._run
+        region = (handle, self._prefix, run.train, run.mode)
+
         def how(member, params, state, key):
-            return in_sequence(member, x, params, state, key, size, remat=remat, fail=fail)
+            return in_sequence(
+                member, x, params, state, key, size, remat=remat, fail=fail, region=region
+            )
 
         return self._lift(spec, how, remat=remat)
 

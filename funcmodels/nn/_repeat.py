@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._context import Context, cached
+from .._context import Context, Run, cached
+from .._region import region_handle
 from .._shapes import Shape, rank_known, show
 from .._spec import Spec
 from ._check import boolean, positive_int, within_layer_budget
@@ -29,9 +30,12 @@ class Repeat(Spec):
     the members), loads with :func:`funcmodels.from_state_dict`.
 
     Under ``torch.compile`` (with plain autograd, no ``torch.func`` transform inside the
-    compiled function) the members run as torch's ``scan`` op, so one member is traced
-    whatever ``n``; in eager mode and under ``torch.func`` transforms (``vmap(grad)``:
-    per-sample gradients) they run as a Python loop. See :meth:`funcmodels.Context.scan`.
+    compiled function) member 0 runs inline and the others as one
+    ``torch.compiler.nested_compile_region``, traced once and stamped out, so two members
+    are traced whatever ``n`` (a member whose input is not one tensor runs as torch's
+    ``scan`` op); in eager mode and under ``torch.func`` transforms (``vmap(grad)``:
+    per-sample gradients, ``fm.jit`` of a step taking ``fm.value_and_grad``) they run as a
+    Python loop. See :meth:`funcmodels.Context.scan`.
 
     Arguments:
         spec: the member spec; its output must have the structure, shapes and dtypes of
@@ -66,6 +70,8 @@ class Repeat(Spec):
         positive_int("Repeat", "n", self.n)
         boolean("Repeat", "remat", self.remat)
         within_layer_budget(self, "n")
+        # the constant by which a compiled call reaches the member (see funcmodels._region)
+        object.__setattr__(self, "_fm_region", region_handle(self.spec, Context, Run))
 
     def layer_count(self) -> int:
         """Itself and ``n`` members."""
@@ -100,7 +106,7 @@ class Repeat(Spec):
 
     # -- computation --------------------------------------------------------------------
     def forward(self, ctx: Context, x: Any) -> Any:
-        return ctx.scan(self.spec, x, size=self.n, remat=self.remat)
+        return ctx._scan(self.spec, x, self.n, self.remat, self._fm_region)
 
     # -- shapes -------------------------------------------------------------------------
     def resolve(self, in_shape: Shape, path: str = "") -> Spec:
