@@ -34,7 +34,7 @@ def add(tree_x: Any, tree_y: Any, *other_trees: Any) -> Any:
     Returns:
         The sum, a tree like ``tree_x``.
     """
-    return pytree.tree_map(lambda *leaves: sum(leaves), tree_x, tree_y, *other_trees)
+    return pytree.tree_map(lambda *leaves: builtins.sum(leaves), tree_x, tree_y, *other_trees)
 
 
 def sub(tree_x: Any, tree_y: Any) -> Any:
@@ -268,7 +268,7 @@ def batch_shape(tree: Any, shape: tuple[int, ...] = ()) -> Any:
         A tree like ``tree`` whose leaves have shape ``(*shape, *leaf.shape)``: broadcast
         views of the leaves (no copy; writing into them in place is refused by torch).
     """
-    return pytree.tree_map(lambda x: torch.as_tensor(x).expand(*shape, *x.shape), tree)
+    return pytree.tree_map(lambda x: torch.broadcast_to(x, (*shape, *x.shape)), tree)
 
 
 def zeros_like(tree: Any, dtype: torch.dtype | None = None) -> Any:
