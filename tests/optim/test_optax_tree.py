@@ -6,6 +6,8 @@ shape, determinism and statistics (the bits are fm.random's, not JAX's)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections import namedtuple
 
 import numpy as np
@@ -13,7 +15,8 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from funcmodels.optim import tree
+import funcmodels as fm
+from funcmodels.optim import tree, tree_utils
 
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
@@ -263,3 +266,150 @@ def test_set_keeps_types_and_refuses_unknown_keys():
         tree.set(s, absent=1.0)
     with pytest.raises(KeyError, match="given the filtering"):
         tree.set(s, lambda p, v: False, count=1.0)
+
+
+# --- signatures and names -------------------------------------------------------------
+
+
+def _default(value):
+    """optax's default as ours: its sampler ``jax.random.normal`` is ``fm.random.normal``."""
+    return fm.random.normal if value is jax.random.normal else value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signatures_match_optax(name):
+    ours = inspect.signature(getattr(tree, name)).parameters
+    theirs = inspect.signature(getattr(optax.tree, name)).parameters
+    assert list(ours) == list(theirs)
+    for key, p in theirs.items():
+        q = ours[key]
+        assert q.kind == p.kind, key
+        assert _default(p.default) == q.default or p.default is q.default, (key, q.default)
+
+
+def test_names_are_optax_names():
+    assert sorted(tree.__all__) == NAMES and len(NAMES) == 35
+    theirs = sorted(n for n in dir(optax.tree_utils) if n.startswith("tree_"))
+    assert sorted(n for n in tree_utils.__all__ if n.startswith("tree_")) == theirs
+    for name in theirs:
+        assert getattr(tree_utils, name) is getattr(tree, name.removeprefix("tree_"))
+    assert tree.map_params is fm.optim.tree_map_params
+    assert tree.update_moment is fm.optim.update_moment
+    assert [f.name for f in dataclasses.fields(tree_utils.NamedTupleKey)] == [
+        "tuple_name",
+        "name",
+    ]
+    assert str(tree_utils.NamedTupleKey("Adam", "mu")) == str(
+        optax.tree_utils.NamedTupleKey("Adam", "mu")
+    )
+
+
+def test_map_params_matches_optax_on_adam():
+    """The moments (trees like the params) get ``p + y``; the counts stay."""
+    ours = tree.map_params(
+        fm.optim.adam(0.1), lambda p, y: p + 2 * y, fm.optim.adam(0.1).init(Y), X
+    )
+    opt = optax.adam(0.1)
+    theirs = optax.tree.map_params(opt, lambda p, y: p + 2 * y, opt.init(_to_jax(Y)), _to_jax(X))
+    assert_same(ours[0].mu, theirs[0].mu)
+    assert_same(ours[0].nu, theirs[0].nu)
+    assert int(ours[0].count) == int(theirs[0].count) == 0
+
+
+# --- random trees ---------------------------------------------------------------------
+
+
+def test_split_key_like_gives_distinct_keys_per_leaf():
+    keys = tree.split_key_like(fm.random.key(0), X)
+    assert pytree.tree_structure(keys) == pytree.tree_structure(X)
+    flat = pytree.tree_leaves(keys)
+    assert all(k.shape == (2,) and k.dtype == torch.int64 for k in flat)
+    assert len({tuple(k.tolist()) for k in flat}) == len(flat) == 4
+    again = pytree.tree_leaves(tree.split_key_like(fm.random.key(0), X))
+    assert all(torch.equal(a, b) for a, b in zip(flat, again, strict=True))
+    assert tree.split_key_like(fm.random.key(0), {}) == {}
+
+
+def test_random_like_shapes_dtypes_determinism_and_statistics():
+    target = {
+        "big": torch.zeros(200, 100, dtype=D),
+        "small": (torch.zeros((), dtype=torch.float32),),
+    }
+    out = tree.random_like(fm.random.key(1), target)
+    assert out["big"].shape == (200, 100) and out["big"].dtype == D
+    assert out["small"][0].shape == () and out["small"][0].dtype == torch.float32
+    # 20000 standard normal draws: mean within 5 sigma (0.035), std within 0.03 of 1
+    assert abs(float(out["big"].mean())) < 0.035 and abs(float(out["big"].std()) - 1) < 0.03
+    again = tree.random_like(fm.random.key(1), target)
+    assert torch.equal(out["big"], again["big"]) and torch.equal(out["small"][0], again["small"][0])
+    other = tree.random_like(fm.random.key(2), target)
+    assert not torch.equal(out["big"], other["big"])
+    uni = tree.random_like(fm.random.key(1), target, fm.random.uniform, torch.float32)
+    assert uni["big"].dtype == torch.float32 and 0 <= float(uni["big"].min())
+    assert float(uni["big"].max()) < 1 and abs(float(uni["big"].mean()) - 0.5) < 0.01
+
+
+def test_unwrap_random_key_data_keeps_keys_and_leaves():
+    t = {"key": fm.random.key(3), "x": X["a"]}
+    out = tree.unwrap_random_key_data(t)
+    assert torch.equal(out["key"], t["key"]) and torch.equal(out["x"], t["x"])
+
+
+# --- bad input and no mutation --------------------------------------------------------
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(
+        ValueError, match=r"vdot: leaves of one shape expected, got \(2,\) and \(3,\)"
+    ):
+        tree.vdot([torch.ones(2)], [torch.ones(3)])
+    with pytest.raises(ValueError, match="norm: ord must be None, 1, 2 or inf, got 3"):
+        tree.norm(X, 3)
+    with pytest.raises(ValueError, match=r"expected dtype=torch.float64 for \['f'\] but got"):
+        tree.dtype({"a": X["a"], "f": F32["a"]})
+    with pytest.raises(ValueError, match="mixed_dtype_handler must be None, 'promote'"):
+        tree.dtype(X, "largest")
+    with pytest.raises(ValueError, match="cannot order torch.uint8 and torch.int8"):
+        tree.dtype([torch.zeros(1, dtype=torch.uint8), torch.zeros(1, dtype=torch.int8)], "highest")
+    with pytest.raises(TypeError, match="cast: dtype must be a torch.dtype or None, got 'float32'"):
+        tree.cast(X, "float32")
+    with pytest.raises(TypeError, match="split_key_like: rng_key: expected a PRNG key"):
+        tree.split_key_like(0, X)
+
+
+def _calls():
+    return [
+        lambda t, u: tree.add(t, u, t),
+        tree.sub,
+        tree.mul,
+        lambda t, u: tree.add_scale(t, 0.5, u),
+        lambda t, u: tree.scale(2.0, t),
+        tree.vdot,
+        lambda t, u: tree.norm(t, 1, True),
+        lambda t, u: tree.clip(t, -0.1, 0.1),
+        lambda t, u: tree.clip(t),
+        lambda t, u: tree.where(True, t, u),
+        lambda t, u: tree.update_moment(t, u, 0.9, 2),
+        lambda t, u: tree.update_infinity_moment(t, u, 0.9, 1e-8),
+        lambda t, u: tree.bias_correction(t, 0.9, 2),
+        lambda t, u: tree.cast(t, torch.float32),
+        lambda t, u: tree.real(t),
+        lambda t, u: tree.conj(t),
+        lambda t, u: tree.full_like(t, torch.tensor(2.0)),
+        lambda t, u: tree.set({"x": t, "y": u}, x=u),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_calls())))
+def test_nothing_is_mutated(i):
+    t, u = nested(0), nested(10)
+    t_copy, u_copy = pytree.tree_map(torch.clone, t), pytree.tree_map(torch.clone, u)
+    out = _calls()[i](t, u)
+    for leaf in pytree.tree_leaves(out):
+        if isinstance(leaf, torch.Tensor) and leaf.numel() and not leaf.is_complex():
+            # results are fresh tensors (other than the leaves passed in as they are, as
+            # set's new values and cast's same-dtype leaves): writing them leaves the inputs
+            if leaf.data_ptr() not in {x.data_ptr() for x in pytree.tree_leaves((t, u))}:
+                leaf.add_(1.0)
+    for a, b in zip(pytree.tree_leaves((t, u)), pytree.tree_leaves((t_copy, u_copy)), strict=True):
+        assert torch.equal(a, b)
