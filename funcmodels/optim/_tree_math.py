@@ -265,8 +265,8 @@ def batch_shape(tree: Any, shape: tuple[int, ...] = ()) -> Any:
         shape: the leading dimensions to add.
 
     Returns:
-        A tree like ``tree`` whose leaves have shape ``(*shape, *leaf.shape)``: broadcast
-        views of the leaves (no copy; writing into them in place is refused by torch).
+        A tree like ``tree`` whose leaves have shape ``(*shape, *leaf.shape)``, broadcast
+            views of the leaves (no copy; torch refuses writes into them in place).
     """
     return pytree.tree_map(lambda x: torch.broadcast_to(x, (*shape, *x.shape)), tree)
 

@@ -111,7 +111,7 @@ def get_all_with_path(
 
     Returns:
         A list of ``(path, value)``; a path is a tuple of key entries (see
-        :class:`NamedTupleKey`).
+            :class:`NamedTupleKey`).
     """
     found = _find(tree, key)
     return [(p, v) for p, v in found if filtering(p, v)] if filtering else found
