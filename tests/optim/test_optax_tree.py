@@ -413,3 +413,18 @@ def test_nothing_is_mutated(i):
                 leaf.add_(1.0)
     for a, b in zip(pytree.tree_leaves((t, u)), pytree.tree_leaves((t_copy, u_copy)), strict=True):
         assert torch.equal(a, b)
+
+
+def test_params_and_fm_optimiser_states():
+    """Params are trees like any other; an fm.optim state is searched as optax's is."""
+    p = fm.init(fm.random.key(0), fm.nn.Linear(3, 2))
+    flat = torch.cat([x.reshape(-1) for x in pytree.tree_leaves(p)])
+    assert type(tree.add(p, p)) is type(p)
+    torch.testing.assert_close(tree.norm(p), flat.norm(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(tree.vdot(p, p), flat @ flat, atol=1e-6, rtol=0)
+    s = fm.optim.adam(0.1).init(p)
+    assert tree.get(s, "mu") is s[0].mu
+    [(path, count)] = tree.get_all_with_path(s, "count")
+    assert str(path[-1]) == "ScaleByAdamState.count" and count is s[0].count
+    s2 = tree.set(s, count=torch.tensor(5, dtype=torch.int32))
+    assert int(s2[0].count) == 5 and int(s[0].count) == 0 and s2[0].nu is s[0].nu
