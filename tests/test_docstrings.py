@@ -65,6 +65,7 @@ MODULES = (
     "funcmodels.optim.schedules",
     "funcmodels.optim.transforms",
     "funcmodels.optim.tree_utils",
+    "funcmodels.optim.tree",
     "funcmodels.optim.contrib",
     "funcmodels.tree",
     "funcmodels.random",
