@@ -66,6 +66,7 @@ MODULES = (
     "funcmodels.optim.transforms",
     "funcmodels.optim.tree_utils",
     "funcmodels.optim.contrib",
+    "funcmodels.optim.microbatching",
     "funcmodels.tree",
     "funcmodels.random",
     "funcmodels.checkpoint",

@@ -440,3 +440,6 @@ __all__ += ["safe_softmax_cross_entropy", "sigmoid_binary_cross_entropy", "sigmo
 __all__ += ["smooth_labels", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 __all__ += ["squared_error"]
 __all__ += ["contrib"]
+from . import microbatching  # noqa: E402  (optax.microbatching)
+
+__all__ += ["microbatching"]
