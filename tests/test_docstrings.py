@@ -67,6 +67,7 @@ MODULES = (
     "funcmodels.optim.tree_utils",
     "funcmodels.optim.contrib",
     "funcmodels.optim.microbatching",
+    "funcmodels.optim.assignment",
     "funcmodels.tree",
     "funcmodels.random",
     "funcmodels.checkpoint",

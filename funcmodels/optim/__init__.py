@@ -443,3 +443,6 @@ __all__ += ["contrib"]
 from . import microbatching  # noqa: E402  (optax.microbatching)
 
 __all__ += ["microbatching"]
+from . import assignment  # noqa: E402  (optax.assignment)
+
+__all__ += ["assignment"]
