@@ -68,6 +68,7 @@ MODULES = (
     "funcmodels.optim.contrib",
     "funcmodels.optim.microbatching",
     "funcmodels.optim.assignment",
+    "funcmodels.optim.perturbations",
     "funcmodels.tree",
     "funcmodels.random",
     "funcmodels.checkpoint",

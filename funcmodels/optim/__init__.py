@@ -446,3 +446,6 @@ __all__ += ["microbatching"]
 from . import assignment  # noqa: E402  (optax.assignment)
 
 __all__ += ["assignment"]
+from . import perturbations  # noqa: E402  (optax.perturbations)
+
+__all__ += ["perturbations"]
