@@ -444,3 +444,12 @@ __all__ += ["contrib"]
 from . import tree  # noqa: E402
 
 __all__ += ["tree"]
+from . import microbatching  # noqa: E402  (optax.microbatching)
+
+__all__ += ["microbatching"]
+from . import assignment  # noqa: E402  (optax.assignment)
+
+__all__ += ["assignment"]
+from . import perturbations  # noqa: E402  (optax.perturbations)
+
+__all__ += ["perturbations"]

@@ -71,12 +71,19 @@ def _floating(where: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _lift(acc: Accumulator) -> Accumulator:
-    """A tensor-wise Accumulator applied leaf by leaf to trees."""
+    """A tensor-wise Accumulator applied leaf by leaf to trees; ``None`` leaves stay
+    ``None`` (optax's trees have no leaf there)."""
+
+    def skip(f: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda x, *rest: None if x is None else f(x, *rest)
+
     return Accumulator(
-        lambda value: pytree.tree_map(acc.init, value),
-        lambda carry, value, i: pytree.tree_map(lambda c, v: acc.update(c, v, i), carry, value),
-        lambda carry: pytree.tree_map(acc.finalize, carry),
-        lambda values: pytree.tree_map(acc.aggregate, values),
+        lambda value: pytree.tree_map(skip(acc.init), value),
+        lambda carry, value, i: pytree.tree_map(
+            skip(lambda c, v: acc.update(c, v, i)), carry, value
+        ),
+        lambda carry: pytree.tree_map(skip(acc.finalize), carry),
+        lambda values: pytree.tree_map(skip(acc.aggregate), values),
     )
 
 

@@ -5,7 +5,6 @@
 names, registered with :mod:`funcmodels.checkpoint`. Updates that take an extra argument
 (the loss as ``value=`` for ``reduce_on_plateau``, ``momo`` and ``momo_adam``; SAM's
 ``grad_fn=``; Sophia's ``obj_fn=``, which ``sophia`` forwards itself) are called directly.
-Not yet here: GaLore (``galore``, ``scale_by_galore``).
 """
 
 from ._ademamix import (
@@ -25,6 +24,7 @@ from ._complex import (
 )
 from ._dadapt import DAdaptAdamWState, ProdigyState, dadapt_adamw, prodigy
 from ._dog import DoGState, DoWGState, dog, dowg
+from ._galore import GaLoreDimensionNumbers, GaLoreState, galore, scale_by_galore
 from ._madgrad import MadgradState, acprop, madgrad, scale_by_acprop, scale_by_madgrad
 from ._mechanic import MechanicState, mechanize
 from ._momo import MomoAdamState, MomoState, momo, momo_adam
@@ -98,3 +98,4 @@ __all__ = [
     "sophia",
     "split_real_and_imaginary",
 ]
+__all__ += ["GaLoreDimensionNumbers", "GaLoreState", "galore", "scale_by_galore"]
