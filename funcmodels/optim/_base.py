@@ -13,8 +13,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch._C._functorch import maybe_current_level
 
-from .._core import describe_mismatch
 from .._tree import Params, State
+from ._mismatch import describe_tree as _describe
+from ._mismatch import model_difference as _model_difference
 from ._ops import Ops, multi_tensor_allowed
 from ._traced import same_structure, traced_flatten, traced_unflatten
 
@@ -138,30 +139,6 @@ def flatten_like(tree: Any, spec: pytree.TreeSpec, what: str, of: str = "the par
         )
         raise ValueError(f"fm.optim: {what} do not have the structure of {of}: {detail}")
     return leaves
-
-
-def _model_difference(want: pytree.TreeSpec, got: pytree.TreeSpec) -> str | None:
-    """Where two spec trees first differ, by layer path, when the first difference of
-    the two structures is between Params (or State) of different specs."""
-    stack = [(want, got)]
-    while stack:
-        a, b = stack.pop()
-        if a == b:
-            continue
-        if a.type is b.type and a.type in (Params, State):
-            return describe_mismatch(a.context[0], b.context[0])
-        if a.type is not b.type or a.num_children != b.num_children or a.context != b.context:
-            return None
-        stack.extend(reversed(list(zip(a.children_specs, b.children_specs, strict=True))))
-    return None
-
-
-def _describe(spec: pytree.TreeSpec) -> str:
-    if spec.is_leaf():
-        return "a single tensor"
-    skeleton = pytree.tree_unflatten([None] * spec.num_leaves, spec)
-    paths = [pytree.keystr(k) for k, _ in pytree.tree_flatten_with_path(skeleton)[0]]
-    return f"{spec.type.__name__} with leaves {paths}"
 
 
 def leaves_of(
