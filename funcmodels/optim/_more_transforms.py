@@ -22,6 +22,7 @@ from ._base import (
     number,
 )
 from ._more_common import hyper, leafwise, work_dtype
+from ._unitwise import unit_norms
 
 
 class AddNoiseState(NamedTuple):
@@ -182,27 +183,6 @@ def clip_by_block_rms(threshold: Scalar) -> GradientTransformation:
     return leafwise(where, init_empty_state, step)
 
 
-def _unitwise_norm(x: torch.Tensor, axis: Any) -> torch.Tensor:
-    """optax's ``unitwise_norm``: the 2-norm over ``axis``, or by the leaf's rank (whole
-    vectors; the first axis of matrices and 3-d leaves; all but the last of 4-d and 5-d
-    ones), broadcast to ``x``'s shape."""
-    sq = x * x
-    if axis is not None:
-        total = sq.sum(dim=axis, keepdim=True)
-    elif x.squeeze().dim() <= 1:
-        total = sq.sum().reshape([1] * x.dim())
-    elif x.dim() in (2, 3):
-        total = sq.sum(dim=0, keepdim=True)
-    elif x.dim() in (4, 5):
-        total = sq.sum(dim=tuple(range(x.dim() - 1)), keepdim=True)
-    else:
-        raise ValueError(
-            f"fm.optim.adaptive_grad_clip: expected leaves of 1 to 5 dimensions, got shape "
-            f"{tuple(x.shape)}; pass axis= to name the reduced axes"
-        )
-    return torch.sqrt(total).expand(x.shape)
-
-
 def adaptive_grad_clip(
     clipping: Scalar, eps: Scalar = 1e-3, axis: Any = None
 ) -> GradientTransformation:
@@ -230,7 +210,7 @@ def adaptive_grad_clip(
     def step(us, state, ps, spec):
         out = []
         for u, p in zip(us, ps, strict=True):
-            g_norm, p_norm = _unitwise_norm(u, axis), _unitwise_norm(p, axis)
+            g_norm, p_norm = unit_norms(u, axis, where), unit_norms(p, axis, where)
             max_norm = hyper(clipping, p_norm) * torch.clamp(p_norm, min=hyper(eps, p_norm))
             max_norm = max_norm.to(work_dtype(u, p))
             clipped = u * (max_norm / torch.clamp(g_norm, min=1e-6))

@@ -24,21 +24,7 @@ def unitwise_norm(x: torch.Tensor, axis: int | tuple[int, ...] | None = None) ->
     Raises:
         ValueError: ``axis=None`` with a leaf of more than 5 dimensions.
     """
-    sq = x * x
-    if axis is not None:
-        total = sq.sum(dim=axis, keepdim=True)
-    elif x.squeeze().dim() <= 1:
-        total = sq.sum().reshape([1] * x.dim())
-    elif x.dim() in (2, 3):
-        total = sq.sum(dim=0, keepdim=True)
-    elif x.dim() in (4, 5):
-        total = sq.sum(dim=tuple(range(x.dim() - 1)), keepdim=True)
-    else:
-        raise ValueError(
-            f"fm.optim.transforms.unitwise_norm: expected a tensor of 1 to 5 dimensions, "
-            f"got shape {tuple(x.shape)}; pass axis= to name the reduced axes"
-        )
-    return torch.sqrt(total).expand(x.shape)
+    return unit_norms(x, axis, "fm.optim.transforms.unitwise_norm")
 
 
 def unitwise_clip(
@@ -67,3 +53,22 @@ def unitwise_clip(
         )
     clipped = grad * (max_norm / torch.clamp(g_norm, min=div_eps))
     return torch.where(g_norm < max_norm, grad, clipped)
+
+
+def unit_norms(x: torch.Tensor, axis: int | tuple[int, ...] | None, where: str) -> torch.Tensor:
+    """``unitwise_norm`` with the name an error gives (``adaptive_grad_clip`` uses it too)."""
+    sq = x * x
+    if axis is not None:
+        total = sq.sum(dim=axis, keepdim=True)
+    elif x.squeeze().dim() <= 1:
+        total = sq.sum().reshape([1] * x.dim())
+    elif x.dim() in (2, 3):
+        total = sq.sum(dim=0, keepdim=True)
+    elif x.dim() in (4, 5):
+        total = sq.sum(dim=tuple(range(x.dim() - 1)), keepdim=True)
+    else:
+        raise ValueError(
+            f"{where}: expected a tensor of 1 to 5 dimensions, "
+            f"got shape {tuple(x.shape)}; pass axis= to name the reduced axes"
+        )
+    return torch.sqrt(total).expand(x.shape)
