@@ -14,7 +14,7 @@ import torch
 from ._base import GradientTransformation, as_transformation, check_state, count_like
 from ._types import Schedule, StatefulSchedule
 from ._utilities import safe_increment
-from ._wrappers import _as_hyper, _hyper_dtype
+from ._wrappers import _as_hyper, _hyper_dtype, factory_signature
 
 _WHERE = "fm.optim.inject_stateful_hyperparams"
 
@@ -127,15 +127,7 @@ def inject_stateful_hyperparams(
         DeprecationWarning,
         stacklevel=2,
     )
-    if not callable(inner_factory):
-        raise TypeError(f"{_WHERE}: expected an optimiser factory, got {inner_factory!r}")
-    static = {static_args} if isinstance(static_args, str) else set(static_args)
-    signature = inspect.signature(inner_factory)
-    if not static <= set(signature.parameters):
-        raise ValueError(
-            f"{_WHERE}: static_args {sorted(static)} must name arguments of the factory, "
-            f"which takes {list(signature.parameters)}"
-        )
+    signature, static = factory_signature(_WHERE, inner_factory, static_args)
 
     @functools.wraps(inner_factory)
     def make(*args: Any, **kwargs: Any) -> GradientTransformation:

@@ -208,6 +208,22 @@ def multi_transform(
     return GradientTransformationExtraArgs(init, update)
 
 
+def factory_signature(
+    where: str, inner_factory: Any, static_args: str | Iterable[str]
+) -> tuple[inspect.Signature, set[str]]:
+    """The factory's signature and the set of its static arguments, checked."""
+    if not callable(inner_factory):
+        raise TypeError(f"{where}: expected an optimiser factory, got {inner_factory!r}")
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+    if not static <= set(signature.parameters):
+        raise ValueError(
+            f"{where}: static_args {sorted(static)} must name arguments of the factory, "
+            f"which takes {list(signature.parameters)}"
+        )
+    return signature, static
+
+
 def inject_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
@@ -238,16 +254,7 @@ def inject_hyperparams(
         TypeError: a non-callable factory.
         ValueError: ``static_args`` not among its arguments.
     """
-    where = "fm.optim.inject_hyperparams"
-    if not callable(inner_factory):
-        raise TypeError(f"{where}: expected an optimiser factory, got {inner_factory!r}")
-    static = {static_args} if isinstance(static_args, str) else set(static_args)
-    signature = inspect.signature(inner_factory)
-    if not static <= set(signature.parameters):
-        raise ValueError(
-            f"{where}: static_args {sorted(static)} must name arguments of the factory, "
-            f"which takes {list(signature.parameters)}"
-        )
+    signature, static = factory_signature("fm.optim.inject_hyperparams", inner_factory, static_args)
 
     @functools.wraps(inner_factory)
     def make(*args: Any, **kwargs: Any) -> GradientTransformation:
