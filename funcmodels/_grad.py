@@ -60,6 +60,10 @@ def _transformed() -> bool:
 
 
 def _in_outer_graph(tree: Any) -> bool:
+    if isinstance(tree, torch.Tensor):  # the common arguments skip the flattening
+        return tree.requires_grad
+    if tree is None or (type(tree) is tuple and not tree):
+        return False
     return any(isinstance(t, torch.Tensor) and t.requires_grad for t in _flatten(tree)[0])
 
 
@@ -121,7 +125,7 @@ def _plain(fn: Callable, nums: tuple[int, ...], has_aux: bool, args, kwargs):
             grads = torch.autograd.grad(value, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
     out = tuple(rebuild(grads[a:b]) for a, b, rebuild in rebuilds)
-    if has_aux:
+    if has_aux and not (type(aux) is tuple and not aux):
         # A State (a model's new buffers) or a tensor skips pytree's generic walk.
         flat, rebuild = _flatten(aux)
         aux = rebuild([_detach_aux(t) for t in flat])

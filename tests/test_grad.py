@@ -206,6 +206,31 @@ def test_an_argument_in_an_outer_graph_defers_to_torch_func():
     assert torch.equal(ours, ref)
 
 
+@pytest.mark.parametrize("wrap", ["tensor", "tuple", "dict"])
+def test_an_outer_graph_is_found_inside_any_argument(wrap):
+    # The outer-graph check has fast paths for a tensor and for () / None: a tensor that
+    # requires grad inside a container must still send the call to torch.func.
+    w = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    packed = {"tensor": x, "tuple": (x,), "dict": {"x": x}}[wrap]
+
+    def f(w, data, empty):
+        t = data if wrap == "tensor" else (data[0] if wrap == "tuple" else data["x"])
+        return (t @ w).tanh().sum()
+
+    _, grads = fm.value_and_grad(f)(w, packed, ())
+    assert grads.grad_fn is not None  # differentiable with respect to x, as torch.func's
+    (ours,) = torch.autograd.grad(grads.sum(), x)
+    (ref,) = torch.autograd.grad(grad_and_value(f)(w, packed, ())[0].sum(), x)
+    assert torch.equal(ours, ref)
+
+
+def test_an_empty_aux_comes_back_as_it_went():
+    w = torch.randn(3, dtype=torch.float64)
+    (value, aux), g = fm.value_and_grad(lambda w: (w.square().sum(), ()), has_aux=True)(w)
+    assert aux == () and torch.equal(g, 2 * w) and torch.equal(value, w.square().sum())
+
+
 def test_under_no_grad_still_differentiates():
     params = fm.init(fm.key(0), _mlp())
     x, y = _data()
