@@ -263,19 +263,28 @@ def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.
 # Up to this many blocks the numpy rounds run on paired lanes: fewer calls (the fixed cost
 # of a small draw), more memory per block (slower once the lanes leave the L1/L2 caches).
 _PAIRED = 2048
-_PAIRED_MULTIPLIERS: dict[int, np.ndarray] = {}
+_PAIRED_TABLES: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _paired_multipliers(m: int) -> np.ndarray:
-    """``[M0] * m + [M1] * m`` as ``uint64``, made once per ``m``."""
-    mv = _PAIRED_MULTIPLIERS.get(m)
-    if mv is None:
-        if len(_PAIRED_MULTIPLIERS) >= 64:
-            _PAIRED_MULTIPLIERS.clear()
-        mv = np.repeat(np.array([_M0, _M1], dtype=np.uint64), m)
-        mv.flags.writeable = False
-        _PAIRED_MULTIPLIERS[m] = mv
-    return mv
+def _paired_tables(m: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``m`` blocks from counter ``start``, key-free and made once (read-only):
+    ``[M0] * m + [M1] * m``, and the high and low words of round 0's first products
+    ``(start + i) * M0``, which do not depend on the key."""
+    tables = _PAIRED_TABLES.get((m, start))
+    if tables is None:
+        if len(_PAIRED_TABLES) >= 32:
+            _PAIRED_TABLES.clear()
+        p0 = np.arange(start, start + m, dtype=np.uint64) * np.uint64(_M0)
+        mask, _, _, s32 = _NP_CONSTANTS
+        tables = (
+            np.repeat(np.array([_M0, _M1], dtype=np.uint64), m),
+            np.right_shift(p0, s32),
+            np.bitwise_and(p0, mask),
+        )
+        for t in tables:
+            t.flags.writeable = False
+        _PAIRED_TABLES[(m, start)] = tables
+    return tables
 
 
 def _philox_numpy_paired(keys, start: int, stream: int, m: int, dtype) -> np.ndarray:
@@ -284,24 +293,24 @@ def _philox_numpy_paired(keys, start: int, stream: int, m: int, dtype) -> np.nda
     previous products (aligned: each half meets its own half), two XORs with the round
     keys that also swap the halves, and one mask; six ufunc calls where
     :func:`_philox_numpy` makes ten, the same work per element. The previous products
-    stand in for words 1 and 3 unmasked, as there.
+    stand in for words 1 and 3 unmasked, as there. Round 0's products of the counters
+    come from :func:`_paired_tables` (the same for every key).
     """
     u = np.uint64
-    mask, m0, m1, s32 = _NP_CONSTANTS
+    mask, _, m1, s32 = _NP_CONSTANTS
     s, h, pa, pb = np.empty((4, 2 * m), dtype=np.uint64)
     out = np.empty((m, 4), dtype=dtype)
     s0, s2, h0, h2 = s[:m], s[m:], h[m:], h[:m]
     (k0, k1), (k0b, k1b) = keys[0], keys[1]
+    mv, hi0, lo0 = _paired_tables(m, start)
     # Rounds 0 and 1 as in _philox_inplace; pb ends as round 1's products [q0 | p1].
-    np.multiply(np.arange(start, start + m, dtype=np.uint64), m0, out=pa[:m])
-    np.bitwise_xor(np.right_shift(pa[:m], s32, out=s2), u(k1), out=s2)
+    np.bitwise_xor(hi0, u(k1), out=s2)
     q0 = (stream ^ k0) * _M0
     np.multiply(s2, m1, out=pb[m:])
     pb[:m].fill(q0)
     np.bitwise_xor(np.right_shift(pb[m:], s32, out=s0), u(k0b), out=s0)
-    np.bitwise_and(np.bitwise_xor(pa[:m], u((q0 >> 32) ^ k1b), out=s2), mask, out=s2)
+    np.bitwise_xor(lo0, u((q0 >> 32) ^ k1b), out=s2)
     prev, cur = pb, pa
-    mv = _paired_multipliers(m)
     for r, (k0, k1) in enumerate(keys[2:], start=2):
         np.multiply(s, mv, out=cur)
         np.bitwise_xor(np.right_shift(cur, s32, out=h), prev, out=h)
