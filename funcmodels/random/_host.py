@@ -32,6 +32,8 @@ def host_words(k: torch.Tensor, n_blocks: int, device):
     if device.type != "cpu" or k.device.type != "cpu" or not P._numpy_path(device, m):
         return None
     keys = P._round_keys(*k.tolist())
+    if n_blocks <= chunk:  # one chunk, as every small draw: no generator to set up
+        return ((0, _numpy_words(keys, 0, n_blocks)),)
     return (
         (start, _numpy_words(keys, start, min(chunk, n_blocks - start)))
         for start in range(0, n_blocks, chunk)

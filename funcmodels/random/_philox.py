@@ -150,13 +150,13 @@ def _philox_functional(k0, k1, c0, c1, c2=None, c3=None):
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
+# The Weyl increments of rounds 0-9, added to the key for each round's key.
+_KEY_STEPS = tuple((r * _W0, r * _W1) for r in range(_ROUNDS))
+
+
 def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
     """The ten Philox round keys as Python ints (no 0-d tensor ops per round)."""
-    keys = []
-    for _ in range(_ROUNDS):
-        keys.append((k0, k1))
-        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
-    return keys
+    return [((k0 + w0) & _MASK, (k1 + w1) & _MASK) for w0, w1 in _KEY_STEPS]
 
 
 def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -> None:
