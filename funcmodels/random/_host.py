@@ -32,6 +32,8 @@ def host_words(k: torch.Tensor, n_blocks: int, device):
     if device.type != "cpu" or k.device.type != "cpu" or not P._numpy_path(device, m):
         return None
     keys = P._round_keys(*k.tolist())
+    if n_blocks <= chunk:  # one chunk, as every small draw: no generator to set up
+        return ((0, _numpy_words(keys, 0, n_blocks)),)
     return (
         (start, _numpy_words(keys, start, min(chunk, n_blocks - start)))
         for start in range(0, n_blocks, chunk)
@@ -44,12 +46,18 @@ def _numpy_words(keys, start: int, m: int) -> np.ndarray:
 
 
 def halves_below(
-    k: torch.Tensor, n: int, below: int, device, scale: np.floating | None = None
+    k: torch.Tensor,
+    n: int,
+    below: int,
+    device,
+    scale: np.floating | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor | None:
     """``n`` booleans ``h < below`` of the words' 16-bit halves ``h`` read as ``int16``,
     in element order (block by block, each word's low half first), made in numpy alone;
     ``None`` where this path does not run (see :func:`host_words`). With ``scale`` (a
-    numpy float32 or float64), the booleans times ``scale`` in its dtype instead.
+    numpy float32 or float64), the booleans times ``scale`` in its dtype instead; with
+    ``shape`` (of ``n`` entries), reshaped to it (in numpy: a torch reshape costs more).
 
     Dropout's masks on the CPU: numpy compares an ``int16`` view of the words and the
     result becomes a tensor without a copy.
@@ -63,7 +71,8 @@ def halves_below(
         np.less(words.view(np.int16), below, out=out[start : start + len(words)])
     if scale is not None:
         out = np.multiply(out, scale, dtype=scale.dtype)
-    return torch.from_numpy(out.reshape(-1)[:n])
+    out = out.reshape(-1)[:n]
+    return torch.from_numpy(out if shape is None else out.reshape(shape))
 
 
 def uniform_host(

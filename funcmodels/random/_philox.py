@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from torch._C import _functorch
 
-_MASK = 0xFFFFFFFF
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
-_ROUNDS = 10
+from ._constants import _M0, _M1, _MASK, _ROUNDS, _W0, _W1
+from ._philox_np import _philox_numpy
+
 # Counter word 1 separates the streams drawn from one key, so that splitting, folding in
 # and sampling never reuse a counter.
 _STREAM_BITS, _STREAM_SPLIT, _STREAM_FOLD = 0, 1, 2
@@ -150,13 +149,13 @@ def _philox_functional(k0, k1, c0, c1, c2=None, c3=None):
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
+# The Weyl increments of rounds 0-9, added to the key for each round's key.
+_KEY_STEPS = tuple((r * _W0, r * _W1) for r in range(_ROUNDS))
+
+
 def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
     """The ten Philox round keys as Python ints (no 0-d tensor ops per round)."""
-    keys = []
-    for _ in range(_ROUNDS):
-        keys.append((k0, k1))
-        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
-    return keys
+    return [((k0 + w0) & _MASK, (k1 + w1) & _MASK) for w0, w1 in _KEY_STEPS]
 
 
 def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -> None:
@@ -200,60 +199,6 @@ def _philox_inplace(keys, start: int, stream: int, out: torch.Tensor, scratch) -
             torch.bitwise_and(p0, _MASK, out=out[:, 3])
         c1, p1 = p1, c1
         c3, p0 = p0, c3
-
-
-# The round constants as 0-d arrays: a ufunc call with a 0-d array operand costs about
-# two thirds of one with a numpy scalar (0.45 against 0.68 us on 1,024 elements), which
-# is most of a small mask's time.
-_NP_CONSTANTS = tuple(np.array(c, dtype=np.uint64) for c in (_MASK, _M0, _M1, 32))
-
-
-def _philox_numpy(keys, start: int, stream: int, m: int, dtype=np.uint64) -> np.ndarray:
-    """Philox of counters ``(start + i, stream, 0, 0)``, ``i < m``: ``(m, 4)`` words of
-    ``dtype`` (``uint64``, or ``uint32``, into which the last round casts its words).
-
-    The CPU's eager path, with the savings of :func:`_philox_inplace`, in numpy's
-    ``uint64`` ufuncs: a ufunc call costs a fraction of a microsecond where a torch op
-    costs a few, which is most of a small draw's time (a dropout mask of 8,192 entries:
-    ~100 calls), and per element they are as fast. Every constant is a ``uint64`` 0-d
-    array or scalar (a Python int would promote the arrays to float64 under numpy 1).
-    """
-    u = np.uint64
-    mask, m0, m1, s32 = _NP_CONSTANTS
-    c0, c1, c2, c3, p0, p1 = np.empty((6, m), dtype=np.uint64)
-    out = np.empty((m, 4), dtype=dtype)
-    (k0, k1), (k0b, k1b) = keys[0], keys[1]
-    np.multiply(np.arange(start, start + m, dtype=np.uint64), m0, out=p0)
-    np.bitwise_xor(np.right_shift(p0, s32, out=c2), u(k1), out=c2)
-    q0 = (stream ^ k0) * _M0
-    np.multiply(c2, m1, out=p1)
-    np.bitwise_xor(np.right_shift(p1, s32, out=c0), u(k0b), out=c0)
-    np.bitwise_and(np.bitwise_xor(p0, u((q0 >> 32) ^ k1b), out=c2), mask, out=c2)
-    c1, p1 = p1, c1
-    c3.fill(q0 & _MASK)
-    wide = dtype == np.uint64
-    for r, (k0, k1) in enumerate(keys[2:], start=2):
-        last = r == len(keys) - 1
-        np.multiply(c0, m0, out=p0)
-        np.multiply(c2, m1, out=p1)
-        n0, n2 = (out[:, 0], out[:, 2]) if last and wide else (c0, c2)
-        np.bitwise_xor(np.right_shift(p1, s32, out=n0), c1, out=n0)
-        np.bitwise_xor(np.right_shift(p0, s32, out=n2), c3, out=n2)
-        np.bitwise_xor(n0, u(k0), out=n0)
-        np.bitwise_xor(n2, u(k1), out=n2)
-        if wide or not last:
-            np.bitwise_and(n0, mask, out=n0)
-            np.bitwise_and(n2, mask, out=n2)
-        c1, p1 = p1, c1
-        c3, p0 = p0, c3
-    if wide:
-        np.bitwise_and(c1, mask, out=out[:, 1])
-        np.bitwise_and(c3, mask, out=out[:, 3])
-    else:
-        # numpy's integer casts wrap: the cast into uint32 is the mask.
-        for col, word in enumerate((c0, c1, c2, c3)):
-            out[:, col] = word
-    return out
 
 
 def _blocks(k: torch.Tensor, stream: int, n_blocks: int, device=None) -> torch.Tensor:
@@ -447,7 +392,10 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             raise ValueError(f"fm.fold_in: data must be in [0, 2**32), got {data}")
         if is_plain(k) and k.device.type == "cpu":
             k0, k1 = k.tolist()
-            return torch.tensor(_philox_py(k0, k1, data, _STREAM_FOLD)[:2], dtype=torch.int64)
+            # From a numpy array: a third of torch.tensor's cost for two Python ints, and
+            # every layer's key comes through here.
+            words = np.array(_philox_py(k0, k1, data, _STREAM_FOLD)[:2], dtype=np.int64)
+            return torch.from_numpy(words)
         d = torch.tensor(data, dtype=torch.int64, device=k.device)
     if k.device.type == "meta" and is_plain(k):
         return torch.empty(2, dtype=torch.int64, device="meta")

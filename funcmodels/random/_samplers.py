@@ -379,9 +379,9 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
     if threshold >= 65536:
         return torch.ones(shape, dtype=torch.bool, device=k.device if device is None else device)
     signed = threshold - 32768
-    host = halves_below(k, n, signed, device)
+    host = halves_below(k, n, signed, device, shape=shape)
     if host is not None:
-        return host.reshape(shape)
+        return host
 
     def convert(words: torch.Tensor) -> torch.Tensor:
         if is_plain(words) and sys.byteorder == "little":
@@ -430,7 +430,7 @@ def scaled_keep_mask(
     if kind is not None and threshold < 65536 and is_plain(k):
         n = math.prod(shape)
         scale = kind(_inverted_keep(p, dtype))
-        host = halves_below(k, n, threshold - 32768, device, scale)
+        host = halves_below(k, n, threshold - 32768, device, scale, shape)
         if host is not None:
-            return host.reshape(shape)
+            return host
     return keep_mask(k, 1.0 - p, shape, device).to(dtype).div_(1.0 - p)
