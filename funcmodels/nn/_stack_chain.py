@@ -25,13 +25,15 @@ def stacked_chain(
 ) -> Any:
     """The members of a chain of layers at once, each layer by its direct batched form.
 
-    A ``ReLU`` right after a ``Linear`` runs in place on the Linear's batched product
-    (``relu_``: its backward needs only the result), in eager mode with no tap active:
-    the product is a new tensor that nothing else holds (no tap or sow sees the layers
-    of a direct path), and one ``(n, B, out_features)`` buffer fewer per layer and call
-    is what keeps the Stack's step at the loop's (its fresh buffers are ``n`` times the
-    loop's, and the allocator hands large ones back to the system). Under torch.func
-    transforms and compile the chain runs out of place, as before.
+    In eager mode with no tap active (no tap or sow sees the layers of a direct path),
+    a ``ReLU`` right after a ``Linear`` runs in place on the Linear's batched product, a
+    new tensor that nothing else holds (``relu_``: its backward needs only the result);
+    where gradients are recorded, a chain of Linears each maybe followed by a ReLU runs
+    as one autograd node (:class:`StackedMLP`), whose backward also masks in place the
+    gradients it makes. The same kernels give the same values; what is spared is the
+    fresh ``(n, B, features)`` buffers, ``n`` times the loop's, which the allocator hands
+    back to the system and faults in again on the next step. Under torch.func transforms
+    and compile the chain runs op by op and out of place, as before.
 
     Arguments:
         ctx: the Stack's context.
@@ -82,8 +84,9 @@ def _as_one_node(layers, params, x, in_axis) -> Any:
     """A chain of Linears and ReLUs as one :class:`StackedMLP` node (gradients recorded,
     eager mode), or ``NotImplemented`` for any other chain or input."""
     plan = _plan(layers)
+    # Inside fwAD.dual_level() (torch's own counter) forward-mode AD needs each op's rule.
     if plan is None or not isinstance(x, torch.Tensor) or fwAD._current_level >= 0:
-        return NotImplemented  # forward-mode AD needs each op's own rule
+        return NotImplemented
     tensors = []
     for name, has_bias, _ in plan:
         tensors.append(params[f"{name}.weight"])

@@ -20,8 +20,10 @@ import torch
 _threshold_backward_into = torch.ops.aten.threshold_backward.grad_input
 
 
-def _product(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``(n, B, in) -> (n, B, out)``, Linear's direct form (the bias add fused)."""
+def batched_product(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``n`` Linears at once: ``h (n, B, in)``, ``w (n, out, in)``, ``b (n, out)`` or
+    ``None`` give ``(n, B, out)`` (one ``baddbmm``: vmap's rule for ``linear`` is a
+    ``bmm`` and a separate bias add)."""
     wt = w.transpose(1, 2)
     return torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
 
@@ -40,7 +42,7 @@ def chain_out_of_place(
     """The chain op by op, nothing in place (the differentiable form)."""
     h = x3
     for iw, ib, relu in _unpack(plan):
-        h = _product(h, tensors[iw], None if ib is None else tensors[ib])
+        h = batched_product(h, tensors[iw], None if ib is None else tensors[ib])
         if relu:
             h = torch.relu(h)
     return h
@@ -56,7 +58,7 @@ class StackedMLP(torch.autograd.Function):
         h, ins = x3, []
         for iw, ib, relu in _unpack(plan):
             ins.append(h)
-            h = _product(h, tensors[iw], None if ib is None else tensors[ib])
+            h = batched_product(h, tensors[iw], None if ib is None else tensors[ib])
             if relu:
                 h = torch.relu_(h)
         ctx.plan = plan

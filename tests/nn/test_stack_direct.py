@@ -158,3 +158,16 @@ def test_forward_mode_ad_takes_the_op_by_op_path():
             got = fwAD.unpack_dual(fm.apply(params, dual)).tangent
     want = jvp(lambda x: fm.apply(params, x), (x,), (tangent,))[1]
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_second_backward_of_a_retained_graph_gives_the_same_gradients(monkeypatch):
+    spec, params, x = setup("mlp")
+    leaves = fm.tree.map(lambda t: t.detach().requires_grad_(), params)
+    nodes = count_nodes(monkeypatch)
+    flat = [leaves[k] for k in leaves.flat()]
+    loss = fm.apply(leaves, x).square().sum()
+    assert nodes
+    first = torch.autograd.grad(loss, flat, retain_graph=True)
+    second = torch.autograd.grad(loss, flat)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
