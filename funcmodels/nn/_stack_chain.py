@@ -84,8 +84,11 @@ def _as_one_node(layers, params, x, in_axis) -> Any:
     """A chain of Linears and ReLUs as one :class:`StackedMLP` node (gradients recorded,
     eager mode), or ``NotImplemented`` for any other chain or input."""
     plan = _plan(layers)
-    # Inside fwAD.dual_level() (torch's own counter) forward-mode AD needs each op's rule.
-    if plan is None or not isinstance(x, torch.Tensor) or fwAD._current_level >= 0:
+    if plan is None or not isinstance(x, torch.Tensor):
+        return NotImplemented
+    # Forward-mode AD (fwAD.dual_level: torch's own counter) needs each op's rule, and
+    # autocast each op's cast, which the node's backward would not mirror.
+    if fwAD._current_level >= 0 or torch.is_autocast_enabled(x.device.type):
         return NotImplemented
     tensors = []
     for name, has_bias, _ in plan:

@@ -171,3 +171,18 @@ def test_a_second_backward_of_a_retained_graph_gives_the_same_gradients(monkeypa
     second = torch.autograd.grad(loss, flat)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+def test_autocast_takes_the_op_by_op_path():
+    """Under autocast each op casts on its own (the node's backward would not mirror
+    those casts): the gradients are the op-by-op path's, bit for bit."""
+    spec, params, x = setup("mlp")
+
+    def f(p):
+        return fm.apply(p, x).float().square().sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fm.grad(f)(params)
+        want = grad(f)(params)
+    for k in want.flat():
+        assert torch.equal(got[k], want[k]), k
