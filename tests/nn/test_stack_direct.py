@@ -186,3 +186,20 @@ def test_autocast_takes_the_op_by_op_path():
         want = grad(f)(params)
     for k in want.flat():
         assert torch.equal(got[k], want[k]), k
+
+
+def test_the_node_under_remat_recomputes_to_the_same_gradients(monkeypatch):
+    member = MEMBERS["mlp"][0]
+    spec = nn.Sequential(nn.Remat(nn.Stack(member, 5)))
+    params = fm.init(fm.key(0), spec)
+    x = fm.random.normal(fm.key(1), (6, 4))
+
+    def f(p):
+        return fm.apply(p, x).square().sum()
+
+    nodes = count_nodes(monkeypatch)
+    got = fm.grad(f)(params)
+    assert len(nodes) == 2  # the forward, and its recomputation in the backward
+    want = grad(f)(params)
+    for k in want.flat():
+        assert torch.equal(got[k], want[k]), k
