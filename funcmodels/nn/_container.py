@@ -13,6 +13,7 @@ from .._registry import layer_name_problem
 from .._shapes import Shape, child_shape, product, rank_known, show
 from .._spec import Context, Spec
 from ._check import non_negative_int
+from ._stack_chain import stacked_chain
 
 
 def _rank_of(children) -> int | None:
@@ -119,14 +120,7 @@ class Sequential(Spec):
     def stacked(self, ctx: Context, params, x, in_axis):
         if not self._stacks_directly():  # decided before any product is computed
             return NotImplemented
-        for name, layer in self.layers:
-            pre = f"{name}."
-            own = {k[len(pre) :]: v for k, v in params.items() if k.startswith(pre)}
-            x = layer.stacked(ctx, own, x, in_axis)
-            if x is NotImplemented:
-                return NotImplemented
-            in_axis = 0  # the members' outputs come stacked
-        return x
+        return stacked_chain(ctx, self.layers, params, x, in_axis)
 
 
 @dataclass(frozen=True)

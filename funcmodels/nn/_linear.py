@@ -19,6 +19,7 @@ from ._check import (
     torch_signature,
     uniform_param,
 )
+from ._stack_mlp import batched_product
 
 
 @torch_signature
@@ -138,9 +139,7 @@ class Linear(Spec):
         else:
             lead = x.shape[1:-1]
             x3 = x.reshape(n, -1, x.shape[-1])
-        wt = w.transpose(1, 2)
-        out = torch.bmm(x3, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x3, wt)
-        return out.reshape(n, *lead, w.shape[1])
+        return batched_product(x3, w, b).reshape(n, *lead, w.shape[1])
 
 
 @dataclass(frozen=True)
