@@ -1,5 +1,5 @@
 """The lifted scan under ``torch.compile`` as a nested compile region: one member traced,
-stamped out for the others.
+stamped out for every member.
 
 ``torch.compiler.nested_compile_region`` (torch 2.13) reuses a traced member only when the
 region is a function defined outside the compiled code, whose inputs are tensors and
@@ -7,13 +7,18 @@ constants (ints, strings, bools, ``None``) and whose output is a flat tuple of t
 The member, though, is a spec run in a context of the call. So a spec that wants its
 members run as a region registers the member spec once, when it is built
 (:func:`region_handle`), and the region, :func:`_member`, rebuilds the member's context
-from constants (the handle, the path, the train flag, the mode, the tensor names) and
-takes the member's tensors, its input and its key (folded outside) as arguments. What a
-member returns besides its output (new buffers, sown values) comes back flattened; its
-structure is that of member 0, which runs inline before the others (its outputs say how to
-read the region's, and its input, which need not require grad where the others' do, would
-have made dynamo trace the region twice anyway).
-"""
+from constants (the handle, the path, the train flag, the mode, the tensor names, each a
+separate argument: dynamo fingerprints flat arguments without pytree's walk) and takes
+the member's tensors, its input and its key (folded outside) as arguments. What a member
+returns besides its output (new buffers, sown values) comes back flattened; its structure
+is read from member 0 traced inline once, whose operations are unused and dropped.
+
+Every member, member 0 included, runs through the region, so the compiler generates each
+member's kernels once. Member 0's input, which need not require grad where the others' do,
+passes through an identity whose output requires grad (else dynamo would trace the region
+a second time for it). The members' params are taken apart by a function whose backward
+stacks their gradients with ``torch.stack`` as an opaque operator: inductor would
+otherwise generate (and compile) one C++ kernel of copies for it."""
 
 from __future__ import annotations
 
@@ -63,24 +68,75 @@ def _member(
     prefix: str,
     train: bool,
     mode: str,
-    pnames: tuple[str, ...],
-    snames: tuple[str, ...] | None,
     has_key: bool,
-    *tensors: torch.Tensor,
+    n_params: int,
+    n_state: int,
+    *args: Any,
 ) -> tuple[torch.Tensor, ...]:
-    """One member: its input, params, state and key in, its output, new buffers and sown
-    values out, in that order (all tensors)."""
+    """One member: ``n_params`` param names, ``n_state`` state names (``-1``: no state),
+    then its input, params, state and key in; its output, new buffers and sown values out,
+    in that order (all tensors)."""
     spec, context_type, run_type = _REGIONS[handle]
-    x, *rest = tensors
+    n_names = n_params + max(n_state, 0)
+    pnames, snames = args[:n_params], args[n_params:n_names]
+    x, *rest = tensors = args[n_names:]
     params = dict(zip(pnames, rest, strict=False))
-    rest = rest[len(pnames) :]
-    state = None if snames is None else dict(zip(snames, rest, strict=False))
+    rest = rest[n_params:]
+    state = None if n_state < 0 else dict(zip(snames, rest, strict=False))
     key = rest[-1] if has_key else None
     run = run_type(params, state, train, key, mode, None)
     out = spec.forward(context_type(run, spec, prefix), x)
     flat = (out, *pytree.tree_leaves((run.new_state, run.aux)))
     # invoke_subgraph refuses an output that is one of its inputs
     return tuple(t.clone() if any(t is a for a in tensors) else t for t in flat)
+
+
+@torch.library.custom_op("funcmodels::stack_members", mutates_args=())
+def _stack_members(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``, opaque to the compiler."""
+    return torch.stack(tensors)
+
+
+@_stack_members.register_fake
+def _(tensors):
+    return torch.stack(tensors)
+
+
+class _Unstack(torch.autograd.Function):
+    """``t.unbind(0)`` whose backward stacks the gradients by :func:`_stack_members`."""
+
+    @staticmethod
+    def forward(t):
+        return t.unbind(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _stack_members(list(grads))
+
+
+class _RequiringGrad(torch.autograd.Function):
+    """``x`` (a view) that requires grad because ``anchor`` does; no gradient flows back."""
+
+    @staticmethod
+    def forward(x, anchor):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+def _unbind(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # unbind: one backward (a stack) for all members, not a gradient of full size each
+    return _Unstack.apply(t) if t.requires_grad and torch.is_grad_enabled() else t.unbind(0)
 
 
 def in_region(
@@ -93,7 +149,8 @@ def in_region(
     where: tuple[int, str, bool, str],
     check: Callable[[Any, Any], None],
 ) -> tuple[Any, list[dict], list[dict]]:
-    """Members in sequence: member 0 inline (by ``member``), the others through the region.
+    """Members in sequence, each through the region (member 0 also traced inline by
+    ``member`` once, for the structure of its outputs).
 
     Arguments:
         member: runs one member inline (``member(params, state, key, x)``).
@@ -110,22 +167,34 @@ def in_region(
     handle, prefix, train, mode = where
     pnames = tuple(params)
     snames = None if state is None else tuple(state)
-    per_p = [t.unbind(0) for t in params.values()]  # unbind: one backward for all
+    per_p = [_unbind(t) for t in params.values()]
     per_s = [] if state is None else [t.unbind(0) for t in state.values()]
     keys = [None] * size if key is None else [_random.fold_in(key, i) for i in range(size)]
     p0 = {n: ts[0] for n, ts in zip(pnames, per_p, strict=True)}
     s0 = None if state is None else {n: ts[0] for n, ts in zip(snames, per_s, strict=True)}
-    out, new_state, aux = member(p0, s0, keys[0], x)
-    check(x, out)
+    probe, new_state, aux = member(p0, s0, keys[0], x)  # its operations go unused
+    check(x, probe)
     _, side = pytree.tree_flatten((new_state, aux))
-    states, auxes = [new_state], [aux]
-    for i in range(1, size):
+    constants = (handle, prefix, train, mode, key is not None, len(pnames))
+    constants += (-1, *pnames) if snames is None else (len(snames), *pnames, *snames)
+    out = _requiring_grad(x, params)
+    states, auxes = [], []
+    for i in range(size):
         tensors = [out, *(ts[i] for ts in per_p), *(ts[i] for ts in per_s)]
         if key is not None:
             tensors.append(keys[i])
-        flat = _member(handle, prefix, train, mode, pnames, snames, key is not None, *tensors)
+        flat = _member(*constants, *tensors)
         out = flat[0]
         new_state, aux = pytree.tree_unflatten(list(flat[1:]), side)
         states.append(new_state)
         auxes.append(aux)
     return out, states, auxes
+
+
+def _requiring_grad(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``x``, requiring grad where the members' params do (so that member 0's input is
+    like the others' and the region is traced once)."""
+    if x.requires_grad or not torch.is_grad_enabled():
+        return x
+    anchor = next((t for t in params.values() if t.requires_grad), None)
+    return x if anchor is None else _RequiringGrad.apply(x, anchor)

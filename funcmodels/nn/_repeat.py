@@ -30,9 +30,10 @@ class Repeat(Spec):
     the members), loads with :func:`funcmodels.from_state_dict`.
 
     Under ``torch.compile`` (with plain autograd, no ``torch.func`` transform inside the
-    compiled function) member 0 runs inline and the others as one
-    ``torch.compiler.nested_compile_region``, traced once and stamped out, so two members
-    are traced whatever ``n`` (a member whose input is not one tensor runs as torch's
+    compiled function) the members run as one ``torch.compiler.nested_compile_region``,
+    traced once and stamped out (member 0 is also traced inline once, for the structure
+    of its outputs), so two members are traced and one is compiled whatever ``n`` (a
+    member whose input is not one tensor runs as torch's
     ``scan`` op); in eager mode and under ``torch.func`` transforms (``vmap(grad)``:
     per-sample gradients, ``fm.jit`` of a step taking ``fm.value_and_grad``) they run as a
     Python loop. See :meth:`funcmodels.Context.scan`.
