@@ -314,6 +314,36 @@ def _shapes(args: tuple, kwargs: dict) -> str:
     return ", ".join(str(s) for s in shown[:8]) + (", ..." if len(shown) > 8 else "")
 
 
+# Inductor options fm.jit sets unless the caller sets them (measured on CPU, 1 thread; see
+# NOTES.md, "fm.jit's inductor defaults"). One graph holds the forward, the backward and
+# the optimiser, so nothing is partitioned between a forward and a backward graph:
+# - layout_optimization: inductor's channels-last conversion then converts a convolution's
+#   input once for the forward and again for the backward convolution, and keeps an NCHW
+#   copy besides; off, the small CNN's step took 0.73x the time, ResNet-18's 0.67x.
+# - reorder_for_peak_memory, reorder_for_locality: inductor moves each leaf's optimiser
+#   update next to the matrix product that makes its gradient, and a C++ kernel ends at
+#   each matrix product, so each update got a kernel (a C++ compile) of its own; in graph
+#   order the updates share kernels (the MLP step: 5 kernels instead of 7, a quarter less
+#   compile time, the same step time).
+_INDUCTOR_DEFAULTS = {
+    "layout_optimization": False,
+    "reorder_for_peak_memory": False,
+    "reorder_for_locality": False,
+}
+
+
+def _with_defaults(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``compile_kwargs`` with fm.jit's inductor options under the caller's own (a new
+    dict; none are added for another backend or with ``mode``, which torch.compile does
+    not take together with ``options``)."""
+    if compile_kwargs.get("backend", "inductor") != "inductor" or compile_kwargs.get("mode"):
+        return compile_kwargs
+    return {
+        **compile_kwargs,
+        "options": {**_INDUCTOR_DEFAULTS, **(compile_kwargs.get("options") or {})},
+    }
+
+
 class _Jitted:
     """The state of one ``fm.jit`` function: compiles seen, calls made."""
 
@@ -324,7 +354,7 @@ class _Jitted:
         self.name = name
         traced = _traced(fn, name)
         self.code = traced.__code__
-        self.compiled = torch.compile(traced, fullgraph=True, **compile_kwargs)
+        self.compiled = torch.compile(traced, fullgraph=True, **_with_defaults(compile_kwargs))
         self.compiles = 0
         self.calls = 0
         self.shapes = ""
@@ -380,13 +410,18 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
 
     Called inside another compiled function, ``fn`` is traced into the caller's graph.
 
-    Compile time is paid at the first call and at each recompile: on a CPU 9-13 s of
+    With the inductor backend (the default) and no ``mode``, fm.jit sets three inductor
+    options unless ``options`` sets them: ``layout_optimization=False`` (no channels-last
+    copies of convolution inputs, which a one-graph step would make twice) and
+    ``reorder_for_peak_memory=False``, ``reorder_for_locality=False`` (the optimiser's
+    updates stay in graph order and share C++ kernels, fewer kernels to compile).
+
+    Compile time is paid at the first call and at each recompile: on a CPU 7-9 s of
     CPU time for a small MLP's step with AdamW (plus about 10 s once per process for
-    inductor itself), about 3x what ``torch.compile`` of the module alone takes (its loss
-    and optimiser run eagerly) and about 1.4x torch's whole step compiled, since the whole step
-    (the gradient transform and the optimiser too) is traced and generated, one C++
-    kernel per group of fused ops; see NOTES.md. The compiled step then runs at
-    0.2-0.5x the eager one.
+    inductor itself), about 1.8x what ``torch.compile`` of the module alone takes (its
+    loss and optimiser run eagerly), since the whole step (the gradient transform and the
+    optimiser too) is traced and generated, one C++ kernel per group of fused ops; see
+    NOTES.md. The compiled step then runs at 0.2-0.5x the eager one.
     Eager is the better choice when the run is short (the steps times the time saved per
     step do not pay the compile), while shapes keep changing (variable sequence lengths
     without padding to a few buckets), for data-dependent control flow (``EarlyExit`` in
