@@ -352,6 +352,11 @@ def contenders(
     fns["torch optimiser"] = torch_opt.step
     times: dict[str, float] = {}
     if compiled:
+        # Each model compiles afresh: the torch models share nn.Sequential.forward, whose
+        # cache entries for an earlier model's shapes would make dynamo retrace this one
+        # with dynamic shapes, which inductor (torch 2.13) fails to compile for the CNN's
+        # train-mode BatchNorm ("Cannot convert expression to float").
+        torch._dynamo.reset()
         _warm_up_compiler()
         run["jit"] = list(run["fm"])
         # static shapes, as torch's compiled step below: the CNN's fm.jit step was once
