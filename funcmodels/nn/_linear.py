@@ -19,7 +19,7 @@ from ._check import (
     torch_signature,
     uniform_param,
 )
-from ._stack_mlp import batched_product
+from ._stack_mlp import batched_product, members_3d
 
 
 @torch_signature
@@ -133,12 +133,7 @@ class Linear(Spec):
         ):
             return NotImplemented  # the lifted vmap gives the error, naming the layer
         n = w.shape[0]
-        if in_axis is None:
-            lead = x.shape[:-1]
-            x3 = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
-        else:
-            lead = x.shape[1:-1]
-            x3 = x.reshape(n, -1, x.shape[-1])
+        x3, lead = members_3d(x, n, in_axis)
         return batched_product(x3, w, b).reshape(n, *lead, w.shape[1])
 
 

@@ -13,7 +13,7 @@ from .._spec import Context, Spec
 from .._tap import active_tap
 from ._activation import ReLU
 from ._linear import Linear
-from ._stack_mlp import StackedMLP
+from ._stack_mlp import StackedMLP, members_3d
 
 
 def stacked_chain(
@@ -106,11 +106,6 @@ def _as_one_node(layers, params, x, in_axis) -> Any:
         features = weight.shape[1]
     if not (x.requires_grad or any(t.requires_grad for t in tensors)):
         return NotImplemented
-    if in_axis is None:
-        lead = x.shape[:-1]
-        x3 = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
-    else:
-        lead = x.shape[1:-1]
-        x3 = x.reshape(n, -1, x.shape[-1])
+    x3, lead = members_3d(x, n, in_axis)
     out = StackedMLP.apply(tuple(p[1:] for p in plan), x3, *tensors)
     return out.reshape(n, *lead, features)

@@ -28,6 +28,15 @@ def batched_product(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) ->
     return torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
 
 
+def members_3d(x: torch.Tensor, n: int, in_axis: int | None):
+    """``(x3, lead)``: the input as ``(n, rows, features)`` for ``n`` members (shared by
+    all for ``in_axis=None``: an expanded view, no copy) and its leading shape, which the
+    members' outputs take back with ``out.reshape(n, *lead, out_features)``."""
+    if in_axis is None:
+        return x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1), x.shape[:-1]
+    return x.reshape(n, -1, x.shape[-1]), x.shape[1:-1]
+
+
 def _unpack(plan: Sequence[tuple[bool, bool]]):
     """``(weight index, bias index or None, relu)`` per Linear in the flat tensors."""
     i = 0
