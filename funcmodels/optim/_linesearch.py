@@ -76,6 +76,17 @@ def check_eager(where: str) -> None:
         )
 
 
+def check_search_call(where: str, params, value, grad, value_fn, extra_args: dict) -> dict:
+    """The checks a search's ``update`` makes before searching (the loss given, eager
+    mode, the params given, extra arguments all ``value_fn``'s); returns the extra
+    arguments ``value_fn`` takes."""
+    needs_loss(where, value, grad, value_fn)
+    check_eager(where)
+    if params is None:
+        raise ValueError(f"{where}: needs the params; call update(updates, state, params)")
+    return split_value_fn_kwargs(where, value_fn, extra_args)
+
+
 def split_value_fn_kwargs(where: str, value_fn: Callable, extra_args: dict) -> dict:
     """The extra arguments ``value_fn`` takes; any other is an error (optax's)."""
     if not callable(value_fn):
@@ -187,11 +198,7 @@ def scale_by_backtracking_linesearch(
         check_state(state, ScaleByBacktrackingLinesearchState, where)
         if not flatten(updates)[0]:  # a tree with no leaves: nothing to search
             return updates, state
-        needs_loss(where, value, grad, value_fn)
-        check_eager(where)
-        if params is None:
-            raise ValueError(f"{where}: needs the params; call update(updates, state, params)")
-        fn_kwargs = split_value_fn_kwargs(where, value_fn, extra_args)
+        fn_kwargs = check_search_call(where, params, value, grad, value_fn, extra_args)
         ps, spec = flatten(params)
         us = flatten_like(updates, spec, "updates")
         dtype, device = state.learning_rate.dtype, state.learning_rate.device

@@ -20,11 +20,9 @@ from ._base import (
 )
 from ._linesearch import (
     add_scale,
-    check_eager,
+    check_search_call,
     first_device,
-    needs_loss,
     scalar,
-    split_value_fn_kwargs,
     value_dtype,
     vdot,
 )
@@ -285,11 +283,7 @@ def scale_by_zoom_linesearch(
         check_state(state, ScaleByZoomLinesearchState, where)
         if not flatten(updates)[0]:  # a tree with no leaves: nothing to search
             return updates, state
-        needs_loss(where, value, grad, value_fn)
-        check_eager(where)
-        if params is None:
-            raise ValueError(f"{where}: needs the params; call update(updates, state, params)")
-        fn_kwargs = split_value_fn_kwargs(where, value_fn, extra_args)
+        fn_kwargs = check_search_call(where, params, value, grad, value_fn, extra_args)
         ps, spec = flatten(params)
         us = flatten_like(updates, spec, "updates")
         gs = flatten_like(grad, spec, "grad")
