@@ -79,13 +79,13 @@ def spans(n_blocks: int, chunk: int) -> list[list[tuple[int, int]]]:
     threads = max(1, min(torch.get_num_threads(), n_blocks // _GRAIN))
     if threads > 1 and _functorch.peek_interpreter_stack() is not None:
         threads = 1
-    per = math.ceil(n_blocks / (threads * chunk))  # chunks per thread
-    size = math.ceil(n_blocks / (threads * per))
-    starts = range(0, n_blocks, size)
-    return [
-        [(s, min(size, n_blocks - s)) for s in starts[t * per : (t + 1) * per]]
-        for t in range(threads)
-    ]
+    work = []
+    for t in range(threads):
+        lo, hi = n_blocks * t // threads, n_blocks * (t + 1) // threads
+        pieces = math.ceil((hi - lo) / chunk)
+        cuts = [lo + (hi - lo) * i // pieces for i in range(pieces + 1)]
+        work.append([(a, b - a) for a, b in zip(cuts, cuts[1:])])
+    return work
 
 
 def run_spans(work: list[list[tuple[int, int]]], each: Callable[[int, int], None]) -> None:
