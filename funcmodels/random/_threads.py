@@ -84,7 +84,7 @@ def spans(n_blocks: int, chunk: int) -> list[list[tuple[int, int]]]:
         lo, hi = n_blocks * t // threads, n_blocks * (t + 1) // threads
         pieces = math.ceil((hi - lo) / chunk)
         cuts = [lo + (hi - lo) * i // pieces for i in range(pieces + 1)]
-        work.append([(a, b - a) for a, b in zip(cuts, cuts[1:])])
+        work.append([(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
     return work
 
 
