@@ -16,14 +16,15 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch._C import _functorch
 
-# Fewest blocks worth a thread of their own: handing a range to a waiting worker costs
-# some tens of microseconds (a wake-up), about what the rounds of ~2,000 blocks cost.
-_GRAIN = 1 << 14
+# Fewest blocks worth a thread of their own (~0.7 ms of rounds): a split costs a worker's
+# wake-up and ~10% more CPU time in all (the GIL between ufunc calls), which a draw
+# must dwarf; on a loaded machine a split of 2**16 blocks or fewer lost (NOTES.md).
+_GRAIN = 1 << 15
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -39,16 +40,19 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    """The pool, with ``workers`` threads (made again if the thread count changed)."""
+def _submit(run: Callable[[list[tuple[int, int]]], None], parts) -> list[Future]:
+    """``run(part)`` for each of ``parts`` on the pool, whose size follows torch's thread
+    count (it is made again when that changed; under the lock, so that no other thread
+    submits to the pool being replaced)."""
     global _pool, _pool_workers
+    workers = max(len(parts), torch.get_num_threads() - 1)
     with _lock:
         if _pool_workers != workers:
             old, _pool, _pool_workers = _pool, ThreadPoolExecutor(workers), workers
             if old is not None:
                 # Ranges already handed to it still run: only its idle threads end.
                 old.shutdown(wait=False)
-        return _pool
+        return [_pool.submit(run, part) for part in parts]
 
 
 def scratch_mode():
@@ -109,8 +113,7 @@ def run_spans(work: list[list[tuple[int, int]]], each: Callable[[int, int], None
     if len(work) == 1:
         run(work[0], scratch_mode)
         return
-    pool = _get_pool(len(work) - 1)
-    futures = [pool.submit(run, chunks) for chunks in work[1:]]
+    futures = _submit(run, work[1:])
     try:
         run(work[0], scratch_mode)
     finally:
