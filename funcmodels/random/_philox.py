@@ -2,8 +2,9 @@
 
 Three implementations of the same rounds give the same bits: out of place in torch ops
 (under vmap, grad and compile, which need them traced or batched), in place in torch ops
-(eager draws off the CPU, and large ones on several threads) and in place in numpy's
-``uint64`` ufuncs (eager draws on the CPU: far less overhead per call).
+(eager draws off the CPU) and in place in numpy's ``uint64`` ufuncs (eager draws on the
+CPU: far less overhead per call; a large draw's blocks split over torch's thread count,
+:mod:`._threads`).
 
 Counter-based pseudo-random numbers from explicit keys.
 
