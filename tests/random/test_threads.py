@@ -175,6 +175,7 @@ def test_an_error_in_a_worker_reaches_the_caller(threads, small_split, monkeypat
         fm.random.uniform(fm.key(0), 8 * 8 * 4)
 
 
+@pytest.mark.slow  # a forked process
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_draws_on_threads_of_its_own(threads, small_split):
     # The parent's pool exists (a split draw ran) when the child is forked; the child's
@@ -202,6 +203,7 @@ def test_a_forked_child_draws_on_threads_of_its_own(threads, small_split):
     pytest.fail("a draw in a forked child hung")
 
 
+@pytest.mark.slow  # a subprocess
 def test_no_thread_at_import_nor_for_small_draws():
     code = (
         "import threading, torch, funcmodels as fm\n"
