@@ -3,8 +3,8 @@
 Contenders, each drawing ``n`` values (default 11,689,512, ResNet-18's parameter count):
 
 * ``uniform``: ``fm.random.uniform(key, (n,), minval=-0.1, maxval=0.1)`` (the chunked
-  eager path that ``fm.init`` takes on plain tensors: numpy's rounds, or torch's in-place
-  ones for large chunks on several threads);
+  eager path that ``fm.init`` takes on plain tensors: numpy's rounds, a large draw's
+  blocks split over torch's threads);
 * ``bits (fast)``: ``fm.random.bits(key, (n,))`` on the same path;
 * ``bits (functional)``: the out-of-place path that runs under vmap, grad and compile,
   called directly on the whole tensor;

@@ -2,8 +2,9 @@
 
 Three implementations of the same rounds give the same bits: out of place in torch ops
 (under vmap, grad and compile, which need them traced or batched), in place in torch ops
-(eager draws off the CPU, and large ones on several threads) and in place in numpy's
-``uint64`` ufuncs (eager draws on the CPU: far less overhead per call).
+(eager draws off the CPU) and in place in numpy's ``uint64`` ufuncs (eager draws on the
+CPU: far less overhead per call; a large draw's blocks split over torch's thread count,
+:mod:`._threads`).
 
 Counter-based pseudo-random numbers from explicit keys.
 
@@ -22,14 +23,13 @@ operations, so integer and ``[0, 1)`` uniform draws are bit-identical across dev
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch._C import _functorch
 
+from . import _threads
 from ._constants import _M0, _M1, _MASK, _ROUNDS, _W0, _W1
 from ._philox_np import _philox_numpy
 
@@ -41,8 +41,6 @@ _STREAM_BITS, _STREAM_SPLIT, _STREAM_FOLD = 0, 1, 2
 _CHUNK = 1 << 17
 # Below this many blocks (off the CPU) the fixed cost of the in-place path does not pay.
 _SMALL = 256
-# torch's intra-op parallel grain (elements per op): shorter lanes run on one thread.
-_PARALLEL = 32768
 
 Shape = int | Sequence[int] | torch.Size
 
@@ -223,15 +221,6 @@ def _draw(k: torch.Tensor, n: int, group: int, convert, device) -> torch.Tensor:
     return generate(k, n, 4 // group, lambda w: convert(w.reshape(-1)), device)
 
 
-def _scratch_mode():
-    """Inference mode for the generator's own buffers (a quarter fewer microseconds per
-    op on small draws: no version counters), outside torch.func transforms, whose
-    interaction with it is not ours to rely on."""
-    if _functorch.peek_interpreter_stack() is None:
-        return torch.inference_mode()
-    return contextlib.nullcontext()
-
-
 def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.Tensor:
     """``n`` values, ``per_block`` (1, 2, 4 or 8) of them from each Philox block.
 
@@ -250,15 +239,16 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
         # slower than on the CPU); ``convert`` of one CPU block tells the dtype.
         probe = convert(torch.zeros(1, 4, dtype=torch.int64))
         return torch.empty(n, dtype=probe.dtype, device="meta")
-    chunk = _CHUNK if device.type == "cpu" else n_blocks
-    m = min(chunk, n_blocks)
-    numpy = is_plain(k) and _numpy_path(device, m)
+    numpy = is_plain(k) and _numpy_path(device)
     if n_blocks == 0 or not (numpy or (is_plain(k) and n_blocks > _SMALL)):
         return convert(_blocks(k, _STREAM_BITS, n_blocks, device))[:n]
     keys = _round_keys(*k.tolist())
+    if numpy:
+        return _numpy_draw(keys, n, per_block, convert)
+    chunk = _CHUNK if device.type == "cpu" else n_blocks
     out = None
-    with _scratch_mode():
-        rounds = _numpy_rounds(keys) if numpy else _torch_rounds(keys, m, device)
+    with _threads.scratch_mode():
+        rounds = _torch_rounds(keys, min(chunk, n_blocks), device)
         for start in range(0, n_blocks, chunk):
             stop = min(n_blocks, start + chunk)
             values = convert(rounds(start, stop - start))
@@ -270,11 +260,32 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
     return out[:n]
 
 
-def _numpy_path(device: torch.device, m: int) -> bool:
-    """Whether a plain draw makes its words in numpy: on the CPU, unless torch would run
-    the rounds on several threads (chunks of ``m`` blocks past its parallel grain). The
-    bits are the same either way."""
-    return device.type == "cpu" and (m <= _PARALLEL or torch.get_num_threads() == 1)
+def _numpy_path(device: torch.device) -> bool:
+    """Whether a plain draw makes its words in numpy's rounds: on the CPU, on
+    ``torch.get_num_threads()`` threads where the draw is large (:mod:`._threads`)."""
+    return device.type == "cpu"
+
+
+def _numpy_draw(keys, n: int, per_block: int, convert) -> torch.Tensor:
+    """:func:`generate` on the CPU: the words in numpy, chunk by chunk, converted while
+    they are in cache; the chunks of a large draw on several threads."""
+    n_blocks = -(-n // per_block)
+    work = _threads.spans(n_blocks, _CHUNK)
+    rounds = _numpy_rounds(keys)
+    if len(work) == 1 and len(work[0]) == 1:  # one chunk, as every small draw
+        with _threads.scratch_mode():
+            values = convert(rounds(0, n_blocks))
+        # The result is an ordinary tensor, whatever the scratch is.
+        return values.clone()[:n]
+    # ``convert`` of one block tells the dtype before any thread writes.
+    dtype = convert(torch.zeros(1, 4, dtype=torch.int64)).dtype
+    out = torch.empty(n_blocks * per_block, dtype=dtype)
+
+    def each(start: int, m: int) -> None:
+        out[start * per_block : (start + m) * per_block] = convert(rounds(start, m))
+
+    _threads.run_spans(work, each)
+    return out[:n]
 
 
 def _numpy_rounds(keys):

@@ -33,7 +33,7 @@ _SAMPLERS = {
 def test_fast_path_equals_functional_path_across_chunks(monkeypatch, name, numpy):
     monkeypatch.setattr(R, "_CHUNK", 16)  # blocks per chunk: many chunks
     monkeypatch.setattr(R, "_SMALL", 4)  # torch's in-place path from 5 blocks
-    monkeypatch.setattr(R, "_numpy_path", lambda device, m: numpy)
+    monkeypatch.setattr(R, "_numpy_path", lambda device: numpy)
     draw = _SAMPLERS[name]
     k = fm.key(21)
     n = 16 * 8 * 3 + 5
@@ -46,7 +46,7 @@ def test_fast_path_equals_functional_path_across_chunks(monkeypatch, name, numpy
 @pytest.mark.parametrize("numpy", [True, False], ids=["numpy", "torch in place"])
 @pytest.mark.parametrize("name", list(_SAMPLERS))
 def test_results_are_ordinary_tensors(monkeypatch, name, numpy):
-    monkeypatch.setattr(R, "_numpy_path", lambda device, m: numpy)
+    monkeypatch.setattr(R, "_numpy_path", lambda device: numpy)
     out = _SAMPLERS[name](fm.key(22), 5000)  # above the in-place path's threshold
     assert not out.is_inference()
     out.zero_()  # in place, outside inference mode: refused for an inference tensor
