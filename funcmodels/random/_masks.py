@@ -1,16 +1,11 @@
-"""Dropout's masks: 16 random bits per entry, eager and as one opaque operator under
-:func:`torch.compile`.
+"""Dropout's masks: 16 random bits per entry.
 
-Eagerly (and under :func:`torch.func.vmap` outside compile) a mask is made as before: in
-numpy on the CPU (:func:`funcmodels.random._host.halves_below`), in torch's ops
-elsewhere. Under compile the Philox rounds in tensor ops would be traced, ~100 integer
-ops per mask that inductor turns into generated C++ kernels (seconds of ``g++`` per
-compile), so there the mask is a call of the custom operators ``funcmodels::keep_mask``
-and ``funcmodels::scaled_keep_mask``, whose implementation is the eager generator (the
-same function of the key, so the same bits) and which inductor calls as an extern
-kernel. Their key may carry batch dimensions in front, ``(*batch, 2)``, one mask per key:
-that is their vmap rule, so vmap over keys inside a compiled function gives each key the
-mask it gives alone. The operators are registered once per process, at import.
+Eagerly (and under :func:`torch.func.vmap` outside compile) a mask is made in numpy on
+the CPU (:func:`funcmodels.random._host.halves_below`) and in torch's ops elsewhere.
+Under :func:`torch.compile` it is one call of the operator ``funcmodels::keep_mask`` or
+``funcmodels::scaled_keep_mask`` (:mod:`funcmodels.random._ops`), whose implementation
+is the eager path below: the same bits, and no traced Philox rounds for inductor to
+turn into C++ kernels.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +49,7 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
     if threshold >= 65536:
         return torch.ones(shape, dtype=torch.bool, device=device)
     if torch.compiler.is_compiling():
-        return _keep_mask_op(k, keep, shape, device)
+        return torch.ops.funcmodels.keep_mask.default(k, keep, shape, device)
     return _keep_mask(k, threshold, shape, n, device)
 
 
@@ -110,7 +104,8 @@ def scaled_keep_mask(
     """
     if torch.compiler.is_compiling() and round((1.0 - p) * 65536.0) < 65536:
         device = k.device if device is None else torch.device(device)
-        return _scaled_keep_mask_op(k, p, _numel(shape, "keep_mask")[0], dtype, device)
+        shape = _numel(shape, "scaled_keep_mask")[0]
+        return torch.ops.funcmodels.scaled_keep_mask.default(k, p, shape, dtype, device)
     return _scaled_keep_mask(k, p, shape, dtype, device)
 
 
@@ -126,62 +121,3 @@ def _scaled_keep_mask(k: torch.Tensor, p: float, shape, dtype: torch.dtype, devi
         if host is not None:
             return host
     return keep_mask(k, 1.0 - p, shape, device).to(dtype).div_(1.0 - p)
-
-
-def _per_key(key: torch.Tensor, shape, dtype, device, make: Callable) -> torch.Tensor:
-    """``make(k)`` (a mask of ``shape``) for each key ``k`` of ``key`` ``(*batch, 2)``,
-    stacked as ``(*batch, *shape)``."""
-    if key.dim() == 1:
-        return make(key)
-    out = torch.empty((*key.shape[:-1], *shape), dtype=dtype, device=device)
-    rows = out.view(-1, *shape)
-    for i, k in enumerate(key.reshape(-1, 2)):
-        rows[i] = make(k)
-    return out
-
-
-@torch.library.custom_op("funcmodels::keep_mask", mutates_args=())
-def _keep_mask_op(
-    key: torch.Tensor, keep: float, shape: Sequence[int], device: torch.device
-) -> torch.Tensor:
-    """:func:`keep_mask` for keys ``(*batch, 2)``: ``bool`` ``(*batch, *shape)``."""
-    shape = tuple(shape)
-    threshold, n = round(keep * 65536.0), math.prod(shape)
-    return _per_key(
-        key, shape, torch.bool, device, lambda k: _keep_mask(k, threshold, shape, n, device)
-    )
-
-
-@torch.library.custom_op("funcmodels::scaled_keep_mask", mutates_args=())
-def _scaled_keep_mask_op(
-    key: torch.Tensor, p: float, shape: Sequence[int], dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """:func:`scaled_keep_mask` for keys ``(*batch, 2)``: ``dtype`` ``(*batch, *shape)``."""
-    shape = tuple(shape)
-    return _per_key(
-        key, shape, dtype, device, lambda k: _scaled_keep_mask(k, p, shape, dtype, device)
-    )
-
-
-@_keep_mask_op.register_fake
-def _(key, keep, shape, device):
-    return torch.empty((*key.shape[:-1], *shape), dtype=torch.bool, device=device)
-
-
-@_scaled_keep_mask_op.register_fake
-def _(key, p, shape, dtype, device):
-    return torch.empty((*key.shape[:-1], *shape), dtype=dtype, device=device)
-
-
-@_keep_mask_op.register_vmap
-def _(info, in_dims, key, keep, shape, device):
-    if in_dims[0] is None:
-        return _keep_mask_op(key, keep, shape, device), None
-    return _keep_mask_op(key.movedim(in_dims[0], 0), keep, shape, device), 0
-
-
-@_scaled_keep_mask_op.register_vmap
-def _(info, in_dims, key, p, shape, dtype, device):
-    if in_dims[0] is None:
-        return _scaled_keep_mask_op(key, p, shape, dtype, device), None
-    return _scaled_keep_mask_op(key.movedim(in_dims[0], 0), p, shape, dtype, device), 0

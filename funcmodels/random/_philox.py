@@ -391,9 +391,9 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         if not 0 <= data < 2**32:
             raise ValueError(f"fm.fold_in: data must be in [0, 2**32), got {data}")
         if torch.compiler.is_compiling():
-            # One opaque call, not ten traced Philox rounds: inductor would generate a
-            # C++ kernel of them for every layer key (seconds of compile each).
-            return _fold_in_op(k, data)
+            # One opaque call (``_ops.py``), not ten traced Philox rounds: inductor would
+            # generate a C++ kernel of them for every layer key (a second of g++ each).
+            return torch.ops.funcmodels.fold_in.default(k, data)
         if is_plain(k) and k.device.type == "cpu":
             k0, k1 = k.tolist()
             # From a numpy array: a third of torch.tensor's cost for two Python ints, and
@@ -405,26 +405,3 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         return torch.empty(2, dtype=torch.int64, device="meta")
     stream = torch.tensor(_STREAM_FOLD, dtype=torch.int64, device=k.device)
     return _philox_functional(k[0], k[1], d, stream)[..., :2]
-
-
-@torch.library.custom_op("funcmodels::fold_in", mutates_args=())
-def _fold_in_op(key: torch.Tensor, data: int) -> torch.Tensor:
-    """:func:`fold_in` of an int for keys ``(*batch, 2)`` (one call under compile, where
-    the eager path runs): ``(*batch, 2)``."""
-    if key.dim() == 1:
-        return fold_in(key, data)
-    d = torch.tensor(data, dtype=torch.int64, device=key.device)
-    stream = torch.tensor(_STREAM_FOLD, dtype=torch.int64, device=key.device)
-    return _philox_functional(key[..., 0], key[..., 1], d, stream)[..., :2].contiguous()
-
-
-@_fold_in_op.register_fake
-def _(key, data):
-    return torch.empty_like(key, memory_format=torch.contiguous_format)
-
-
-@_fold_in_op.register_vmap
-def _(info, in_dims, key, data):
-    if in_dims[0] is None:
-        return _fold_in_op(key, data), None
-    return _fold_in_op(key.movedim(in_dims[0], 0), data), 0

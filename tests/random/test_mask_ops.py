@@ -10,8 +10,6 @@ import torch
 from torch.func import grad, vmap
 
 import funcmodels as fm
-from funcmodels.random import _masks as M
-from funcmodels.random import _philox as R
 from funcmodels.random._samplers import keep_mask, scaled_keep_mask
 
 _SHAPES = [(64, 128), (3, 5, 7), (1,), (0, 4), (9,)]
@@ -154,7 +152,8 @@ def test_the_operators_pass_torchs_opcheck():
     k = fm.key(9)
     batched = fm.split(k, 3)
     cpu = torch.device("cpu")
+    ops = torch.ops.funcmodels
     for key in (k, batched):
-        torch.library.opcheck(M._keep_mask_op, (key, 0.7, [5, 3], cpu))
-        torch.library.opcheck(M._scaled_keep_mask_op, (key, 0.3, [4, 9], torch.float32, cpu))
-        torch.library.opcheck(R._fold_in_op, (key, 11))
+        torch.library.opcheck(ops.keep_mask.default, (key, 0.7, [5, 3], cpu))
+        torch.library.opcheck(ops.scaled_keep_mask.default, (key, 0.3, [4, 9], torch.float32, cpu))
+        torch.library.opcheck(ops.fold_in.default, (key, 11))
