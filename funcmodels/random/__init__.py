@@ -13,6 +13,7 @@ Only integer arithmetic makes the bits, and float samples are built from them wi
 operations, so integer and ``[0, 1)`` uniform draws are bit-identical across devices.
 """
 
+from . import _ops  # noqa: F401 (registers the operators used under compile)
 from ._data import batches, categorical, choice, permutation
 from ._philox import bits, check_key, fold_in, is_plain, key, split
 from ._samplers import bernoulli, gumbel, normal, randint, truncated_normal, uniform

@@ -401,6 +401,10 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             raise TypeError(f"fm.fold_in: data must be an int, got {type(data).__name__}")
         if not 0 <= data < 2**32:
             raise ValueError(f"fm.fold_in: data must be in [0, 2**32), got {data}")
+        if torch.compiler.is_compiling():
+            # One opaque call (``_ops.py``), not ten traced Philox rounds: inductor would
+            # generate a C++ kernel of them for every layer key (a second of g++ each).
+            return torch.ops.funcmodels.fold_in.default(k, data)
         if is_plain(k) and k.device.type == "cpu":
             k0, k1 = k.tolist()
             # From a numpy array: a third of torch.tensor's cost for two Python ints, and
