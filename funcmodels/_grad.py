@@ -425,7 +425,9 @@ def jit(fn: Callable[..., Any], **compile_kwargs: Any) -> Callable[..., Any]:
     Eager is the better choice when the run is short (the steps times the time saved per
     step do not pay the compile), while shapes keep changing (variable sequence lengths
     without padding to a few buckets), for data-dependent control flow (``EarlyExit`` in
-    eval, ``.item()``), and while debugging.
+    eval, ``.item()``), for a dropless ``transforms.MoE`` (``capacity_factor=None``: compiled,
+    every expert runs on all tokens, so a top-2-of-8 step did 4x the expert products and
+    took 1.3x the eager step on a CPU), and while debugging.
 
     Arguments:
         fn: the function to compile.

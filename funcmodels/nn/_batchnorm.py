@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .._shapes import Shape, check_size, fill, fit_rank, product, rank_known, show
 from .._spec import Context, Spec
-from ._check import affine_init, boolean, number, positive_int, sizes_known, under_vmap
+from ._check import affine_init, boolean, number, positive_int, sizes_known, under_vmap, vmap_active
 
 
 @dataclass(frozen=True)
@@ -159,20 +159,17 @@ class _BatchNorm(_ChannelNorm):
     def _one_pass(self, ctx: Context, x: torch.Tensor) -> bool:
         """Whether ``F.batch_norm`` can update copies of the running statistics itself.
 
-        Eager only, outside vmap: functorch's batch-norm rule refuses running statistics
-        that are not batched like the input, and under torch.compile the vmap query
-        cannot be traced. The dtypes must agree, since the kernel keeps the statistics
-        in their own dtype where the two-pass rule converts the batch's.
+        Not under vmap (functorch's batch-norm rule refuses running statistics that are
+        not batched like the input), asked of functorch's interpreter stack, which dynamo
+        reads at trace time, so the answer holds under torch.compile too. Compiled, the
+        kernel's momentum must be a constant: ``momentum=None`` (a factor read from the
+        count) keeps the two-pass rule there. The dtypes must agree, since the kernel keeps
+        the statistics in their own dtype where the two-pass rule converts the batch's.
         """
-        if torch.compiler.is_compiling():
+        if self.momentum is None and torch.compiler.is_compiling():
             return False
         mean, var = ctx.buffer("running_mean"), ctx.buffer("running_var")
-        return (
-            mean.dtype == var.dtype == x.dtype
-            and not under_vmap(x)
-            and not under_vmap(mean)
-            and not under_vmap(var)
-        )
+        return mean.dtype == var.dtype == x.dtype and not vmap_active()
 
     def _train_one_pass(self, ctx: Context, x, weight, bias) -> torch.Tensor:
         """Train mode in one pass over ``x``, as torch.nn: the kernel that normalises also

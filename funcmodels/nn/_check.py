@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch._C import _functorch
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from .. import random as _random
 from .._documents import show_int
@@ -265,6 +266,26 @@ def under_vmap(t: torch.Tensor) -> bool:
             return True
         t = _functorch.get_unwrapped(t)
     return False
+
+
+def vmap_active() -> bool:
+    """True when a :func:`torch.func.vmap` is on functorch's transform stack.
+
+    Unlike :func:`under_vmap`, which asks a tensor's wrappers (queries dynamo cannot
+    trace), this walks the interpreter stack with calls dynamo evaluates at trace time,
+    so it gives the same answer eagerly and under :func:`torch.compile`, also for a
+    ``vmap`` below a ``grad`` (``grad(vmap(f))``) or above it (``vmap(grad(f))``).
+
+    Returns:
+        whether some vmap level is active; ``False`` outside torch.func transforms.
+    """
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    interpreter = retrieve_current_functorch_interpreter()
+    if interpreter.key() == _functorch.TransformType.Vmap:
+        return True
+    with interpreter.lower():
+        return vmap_active()
 
 
 def affine_init(shapes: dict[str, tuple[int, ...]], dtype, device) -> dict[str, torch.Tensor]:

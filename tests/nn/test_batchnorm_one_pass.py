@@ -1,10 +1,12 @@
-"""BatchNorm in train mode in one pass (``_batchnorm.py``): in eager mode outside vmap the
-kernel that normalises also moves copies of the running statistics, as torch.nn does.
+"""BatchNorm in train mode in one pass (``_batchnorm.py``): outside vmap the kernel that
+normalises also moves copies of the running statistics, as torch.nn does (compiled too:
+``test_batchnorm_compiled.py``).
 
 References: torch.nn's BatchNorm with the same weights and buffers, stepped alongside.
 Tolerances: exact (the same kernel on the same numbers) on the one-pass path, eager and
 under ``fm.value_and_grad``/``torch.func.grad``; ``atol=1e-6, rtol=1e-6`` where the
-statistics take the two-pass rule (different dtypes; torch.compile).
+statistics take the two-pass rule (different dtypes) and compiled (inductor's reduction
+rounds differently).
 """
 
 from __future__ import annotations
