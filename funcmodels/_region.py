@@ -144,8 +144,9 @@ def _unbind(ts: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
     """Each of ``ts``'s members (``unbind(0)``: one backward, a stack, for all members,
     not a gradient of full size each); those that require grad through one
     :class:`_Unstack`."""
-    out = [t.unbind(0) for t in ts]
-    wrt = [i for i, t in enumerate(ts) if t.requires_grad] if torch.is_grad_enabled() else []
+    grad = torch.is_grad_enabled()
+    wrt = [i for i, t in enumerate(ts) if grad and t.requires_grad]
+    out = [() if i in wrt else t.unbind(0) for i, t in enumerate(ts)]
     if wrt:
         flat = _Unstack.apply(*(ts[i] for i in wrt))
         n = ts[wrt[0]].shape[0]
@@ -196,9 +197,8 @@ def in_region(
     states, auxes = [], []
     # each member's tensors, gathered by one zip (dynamo traces it faster than a
     # generator per member)
-    members = list(zip(*per_p, *per_s, keys, strict=True)) if key is not None else None
-    if members is None:
-        members = list(zip(*per_p, *per_s, strict=True)) if per_p or per_s else [()] * size
+    columns = [*per_p, *per_s, *([keys] if key is not None else [])]
+    members = list(zip(*columns, strict=True)) if columns else [()] * size
     for i in range(size):
         flat = _member(*constants, out, *members[i])
         out = flat[0]
