@@ -103,19 +103,25 @@ def _(tensors):
 
 
 class _Unstack(torch.autograd.Function):
-    """``t.unbind(0)`` whose backward stacks the gradients by :func:`_stack_members`."""
+    """Each of ``ts`` ``unbind(0)``-ed, all members of all tensors in one flat tuple (one
+    Function for all, so that dynamo traces one); the backward stacks each tensor's
+    gradients by :func:`_stack_members`."""
 
     @staticmethod
-    def forward(t):
-        return t.unbind(0)
+    def forward(*ts):
+        members = []
+        for t in ts:  # a loop, not a generator: dynamo traces generators slowly
+            members.extend(t.unbind(0))
+        return tuple(members)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        ctx.size = inputs[0].shape[0]
 
     @staticmethod
     def backward(ctx, *grads):
-        return _stack_members(list(grads))
+        n = ctx.size
+        return tuple([_stack_members(list(grads[i : i + n])) for i in range(0, len(grads), n)])
 
 
 class _RequiringGrad(torch.autograd.Function):
@@ -134,9 +140,19 @@ class _RequiringGrad(torch.autograd.Function):
         return None, None
 
 
-def _unbind(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    # unbind: one backward (a stack) for all members, not a gradient of full size each
-    return _Unstack.apply(t) if t.requires_grad and torch.is_grad_enabled() else t.unbind(0)
+def _unbind(ts: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    """Each of ``ts``'s members (``unbind(0)``: one backward, a stack, for all members,
+    not a gradient of full size each); those that require grad through one
+    :class:`_Unstack`."""
+    grad = torch.is_grad_enabled()
+    wrt = [i for i, t in enumerate(ts) if grad and t.requires_grad]
+    out = [() if i in wrt else t.unbind(0) for i, t in enumerate(ts)]
+    if wrt:
+        flat = _Unstack.apply(*(ts[i] for i in wrt))
+        n = ts[wrt[0]].shape[0]
+        for j, i in enumerate(wrt):
+            out[i] = flat[j * n : (j + 1) * n]
+    return out
 
 
 def in_region(
@@ -167,7 +183,7 @@ def in_region(
     handle, prefix, train, mode = where
     pnames = tuple(params)
     snames = None if state is None else tuple(state)
-    per_p = [_unbind(t) for t in params.values()]
+    per_p = _unbind(list(params.values())) if params else []
     per_s = [] if state is None else [t.unbind(0) for t in state.values()]
     keys = [None] * size if key is None else [_random.fold_in(key, i) for i in range(size)]
     p0 = {n: ts[0] for n, ts in zip(pnames, per_p, strict=True)}
@@ -179,13 +195,15 @@ def in_region(
     constants += (-1, *pnames) if snames is None else (len(snames), *pnames, *snames)
     out = _requiring_grad(x, params)
     states, auxes = [], []
+    # each member's tensors, gathered by one zip (dynamo traces it faster than a
+    # generator per member)
+    columns = [*per_p, *per_s, *([keys] if key is not None else [])]
+    members = list(zip(*columns, strict=True)) if columns else [()] * size
     for i in range(size):
-        tensors = [out, *(ts[i] for ts in per_p), *(ts[i] for ts in per_s)]
-        if key is not None:
-            tensors.append(keys[i])
-        flat = _member(*constants, *tensors)
+        flat = _member(*constants, out, *members[i])
         out = flat[0]
-        new_state, aux = pytree.tree_unflatten(list(flat[1:]), side)
+        if side.num_leaves:  # else member 0's (empty) structure is every member's
+            new_state, aux = pytree.tree_unflatten(list(flat[1:]), side)
         states.append(new_state)
         auxes.append(aux)
     return out, states, auxes
