@@ -82,6 +82,16 @@ class _Graphs:
         return [n for g in self.graphs for n in g.graph.nodes if n.target is target]
 
 
+def _assert_eager_step(loss, params, state, value, new_state, grads) -> None:
+    """A compiled step's loss, gradients and new state against the eager step's."""
+    (want_value, want_state), want_grads = fm.value_and_grad(loss, has_aux=True)(params, state)
+    torch.testing.assert_close(value, want_value, **CLOSE)
+    for name, t in want_grads.flat().items():
+        torch.testing.assert_close(grads[name], t, **CLOSE, msg=name)
+    for name, t in want_state.flat().items():
+        torch.testing.assert_close(new_state[name], t, **CLOSE, msg=name)
+
+
 def _loss_and_state(spec_momentum=0.1):
     spec = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4, momentum=spec_momentum))
     params, state = randomised(spec)
@@ -104,12 +114,7 @@ def test_compiled_gradient_step_takes_the_one_pass_form():
     assert len(norms) == 1
     assert norms[0].args[1] is not None and norms[0].args[2] is not None  # running tensors in
     assert graphs.calls(torch.var_mean) == []  # no second pass over the batch
-    (want_value, want_state), want_grads = fm.value_and_grad(loss, has_aux=True)(params, state)
-    torch.testing.assert_close(value, want_value, **CLOSE)
-    for name, t in want_grads.flat().items():
-        torch.testing.assert_close(grads[name], t, **CLOSE, msg=name)
-    for name, t in want_state.flat().items():
-        torch.testing.assert_close(new_state[name], t, **CLOSE, msg=name)
+    _assert_eager_step(loss, params, state, value, new_state, grads)
     assert int(new_state["1.num_batches_tracked"]) == 8  # randomised() starts at 7
 
 
@@ -172,12 +177,7 @@ def test_compiled_stack_of_batchnorm_members_matches_eager():
     (value, new_state), grads = fm.jit(fm.value_and_grad(loss, has_aux=True), backend="aot_eager")(
         params, state
     )
-    (want_value, want_state), want_grads = fm.value_and_grad(loss, has_aux=True)(params, state)
-    torch.testing.assert_close(value, want_value, **CLOSE)
-    for name, t in want_grads.flat().items():
-        torch.testing.assert_close(grads[name], t, **CLOSE, msg=name)
-    for name, t in want_state.flat().items():
-        torch.testing.assert_close(new_state[name], t, **CLOSE, msg=name)
+    _assert_eager_step(loss, params, state, value, new_state, grads)
 
 
 def test_per_sample_gradients_in_eval_mode_compiled():

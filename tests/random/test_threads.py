@@ -19,20 +19,13 @@ from torch.func import vmap
 import funcmodels as fm
 from funcmodels.random import _philox as R
 from funcmodels.random import _threads as T
-from funcmodels.random._samplers import keep_mask, scaled_keep_mask
+from funcmodels.random._samplers import scaled_keep_mask
 
+from .test_generator_paths import _SAMPLERS as PATH_SAMPLERS
+
+# The generator-path tests' samplers, the scaled keep mask added (its own host path).
 _SAMPLERS = {
-    "bits": lambda k, n: R.bits(k, n),
-    "uniform": lambda k, n: fm.random.uniform(k, n),
-    "uniform bounded": lambda k, n: fm.random.uniform(k, n, minval=-0.3, maxval=0.7),
-    "uniform float16": lambda k, n: fm.random.uniform(k, n, torch.float16, minval=-2.0),
-    "uniform float64": lambda k, n: fm.random.uniform(k, n, torch.float64),
-    "normal": lambda k, n: fm.random.normal(k, n),
-    "truncated normal": lambda k, n: fm.random.truncated_normal(k, -1.0, 2.0, n),
-    "bernoulli": lambda k, n: fm.random.bernoulli(k, 0.3, n),
-    "randint": lambda k, n: fm.random.randint(k, n, -7, 1000),
-    "gumbel": lambda k, n: fm.random.gumbel(k, n),
-    "keep mask": lambda k, n: keep_mask(k, 0.8, (n,)),
+    **{name: draw for name, draw in PATH_SAMPLERS.items() if name != "bernoulli tensor p"},
     "scaled keep mask": lambda k, n: scaled_keep_mask(k, 0.2, (n,), torch.float32),
 }
 
