@@ -109,7 +109,7 @@ def uniform_host(
     if shifted is not None:
         largest = f32(f32((1 << (32 - shift)) - 1) * f32(scale)) + f32(shifted[0])
         clamp = bool(largest > f32(shifted[1]))
-    out = torch.empty(n_blocks * 4, dtype=torch.float32)
+    out = torch.empty(n_blocks * 4, dtype=torch.float32, device="cpu")
     flat = out.numpy()
 
     def each(start: int, words: np.ndarray) -> None:

@@ -1,11 +1,14 @@
 """Dropout's masks: 16 random bits per entry.
 
-Eagerly (and under :func:`torch.func.vmap` outside compile) a mask is made in numpy on
-the CPU (:func:`funcmodels.random._host.halves_below`) and in torch's ops elsewhere.
-Under :func:`torch.compile` it is one call of the operator ``funcmodels::keep_mask`` or
-``funcmodels::scaled_keep_mask`` (:mod:`funcmodels.random._ops`), whose implementation
-is the eager path below: the same bits, and no traced Philox rounds for inductor to
-turn into C++ kernels.
+Eagerly, for one plain key, a mask is made in numpy on the CPU
+(:func:`funcmodels.random._host.halves_below`) and in torch's ops elsewhere; a batched
+key (under :func:`torch.func.vmap`) takes the functional torch path. Under
+:func:`torch.compile`, for a mask on the CPU, it is one call of the operator
+``funcmodels::keep_mask`` or ``funcmodels::scaled_keep_mask``
+(:mod:`funcmodels.random._ops`), whose implementation is the eager path below: the same
+bits, and no traced Philox rounds for inductor to turn into C++ kernels. Off the CPU the
+rounds are traced (inductor fuses them into its own kernels there; the operator would
+run them op by op and read the key back to the host).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
     (The XOR makes the rule the signed comparison ``s < t - 2**15`` of ``h`` read as an
     int16, which the eager path does on an ``int16`` view of the words.) The
     probability is off by at most ``2**-17`` (7.6e-6), and exact for multiples of
-    ``2**-16`` such as 0.5, 0.75, 0.9375. Under :func:`torch.compile` the mask is one
-    call of the operator ``funcmodels::keep_mask`` (the same bits).
+    ``2**-16`` such as 0.5, 0.75, 0.9375. Under :func:`torch.compile`, on the CPU, the
+    mask is one call of the operator ``funcmodels::keep_mask`` (the same bits).
 
     Arguments:
         k: a key.
@@ -48,7 +51,7 @@ def keep_mask(k: torch.Tensor, keep: float, shape: tuple[int, ...], device=None)
     device = k.device if device is None else torch.device(device)
     if threshold >= 65536:
         return torch.ones(shape, dtype=torch.bool, device=device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and device.type == "cpu":
         return torch.ops.funcmodels.keep_mask.default(k, keep, shape, device)
     return _keep_mask(k, threshold, shape, n, device)
 
@@ -89,8 +92,8 @@ def scaled_keep_mask(
 
     On the CPU, for float32 and float64, the scaled mask is made in numpy from the
     booleans (one multiply by the kept value torch's division gives; the dropped entries
-    are 0 either way) instead of two torch ops. Under :func:`torch.compile` it is one
-    call of the operator ``funcmodels::scaled_keep_mask`` (the same bits).
+    are 0 either way) instead of two torch ops. Under :func:`torch.compile`, on the CPU, it
+    is one call of the operator ``funcmodels::scaled_keep_mask`` (the same bits).
 
     Arguments:
         k: a key.
@@ -102,8 +105,9 @@ def scaled_keep_mask(
     Returns:
         ``dtype`` tensor of ``shape``: 0 or ``1 / (1 - p)``.
     """
-    if torch.compiler.is_compiling() and round((1.0 - p) * 65536.0) < 65536:
-        device = k.device if device is None else torch.device(device)
+    device = k.device if device is None else torch.device(device)
+    keeps_some = round((1.0 - p) * 65536.0) < 65536
+    if torch.compiler.is_compiling() and keeps_some and device.type == "cpu":
         shape = _numel(shape, "scaled_keep_mask")[0]
         return torch.ops.funcmodels.scaled_keep_mask.default(k, p, shape, dtype, device)
     return _scaled_keep_mask(k, p, shape, dtype, device)

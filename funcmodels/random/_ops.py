@@ -38,7 +38,7 @@ def _per_key(key: torch.Tensor, shape, dtype, device, make: Callable) -> torch.T
     if key.dim() == 1:
         return make(key)
     out = torch.empty((*key.shape[:-1], *shape), dtype=dtype, device=device)
-    rows = out.view(-1, *shape)
+    rows = out.view(math.prod(key.shape[:-1]), *shape)  # -1 is ambiguous for 0 entries
     for i, k in enumerate(key.reshape(-1, 2)):
         rows[i] = make(k)
     return out

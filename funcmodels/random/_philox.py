@@ -237,7 +237,7 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
     if device.type == "meta" or (k.device.type == "meta" and is_plain(k)):
         # Shapes only: nothing is sampled (the rounds would cost ~100 meta ops, each
         # slower than on the CPU); ``convert`` of one CPU block tells the dtype.
-        probe = convert(torch.zeros(1, 4, dtype=torch.int64))
+        probe = convert(torch.zeros(1, 4, dtype=torch.int64, device="cpu"))
         return torch.empty(n, dtype=probe.dtype, device="meta")
     numpy = is_plain(k) and _numpy_path(device)
     if n_blocks == 0 or not (numpy or (is_plain(k) and n_blocks > _SMALL)):
@@ -278,8 +278,9 @@ def _numpy_draw(keys, n: int, per_block: int, convert) -> torch.Tensor:
         # The result is an ordinary tensor, whatever the scratch is.
         return values.clone()[:n]
     # ``convert`` of one block tells the dtype before any thread writes.
-    dtype = convert(torch.zeros(1, 4, dtype=torch.int64)).dtype
-    out = torch.empty(n_blocks * per_block, dtype=dtype)
+    dtype = convert(torch.zeros(1, 4, dtype=torch.int64, device="cpu")).dtype
+    # On the CPU whatever torch's default device is.
+    out = torch.empty(n_blocks * per_block, dtype=dtype, device="cpu")
 
     def each(start: int, m: int) -> None:
         out[start * per_block : (start + m) * per_block] = convert(rounds(start, m))
@@ -401,9 +402,10 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             raise TypeError(f"fm.fold_in: data must be an int, got {type(data).__name__}")
         if not 0 <= data < 2**32:
             raise ValueError(f"fm.fold_in: data must be in [0, 2**32), got {data}")
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and k.device.type == "cpu":
             # One opaque call (``_ops.py``), not ten traced Philox rounds: inductor would
             # generate a C++ kernel of them for every layer key (a second of g++ each).
+            # Off the CPU the rounds stay traced (fused, no read of the key to the host).
             return torch.ops.funcmodels.fold_in.default(k, data)
         if is_plain(k) and k.device.type == "cpu":
             k0, k1 = k.tolist()

@@ -113,7 +113,13 @@ def run_spans(work: list[list[tuple[int, int]]], each: Callable[[int, int], None
     if len(work) == 1:
         run(work[0], scratch_mode)
         return
-    futures = _submit(run, work[1:])
+    try:
+        futures = _submit(run, work[1:])
+    except RuntimeError:
+        # The interpreter is shutting down (an atexit handler, a thread still running
+        # after the main one): no new work is scheduled, so every range runs here.
+        run([chunk for part in work for chunk in part], scratch_mode)
+        return
     try:
         run(work[0], scratch_mode)
     finally:

@@ -157,3 +157,17 @@ def test_the_operators_pass_torchs_opcheck():
         torch.library.opcheck(ops.keep_mask.default, (key, 0.7, [5, 3], cpu))
         torch.library.opcheck(ops.scaled_keep_mask.default, (key, 0.3, [4, 9], torch.float32, cpu))
         torch.library.opcheck(ops.fold_in.default, (key, 11))
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 4), (2, 3, 0)])
+def test_compiled_vmap_over_keys_of_empty_masks(shape):
+    # The batched operator's rows view names its batch size: ``-1`` is ambiguous when
+    # the masks have no entries.
+    def f(k, x):
+        return x * scaled_keep_mask(k, 0.5, tuple(x.shape), x.dtype)
+
+    keys = fm.split(fm.key(0), shape[0])
+    x = torch.ones(shape)
+    want = vmap(f)(keys, x)
+    got = torch.compile(vmap(f), backend="eager", fullgraph=True)(keys, x)
+    assert got.shape == want.shape == x.shape

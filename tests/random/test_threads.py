@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -168,32 +167,44 @@ def test_an_error_in_a_worker_reaches_the_caller(threads, small_split, monkeypat
         fm.random.uniform(fm.key(0), 8 * 8 * 4)
 
 
-@pytest.mark.slow  # a forked process
+_FORK_CHILD = """
+import os, sys, time, torch, funcmodels as fm
+from funcmodels.random import _philox as R, _threads as T
+T._GRAIN, R._CHUNK = 4, 8
+torch.set_num_threads(2)
+n = 8 * 8 * 4 * 6 + 3
+want = fm.random.uniform(fm.key(9), n)
+assert T._pool is not None, "the parent's draw did not split"
+pid = os.fork()
+if pid == 0:  # the child
+    ok = False
+    try:
+        ok = torch.equal(fm.random.uniform(fm.key(9), n), want)
+        ok = ok and torch.equal(fm.random.bits(fm.key(9), n), R.bits(fm.key(9), n))
+    finally:
+        os._exit(0 if ok else 1)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit(3)
+"""
+
+
+@pytest.mark.slow  # a subprocess that forks
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_draws_on_threads_of_its_own(threads, small_split):
+def test_a_forked_child_draws_on_threads_of_its_own():
     # The parent's pool exists (a split draw ran) when the child is forked; the child's
-    # copy of it has no threads behind it, so a draw there would wait forever.
-    threads(2)
-    n = 8 * 8 * 4 * 6 + 3
-    want = fm.random.uniform(fm.key(9), n)
-    assert len(small_split) == 2
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            ok = torch.equal(fm.random.uniform(fm.key(9), n), want)
-            ok = ok and torch.equal(fm.random.bits(fm.key(9), n), R.bits(fm.key(9), n))
-        finally:
-            os._exit(0 if ok else 1)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0, "the child's draw differed"
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("a draw in a forked child hung")
+    # copy of it has no threads behind it, so a draw there would wait forever. A fresh
+    # interpreter: no other library's threads (a test peer's) are forked along.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode != 3, "a draw in a forked child hung"
+    assert out.returncode == 0, out.stderr or "the child's draw differed"
 
 
 @pytest.mark.slow  # a subprocess
@@ -210,3 +221,41 @@ def test_no_thread_at_import_nor_for_small_draws():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1", "2"]
+
+
+@pytest.mark.parametrize("draw", [fm.random.uniform, fm.random.normal], ids=["uniform", "normal"])
+def test_a_split_draw_stays_on_the_cpu_whatever_the_default_device(threads, small_split, draw):
+    threads(2)
+    n = 8 * 8 * 4 * 6 + 3
+    k = fm.key(4)  # a CPU key (one made under a meta default is a meta key: no values)
+    want = draw(k, n)
+    with torch.device("meta"):
+        got = draw(k, n, device="cpu")
+    assert len(small_split) == 2
+    assert got.device.type == "cpu"
+    assert torch.equal(got, want)
+
+
+_AT_EXIT = """
+import atexit, sys, threading, torch, funcmodels as fm
+from funcmodels.random import _philox as R, _threads as T
+T._GRAIN = 4
+torch.set_num_threads(2)
+n = 8 * 8 * 4 * 6 + 3
+want = fm.random.normal(fm.key(5), n)
+def late():
+    got = fm.random.normal(fm.key(5), n)
+    print("same" if torch.equal(got, want) else "differs", flush=True)
+atexit.register(late)
+"""
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_split_draw_during_interpreter_shutdown_runs_on_the_calling_thread():
+    # At exit the pool takes no new work ("cannot schedule new futures"): the draw runs
+    # its every range on the calling thread instead of failing.
+    out = subprocess.run(
+        [sys.executable, "-c", _AT_EXIT], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["same"], out.stderr
