@@ -245,6 +245,8 @@ def generate(k: torch.Tensor, n: int, per_block: int, convert, device) -> torch.
     keys = _round_keys(*k.tolist())
     if numpy:
         return _numpy_draw(keys, n, per_block, convert)
+    # Off the CPU one chunk; on the CPU this path runs only where the numpy path is
+    # switched off (the tests do, to check these rounds' chunking against the others).
     chunk = _CHUNK if device.type == "cpu" else n_blocks
     out = None
     with _threads.scratch_mode():
